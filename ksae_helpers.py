@@ -59,9 +59,11 @@ class Config:
     dropout: float = 0.3  # dropout after each hidden ReLU
     # --- optimisation ---
     batch_size: int = 256  # images per step, both models
-    lr: float = 1e-3  # Adam learning rate, both models
+    lr: float = 1e-3  # Adam learning rate, both models (the peak when lr_schedule is "cosine")
+    lr_schedule: str = "cosine"  # "cosine": decay to 0 over each model's training; "constant": no decay
     ae_epochs: int = 30  # autoencoder epochs
     clf_epochs: int = 50  # classifier epochs
+    clf_hflip: bool = True  # classifier sees each image or its mirror image at random (labels unchanged)
     train_subset: int = 0  # use only the first N training images (0 = all 60 000); for smoke runs
     seed: int = 0  # seeds initialisation, batch order, dropout and sample selection
     # --- attribution ---
@@ -74,7 +76,8 @@ class Config:
     # Fields that change the trained weights; a checkpoint is reused only if all of them match.
     TRAINING_FIELDS = (
         "k", "d_input", "d_hidden", "aux_k", "aux_coef", "dead_after", "clf_hidden", "n_classes",
-        "dropout", "batch_size", "lr", "ae_epochs", "clf_epochs", "train_subset", "seed",
+        "dropout", "batch_size", "lr", "lr_schedule", "ae_epochs", "clf_epochs", "clf_hflip", "train_subset",
+        "seed",
     )  # fmt: skip
 
     def __post_init__(self):
@@ -85,7 +88,7 @@ class Config:
         for name in ("ig_steps", "smoothgrad_samples"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("train_subset", self.train_subset, low=0)
-        _check_int("aux_k", self.aux_k, low=0, high=self.d_hidden, high_name="d_hidden")
+        _check_int("aux_k", self.aux_k, low=0)
         _check_int("dead_after", self.dead_after, low=1)
         if len(self.clf_hidden) == 0 or min(self.clf_hidden) < 1:
             raise ValueError(f"clf_hidden must be positive widths, got {self.clf_hidden}")
@@ -99,6 +102,8 @@ class Config:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.confidence_threshold < 1.0:
             raise ValueError(f"confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.ig_method not in IG_METHODS:
             raise ValueError(f"ig_method must be one of {sorted(IG_METHODS)}, got {self.ig_method!r}")
 
@@ -355,14 +360,18 @@ class KSparseAutoencoder(nn.Module):
 
     def __init__(self, k: int = 50, d_input: int = 784, d_hidden: int = 1024, config: Config | None = None):
         super().__init__()
-        cfg = config if config is not None else Config(k=k, d_input=d_input, d_hidden=d_hidden)
-        self.k, self.d_input, self.d_hidden = cfg.k, cfg.d_input, cfg.d_hidden
-        w_dec = torch.randn(cfg.d_hidden, cfg.d_input)
+        if config is not None:
+            k, d_input, d_hidden = config.k, config.d_input, config.d_hidden
+        _check_int("d_input", d_input, low=1)
+        _check_int("d_hidden", d_hidden, low=1)
+        _check_int("k", k, low=1, high=d_hidden, high_name="d_hidden")
+        self.k, self.d_input, self.d_hidden = k, d_input, d_hidden
+        w_dec = torch.randn(d_hidden, d_input)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)  # [H, D], row j = atom d_j
         self.W_enc = nn.Parameter(w_dec.clone())  # [H, D]
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_hidden))  # [H]
-        self.b_pre = nn.Parameter(torch.zeros(cfg.d_input))  # [D]
+        self.b_enc = nn.Parameter(torch.zeros(d_hidden))  # [H]
+        self.b_pre = nn.Parameter(torch.zeros(d_input))  # [D]
 
     def set_k_(self, k: int) -> None:
         """Change how many units stay active (e.g. to probe a trained model at another sparsity)."""
@@ -493,6 +502,21 @@ def make_adam(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
+    """Per-step learning-rate schedule: cosine decay from the optimizer's lr to 0, or constant."""
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+
+
+def hflip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror ``x: [N, 784]`` images left-right."""
+    return x.reshape(-1, 28, 28).flip(2).reshape(len(x), -1)
+
+
 def _progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
 
@@ -526,9 +550,10 @@ def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Confi
     sae.init_pre_bias_(x)
     sae.unit_norm_decoder_()
     opt = make_adam(sae.parameters(), cfg.lr)
+    steps = math.ceil(len(x) / cfg.batch_size)
+    sched = make_scheduler(opt, cfg.lr_schedule, cfg.ae_epochs * steps)
     since_fired = torch.zeros(sae.d_hidden, dtype=torch.long, device=device)  # images since last active
     history = {"loss": [], "fvu": [], "aux_loss": [], "dead_fraction": []}
-    steps = math.ceil(len(x) / cfg.batch_size)
     bar = _progress(cfg.ae_epochs * steps, "autoencoder")
     for epoch in range(cfg.ae_epochs):
         sums = torch.zeros(3, device=device)
@@ -546,6 +571,7 @@ def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Confi
             loss.backward()
             sae.remove_parallel_grad_()
             opt.step()
+            sched.step()
             sae.unit_norm_decoder_()
             fired = torch.zeros_like(dead).index_fill_(0, indices[values > 0], True)
             since_fired = torch.where(fired, 0, since_fired + len(xb))
@@ -586,28 +612,35 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
                      x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None) -> dict[str, list]:
     """Train ``clf`` on the frozen autoencoder's codes of ``x_train: [N, D]`` (labels ``y_train: [N]``).
 
-    Codes are computed once and kept sparse (``[N, k]`` values and indices); each step touches only the
-    k active rows of the first layer. Returns per-epoch loss, train accuracy and (if given) val accuracy.
+    Codes are computed once and kept sparse (``[V, N, k]`` values and indices for the ``V`` views: the
+    images, and their mirror images if ``cfg.clf_hflip``); each step takes a random view per image and
+    touches only the k active rows of the first layer. Returns per-epoch loss, train accuracy and (if
+    given) accuracy on ``x_val`` (monitoring only: nothing is selected on it).
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    values, indices = encode_dataset(sae, x_train, device)
+    views = [x_train, hflip(x_train)] if cfg.clf_hflip else [x_train]
+    codes = [encode_dataset(sae, v, device) for v in views]
+    values, indices = torch.stack([c[0] for c in codes]), torch.stack([c[1] for c in codes])
     y = y_train.to(device)
     val = None if x_val is None else (*encode_dataset(sae, x_val, device), y_val.to(device))
     clf.to(device)
     opt = make_adam(clf.parameters(), cfg.lr)
-    history = {"loss": [], "train_acc": [], "val_acc": []}
     steps = math.ceil(len(y) / cfg.batch_size)
+    sched = make_scheduler(opt, cfg.lr_schedule, cfg.clf_epochs * steps)
+    history = {"loss": [], "train_acc": [], "val_acc": []}
     bar = _progress(cfg.clf_epochs * steps, "classifier")
     for epoch in range(cfg.clf_epochs):
         clf.train()
         sums = torch.zeros(2, device=device)
         for idx in _batches(len(y), cfg.batch_size, gen, device):
-            logits = clf.forward_sparse(values[idx], indices[idx])
+            view = torch.randint(len(views), (len(idx),), generator=gen).to(device)
+            logits = clf.forward_sparse(values[view, idx], indices[view, idx])
             loss = F.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             sums += torch.stack([loss.detach() * len(idx), (logits.argmax(1) == y[idx]).sum()])
             bar.update()
         loss_mean, acc = (sums / len(y)).tolist()
@@ -1207,7 +1240,8 @@ def control_maps(x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def perturbation_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, scores: torch.Tensor,
-                        mode: str = "deletion", pixels_per_step: int = 28, batch_size: int = 8192) -> torch.Tensor:
+                        mode: str = "deletion", pixels_per_step: int = 28, batch_size: int = 8192,
+                        seed: int = 0) -> torch.Tensor:
     """Target-class probability as pixels are removed (``deletion``: set to 0, most important first)
     or added to a zero image (``insertion``), ``pixels_per_step`` at a time.
 
@@ -1217,9 +1251,13 @@ def perturbation_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     n_pix = x.shape[1]
+    # Ties are broken at random (seeded): shuffle the columns, then sort stably. A constant map thus
+    # behaves exactly like a random ordering rather than a raster scan.
+    gen = torch.Generator().manual_seed(seed)
+    shuffle = torch.rand(scores.shape, generator=gen).argsort(dim=1).to(x.device)  # [N, P] per-row shuffle
+    order = shuffle.gather(1, scores.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
     rank = torch.empty_like(scores, dtype=torch.long)
-    rank.scatter_(1, scores.argsort(dim=1, descending=True, stable=True),
-                  torch.arange(n_pix, device=x.device).expand_as(scores).contiguous())
+    rank.scatter_(1, order, torch.arange(n_pix, device=x.device).expand_as(scores).contiguous())
     counts = list(range(0, n_pix, pixels_per_step)) + [n_pix]
     curves = []
     for c in counts:
@@ -1249,7 +1287,7 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
     aucs = {}
     for mode in ("deletion", "insertion"):
         for name, scores in tqdm(orderings.items(), desc=mode, mininterval=2.0):
-            curves = perturbation_curves(model, x, target, scores.to(x), mode, pixels_per_step)
+            curves = perturbation_curves(model, x, target, scores.to(x), mode, pixels_per_step, seed=seed)
             aucs[mode, name] = curve_auc(curves)
             result["curves"][mode][name] = curves.mean(0).cpu().tolist()
         for name in orderings:
