@@ -11,7 +11,7 @@ NOTEBOOK = ROOT / "fashion_mnist_interpretability.ipynb"
 
 # Chosen through the parameters cell, exactly as a user would override it (no separate code path).
 SMOKE = {
-    "TRAIN_SUBSET": 3000, "AE_EPOCHS": 2, "CLF_EPOCHS": 2, "SAMPLES_PER_CLASS": 3, "CONFIDENCE_THRESHOLD": 0.3,
+    "TRAIN_SUBSET": 3000, "AE_EPOCHS": 3, "CLF_EPOCHS": 5, "SAMPLES_PER_CLASS": 3, "CONFIDENCE_THRESHOLD": 0.0,
     "IG_STEPS": 16, "SMOOTHGRAD_SAMPLES": 4, "COMPLETENESS_STEPS": [8, 16, 50], "N_COMPLETENESS": 10,
     "N_RANDOMIZATION": 10,
 }
