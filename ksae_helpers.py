@@ -66,8 +66,9 @@ class Config:
     dropout: float = 0.3  # dropout after each hidden ReLU
     # --- optimisation ---
     batch_size: int = 256  # images per step, both models
-    lr: float = 1e-3  # Adam learning rate, both models (the peak when lr_schedule is "cosine")
-    lr_schedule: str = "cosine"  # "cosine": decay to 0 over each model's training; "constant": no decay
+    lr: float = 1e-3  # Adam learning rate, both models (the peak of a decaying schedule)
+    ae_lr_schedule: str = "decay20"  # autoencoder: "constant", "cosine" (to 0), "decay20" (to 0 in the last 20 %)
+    clf_lr_schedule: str = "cosine"  # classifier: same choices
     ae_epochs: int = 30  # autoencoder epochs
     clf_epochs: int = 50  # classifier epochs
     clf_hflip: bool = True  # classifier sees each image or its mirror image at random (labels unchanged)
@@ -84,33 +85,35 @@ class Config:
     # Fields that change the trained weights; a checkpoint is reused only if all of them match.
     TRAINING_FIELDS = (
         "k", "d_input", "d_hidden", "aux_k", "aux_coef", "dead_after", "clf_hidden", "n_classes", "dropout",
-        "batch_size", "lr", "lr_schedule", "ae_epochs", "clf_epochs", "clf_hflip", "ae_hflip", "train_subset", "seed",
+        "batch_size", "lr", "ae_lr_schedule", "clf_lr_schedule", "ae_epochs", "clf_epochs", "clf_hflip", "ae_hflip",
+        "train_subset", "seed",
     )  # fmt: skip
 
     def __post_init__(self):
+        if not isinstance(self.clf_hidden, (tuple, list)) or not self.clf_hidden:
+            raise ValueError(f"clf_hidden must be a non-empty sequence of positive widths, got {self.clf_hidden!r}")
+        for width in self.clf_hidden:
+            _check_int("clf_hidden width", width, low=1)
         self.clf_hidden = tuple(int(w) for w in self.clf_hidden)
-        _check_int("k", self.k, low=1, high=self.d_hidden, high_name="d_hidden")
         for name in ("d_input", "d_hidden", "n_classes", "batch_size", "ae_epochs", "clf_epochs"):
             _check_int(name, getattr(self, name), low=1)
+        _check_int("k", self.k, low=1, high=self.d_hidden, high_name="d_hidden")
         for name in ("ig_steps", "smoothgrad_samples"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("train_subset", self.train_subset, low=0)
         _check_int("aux_k", self.aux_k, low=0)
         _check_int("dead_after", self.dead_after, low=1)
-        if len(self.clf_hidden) == 0 or min(self.clf_hidden) < 1:
-            raise ValueError(f"clf_hidden must be positive widths, got {self.clf_hidden}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("lr", "smoothgrad_noise", "aux_coef"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.confidence_threshold < 1.0:
-            raise ValueError(f"confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        _check_float("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        _check_float("lr", self.lr, low=0.0, low_open=True)
+        _check_float("smoothgrad_noise", self.smoothgrad_noise, low=0.0)
+        _check_float("aux_coef", self.aux_coef, low=0.0)
+        _check_float("confidence_threshold", self.confidence_threshold, low=0.0, high=1.0, high_open=True)
+        for name in ("clf_hflip", "ae_hflip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("ae_lr_schedule", "clf_lr_schedule"):
+            if getattr(self, name) not in LR_SCHEDULES:
+                raise ValueError(f"{name} must be one of {LR_SCHEDULES}, got {getattr(self, name)!r}")
         if self.ig_method not in IG_METHODS:
             raise ValueError(f"ig_method must be one of {sorted(IG_METHODS)}, got {self.ig_method!r}")
 
@@ -136,6 +139,18 @@ class Config:
         subset = f"_n{self.train_subset}" if self.train_subset else ""
         return (f"ksae_k{self.k}_h{self.d_hidden}_clf{'x'.join(map(str, self.clf_hidden))}"
                 f"_ae{self.ae_epochs}_clf{self.clf_epochs}{subset}_seed{self.seed}_{digest}.pt")
+
+
+def _check_float(name, value, low=None, high=None, low_open=False, high_open=False):
+    """``ValueError`` unless ``value`` is a finite real number in the given (half-)open interval."""
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not real or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    interval = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
+               f"{high if high is not None else 'inf'}{')' if high_open or high is None else ']'}"
+    if (low is not None and (value < low or (low_open and value == low))) or (
+            high is not None and (value > high or (high_open and value == high))):
+        raise ValueError(f"{name} must be in {interval}, got {value}")
 
 
 def _check_int(name, value, low, high=None, high_name=None):
@@ -317,10 +332,9 @@ def load_fashion_mnist(root: str | os.PathLike = "data", system_dir: str | os.Pa
 
 def train_subset(data: FashionMNIST, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` training images and labels (all of them when ``n`` is 0)."""
+    _check_int("train_subset", n, low=0, high=len(data.x_train), high_name="the training set size")
     if n == 0:
         return data.x_train, data.y_train
-    if not 0 < n <= len(data.x_train):
-        raise ValueError(f"train_subset must be in [0, {len(data.x_train)}], got {n}")
     return data.x_train[:n], data.y_train[:n]
 
 
@@ -528,14 +542,23 @@ def make_adam(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("constant", "cosine", "decay20")
+DECAY_FRACTION = 0.2  # "decay20": share of the steps over which the learning rate falls linearly to 0
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of the peak learning rate at ``step`` of ``total_steps``."""
+    progress = min(step / max(total_steps, 1), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "decay20":
+        return min(1.0, (1 - progress) / DECAY_FRACTION)
+    return 1.0
 
 
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
-    """Per-step learning-rate schedule: cosine decay from the optimizer's lr to 0, or constant."""
-    if schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+    """Per-step learning-rate schedule (see ``lr_factor``)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(schedule, step, total_steps))
 
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
@@ -577,7 +600,7 @@ def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Confi
     sae.unit_norm_decoder_()
     opt = make_adam(sae.parameters(), cfg.lr)
     steps = math.ceil(len(x) / cfg.batch_size)
-    sched = make_scheduler(opt, cfg.lr_schedule, cfg.ae_epochs * steps)
+    sched = make_scheduler(opt, cfg.ae_lr_schedule, cfg.ae_epochs * steps)
     since_fired = torch.zeros(sae.d_hidden, dtype=torch.long, device=device)  # images since last active
     history = {"loss": [], "fvu": [], "aux_loss": [], "dead_fraction": []}
     bar = _progress(cfg.ae_epochs * steps, "autoencoder")
@@ -656,7 +679,7 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
     clf.to(device)
     opt = make_adam(clf.parameters(), cfg.lr)
     steps = math.ceil(len(y) / cfg.batch_size)
-    sched = make_scheduler(opt, cfg.lr_schedule, cfg.clf_epochs * steps)
+    sched = make_scheduler(opt, cfg.clf_lr_schedule, cfg.clf_epochs * steps)
     history = {"loss": [], "train_acc": [], "val_acc": []}
     bar = _progress(cfg.clf_epochs * steps, "classifier")
     for epoch in range(cfg.clf_epochs):
@@ -774,9 +797,11 @@ def load_or_train(cfg: Config, data: FashionMNIST, device: torch.device, ckpt_di
                 if verbose:
                     print(f"Loaded {path} (trained earlier with this exact configuration)")
                 return sae, clf, history, metrics
-            print(f"{path} was trained with another configuration; retraining")
+            if verbose:
+                print(f"{path} was trained with another configuration; retraining")
         except CheckpointError as exc:
-            print(f"{exc}\n-> retraining and overwriting it")
+            if verbose:
+                print(f"{exc}\n-> retraining and overwriting it")
     sae, clf, history = train_models(cfg, data, device)
     metrics = {"autoencoder": evaluate_autoencoder(sae, data, device),
                "classifier": evaluate_classifier(sae, clf, data, device)}
@@ -832,7 +857,7 @@ def evaluate_classifier(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data
     confusion = torch.bincount(data.y_test * n + pred, minlength=n * n).reshape(n, n)
     per_class = (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist()
     return {
-        "test_accuracy": float((pred == data.y_test).float().mean()),
+        "test_accuracy": int((pred == data.y_test).sum()) / len(data.y_test),
         "per_class_accuracy": dict(zip(data.classes, per_class)),
         "confusion_matrix": confusion.tolist(),
     }
@@ -1466,25 +1491,31 @@ def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: t
 
     Re-initialises the classifier's layers from the logits down, then the encoder, then the decoder
     atoms, cumulatively; after each stage recomputes every map and reports the Spearman correlation of
-    absolute maps with the original ones (mean and CI over images). Reference: the same correlation
-    between maps of *different* images under the trained model. A faithful method's similarity should
-    fall to about that reference once the model is destroyed.
+    absolute maps with the original ones (mean and CI over images), over all pixels (``spearman_abs``)
+    and over object pixels only (``spearman_abs_object``: integrated gradients from a black image is 0
+    on every background pixel of any model, which alone keeps its all-pixel similarity high).
+    Reference: the same correlation between maps of *different* images under the trained model. A
+    faithful method's similarity should fall to about that reference once the model is destroyed.
     """
     import copy
 
     original = attribute_all(pipeline, x, target, cfg, methods, seed=seed)
     perm = torch.roll(torch.arange(len(x)), 1)
     result = {"stages": randomization_stages(pipeline.clf), "spearman_abs": {m: [] for m in methods},
+              "spearman_abs_object": {m: [] for m in methods},
               "random_pair_reference": {m: summarize(rowwise_spearman(
                   original[m].abs().cpu().numpy(), original[m][perm].abs().cpu().numpy()), seed) for m in methods}}
     model = copy.deepcopy(pipeline).eval()
     gen = torch.Generator().manual_seed(seed + 12345)
+    obj = (x > 0).cpu().numpy()
     for stage in tqdm(range(len(result["stages"])), desc="randomization", mininterval=2.0):
         _randomize_stage_(model, stage, gen)
         maps = attribute_all(model, x, target, cfg, methods, seed=seed)
         for m in methods:
-            r = rowwise_spearman(original[m].abs().cpu().numpy(), maps[m].abs().cpu().numpy())
-            result["spearman_abs"][m].append(summarize(r, seed))
+            a, b = original[m].abs().cpu().numpy(), maps[m].abs().cpu().numpy()
+            result["spearman_abs"][m].append(summarize(rowwise_spearman(a, b), seed))
+            on_object = [float(rowwise_spearman(a[i:i + 1, o], b[i:i + 1, o])[0]) for i, o in enumerate(obj)]
+            result["spearman_abs_object"][m].append(summarize(on_object, seed))
     return result
 
 
@@ -2573,3 +2604,16 @@ def print_table(rows: Sequence[tuple[str, str]]) -> None:
 def figure_path_fn(folder: str | os.PathLike | None) -> Callable[[str], str | None]:
     """``fn(name) -> "folder/name.png"``, or ``None`` for every name when ``folder`` is empty."""
     return lambda name: str(Path(folder) / f"{name}.png") if folder else None
+
+
+def randomization_table(rand: dict) -> list[tuple[str, str]]:
+    """Rows "method: all pixels / object pixels" of the randomization check's similarity after the last
+    stage that changes the model (the encoder), next to the different-image reference."""
+    stage = rand["stages"].index("encoder")
+    rows = [("after randomizing everything up to the encoder", "Spearman |maps|: all pixels / object pixels / "
+             "different-image reference")]
+    for m, series in rand["spearman_abs"].items():
+        obj = rand["spearman_abs_object"][m][stage]["mean"]
+        rows.append((METHOD_LABELS.get(m, m), f"{series[stage]['mean']:.3f} / {obj:.3f} / "
+                     f"{rand['random_pair_reference'][m]['mean']:.3f}"))
+    return rows
