@@ -5,10 +5,11 @@ For the first ``--n-images`` Fashion-MNIST test images (target = the model's pre
 
 * ours, batched (``integrated_gradients``, ``simple_gradients``, ``smoothgrad``, ``decoder_weighted``
   with the default Config settings: IG 50 Gauss-Legendre steps from a zero image, SmoothGrad 25
-  samples at std 0.1, decoder-weighted 50 steps);
+  samples at std 0.1, decoder-weighted by the Rescale rule);
 * Captum with the same settings and about the same rows per forward/backward pass
   (IntegratedGradients, Saliency(abs=False), NoiseTunnel(Saliency), and for decoder-weighted
-  IntegratedGradients on the classifier head in code space from 0 to z, then ``c @ W_dec``);
+  DeepLift (Rescale) on the classifier head in code space with the zero code as baseline, then
+  ``c @ W_dec``);
 * ours, one image at a time, on a subset (``--single-subset``) and extrapolated to ``--n-images``;
 
 checks that ours and Captum agree, and prints a markdown table.
@@ -36,11 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import captum  # noqa: E402
-from captum.attr import IntegratedGradients, NoiseTunnel, Saliency  # noqa: E402
+from captum.attr import DeepLift, IntegratedGradients, NoiseTunnel, Saliency  # noqa: E402
 
 import ksae_helpers as kh  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
+warnings.filterwarnings("ignore", message=".*hooks and attributes on non-linear")
 
 METHODS = ("integrated", "simple", "smoothgrad", "decoder")
 
@@ -130,7 +132,7 @@ def main(argv=None) -> None:
           f"CPU load average before start {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"- model: {desc}")
     print(f"- {n} test images, target = prediction; IG {steps} steps {method} from a zero image; SmoothGrad "
-          f"{nt} samples at std {noise}; decoder-weighted {steps} steps")
+          f"{nt} samples at std {noise}; decoder-weighted by the Rescale rule")
     print(f"- rows per forward/backward pass: ours {rows} (default internal batch); Captum IG "
           f"internal_batch_size={rows} ({max(1, rows // n)} steps x {n} images per pass), NoiseTunnel "
           f"nt_samples_batch_size={max(1, rows // n)}")
@@ -140,15 +142,14 @@ def main(argv=None) -> None:
     def captum_decoder(xb, tb):
         with torch.no_grad():
             z = sae.encode(xb)
-        c = IntegratedGradients(clf).attribute(z, baselines=torch.zeros_like(z), target=tb, n_steps=steps,
-                                               method=method, internal_batch_size=rows)
+        c = DeepLift(clf).attribute(z, baselines=torch.zeros_like(z), target=tb)
         return c.detach() @ sae.W_dec.detach()
 
     ours = {
         "integrated": lambda xb, tb: kh.integrated_gradients(pipeline, xb, tb, n_steps=steps, method=method),
         "simple": lambda xb, tb: kh.simple_gradients(pipeline, xb, tb),
         "smoothgrad": lambda xb, tb: kh.smoothgrad(pipeline, xb, tb, nt_samples=nt, stdevs=noise, seed=cfg.seed),
-        "decoder": lambda xb, tb: kh.decoder_weighted(pipeline, xb, tb, n_steps=steps, method=method),
+        "decoder": lambda xb, tb: kh.decoder_weighted(pipeline, xb, tb),
     }
     theirs = {
         "integrated": lambda xb, tb: IntegratedGradients(pipeline).attribute(
