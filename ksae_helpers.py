@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import io
 import json
 import math
 import os
@@ -196,10 +197,11 @@ def show(fig) -> None:
     so the notebook also runs as a plain script)."""
     try:
         from IPython import get_ipython
-        from IPython.display import display
+        from IPython.display import Image, display
 
         if get_ipython() is not None:
-            display(fig)
+            saved = getattr(fig, "saved_png", None)  # already rendered when it was saved: no second render
+            display(fig if saved is None else Image(data=saved))
     except ImportError:
         pass
     plt.close(fig)
@@ -1534,8 +1536,10 @@ def path_switch_summary(sae: KSparseAutoencoder, x: torch.Tensor, errors: Sequen
 
 def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Config, maps: dict[str, torch.Tensor],
                    n_completeness: int = 200, n_randomization: int = 100,
-                   n_steps_list: Sequence[int] = (16, 32, 50, 100, 200, 500), seed: int = 0) -> dict:
-    """Every faithfulness check on ``selection`` (maps precomputed by ``attribute_all``).
+                   n_steps_list: Sequence[int] = (16, 32, 50, 100, 200, 500), seed: int = 0,
+                   cross_method: dict | None = None) -> dict:
+    """Every faithfulness check on ``selection`` (maps precomputed by ``attribute_all``; pass
+    ``cross_method`` if ``cross_method_statistics(maps, seed)`` was already computed).
 
     Deletion/insertion and object focus use all selected images; the completeness sweep and the
     randomization check (both many attribution passes per image) use evenly spaced subsets of
@@ -1544,7 +1548,9 @@ def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Conf
     t0 = time.perf_counter()
     device = next(pipeline.parameters()).device
     x, y = selection.x.to(device), selection.y.to(device)
-    out = {"n_images": len(x), "cross_method": cross_method_statistics(maps, seed)}
+    if cross_method is None:
+        cross_method = cross_method_statistics(maps, seed)
+    out = {"n_images": len(x), "cross_method": cross_method}
     out["deletion_insertion"] = deletion_insertion(pipeline, x, y, maps, seed=seed)
     out["object_focus"] = object_focus(maps, x, seed)
     sub = torch.linspace(0, len(x) - 1, min(n_completeness, len(x))).long()
@@ -1659,7 +1665,10 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     if save is not None:
         path = Path(save)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+        path.write_bytes(buffer.getvalue())
+        fig.saved_png = buffer.getvalue()  # rendered once: ``show`` displays these bytes
     else:
         fig.draw_without_rendering()
     plt.close(fig)
