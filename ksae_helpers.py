@@ -615,8 +615,7 @@ def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Confi
                 flip = torch.rand(len(idx), generator=gen).to(device) < 0.5
                 xb = torch.where(flip[:, None], hflip(xb), xb)
             pre = sae.pre_activations(xb)
-            values, indices = torch.topk(pre, sae.k, dim=1, sorted=False)
-            values = F.relu(values)
+            values, indices = sae.top_k(pre)
             x_hat = sae.decode_sparse(values, indices)
             fvu = normalized_mse(x_hat, xb)
             dead = since_fired >= cfg.dead_after
@@ -720,11 +719,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be used (corrupt, truncated or of another format)."""
 
 
+CHECKPOINT_FORMAT = "ksae-v1"
+
+
 def save_checkpoint(path: str | os.PathLike, cfg: Config, sae: KSparseAutoencoder, clf: SparseCodeClassifier,
                     history: dict | None = None, metrics: dict | None = None) -> Path:
     """Write config, both state dicts, history and metrics atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_dict(),
@@ -733,18 +733,25 @@ def save_checkpoint(path: str | os.PathLike, cfg: Config, sae: KSparseAutoencode
         "history": history or {},
         "metrics": metrics or {},
     }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and a rename: readers see the old
+    file or the new one, never half of one. Parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+            fh.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
-
-
-CHECKPOINT_FORMAT = "ksae-v1"
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu"):
@@ -1077,6 +1084,9 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, nt_samples: int =
     # Signed maps of a model with an affine first layer average the gradient in that layer's output
     # space and map the mean back once per image (the mean commutes with the linear map A).
     split = None if abs else getattr(model, "affine_split", None)
+    if split is not None:
+        A, c, head = split()
+        A, c = A.detach(), c.detach()
     out = []
     for i in range(0, len(x), imgs_per):
         xi, ti = x[i:i + imgs_per], target[i:i + imgs_per].repeat_interleave(nt_samples)
@@ -1086,10 +1096,8 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, nt_samples: int =
             g = _grad(fn, noisy, ti).view(len(xi), nt_samples, -1)
             out.append((g.abs() if abs else g).mean(1))
             continue
-        A, c, head = split()
         with torch.no_grad():
-            A = A.detach()
-            pre = F.linear(noisy, A, c.detach())
+            pre = F.linear(noisy, A, c)
         g_pre = _grad(lambda p, t: _score(head(p), t, output), pre, ti)
         out.append(g_pre.view(len(xi), nt_samples, -1).mean(1) @ A)
     return torch.cat(out).reshape(shape)
@@ -1100,7 +1108,7 @@ UNIT_RULES = ("rescale", "integrated")
 
 @torch.no_grad()
 def rescale_contributions(clf: SparseCodeClassifier, z: torch.Tensor, target: torch.Tensor, output: str = "logit",
-                          n_steps: int = 50) -> torch.Tensor:
+                          n_steps: int = 50, rows: int = DEFAULT_INTERNAL_BATCH) -> torch.Tensor:
     """Exact per-unit shares of ``G(z) - G(0)`` for the ReLU head ``G``: DeepLIFT's Rescale rule
     (Shrikumar et al. 2017) with the all-zero code as reference.
 
@@ -1119,7 +1127,7 @@ def rescale_contributions(clf: SparseCodeClassifier, z: torch.Tensor, target: to
     if output == "probability":
         alphas, weights = ig_quadrature(n_steps, "gausslegendre")
         m = _line_integral(lambda logits, t: _score(logits, t, output), h0, h - h0, target, alphas, weights,
-                           rows=DEFAULT_INTERNAL_BATCH)
+                           rows=rows)
     for layer in reversed(clf.rest):
         if isinstance(layer, nn.Linear):
             m = m @ layer.weight
@@ -1171,7 +1179,7 @@ def decoder_weighted(pipeline: SparseCodePipeline, inputs: torch.Tensor, target,
     with torch.no_grad():
         z = pipeline.sae.encode(x)
     if rule == "rescale":
-        contributions = rescale_contributions(pipeline.clf, z, target, output, n_steps)
+        contributions = rescale_contributions(pipeline.clf, z, target, output, n_steps, rows)
     else:
         contributions = z * _path_integral(pipeline.clf, output, z, torch.zeros_like(z), target, alphas, weights, rows)
     attr = (contributions @ pipeline.sae.W_dec.detach()).reshape(shape)
@@ -1664,11 +1672,9 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     The figure is closed in pyplot, so a notebook displays it only when it is returned (not twice).
     """
     if save is not None:
-        path = Path(save)
-        path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-        path.write_bytes(buffer.getvalue())
+        atomic_write_bytes(save, buffer.getvalue())
         fig.saved_png = buffer.getvalue()  # rendered once: ``show`` displays these bytes
     else:
         fig.draw_without_rendering()
@@ -2568,12 +2574,7 @@ def build_summary(cfg: Config, device: torch.device, metrics: dict, timings: dic
 
 def write_summary(summary: dict, path: str | os.PathLike = "results/summary.json") -> Path:
     """Write ``summary`` as indented JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1, allow_nan=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, json.dumps(summary, indent=1, allow_nan=False).encode())
 
 
 def headline_table(summary: dict) -> list[tuple[str, str]]:
