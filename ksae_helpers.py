@@ -30,7 +30,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -74,6 +74,8 @@ class Config:
     ae_epochs: int = 30  # autoencoder epochs
     clf_epochs: int = 50  # classifier epochs
     clf_hflip: bool = True  # classifier sees each image or its mirror image at random (labels unchanged)
+    clf_shift: int = 1  # classifier also sees each such view moved this many pixels up, down, left or right
+    # (one of the five positions at random per step; 0 = off). README: +0.6 to +1.0 points of accuracy, 3 seeds
     ae_hflip: bool = False  # autoencoder sees each image or its mirror image at random
     train_subset: int = 0  # use only the first N training images (0 = all 60 000); for smoke runs
     seed: int = 0  # seeds initialisation, batch order, dropout and sample selection
@@ -87,7 +89,8 @@ class Config:
     # Fields that change the trained weights; a checkpoint is reused only if all of them match.
     TRAINING_FIELDS = (
         "k", "d_input", "d_hidden", "aux_k", "aux_coef", "dead_after", "clf_hidden", "n_classes", "dropout",
-        "batch_size", "lr", "ae_lr_schedule", "clf_lr_schedule", "ae_epochs", "clf_epochs", "clf_hflip", "ae_hflip",
+        "batch_size", "lr", "ae_lr_schedule", "clf_lr_schedule", "ae_epochs", "clf_epochs", "clf_hflip", "clf_shift",
+        "ae_hflip",
         "train_subset", "seed",
     )  # fmt: skip
 
@@ -103,6 +106,7 @@ class Config:
         for name in ("ig_steps", "smoothgrad_samples"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("train_subset", self.train_subset, low=0)
+        _check_int("clf_shift", self.clf_shift, low=0, high=IMAGE_SIDE - 1, high_name="the image side minus 1")
         _check_int("aux_k", self.aux_k, low=0)
         _check_int("dead_after", self.dead_after, low=1)
         _check_float("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
@@ -231,6 +235,7 @@ FASHION_MNIST_SHA256 = {
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 SYSTEM_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_SIDE = 28  # images are IMAGE_SIDE x IMAGE_SIDE pixels
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -566,7 +571,30 @@ def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
     """Mirror ``x: [N, 784]`` images left-right."""
-    return x.reshape(-1, 28, 28).flip(2).reshape(len(x), -1)
+    return x.reshape(-1, IMAGE_SIDE, IMAGE_SIDE).flip(2).reshape(len(x), -1)
+
+
+def shift_images(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Move ``x: [N, 784]`` images ``dy`` pixels down and ``dx`` right (negative: up, left); what moves in is 0."""
+    if max(abs(dy), abs(dx)) >= IMAGE_SIDE:
+        raise ValueError(f"shift must be smaller than the image side {IMAGE_SIDE}, got dy={dy}, dx={dx}")
+    pad = max(abs(dy), abs(dx))
+    padded = F.pad(x.reshape(-1, IMAGE_SIDE, IMAGE_SIDE), (pad, pad, pad, pad))
+    moved = padded[:, pad - dy:pad - dy + IMAGE_SIDE, pad - dx:pad - dx + IMAGE_SIDE]
+    return moved.reshape(len(x), -1)
+
+
+def classifier_views(x: torch.Tensor, cfg: Config) -> Iterator[torch.Tensor]:
+    """Yield, one at a time (only one shifted copy in memory), the versions of ``x: [N, 784]`` the classifier
+    trains on: the images, their mirror images if ``cfg.clf_hflip``, then each of those moved
+    ``cfg.clf_shift`` pixels down, up, right and left (images first, then mirror images)."""
+    bases = [x, hflip(x)] if cfg.clf_hflip else [x]
+    yield from bases
+    s = cfg.clf_shift
+    if s:
+        for base in bases:
+            for dy, dx in ((s, 0), (-s, 0), (0, s), (0, -s)):
+                yield shift_images(base, dy, dx)
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -666,16 +694,16 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
                      x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None) -> dict[str, list]:
     """Train ``clf`` on the frozen autoencoder's codes of ``x_train: [N, D]`` (labels ``y_train: [N]``).
 
-    Codes are computed once and kept sparse (``[V, N, k]`` values and indices for the ``V`` views: the
-    images, and their mirror images if ``cfg.clf_hflip``); each step takes a random view per image and
+    Codes are computed once and kept sparse (``[V, N, k]`` values and indices for the ``V`` views of
+    ``classifier_views``: mirror images, shifted copies); each step takes a random view per image and
     touches only the k active rows of the first layer. Returns per-epoch loss, train accuracy and (if
     given) accuracy on ``x_val`` (monitoring only: nothing is selected on it).
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    views = [x_train, hflip(x_train)] if cfg.clf_hflip else [x_train]
-    codes = [encode_dataset(sae, v, device) for v in views]
+    codes = [encode_dataset(sae, v, device) for v in classifier_views(x_train, cfg)]
     values, indices = torch.stack([c[0] for c in codes]), torch.stack([c[1] for c in codes])
+    del codes  # training reads the stacked copies
     y = y_train.to(device)
     val = None if x_val is None else (*encode_dataset(sae, x_val, device), y_val.to(device))
     clf.to(device)
@@ -688,7 +716,7 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
         clf.train()
         sums = torch.zeros(2, device=device)
         for idx in _batches(len(y), cfg.batch_size, gen, device):
-            view = torch.randint(len(views), (len(idx),), generator=gen).to(device)
+            view = torch.randint(len(values), (len(idx),), generator=gen).to(device)
             logits = clf.forward_sparse(values[view, idx], indices[view, idx])
             loss = F.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
@@ -1605,7 +1633,6 @@ def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Seque
 # quantities use a diverging colour map centred at 0 with a symmetric scale.
 
 DPI = 110  # resolution of saved PNGs
-IMAGE_SIDE = 28  # images are IMAGE_SIDE x IMAGE_SIDE pixels
 DIVERGING_CMAP = "RdBu_r"  # signed attributions and decoder atoms: red > 0, white = 0, blue < 0
 IMAGE_CMAP = "gray"  # pixel intensities (white object on black background, as in the data)
 CONFUSION_CMAP = "Blues"  # row-normalised confusion matrix (values in [0, 1])

@@ -6,7 +6,8 @@ OURS       ksae_helpers.train_autoencoder / train_classifier with the default Co
            a classifier that reads the precomputed sparse codes.
 REFERENCE  what a tutorial would write: torchvision's FashionMNIST dataset (read offline from a temp
            root holding the same files) with a per-sample ``ToTensor`` transform (and a per-sample
-           random horizontal flip where the config's ``ae_hflip`` / ``clf_hflip`` is on),
+           random horizontal flip where the config's ``ae_hflip`` / ``clf_hflip`` is on, and for the
+           classifier a per-sample random move of ``clf_shift`` pixels up/down/left/right, or none),
            ``DataLoader(batch_size=256, shuffle=True)``, a dense top-k SAE (``z @ W_dec`` over all 1024
            atoms, same unit-norm atoms and AuxK loss), plain (non-fused) ``torch.optim.Adam``, and a
            classifier of ``nn.Linear`` layers 1024 -> 512 -> 256 -> 10 with dropout 0.3 that encodes
@@ -121,18 +122,32 @@ def make_torchvision_root(source: Path, root: Path) -> Path:
     return root
 
 
-def reference_datasets(tv_root: Path, ae_hflip: bool, clf_hflip: bool):
+class RandomShift:
+    """Per-sample transform: the ``[1, 28, 28]`` image as it is or moved ``pixels`` up, down, left or right
+    (each of the five with equal probability, as ours draws among its precomputed shifted views)."""
+
+    def __init__(self, pixels: int):
+        self.offsets = [(0, 0), (pixels, 0), (-pixels, 0), (0, pixels), (0, -pixels)]
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        dy, dx = self.offsets[int(torch.randint(len(self.offsets), ()))]
+        return kh.shift_images(image.reshape(1, -1), dy, dx).reshape(image.shape)
+
+
+def reference_datasets(tv_root: Path, cfg: kh.Config):
     """``(ae_dataset, clf_dataset)``: torchvision FashionMNIST with per-sample PIL -> tensor transforms
-    (plus a per-sample random mirror image where the config asks for one, as ours does)."""
+    (plus a per-sample random mirror image and shift where the config asks for them, as ours does)."""
     from torchvision import transforms
     from torchvision.datasets import FashionMNIST
 
-    def transform(flip):
-        return transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor()]) if flip \
-            else transforms.ToTensor()
+    def transform(flip, shift=0):
+        steps = ([transforms.RandomHorizontalFlip()] if flip else []) + [transforms.ToTensor()]
+        return transforms.Compose(steps + ([RandomShift(shift)] if shift else []))
 
-    return (FashionMNIST(str(tv_root), train=True, transform=transform(ae_hflip), download=False),
-            FashionMNIST(str(tv_root), train=True, transform=transform(clf_hflip), download=False))
+    ae_transform = transform(getattr(cfg, "ae_hflip", False))
+    clf_transform = transform(cfg.clf_hflip, getattr(cfg, "clf_shift", 0))
+    return (FashionMNIST(str(tv_root), train=True, transform=ae_transform, download=False),
+            FashionMNIST(str(tv_root), train=True, transform=clf_transform, download=False))
 
 
 def reference_train_autoencoder(sae: DenseTopKSAE, dataset, x_mean, cfg, device, epochs):
@@ -193,6 +208,12 @@ def reference_train_classifier(clf: DenseClassifier, sae: DenseTopKSAE, dataset,
 # -----------------------------------------------------------------------------------------------------
 
 
+def encode_views(sae: kh.KSparseAutoencoder, x: torch.Tensor, cfg: kh.Config, device: torch.device):
+    """What ``train_classifier`` does before its first epoch: make and encode every view, stack the codes."""
+    codes = [kh.encode_dataset(sae, v, device) for v in kh.classifier_views(x, cfg)]
+    return torch.stack([c[0] for c in codes]), torch.stack([c[1] for c in codes])
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -234,7 +255,8 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}; {n} training images; batch {cfg.batch_size}; k={cfg.k}, "
           f"H={cfg.d_hidden}; {args.epochs} epoch(s) of each phase, best of {args.repeats}; "
           f"lr schedules ae={schedule_of(cfg, 'ae')} clf={schedule_of(cfg, 'clf')}; "
-          f"hflip ae={getattr(cfg, 'ae_hflip', False)} clf={cfg.clf_hflip}")
+          f"hflip ae={getattr(cfg, 'ae_hflip', False)} clf={cfg.clf_hflip}; "
+          f"clf shift {getattr(cfg, 'clf_shift', 0)} px")
 
     # one-time costs that are not per-epoch: the first optimizer construction imports torch._dynamo
     kh.make_adam([nn.Parameter(torch.zeros(1, device=device))], 1e-3)
@@ -244,7 +266,7 @@ def main(argv=None) -> None:
     ae_ds = clf_ds = None
     if not args.skip_reference:
         tv_root = make_torchvision_root(Path(data.source), Path(tmp.name))
-        ae_ds, clf_ds = reference_datasets(tv_root, getattr(cfg, "ae_hflip", False), cfg.clf_hflip)
+        ae_ds, clf_ds = reference_datasets(tv_root, cfg)
         if cfg.train_subset:
             ae_ds = torch.utils.data.Subset(ae_ds, range(n))
             clf_ds = torch.utils.data.Subset(clf_ds, range(n))
@@ -258,10 +280,9 @@ def main(argv=None) -> None:
         sae = kh.KSparseAutoencoder(config=cfg)
         clf = kh.SparseCodeClassifier.from_config(cfg)
         t_ae, _ = timed(lambda: (kh.train_autoencoder(sae, x_train, cfg, device), sync(device)))
-        # train_classifier encodes the training set (and its mirror images) once before its first epoch:
-        # time that setup on its own, so the per-epoch figure and the projection are both honest
-        views = [x_train, kh.hflip(x_train)] if cfg.clf_hflip else [x_train]
-        setup, _ = timed(lambda: ([kh.encode_dataset(sae, v, device) for v in views], sync(device)))
+        # train_classifier encodes every view of the training set once before its first epoch: time that
+        # setup on its own, so the per-epoch figure and the projection are both honest
+        setup, _ = timed(lambda: (encode_views(sae, x_train, cfg, device), sync(device)))
         t_clf, _ = timed(lambda: (kh.train_classifier(clf, sae, x_train, y_train, cfg, device), sync(device)))
         runs["ours_ae"].append(t_ae / args.epochs)
         runs["clf_setup"].append(setup)
@@ -288,7 +309,8 @@ def main(argv=None) -> None:
     print(f"{'phase':<13}{'ours s/epoch':>14}{'reference s/epoch':>19}{'ratio ref/ours':>16}")
     for phase, ours, ref in rows:
         print(f"{phase:<13}{ours:>14.2f}{ref:>19.2f}{ref / ours:>15.1f}x")
-    print(f"(classifier one-time setup, encoding the training set{' and its mirror images' if cfg.clf_hflip else ''}: "
+    print(f"(classifier one-time setup, encoding the training set's {len(list(kh.classifier_views(x_train[:1], cfg)))} "
+          f"views (mirror images, shifted copies): "
           f"{clf_setup:.2f} s, not included above)")
     scale = len(data.x_train) / n
     total = (DEFAULT_AE_EPOCHS * ours_ae + DEFAULT_CLF_EPOCHS * ours_clf + clf_setup) * scale

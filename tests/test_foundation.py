@@ -498,7 +498,8 @@ def test_load_or_train_trains_once_then_loads_and_retrains_when_needed(tmp_path,
 def test_checkpoint_name_tracks_training_fields():
     base = kh.Config(**TINY)
     assert kh.Config(**TINY).checkpoint_name() == base.checkpoint_name()
-    for change in ({"lr": 2e-3}, {"k": 20}, {"seed": 1}, {"aux_k": 64}, {"dropout": 0.1}, {"dead_after": 500}):
+    for change in ({"lr": 2e-3}, {"k": 20}, {"seed": 1}, {"aux_k": 64}, {"dropout": 0.1}, {"dead_after": 500},
+                   {"clf_shift": 2}, {"clf_hflip": False}):
         assert kh.Config(**{**TINY, **change}).checkpoint_name() != base.checkpoint_name(), change
     assert kh.Config(**TINY, smoothgrad_samples=3).checkpoint_name() == base.checkpoint_name()
     assert kh.Config.from_dict(base.to_dict()) == base
@@ -521,6 +522,61 @@ def test_same_seed_same_weights_different_seed_different_weights(data):
     assert not torch.equal(clf_a.rest[-1].weight, clf_c.rest[-1].weight)
 
 
+def _shift_by_loop(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Reference for shift_images: out[r, c] = image[r - dy, c - dx] where that is inside, else 0."""
+    out = torch.zeros_like(image)
+    for r in range(28):
+        for c in range(28):
+            if 0 <= r - dy < 28 and 0 <= c - dx < 28:
+                out[r, c] = image[r - dy, c - dx]
+    return out
+
+
+@pytest.mark.parametrize("dy,dx", [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (2, -3), (-27, 5)])
+def test_shift_images_moves_pixels_and_fills_zeros(dy, dx, data):
+    x = data.x_test[:3]
+    moved = kh.shift_images(x, dy, dx)
+    assert moved.shape == x.shape
+    for image, got in zip(x.reshape(-1, 28, 28), moved.reshape(-1, 28, 28)):
+        assert torch.equal(got, _shift_by_loop(image, dy, dx))
+
+
+def test_shift_images_rejects_shifts_off_the_image():
+    with pytest.raises(ValueError, match="image side"):
+        kh.shift_images(torch.zeros(1, 784), 28, 0)
+
+
+def test_classifier_views_are_mirrors_and_shifts(data):
+    x = data.x_test[:4]
+    views = list(kh.classifier_views(x, kh.Config(clf_shift=2)))
+    assert len(views) == 10
+    assert torch.equal(views[0], x) and torch.equal(views[1], kh.hflip(x))
+    offsets = [(2, 0), (-2, 0), (0, 2), (0, -2)]
+    for i, (base, (dy, dx)) in enumerate([(b, o) for b in (x, kh.hflip(x)) for o in offsets]):
+        assert torch.equal(views[2 + i], kh.shift_images(base, dy, dx))
+    assert len(list(kh.classifier_views(x, kh.Config(clf_shift=0)))) == 2
+    assert len(list(kh.classifier_views(x, kh.Config(clf_hflip=False)))) == 5
+    only = list(kh.classifier_views(x, kh.Config(clf_shift=0, clf_hflip=False)))
+    assert len(only) == 1 and torch.equal(only[0], x)
+
+
+def test_classifier_trains_on_the_shifted_views(data, monkeypatch):
+    seen = []
+    original = kh.classifier_views
+    monkeypatch.setattr(kh, "classifier_views", lambda x, cfg: seen.append(cfg.clf_shift) or original(x, cfg))
+    weights = {}
+    for shift in (0, 1):
+        cfg = kh.Config(**{**TINY, "clf_shift": shift})
+        torch.manual_seed(0)
+        sae = kh.KSparseAutoencoder(config=cfg)
+        clf = kh.SparseCodeClassifier.from_config(cfg)
+        x, y = kh.train_subset(data, cfg.train_subset)
+        kh.train_classifier(clf, sae, x, y, cfg, torch.device("cpu"))
+        weights[shift] = clf.W1.detach().clone()
+    assert seen == [0, 1]
+    assert not torch.equal(weights[0], weights[1])  # same seed, same batches: only the views differ
+
+
 # =====================================================================================================
 # 8. Config validation
 # =====================================================================================================
@@ -537,6 +593,7 @@ BAD_CONFIGS = [
     {"confidence_threshold": -0.01}, {"confidence_threshold": 1.0}, {"confidence_threshold": 1.5},
     {"confidence_threshold": math.nan},
     {"train_subset": -1}, {"aux_k": -1}, {"dead_after": 0},
+    {"clf_shift": -1}, {"clf_shift": 28}, {"clf_shift": 1.0}, {"clf_shift": True},
     *({name: "linear"} for name in ("lr_schedule", "ae_lr_schedule", "clf_lr_schedule")
       if name in {f.name for f in dataclasses.fields(kh.Config)}),
 ]
@@ -552,7 +609,7 @@ def test_bad_config_raises_value_error(kwargs):
 @pytest.mark.parametrize("kwargs", [
     {"k": 1}, {"k": 1024}, {"k": 64, "d_hidden": 64}, {"dropout": 0.0}, {"dropout": 0.99},
     {"confidence_threshold": 0.0}, {"confidence_threshold": 0.999}, {"smoothgrad_noise": 0.0},
-    {"ig_method": "riemann_trapezoid"}, {"aux_k": 0}, {"train_subset": 60000},
+    {"ig_method": "riemann_trapezoid"}, {"aux_k": 0}, {"train_subset": 60000}, {"clf_shift": 0}, {"clf_shift": 27},
 ])
 def test_edge_configs_accepted(kwargs):
     cfg = kh.Config(**kwargs)
