@@ -86,13 +86,9 @@ class Config:
     smoothgrad_noise: float = 0.1  # SmoothGrad noise std (pixels are in [0, 1])
     confidence_threshold: float = 0.8  # explain only correct predictions above this softmax confidence
 
-    # Fields that change the trained weights; a checkpoint is reused only if all of them match.
-    TRAINING_FIELDS = (
-        "k", "d_input", "d_hidden", "aux_k", "aux_coef", "dead_after", "clf_hidden", "n_classes", "dropout",
-        "batch_size", "lr", "ae_lr_schedule", "clf_lr_schedule", "ae_epochs", "clf_epochs", "clf_hflip", "clf_shift",
-        "ae_hflip",
-        "train_subset", "seed",
-    )  # fmt: skip
+    # The fields above "attribution" change the trained weights: a checkpoint is reused only if all of them
+    # match (``training_key``). These do not:
+    ATTRIBUTION_FIELDS = ("ig_steps", "ig_method", "smoothgrad_samples", "smoothgrad_noise", "confidence_threshold")
 
     def __post_init__(self):
         if not isinstance(self.clf_hidden, (tuple, list)) or not self.clf_hidden:
@@ -100,11 +96,10 @@ class Config:
         for width in self.clf_hidden:
             _check_int("clf_hidden width", width, low=1)
         self.clf_hidden = tuple(int(w) for w in self.clf_hidden)
-        for name in ("d_input", "d_hidden", "n_classes", "batch_size", "ae_epochs", "clf_epochs"):
+        for name in ("d_input", "d_hidden", "n_classes", "batch_size", "ae_epochs", "clf_epochs", "ig_steps",
+                     "smoothgrad_samples"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("k", self.k, low=1, high=self.d_hidden, high_name="d_hidden")
-        for name in ("ig_steps", "smoothgrad_samples"):
-            _check_int(name, getattr(self, name), low=1)
         _check_int("train_subset", self.train_subset, low=0)
         _check_int("clf_shift", self.clf_shift, low=0, high=IMAGE_SIDE - 1, high_name="the image side minus 1")
         _check_int("aux_k", self.aux_k, low=0)
@@ -137,7 +132,7 @@ class Config:
     def training_key(self) -> dict:
         """The fields that determine the trained weights."""
         d = self.to_dict()
-        return {name: d[name] for name in self.TRAINING_FIELDS}
+        return {name: value for name, value in d.items() if name not in self.ATTRIBUTION_FIELDS}
 
     def checkpoint_name(self) -> str:
         """A file name that says what was trained, plus a short hash of every training field."""
@@ -185,6 +180,15 @@ def pick_device(verbose: bool = True) -> torch.device:
     if verbose:
         print(f"Using device: {device} — {name}")
     return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has finished its queued work (for honest wall-clock timings; no-op on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def device_name(device: torch.device) -> str:
@@ -391,8 +395,8 @@ class KSparseAutoencoder(nn.Module):
             k, d_input, d_hidden = config.k, config.d_input, config.d_hidden
         _check_int("d_input", d_input, low=1)
         _check_int("d_hidden", d_hidden, low=1)
-        _check_int("k", k, low=1, high=d_hidden, high_name="d_hidden")
-        self.k, self.d_input, self.d_hidden = k, d_input, d_hidden
+        self.d_input, self.d_hidden = d_input, d_hidden
+        self.set_k_(k)
         w_dec = torch.randn(d_hidden, d_input)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)  # [H, D], row j = atom d_j
@@ -473,8 +477,7 @@ class SparseCodeClassifier(nn.Module):
     def __init__(self, d_hidden: int = 1024, hidden: Sequence[int] = (512, 256), n_classes: int = 10,
                  dropout: float = 0.3):
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_float("dropout", dropout, low=0.0, high=1.0, high_open=True)
         first = nn.Linear(d_hidden, hidden[0])  # for PyTorch's default initialisation
         self.W1 = nn.Parameter(first.weight.detach().T.contiguous())  # [H, hidden0], row j = unit j's fan-out
         self.b1 = nn.Parameter(first.bias.detach().clone())  # [hidden0]
@@ -678,6 +681,19 @@ def encode_dataset(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.devic
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+def encode_views(sae: KSparseAutoencoder, x: torch.Tensor, cfg: Config,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse codes of every ``classifier_views`` view of ``x: [N, D]``: ``(values, indices)``, each
+    ``[V, N, k]`` on ``device`` (what ``train_classifier`` computes once before its first epoch)."""
+    n_views = (1 + cfg.clf_hflip) * (1 + 4 * (cfg.clf_shift > 0))
+    values = torch.empty(n_views, len(x), sae.k, device=device)
+    indices = torch.empty(n_views, len(x), sae.k, dtype=torch.long, device=device)
+    for i, view in enumerate(classifier_views(x, cfg)):  # filled in place: the codes are held once
+        values[i], indices[i] = encode_dataset(sae, view, device)
+    assert i == n_views - 1, "classifier_views and n_views disagree"
+    return values, indices
+
+
 @torch.no_grad()
 def _accuracy_sparse(clf: SparseCodeClassifier, values, indices, y, batch_size: int = 8192) -> float:
     clf.eval()
@@ -701,9 +717,7 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    codes = [encode_dataset(sae, v, device) for v in classifier_views(x_train, cfg)]
-    values, indices = torch.stack([c[0] for c in codes]), torch.stack([c[1] for c in codes])
-    del codes  # training reads the stacked copies
+    values, indices = encode_views(sae, x_train, cfg, device)
     y = y_train.to(device)
     val = None if x_val is None else (*encode_dataset(sae, x_val, device), y_val.to(device))
     clf.to(device)
@@ -1701,8 +1715,8 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     if save is not None:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-        atomic_write_bytes(save, buffer.getvalue())
         fig.saved_png = buffer.getvalue()  # rendered once: ``show`` displays these bytes
+        atomic_write_bytes(save, fig.saved_png)
     else:
         fig.draw_without_rendering()
     plt.close(fig)
@@ -2618,8 +2632,8 @@ def headline_table(summary: dict) -> list[tuple[str, str]]:
                 rows.append((f"{mode} AUC: {m}", f"{v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"))
         comp = val["completeness"]["table"]
         for method, table in comp.items():
-            if 50 in table or "50" in table:
-                entry = table.get(50, table.get("50"))
+            entry = table.get("50")  # summaries are JSON-shaped: n_steps keys are strings
+            if entry:
                 rows.append((f"IG completeness within 5 % ({method}, 50 steps)",
                              f"{100 * entry['share_within_tolerance']:.0f} %"))
     rows += [(f"time: {k}", f"{v:.1f} s") for k, v in summary.get("timings_s", {}).items()]

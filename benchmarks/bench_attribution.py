@@ -85,23 +85,16 @@ def load_model(checkpoint: str | None, device: torch.device):
     return cfg, pipeline, desc
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def timed(fn, device, repeats=1):
     """``(result, seconds)``: minimum wall time over ``repeats`` runs."""
     best, out = float("inf"), None
     for _ in range(repeats):
-        sync(device)
+        kh.synchronize(device)
         t0 = time.perf_counter()
         out = fn()
         if isinstance(out, torch.Tensor):
             out = out.detach()
-        sync(device)
+        kh.synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return out, best
 

@@ -23,10 +23,8 @@ schedule), so the ratio measures the implementation, not the recipe. Run from th
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -40,13 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ksae_helpers as kh  # noqa: E402
 
 DEFAULT_AE_EPOCHS, DEFAULT_CLF_EPOCHS = kh.Config().ae_epochs, kh.Config().clf_epochs  # 30, 50
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -98,27 +89,12 @@ def fvu(x_hat, x):
     return (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
 
 
-def schedule_of(cfg: kh.Config, phase: str) -> str:
-    """The config's learning-rate schedule for ``phase`` ("ae" or "clf")."""
-    return getattr(cfg, f"{phase}_lr_schedule", getattr(cfg, "lr_schedule", "constant"))
-
-
-def lr_scheduler(opt, cfg: kh.Config, phase: str, total_steps: int):
-    """The same per-step schedule as ours (a LambdaLR; its cost per step is negligible)."""
-    return kh.make_scheduler(opt, schedule_of(cfg, phase), total_steps)
-
-
 def make_torchvision_root(source: Path, root: Path) -> Path:
     """Extracted IDX files under ``root/FashionMNIST/raw`` (torchvision's offline layout; no download)."""
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in kh.FASHION_MNIST_SHA256:
-        gz, plain = source / f"{name}.gz", source / name
-        if gz.exists():
-            with gzip.open(gz, "rb") as fin, open(raw / name, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-        else:
-            shutil.copyfile(plain, raw / name)
+        (raw / name).write_bytes(kh._read_idx_bytes(source, name))
     return root
 
 
@@ -144,8 +120,8 @@ def reference_datasets(tv_root: Path, cfg: kh.Config):
         steps = ([transforms.RandomHorizontalFlip()] if flip else []) + [transforms.ToTensor()]
         return transforms.Compose(steps + ([RandomShift(shift)] if shift else []))
 
-    ae_transform = transform(getattr(cfg, "ae_hflip", False))
-    clf_transform = transform(cfg.clf_hflip, getattr(cfg, "clf_shift", 0))
+    ae_transform = transform(cfg.ae_hflip)
+    clf_transform = transform(cfg.clf_hflip, cfg.clf_shift)
     return (FashionMNIST(str(tv_root), train=True, transform=ae_transform, download=False),
             FashionMNIST(str(tv_root), train=True, transform=clf_transform, download=False))
 
@@ -156,7 +132,7 @@ def reference_train_autoencoder(sae: DenseTopKSAE, dataset, x_mean, cfg, device,
     with torch.no_grad():
         sae.b_pre.copy_(x_mean.to(device))
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)  # plain, not fused
-    sched = lr_scheduler(opt, cfg, "ae", epochs * len(loader))
+    sched = kh.make_scheduler(opt, cfg.ae_lr_schedule, epochs * len(loader))  # same per-step schedule as ours
     since_fired = torch.zeros(cfg.d_hidden, device=device)
     for _ in range(epochs):
         for images, _labels in loader:
@@ -178,7 +154,7 @@ def reference_train_autoencoder(sae: DenseTopKSAE, dataset, x_mean, cfg, device,
             with torch.no_grad():
                 sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
                 since_fired = torch.where((z > 0).any(0), 0, since_fired + len(x))
-    sync(device)
+    kh.synchronize(device)
     return sae.eval()
 
 
@@ -187,7 +163,7 @@ def reference_train_classifier(clf: DenseClassifier, sae: DenseTopKSAE, dataset,
     clf.to(device)
     sae.eval()
     opt = torch.optim.Adam(clf.parameters(), lr=cfg.lr)
-    sched = lr_scheduler(opt, cfg, "clf", epochs * len(loader))
+    sched = kh.make_scheduler(opt, cfg.clf_lr_schedule, epochs * len(loader))
     for _ in range(epochs):
         clf.train()
         for images, labels in loader:
@@ -199,19 +175,13 @@ def reference_train_classifier(clf: DenseClassifier, sae: DenseTopKSAE, dataset,
             loss.backward()
             opt.step()
             sched.step()
-    sync(device)
+    kh.synchronize(device)
     return clf.eval()
 
 
 # -----------------------------------------------------------------------------------------------------
 # Benchmark
 # -----------------------------------------------------------------------------------------------------
-
-
-def encode_views(sae: kh.KSparseAutoencoder, x: torch.Tensor, cfg: kh.Config, device: torch.device):
-    """What ``train_classifier`` does before its first epoch: make and encode every view, stack the codes."""
-    codes = [kh.encode_dataset(sae, v, device) for v in kh.classifier_views(x, cfg)]
-    return torch.stack([c[0] for c in codes]), torch.stack([c[1] for c in codes])
 
 
 def timed(fn):
@@ -254,9 +224,8 @@ def main(argv=None) -> None:
         print(f"load average before timing: {load:.2f} on {os.cpu_count()} cores{busy}")
     print(f"torch {torch.__version__}; {n} training images; batch {cfg.batch_size}; k={cfg.k}, "
           f"H={cfg.d_hidden}; {args.epochs} epoch(s) of each phase, best of {args.repeats}; "
-          f"lr schedules ae={schedule_of(cfg, 'ae')} clf={schedule_of(cfg, 'clf')}; "
-          f"hflip ae={getattr(cfg, 'ae_hflip', False)} clf={cfg.clf_hflip}; "
-          f"clf shift {getattr(cfg, 'clf_shift', 0)} px")
+          f"lr schedules ae={cfg.ae_lr_schedule} clf={cfg.clf_lr_schedule}; "
+          f"hflip ae={cfg.ae_hflip} clf={cfg.clf_hflip}; clf shift {cfg.clf_shift} px")
 
     # one-time costs that are not per-epoch: the first optimizer construction imports torch._dynamo
     kh.make_adam([nn.Parameter(torch.zeros(1, device=device))], 1e-3)
@@ -279,11 +248,11 @@ def main(argv=None) -> None:
         torch.manual_seed(cfg.seed)
         sae = kh.KSparseAutoencoder(config=cfg)
         clf = kh.SparseCodeClassifier.from_config(cfg)
-        t_ae, _ = timed(lambda: (kh.train_autoencoder(sae, x_train, cfg, device), sync(device)))
+        t_ae, _ = timed(lambda: (kh.train_autoencoder(sae, x_train, cfg, device), kh.synchronize(device)))
         # train_classifier encodes every view of the training set once before its first epoch: time that
         # setup on its own, so the per-epoch figure and the projection are both honest
-        setup, _ = timed(lambda: (encode_views(sae, x_train, cfg, device), sync(device)))
-        t_clf, _ = timed(lambda: (kh.train_classifier(clf, sae, x_train, y_train, cfg, device), sync(device)))
+        setup, _ = timed(lambda: (kh.encode_views(sae, x_train, cfg, device), kh.synchronize(device)))
+        t_clf, _ = timed(lambda: (kh.train_classifier(clf, sae, x_train, y_train, cfg, device), kh.synchronize(device)))
         runs["ours_ae"].append(t_ae / args.epochs)
         runs["clf_setup"].append(setup)
         runs["ours_clf"].append(max(t_clf - setup, 1e-9) / args.epochs)

@@ -29,11 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ksae_helpers as kh  # noqa: E402
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(cfg: kh.Config, data: kh.FashionMNIST, device: torch.device) -> dict:
     """Train one autoencoder with ``cfg`` and return its test metrics and training seconds."""
     x_train, _ = kh.train_subset(data, cfg.train_subset)
@@ -41,7 +36,7 @@ def measure(cfg: kh.Config, data: kh.FashionMNIST, device: torch.device) -> dict
     sae = kh.KSparseAutoencoder(config=cfg)
     t0 = time.perf_counter()
     kh.train_autoencoder(sae, x_train, cfg, device)
-    sync(device)
+    kh.synchronize(device)
     seconds = time.perf_counter() - t0
     metrics = kh.evaluate_autoencoder(sae, data, device)
     return {"ae_epochs": cfg.ae_epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "fvu": metrics["fvu"],
@@ -73,13 +68,14 @@ def main(argv=None) -> list[dict]:
             parser.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else kh.pick_device(verbose=False)
+    configs = [kh.Config(ae_epochs=epochs, batch_size=batch, lr=lr, train_subset=args.train_subset)
+               for epochs, batch, lr in itertools.product(args.epochs, args.batch_sizes, args.lrs)]  # checked first
     data = kh.load_fashion_mnist(download=False, verbose=False)
     print(f"device: {kh.device_name(device)}; torch {torch.__version__}")
     rows = []
-    for epochs, batch, lr in itertools.product(args.epochs, args.batch_sizes, args.lrs):
-        cfg = kh.Config(ae_epochs=epochs, batch_size=batch, lr=lr, train_subset=args.train_subset)
+    for cfg in configs:
         rows.append(measure(cfg, data, device))
-        print(f"epochs {epochs}, batch {batch}, lr {lr:g}: FVU {rows[-1]['fvu']:.4f}, "
+        print(f"epochs {cfg.ae_epochs}, batch {cfg.batch_size}, lr {cfg.lr:g}: FVU {rows[-1]['fvu']:.4f}, "
               f"{rows[-1]['seconds']:.1f} s", flush=True)
     print_table(rows, args.target)
     return rows

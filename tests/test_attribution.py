@@ -55,9 +55,7 @@ def make_pipeline(seed: int = 0, smooth_head: bool = False) -> kh.SparseCodePipe
     """Small top-k pipeline. ``smooth_head`` swaps the classifier's ReLUs for Softplus (see the
     decoder-weighted completeness tests)."""
     torch.manual_seed(seed)
-    # Built from a Config with aux_k <= d_hidden (older versions of KSparseAutoencoder(k=8, d_hidden=64)
-    # raised because the default aux_k=256 exceeded d_hidden=64).
-    sae = kh.KSparseAutoencoder(config=kh.Config(k=8, d_hidden=64, aux_k=32))
+    sae = kh.KSparseAutoencoder(k=8, d_hidden=64)
     clf = kh.SparseCodeClassifier(d_hidden=64, hidden=(32, 16), n_classes=10, dropout=0.3)
     if smooth_head:
         for i, module in enumerate(clf.rest):
@@ -88,10 +86,9 @@ def x():
 
 
 @pytest.fixture(scope="module")
-def real_x():
-    """The first B Fashion-MNIST test images (float64). Like the other test files, this needs the real
-    dataset (CI installs it) and fails, never skips, when it is absent."""
-    return kh.load_fashion_mnist(download=False, verbose=False).x_test[:B].to(DT)
+def real_x(data):
+    """The first B Fashion-MNIST test images (float64), from the session's ``data`` (tests/conftest.py)."""
+    return data.x_test[:B].to(DT)
 
 
 @pytest.fixture(params=["random", "real"])
@@ -451,7 +448,7 @@ def test_decoder_weighted_rescale_equals_captum_deeplift(pipeline, images):
 
 
 def test_attribute_all_matches_individual_calls(pipeline, x):
-    cfg = kh.Config(k=8, d_hidden=64, aux_k=32, clf_hidden=(32, 16), ig_steps=8, smoothgrad_samples=4,
+    cfg = kh.Config(k=8, d_hidden=64, clf_hidden=(32, 16), ig_steps=8, smoothgrad_samples=4,
                     smoothgrad_noise=0.15, ig_method="riemann_middle", seed=3)
     maps = kh.attribute_all(pipeline, x, TARGETS, cfg)
     assert list(maps) == list(ALL_METHODS)
@@ -567,7 +564,7 @@ def test_decoder_weighted_needs_pipeline(model_fn):
 
 @pytest.mark.parametrize("methods", [("integrated", "lime"), ("gradients",), "integrated"])
 def test_attribute_all_unknown_methods(pipeline, x, methods):
-    cfg = kh.Config(k=8, d_hidden=64, aux_k=32)
+    cfg = kh.Config(k=8, d_hidden=64)
     with pytest.raises(ValueError, match="methods must be a subset of"):
         kh.attribute_all(pipeline, x, TARGETS, cfg, methods=methods)
 

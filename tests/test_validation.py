@@ -117,8 +117,7 @@ def test_path_switches_count_active_set_changes():
 
 
 @pytest.fixture(scope="module")
-def small_pipeline():
-    data = kh.load_fashion_mnist(download=False, verbose=False)
+def small_pipeline(data):
     cfg = kh.Config(k=16, d_hidden=128, clf_hidden=(64, 32), train_subset=3000, ae_epochs=5, clf_epochs=30,
                     ig_steps=16, smoothgrad_samples=4)
     sae, clf, _ = kh.train_models(cfg, data, torch.device("cpu"))
