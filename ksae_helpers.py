@@ -58,8 +58,8 @@ class Config:
     k: int = 50  # active code units kept per image (top-k)
     d_input: int = 784  # pixels per image (28 x 28)
     d_hidden: int = 1024  # code units (dictionary size)
-    aux_k: int = 0  # AuxK (Gao et al. 2024): dead units that reconstruct the residual; 0 = off (README: no
-    # measurable effect at full scale, a quarter of each step's time); 256 is the literature's choice
+    aux_k: int = 256  # AuxK (Gao et al. 2024): top this-many dead units reconstruct the residual (0 = off).
+    # Keeps the dictionary alive below k = 50 (README, k sweep); chosen on the validation split
     aux_coef: float = 1 / 32  # AuxK: weight of the auxiliary loss
     dead_after: int = 20_000  # AuxK: a unit that fired on none of the last this-many images is "dead"
     # --- classifier on the codes ---
@@ -77,7 +77,9 @@ class Config:
     clf_shift: int = 1  # classifier also sees each such view moved this many pixels up, down, left or right
     # (one of the five positions at random per step; 0 = off). README: +0.6 to +1.0 points of accuracy, 3 seeds
     ae_hflip: bool = False  # autoencoder sees each image or its mirror image at random
-    train_subset: int = 0  # use only the first N training images (0 = all 60 000); for smoke runs
+    n_val: int = 5000  # training images held out as the validation split (class-stratified, fixed seed
+    # VAL_SPLIT_SEED); every recipe choice and per-epoch curve uses it, the test set is evaluated once
+    train_subset: int = 0  # train on only the first N images of the training split (0 = all); for smoke runs
     seed: int = 0  # seeds initialisation, batch order, dropout and sample selection
     # --- attribution ---
     ig_steps: int = 50  # integrated-gradients steps from a zero image
@@ -101,6 +103,8 @@ class Config:
             _check_int(name, getattr(self, name), low=1)
         _check_int("k", self.k, low=1, high=self.d_hidden, high_name="d_hidden")
         _check_int("train_subset", self.train_subset, low=0)
+        _check_int("n_val", self.n_val, low=0)
+        _check_int("seed", self.seed, low=0)
         _check_int("clf_shift", self.clf_shift, low=0, high=IMAGE_SIDE - 1, high_name="the image side minus 1")
         _check_int("aux_k", self.aux_k, low=0)
         _check_int("dead_after", self.dead_after, low=1)
@@ -348,6 +352,37 @@ def train_subset(data: FashionMNIST, n: int) -> tuple[torch.Tensor, torch.Tensor
     if n == 0:
         return data.x_train, data.y_train
     return data.x_train[:n], data.y_train[:n]
+
+
+VAL_SPLIT_SEED = 0  # the validation split is the same for every Config.seed (seeds vary training, not the split)
+
+
+def validation_indices(y_train: torch.Tensor, n_val: int, n_classes: int) -> torch.Tensor:
+    """Sorted indices of a class-stratified validation split of ``n_val`` images, fixed by ``VAL_SPLIT_SEED``.
+
+    ``y_train: [N]`` labels. Each class gives ``n_val // n_classes`` images (the remainder goes to the first
+    classes), drawn at random without replacement."""
+    _check_int("n_val", n_val, low=0, high=len(y_train) - n_classes, high_name="the training set size minus a class")
+    gen = torch.Generator().manual_seed(VAL_SPLIT_SEED)
+    picks = []
+    for c in range(n_classes):
+        members = torch.nonzero(y_train == c)[:, 0]
+        n_c = n_val // n_classes + (c < n_val % n_classes)
+        if n_c > len(members):
+            raise ValueError(f"n_val={n_val} asks {n_c} validation images of class {c}, which has {len(members)}")
+        picks.append(members[torch.randperm(len(members), generator=gen)[:n_c]])
+    return torch.cat(picks).sort().values
+
+
+def train_val_split(data: FashionMNIST, cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_train, y_train, x_val, y_val)``: the validation split (``cfg.n_val`` images, stratified) and the
+    rest of the training set, of which the first ``cfg.train_subset`` images (0 = all) are trained on."""
+    val = validation_indices(data.y_train, cfg.n_val, len(data.classes))
+    keep = torch.ones(len(data.y_train), dtype=torch.bool)
+    keep[val] = False
+    rest = FashionMNIST(data.x_train[keep], data.y_train[keep], data.x_test, data.y_test, data.classes, data.source)
+    x_train, y_train = train_subset(rest, cfg.train_subset)
+    return x_train, y_train, data.x_train[val], data.y_train[val]
 
 
 def as_flat_images(x: torch.Tensor, name: str = "inputs") -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -621,8 +656,9 @@ def auxk_loss(sae: KSparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor
 
 
 def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Config,
-                      device: torch.device) -> dict[str, list[float]]:
-    """Train ``sae`` on ``x_train: [N, D]`` with Adam, unit-norm atoms and AuxK. Returns per-epoch history.
+                      device: torch.device, x_val: torch.Tensor | None = None) -> dict[str, list[float]]:
+    """Train ``sae`` on ``x_train: [N, D]`` with Adam, unit-norm atoms and AuxK. Returns per-epoch history,
+    with the FVU of the validation images ``x_val: [M, D]`` after every epoch if they are given.
 
     Loss = batch FVU + ``aux_coef`` * AuxK. Deterministic on CPU for a fixed ``cfg.seed``.
     """
@@ -636,7 +672,7 @@ def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Confi
     steps = math.ceil(len(x) / cfg.batch_size)
     sched = make_scheduler(opt, cfg.ae_lr_schedule, cfg.ae_epochs * steps)
     since_fired = torch.zeros(sae.d_hidden, dtype=torch.long, device=device)  # images since last active
-    history = {"loss": [], "fvu": [], "aux_loss": [], "dead_fraction": []}
+    history = {"loss": [], "fvu": [], "aux_loss": [], "dead_fraction": [], "val_fvu": []}
     bar = _progress(cfg.ae_epochs * steps, "autoencoder")
     for epoch in range(cfg.ae_epochs):
         sums = torch.zeros(3, device=device)
@@ -666,10 +702,22 @@ def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Confi
         dead_fraction = float((since_fired >= cfg.dead_after).float().mean())
         for key, value in zip(("loss", "fvu", "aux_loss", "dead_fraction"), mean + [dead_fraction]):
             history[key].append(value)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{mean[0]:.4f}", fvu=f"{mean[1]:.4f}", dead=f"{dead_fraction:.3f}")
+        if x_val is not None:
+            history["val_fvu"].append(dataset_fvu(sae, x_val, device))
+            sae.train()
+        bar.set_postfix(epoch=epoch + 1, loss=f"{mean[0]:.4f}", fvu=f"{mean[1]:.4f}", dead=f"{dead_fraction:.3f}",
+                        **({"val_fvu": f"{history['val_fvu'][-1]:.4f}"} if x_val is not None else {}))
     bar.close()
     sae.eval()
     return history
+
+
+@torch.no_grad()
+def dataset_fvu(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device) -> float:
+    """Fraction of variance of ``x: [N, D]`` that the reconstruction misses (whole-set FVU; eval mode)."""
+    x = x.to(device)
+    x_hat = sae.eval().decode_sparse(*encode_dataset(sae, x, device))
+    return float((x_hat - x).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12))
 
 
 @torch.no_grad()
@@ -713,7 +761,7 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
     Codes are computed once and kept sparse (``[V, N, k]`` values and indices for the ``V`` views of
     ``classifier_views``: mirror images, shifted copies); each step takes a random view per image and
     touches only the k active rows of the first layer. Returns per-epoch loss, train accuracy and (if
-    given) accuracy on ``x_val`` (monitoring only: nothing is selected on it).
+    given) accuracy on the validation images ``x_val: [M, D]`` (never the test set).
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -745,7 +793,7 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
         if val is not None:
             history["val_acc"].append(_accuracy_sparse(clf, *val))
         bar.set_postfix(epoch=epoch + 1, loss=f"{loss_mean:.4f}", acc=f"{acc:.3f}",
-                        **({"test_acc": f"{history['val_acc'][-1]:.3f}"} if val is not None else {}))
+                        **({"val_acc": f"{history['val_acc'][-1]:.3f}"} if val is not None else {}))
     bar.close()
     clf.eval()
     return history
@@ -821,14 +869,14 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
 
 def train_models(cfg: Config, data: FashionMNIST, device: torch.device):
     """Train the autoencoder, then the classifier on its codes. Returns ``(sae, clf, history)``."""
-    x_train, y_train = train_subset(data, cfg.train_subset)
+    x_train, y_train, x_val, y_val = train_val_split(data, cfg)
     torch.manual_seed(cfg.seed)
     sae = KSparseAutoencoder(config=cfg)
     clf = SparseCodeClassifier.from_config(cfg)
     t0 = time.perf_counter()
-    ae_history = train_autoencoder(sae, x_train, cfg, device)
+    ae_history = train_autoencoder(sae, x_train, cfg, device, x_val if len(x_val) else None)
     t1 = time.perf_counter()
-    clf_history = train_classifier(clf, sae, x_train, y_train, cfg, device, data.x_test, data.y_test)
+    clf_history = train_classifier(clf, sae, x_train, y_train, cfg, device, *((x_val, y_val) if len(x_val) else ()))
     t2 = time.perf_counter()
     history = {"ae": ae_history, "clf": clf_history, "seconds": {"ae": t1 - t0, "clf": t2 - t1}}
     return sae.eval(), clf.eval(), history
@@ -855,8 +903,7 @@ def load_or_train(cfg: Config, data: FashionMNIST, device: torch.device, ckpt_di
             if verbose:
                 print(f"{exc}\n-> retraining and overwriting it")
     sae, clf, history = train_models(cfg, data, device)
-    metrics = {"autoencoder": evaluate_autoencoder(sae, data, device),
-               "classifier": evaluate_classifier(sae, clf, data, device)}
+    metrics = evaluate_models(sae, clf, data, cfg, device)
     save_checkpoint(path, cfg, sae, clf, history, metrics)
     if verbose:
         print(f"Saved {path}")
@@ -890,6 +937,19 @@ def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: to
         "d_hidden": sae.d_hidden,
         "unit_usage_train": usage.cpu().tolist(),  # fraction of train images on which each unit fires
     }
+
+
+def evaluate_models(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST, cfg: Config,
+                    device: torch.device) -> dict:
+    """The one evaluation of the test set (after training), plus the same metrics on the validation split."""
+    _, _, x_val, y_val = train_val_split(data, cfg)
+    metrics = {"autoencoder": evaluate_autoencoder(sae, data, device),
+               "classifier": evaluate_classifier(sae, clf, data, device)}
+    if len(y_val):
+        metrics["autoencoder"]["val_fvu"] = dataset_fvu(sae, x_val, device)
+        val_pred = predict(sae, clf, x_val, device).argmax(1).cpu()
+        metrics["classifier"]["val_accuracy"] = float((val_pred == y_val).float().mean())
+    return metrics
 
 
 @torch.no_grad()
@@ -1616,26 +1676,34 @@ def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Conf
 
 
 def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Sequence[int],
-                epochs: Sequence[int] = (10, 15), ckpt_dir: str | os.PathLike = "checkpoints",
+                epochs: Sequence[int] | None = None, ckpt_dir: str | os.PathLike = "checkpoints",
                 n_per_class: int = 20) -> list[dict]:
-    """Train (or load) one model pair per ``k`` with ``epochs = (ae_epochs, clf_epochs)`` and measure FVU,
-    dead units, accuracy and the deletion AUC of integrated gradients (and of random order) on
-    ``n_per_class`` high-confidence images per class."""
+    """Train (or load) one model pair per ``k`` with ``cfg``'s recipe (``epochs = (ae_epochs, clf_epochs)``
+    overrides its epochs) and measure FVU, dead units, mean L0, test accuracy, training seconds, and the
+    zero-substrate deletion AUC of integrated gradients, decoder-weighted and a random order on ``n_per_class``
+    confident correct test images per class (fewer where a class has fewer: ``select_high_confidence``)."""
+    if not ks:
+        raise ValueError("ks must name at least one k")
+    if epochs is not None and (len(epochs) != 2 or any(isinstance(e, bool) or e < 1 for e in epochs)):
+        raise ValueError(f"epochs must be (ae_epochs, clf_epochs), two integers >= 1, got {epochs!r}")
     rows = []
     for k in ks:
-        kcfg = Config(**{**cfg.to_dict(), "k": int(k), "ae_epochs": int(epochs[0]), "clf_epochs": int(epochs[1])})
-        sae, clf, _, metrics = load_or_train(kcfg, data, device, ckpt_dir)
+        over = {"k": k} if epochs is None else {"k": k, "ae_epochs": epochs[0], "clf_epochs": epochs[1]}
+        kcfg = Config(**{**cfg.to_dict(), **over})
+        sae, clf, history, metrics = load_or_train(kcfg, data, device, ckpt_dir)
         pipeline = SparseCodePipeline(sae, clf).eval()
         sel = select_high_confidence(sae, clf, data, device, n_per_class, kcfg.confidence_threshold, kcfg.seed)
         x, y = sel.x.to(device), sel.y.to(device)
-        ig = integrated_gradients(pipeline, x, y, n_steps=kcfg.ig_steps, method=kcfg.ig_method)
-        random_scores = control_maps(x, kcfg.seed)["random"]
-        ae = metrics["autoencoder"]
-        rows.append({"k": int(k), "fvu": ae["fvu"], "dead_units": ae["dead_units"], "mean_l0": ae["mean_l0"],
-                     "test_accuracy": metrics["classifier"]["test_accuracy"],
-                     "deletion_auc_integrated": float(curve_auc(perturbation_curves(pipeline, x, y, ig)).mean()),
-                     "deletion_auc_random": float(curve_auc(perturbation_curves(pipeline, x, y, random_scores)).mean()),
-                     })
+        orders = {"integrated": integrated_gradients(pipeline, x, y, n_steps=kcfg.ig_steps, method=kcfg.ig_method),
+                  "decoder": decoder_weighted(pipeline, x, y), "random": control_maps(x, kcfg.seed)["random"]}
+        ae, seconds = metrics["autoencoder"], history.get("seconds", {})
+        rows.append({"k": int(k), "fvu": ae["fvu"], "val_fvu": ae.get("val_fvu"), "dead_units": ae["dead_units"],
+                     "mean_l0": ae["mean_l0"], "test_accuracy": metrics["classifier"]["test_accuracy"],
+                     "val_accuracy": metrics["classifier"].get("val_accuracy"), "n_images": len(y),
+                     "train_seconds": {"ae": seconds.get("ae"), "clf": seconds.get("clf")},
+                     "device": device_name(device),
+                     **{f"deletion_auc_{name}": float(curve_auc(perturbation_curves(pipeline, x, y, scores)).mean())
+                        for name, scores in orders.items()}})
     return rows
 
 # =====================================================================================================
@@ -1679,11 +1747,13 @@ SHORT_LABELS = {"integrated": "IG", "simple": "Gradient", "smoothgrad": "SmoothG
 IMAGE_STATS = {"mean_abs": "mean |attr|", "max_abs": "max |attr|", "std": "std"}  # per-image statistics
 PAIR_CORRELATIONS = {"spearman_signed": "Spearman, signed", "spearman_abs": "Spearman, |maps|",
                      "pearson_signed": "Pearson, signed", "pearson_abs": "Pearson, |maps|"}
-K_SWEEP_PANELS = {"fvu": "FVU (test)", "dead_units": "dead units", "test_accuracy": "test accuracy",
-                  "deletion_auc_integrated": "deletion AUC (lower = better)"}
-# panel -> (label of its line, key of a dashed reference line, label of that line)
-K_SWEEP_REFERENCES = {
-    "deletion_auc_integrated": ("Integrated gradients", "deletion_auc_random", CONTROL_LABELS["random"]),
+K_SWEEP_PANELS = {  # panel title -> [(row key, line label)]; a panel with one line needs no legend
+    "FVU (test)": [("fvu", "test FVU")],
+    "dead units (of d_hidden)": [("dead_units", "dead units")],
+    "test accuracy": [("test_accuracy", "test accuracy")],
+    "deletion AUC, zero substrate (lower = better)": [
+        ("deletion_auc_integrated", "Integrated gradients"), ("deletion_auc_decoder", "Decoder-weighted"),
+        ("deletion_auc_random", "Random order (control)")],
 }
 
 
@@ -1931,7 +2001,7 @@ def _plot_epochs(ax, series: dict, title: str, ylabel: str) -> None:
 
 def _plot_fvu_aux(ax, ae: dict) -> None:
     """Autoencoder FVU per epoch on ``ax`` and the AuxK loss on a twin y-axis."""
-    _plot_epochs(ax, {"FVU": ae.get("fvu")}, "Autoencoder reconstruction", "FVU (train)")
+    _plot_epochs(ax, {"train": ae.get("fvu"), "validation": ae.get("val_fvu")}, "Autoencoder reconstruction", "FVU")
     aux = ae.get("aux_loss") or []
     if aux:
         twin = ax.twinx()
@@ -1944,9 +2014,9 @@ def _plot_fvu_aux(ax, ae: dict) -> None:
 @_styled
 def plot_training_history(history: dict, save: str | None = None) -> Figure:
     """Per-epoch training curves from ``train_models``: autoencoder FVU (+ AuxK loss), dead fraction,
-    classifier loss, and classifier train vs test accuracy.
+    classifier loss, and classifier train vs validation accuracy (the test set is never looked at per epoch).
 
-    ``history``: ``{"ae": {"loss", "fvu", "aux_loss", "dead_fraction": [E]}, "clf": {"loss", "train_acc",
+    ``history``: ``{"ae": {"loss", "fvu", "aux_loss", "dead_fraction", "val_fvu": [E]}, "clf": {"loss", "train_acc",
     "val_acc": [E]}, "seconds": {"ae", "clf"}}``; missing or empty parts are shown as 'no data', an
     empty history (e.g. from a checkpoint saved without one) as a short note.
     """
@@ -1960,7 +2030,7 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
     _plot_fvu_aux(axes[0], ae)
     _plot_epochs(axes[1], {"dead": ae.get("dead_fraction")}, "Dead units (AuxK criterion)", "fraction of units")
     _plot_epochs(axes[2], {"loss": clf.get("loss")}, "Classifier loss", "cross-entropy (train)")
-    _plot_epochs(axes[3], {"train": clf.get("train_acc"), "test": clf.get("val_acc")},
+    _plot_epochs(axes[3], {"train": clf.get("train_acc"), "validation": clf.get("val_acc")},
                  "Classifier accuracy", "accuracy")
     seconds = history.get("seconds") or {}
     timing = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
@@ -2531,32 +2601,32 @@ def plot_object_focus(focus: dict, save: str | None = None) -> Figure:
 
 @_styled
 def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
-    """FVU, dead units, test accuracy and IG deletion AUC against the sparsity k (log x-axis).
+    """FVU, dead units, test accuracy and deletion AUCs (IG, decoder-weighted, random order) against k.
 
-    ``rows: [R]`` dicts (``run_k_sweep`` output) with ``k`` and any of ``fvu``, ``dead_units``,
-    ``test_accuracy``, ``deletion_auc_integrated`` and its reference ``deletion_auc_random`` (drawn
-    dashed); ``None`` or missing values are skipped.
+    ``rows: [R]`` dicts (``run_k_sweep`` output, or ``results/k_sweep.json``'s rows) with ``k`` and any of the
+    keys in ``K_SWEEP_PANELS``; ``None`` or missing values are skipped. Log-2 x-axis.
     """
     if not rows or any("k" not in r for r in rows):
         raise ValueError("rows must be a non-empty list of dicts, each with a 'k' entry")
     rows = sorted(rows, key=lambda r: r["k"])
     ks = [r["k"] for r in rows]
-    fig = _new_figure(16, 3.8)
-    for ax, (key, title) in zip(fig.subplots(1, len(K_SWEEP_PANELS)), K_SWEEP_PANELS.items()):
-        points = [(r["k"], r[key]) for r in rows if r.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), marker="o", label=K_SWEEP_REFERENCES.get(key, (title,))[0])
-        else:
+    fig = _new_figure(17, 3.8)
+    for ax, (title, lines) in zip(fig.subplots(1, len(K_SWEEP_PANELS)), K_SWEEP_PANELS.items()):
+        drawn = 0
+        for key, label in lines:
+            points = [(r["k"], r[key]) for r in rows if r.get(key) is not None]
+            if points:
+                style = CONTROL_STYLES["random"] if key.endswith("_random") else (None, "-")
+                ax.plot(*zip(*points), marker="o", color=style[0], ls=style[1], label=label)
+                drawn += 1
+        if not drawn:
             ax.text(0.5, 0.5, "not computed", ha="center", va="center", transform=ax.transAxes)
-        _, ref_key, ref_label = K_SWEEP_REFERENCES.get(key, (None, None, None))
-        ref = [(r["k"], r[ref_key]) for r in rows if r.get(ref_key) is not None]
-        if ref:
-            ax.plot(*zip(*ref), marker="s", ls="--", color=CONTROL_STYLES["random"][0], label=ref_label)
+        elif len(lines) > 1:
             ax.legend(fontsize="small")
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set(xlabel="k (active units per image)", ylabel=title, title=title)
+        ax.set(xlabel="k (active units per image)", ylabel=lines[0][1] if len(lines) == 1 else "AUC", title=title)
     fig.suptitle("Sparsity sweep")
     return _finish(fig, save)
 

@@ -1,9 +1,10 @@
 """Test FVU of the autoencoder against its training budget (epochs, batch size, learning rate).
 
 Every variant is the default Config with only the named fields changed, trained by the library's own
-``ksae_helpers.train_autoencoder`` (the code path the notebook uses) and scored by
-``evaluate_autoencoder`` on the 10 000 test images. The first variant is the reference: the table
-prints each row's FVU and training time against it, measured in the same run.
+``ksae_helpers.train_autoencoder`` (the code path the notebook uses) on the training split and scored on the
+5 000 validation images (the budget is a recipe choice: never chosen on the test set); test FVU is printed
+beside it for reference. The first variant is the reference: the table prints each row's FVU and training time
+against it, measured in the same run.
 
 Why this exists: issue 2 asks for test FVU <= 0.05 at the seed's defaults (30 epochs, batch 256,
 lr 1e-3) *and* both models trained in under 4 minutes on a 2-core CPU. This script measures how much
@@ -31,7 +32,7 @@ import ksae_helpers as kh  # noqa: E402
 
 def measure(cfg: kh.Config, data: kh.FashionMNIST, device: torch.device) -> dict:
     """Train one autoencoder with ``cfg`` and return its test metrics and training seconds."""
-    x_train, _ = kh.train_subset(data, cfg.train_subset)
+    x_train, _, x_val, _ = kh.train_val_split(data, cfg)
     torch.manual_seed(cfg.seed)
     sae = kh.KSparseAutoencoder(config=cfg)
     t0 = time.perf_counter()
@@ -39,18 +40,19 @@ def measure(cfg: kh.Config, data: kh.FashionMNIST, device: torch.device) -> dict
     kh.synchronize(device)
     seconds = time.perf_counter() - t0
     metrics = kh.evaluate_autoencoder(sae, data, device)
-    return {"ae_epochs": cfg.ae_epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "fvu": metrics["fvu"],
+    return {"ae_epochs": cfg.ae_epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "val_fvu": kh.dataset_fvu(sae, x_val, device), "fvu": metrics["fvu"],
             "dead_units": metrics["dead_units"], "mean_l0": metrics["mean_l0"], "seconds": seconds}
 
 
 def print_table(rows: list[dict], target: float) -> None:
     ref = rows[0]
-    print(f"\n{'epochs':>6} {'batch':>6} {'lr':>8} {'test FVU':>9} {'vs ref':>7} {'dead':>5} {'L0':>5} "
+    print(f"\n{'epochs':>6} {'batch':>6} {'lr':>8} {'val FVU':>8} {'test FVU':>9} {'vs ref':>7} {'dead':>5} {'L0':>5} "
           f"{'train s':>8} {'time x':>7}  target FVU <= {target}")
     for r in rows:
-        print(f"{r['ae_epochs']:>6} {r['batch_size']:>6} {r['lr']:>8.0e} {r['fvu']:>9.4f} "
-              f"{r['fvu'] / ref['fvu']:>7.3f} {r['dead_units']:>5} {r['mean_l0']:>5.1f} {r['seconds']:>8.1f} "
-              f"{r['seconds'] / ref['seconds']:>6.2f}x  {'met' if r['fvu'] <= target else 'missed'}")
+        print(f"{r['ae_epochs']:>6} {r['batch_size']:>6} {r['lr']:>8.0e} {r['val_fvu']:>8.4f} {r['fvu']:>9.4f} "
+              f"{r['val_fvu'] / ref['val_fvu']:>7.3f} {r['dead_units']:>5} {r['mean_l0']:>5.1f} {r['seconds']:>8.1f} "
+              f"{r['seconds'] / ref['seconds']:>6.2f}x  {'met' if r['val_fvu'] <= target else 'missed'}")
 
 
 def main(argv=None) -> list[dict]:
@@ -75,7 +77,7 @@ def main(argv=None) -> list[dict]:
     rows = []
     for cfg in configs:
         rows.append(measure(cfg, data, device))
-        print(f"epochs {cfg.ae_epochs}, batch {cfg.batch_size}, lr {cfg.lr:g}: FVU {rows[-1]['fvu']:.4f}, "
+        print(f"epochs {cfg.ae_epochs}, batch {cfg.batch_size}, lr {cfg.lr:g}: val FVU {rows[-1]['val_fvu']:.4f}, "
               f"{rows[-1]['seconds']:.1f} s", flush=True)
     print_table(rows, args.target)
     return rows

@@ -1,6 +1,7 @@
 """The FVU-vs-budget script measures what it says (tiny budget: a few hundred images, one or two epochs)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,11 @@ def test_fvu_vs_budget_rows_follow_the_grid(capsys):
                                "--device", "cpu", "--threads", "1"])
     assert [(r["ae_epochs"], r["batch_size"], r["lr"]) for r in rows] == [(1, 64, 1e-3), (3, 64, 1e-3)]
     for r in rows:
-        assert 0.0 < r["fvu"] < 1.0
+        assert 0.0 < r["fvu"] < 1.0 and 0.0 < r["val_fvu"] < 1.0
         assert r["mean_l0"] <= 50.0
         assert 0 <= r["dead_units"] <= 1024
         assert r["seconds"] > 0
-    assert rows[1]["fvu"] < rows[0]["fvu"]  # three epochs on the same images fit them better than one
+    assert rows[1]["val_fvu"] < rows[0]["val_fvu"]  # three epochs on the same images fit them better than one
     out = capsys.readouterr().out
     assert "target FVU <= 0.05" in out and out.count("missed") == 2
 
@@ -34,3 +35,20 @@ def test_fvu_vs_budget_rejects_bad_epochs():
     fvu_vs_budget = _load("fvu_vs_budget")
     with pytest.raises(ValueError, match="ae_epochs"):
         fvu_vs_budget.main(["--epochs", "0", "--train-subset", "256", "--device", "cpu"])
+
+
+def test_k_sweep_runs_two_k_on_small_data(tmp_path):
+    """CI's tiny sweep: two k, a few hundred images, one epoch each; the JSON holds one honest row per k."""
+    k_sweep = _load("k_sweep")
+    out = tmp_path / "k.json"
+    result = k_sweep.main(["--ks", "4", "16", "--epochs", "1", "1", "--train-subset", "600", "--n-per-class", "2",
+                           "--device", "cpu", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["k"] for r in saved["rows"]] == [4, 16] and saved["epochs"] == [1, 1]
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    for r in saved["rows"]:
+        assert r["mean_l0"] <= r["k"] and 0.0 < r["fvu"] < 1.0 and 0.0 < r["test_accuracy"] <= 1.0
+        assert 0 <= r["dead_units"] <= 1024 and r["train_seconds"]["ae"] > 0
+        assert all(0.0 <= r[f"deletion_auc_{m}"] <= 1.0 for m in ("integrated", "decoder", "random"))
+    rows = saved["rows"]
+    assert rows[1]["fvu"] < rows[0]["fvu"]  # more active units reconstruct better

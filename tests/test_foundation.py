@@ -604,6 +604,36 @@ def test_train_subset_range(data):
             kh.train_subset(data, bad)
 
 
+def test_validation_split_is_stratified_fixed_and_disjoint(data):
+    cfg = kh.Config()
+    x_tr, y_tr, x_val, y_val = kh.train_val_split(data, cfg)
+    assert len(y_val) == cfg.n_val and len(y_tr) == N_TRAIN - cfg.n_val
+    assert torch.bincount(y_val, minlength=10).tolist() == [cfg.n_val // 10] * 10  # stratified
+    idx = kh.validation_indices(data.y_train, cfg.n_val, 10)
+    assert torch.equal(x_val, data.x_train[idx]) and torch.equal(y_val, data.y_train[idx])
+    rest = torch.ones(N_TRAIN, dtype=torch.bool)
+    rest[idx] = False
+    assert torch.equal(x_tr, data.x_train[rest])  # disjoint, order kept
+    # the same split for every training seed (seeds vary training, not the held-out images)
+    assert torch.equal(kh.train_val_split(data, kh.Config(seed=3))[3], y_val)
+    # train_subset takes the first images of the training part; the validation split is unchanged
+    x_small, _, x_val_small, _ = kh.train_val_split(data, kh.Config(train_subset=100))
+    assert torch.equal(x_small, x_tr[:100]) and torch.equal(x_val_small, x_val)
+    assert len(kh.validation_indices(data.y_train, 13, 10)) == 13  # remainder goes to the first classes
+    with pytest.raises(ValueError, match="n_val"):
+        kh.validation_indices(data.y_train, -1, 10)
+
+
+def test_training_never_reads_the_test_set(data):
+    """Per-epoch monitoring uses the validation split: poisoning the test images changes nothing in training."""
+    cfg = kh.Config(**TINY, n_val=500)
+    poisoned = kh.FashionMNIST(data.x_train, data.y_train, torch.zeros_like(data.x_test), data.y_test.flip(0))
+    _, _, h1 = kh.train_models(cfg, data, torch.device("cpu"))
+    _, _, h2 = kh.train_models(cfg, poisoned, torch.device("cpu"))
+    assert h1["ae"]["val_fvu"] == h2["ae"]["val_fvu"] and h1["clf"]["val_acc"] == h2["clf"]["val_acc"]
+    assert len(h1["ae"]["val_fvu"]) == cfg.ae_epochs and len(h1["clf"]["val_acc"]) == cfg.clf_epochs
+
+
 # =====================================================================================================
 # 9. Metrics
 # =====================================================================================================
