@@ -1374,27 +1374,136 @@ def correlation_matrix(stats: dict, methods: Sequence[str], key: str = "spearman
     return m
 
 
-def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, baseline: torch.Tensor | None = None,
-                        n_points: int = 256) -> torch.Tensor:
-    """How often the active set (top-k units) changes along the straight path from ``baseline`` to ``x``.
+COMPLETENESS_POINTS = 1024  # intervals of the dense straight path scanned by completeness_decomposition
+MIN_COMPLETENESS_POINTS = 1000  # fewer intervals would merge switches the decomposition must see apart
+COMPLETENESS_TOLERANCE = 0.01  # IG's error must equal minus the jump sum within this share of |F(x) - F(0)|
+GAP_FLOOR = 1e-12  # |F(x) - F(0)| is clamped to at least this where it divides
 
-    ``x: [B, 784]`` -> ``[B]`` counts over ``n_points`` evenly spaced path points. Every change is a
-    jump of the otherwise piecewise-smooth model that integrated gradients cannot see.
+
+def _topk_changes(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k set changes between consecutive path points: ``pre: [B, S, H]`` -> ``(swaps, jumps): [B, S-1]``.
+
+    ``swaps`` counts the units that enter the top-k set in each interval (as many leave), so several swaps
+    inside one interval all count. A swap exchanges two units where their pre-activations are equal; the code
+    jumps by that common value after ReLU, so F jumps only if it is > 0. ``jumps`` marks intervals with a swap
+    where the k-th largest pre-activation (the value at which units swap) is > 0 at both ends; a swap at or
+    below 0 exchanges two zeros (continuous), and a ReLU zero-crossing changes no top-k set at all.
+    """
+    values, indices = torch.topk(pre, k, dim=-1)
+    member = torch.zeros(pre.shape, dtype=torch.bool, device=pre.device).scatter_(-1, indices, True)
+    swaps = (member[:, 1:] & ~member[:, :-1]).sum(-1)
+    kth = values.min(-1).values  # [B, S]
+    return swaps, (swaps > 0) & (kth[:, 1:] > 0) & (kth[:, :-1] > 0)
+
+
+def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor, output: str,
+               rows: int, k: int | None = None) -> tuple[torch.Tensor, ...]:
+    """F and dF/dalpha at ``alphas: [S]`` on the straight path from the zero image to each ``x: [B, D]``.
+
+    For a model with an affine first layer (``affine_split() -> (A, c, head)``) the path is walked in that
+    layer's output space, exactly: ``pre(alpha) = c + alpha x A^T`` and ``dF/dalpha = grad_pre F . x A^T``.
+    Returns ``(values, slopes): [B, S]``; with ``k`` (the top-k size) also ``(swaps, jumps): [B, S-1]``
+    from ``_topk_changes``.
+    """
+    A, c, head = model.affine_split()
+    with torch.no_grad():
+        direction, c = F.linear(x, A.detach()), c.detach()  # [B, H], [H]
+    alphas = alphas.to(x)
+    per = max(1, rows // len(alphas))
+    values, slopes, changes = [], [], []
+    for i in range(0, len(x), per):
+        d, t = direction[i:i + per], target[i:i + per]
+        pre = (c + alphas[None, :, None] * d[:, None]).reshape(-1, d.shape[1])  # [b * S, H]
+        with torch.enable_grad():
+            pre.requires_grad_(True)
+            score = _score(head(pre), t.repeat_interleave(len(alphas)), output)
+            grad = torch.autograd.grad(score.sum(), pre)[0]
+        values.append(score.detach().view(len(d), -1))
+        slopes.append((grad.view(len(d), len(alphas), -1) * d[:, None]).sum(-1))
+        if k is not None:
+            changes.append(_topk_changes(pre.detach().view(len(d), len(alphas), -1), k))
+    out = (torch.cat(values), torch.cat(slopes))
+    return out if k is None else out + tuple(torch.cat(part) for part in zip(*changes))
+
+
+def _ig_sums(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rules: Sequence[tuple[str, int]],
+             output: str, rows: int) -> dict[tuple[str, int], torch.Tensor]:
+    """``sum(attr)`` of integrated gradients from 0 for every ``(method, n_steps)`` rule: ``x: [B, D]`` ->
+    ``{rule: [B]}``. With ``affine_split`` all rules share one scan of the head (``sum(attr)`` is the
+    quadrature of dF/dalpha); other models run ``integrated_gradients`` once per rule."""
+    if getattr(model, "affine_split", None) is None:
+        return {(m, n): integrated_gradients(model, x, target, n_steps=n, method=m, output=output,
+                                             internal_batch_size=rows).sum(1) for m, n in rules}
+    nodes = [ig_quadrature(n, m) for m, n in rules]
+    _, slopes = _scan_path(model, x, target, torch.cat([a for a, _ in nodes]), output, rows)
+    sums, start = {}, 0
+    for rule, (a, w) in zip(rules, nodes):
+        sums[rule] = slopes[:, start:start + len(a)] @ w.to(slopes)
+        start += len(a)
+    return sums
+
+
+def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, n_points: int = COMPLETENESS_POINTS) -> torch.Tensor:
+    """Discontinuous top-k swaps on the straight path from the zero image to each ``x: [B, 784]`` -> ``[B]``.
+
+    Scans ``n_points`` intervals of the encoder's pre-activations (``_topk_changes``): ReLU zero-crossings
+    and swaps below 0 are continuous and not counted; several swaps inside one interval all count.
     """
     x, _ = as_flat_images(x)
-    base = torch.zeros_like(x) if baseline is None else _baseline(baseline, x)
-    alphas = torch.linspace(0, 1, n_points, dtype=x.dtype, device=x.device)
-    counts = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    _check_int("n_points", n_points, low=1)
+    alphas = torch.linspace(0, 1, n_points + 1, dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        previous = None
-        for a in alphas:
-            values, indices = sae.encode_sparse(base + a * (x - base))
-            active = torch.zeros(len(x), sae.d_hidden, dtype=torch.bool, device=x.device)
-            active.scatter_(1, indices, values > 0)
-            if previous is not None:
-                counts += (active != previous).any(1)
-            previous = active
-    return counts.cpu()
+        start, direction = sae.encoder_bias(), F.linear(x, sae.W_enc)
+        counts = [(swaps * jumps).sum(1) for swaps, jumps in
+                  (_topk_changes(start + alphas[None, :, None] * direction[i:i + 1, None], sae.k)
+                   for i in range(len(x)))]
+    return torch.cat(counts).cpu()
+
+
+def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, target,
+                               n_points: int = COMPLETENESS_POINTS, n_steps: int = 50, method: str = "gausslegendre",
+                               output: str = "logit", tolerance: float = COMPLETENESS_TOLERANCE,
+                               internal_batch_size: int | None = None, seed: int = 0) -> dict:
+    """Completeness measured directly on a dense straight path from the zero image to each ``x: [N, 784]``.
+
+    F and dF/dalpha are evaluated at ``n_points + 1`` evenly spaced points (in pre-activation space, exact),
+    and ``F(x) - F(0)`` is split into
+
+    * ``smooth``: the gradient integral (trapezoid rule on every interval): what IG approximates;
+    * ``jump_sum``: over intervals where the top-k set changes discontinuously (``_topk_changes``), F's
+      change minus the gradient integral of that interval;
+    * ``residual = F(x) - F(0) - smooth - jump_sum``: the trapezoid's error on continuous intervals (kinks
+      of the ReLU head), reported to show the scan is dense enough.
+
+    IG's completeness error at ``n_steps`` (``sum(attr) - (F(x) - F(0))``, quadrature ``method``) should
+    then equal ``-jump_sum``: ``mismatch = |ig_error + jump_sum| / |F(x) - F(0)|`` per image and the share
+    within ``tolerance``. ``target``: int or ``[N]``. Per-image lists plus ``summarize`` dicts.
+    """
+    if not isinstance(pipeline, SparseCodePipeline):
+        raise ValueError(f"completeness_decomposition needs a SparseCodePipeline, got {type(pipeline).__name__}")
+    x, _, target, _ = _prepare(pipeline, x, target, output)
+    _check_int("n_points", n_points, low=MIN_COMPLETENESS_POINTS)
+    _check_float("tolerance", tolerance, low=0.0, low_open=True)
+    rows = _rows_per_pass(internal_batch_size)
+    alphas = torch.linspace(0, 1, n_points + 1, dtype=torch.float64)
+    values, slopes, swaps, jumps = _scan_path(pipeline, x, target, alphas, output, rows, pipeline.sae.k)
+    smooth = (slopes[:, 1:] + slopes[:, :-1]) / (2 * n_points)  # [N, n_points] gradient integral per interval
+    jump = torch.where(jumps, values[:, 1:] - values[:, :-1] - smooth, torch.zeros_like(smooth))
+    gap = values[:, -1] - values[:, 0]
+    ig_error = _ig_sums(pipeline, x, target, [(method, n_steps)], output, rows)[method, n_steps] - gap
+    parts = {"gap": gap, "smooth": smooth.sum(1), "jump_sum": jump.sum(1), "ig_error": ig_error,
+             "switches": (swaps * jumps).sum(1), "continuous_changes": (swaps * ~jumps).sum(1)}
+    parts["residual"] = gap - parts["smooth"] - parts["jump_sum"]
+    scale = gap.abs().clamp_min(GAP_FLOOR)
+    parts["mismatch"] = (ig_error + parts["jump_sum"]).abs() / scale
+    per_image = {name: v.double().cpu().numpy() for name, v in parts.items()}
+    return {"n_points": n_points, "n_steps": n_steps, "method": method, "tolerance": tolerance,
+            "share_within_tolerance": float((per_image["mismatch"] <= tolerance).mean()),
+            "share_with_switches": float((per_image["switches"] > 0).mean()),
+            "summary": {name: summarize(v, seed) for name, v in per_image.items()},
+            "relative": {name: summarize(np.abs(per_image[name]) / scale.double().cpu().numpy(), seed)
+                         for name in ("jump_sum", "residual", "ig_error")},
+            "per_image": {name: v.tolist() for name, v in per_image.items()}}
 
 
 def ig_completeness(model: nn.Module, x: torch.Tensor, target,
@@ -1404,24 +1513,23 @@ def ig_completeness(model: nn.Module, x: torch.Tensor, target,
     """Relative completeness error of IG, ``|sum(attr) - (F(x) - F(0))| / |F(x) - F(0)|`` per image,
     for every quadrature ``method`` and ``n_steps``; reports the median and the share within ``tolerance``.
     Returns ``{"table": {method: {n_steps: {...}}}}`` plus ``"per_image_50"``: per-image errors of the
-    first method at ``reference_steps`` (None if that n_steps was not run).
+    first method at ``reference_steps`` (None if that n_steps was not run). Models with ``affine_split``
+    compute every rule in one scan of the head (``_ig_sums``).
     """
     x, _ = as_flat_images(x)
     fn = _output_fn(model, output)
     with torch.no_grad():
         target = _check_target(target, len(x), model(x[:1]).shape[1], x.device)
-        gap = (fn(x, target) - fn(torch.zeros_like(x), target)).abs().clamp_min(1e-12)
-    table, per_image = {}, None
-    for method in methods:
-        table[method] = {}
-        for n in tqdm(n_steps_list, desc=f"completeness ({method})", mininterval=2.0):
-            _, delta = integrated_gradients(model, x, target, n_steps=n, method=method, output=output,
-                                            return_convergence_delta=True)
-            rel = (delta.abs() / gap).cpu().numpy()
-            table[method][int(n)] = {"median_rel_error": float(np.median(rel)), "mean_rel_error": float(rel.mean()),
-                                     "share_within_tolerance": float((rel <= tolerance).mean())}
-            if method == methods[0] and n == reference_steps:
-                per_image = rel
+        gap = fn(x, target) - fn(torch.zeros_like(x), target)
+    rules = [(m, int(n)) for m in methods for n in n_steps_list]
+    sums = _ig_sums(model, x, target, rules, output, DEFAULT_INTERNAL_BATCH)
+    table, per_image = {m: {} for m in methods}, None
+    for (method, n), total in sums.items():
+        rel = ((total - gap).abs() / gap.abs().clamp_min(GAP_FLOOR)).detach().cpu().numpy()
+        table[method][n] = {"median_rel_error": float(np.median(rel)), "mean_rel_error": float(rel.mean()),
+                            "share_within_tolerance": float((rel <= tolerance).mean())}
+        if method == methods[0] and n == reference_steps:
+            per_image = rel
     return {"tolerance": tolerance, "table": table, "reference_steps": reference_steps,
             "per_image_50": None if per_image is None else per_image.tolist()}
 
@@ -1574,8 +1682,8 @@ def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: t
 
 def path_switch_summary(sae: KSparseAutoencoder, x: torch.Tensor, errors: Sequence[float] | None,
                         seed: int = 0) -> dict:
-    """Active-set switches along each image's IG path, and their rank correlation with IG's
-    completeness errors ``errors: [N]`` (None to skip the correlation)."""
+    """Discontinuous top-k swaps along each image's IG path (``count_path_switches``), and their rank
+    correlation with IG's completeness errors ``errors: [N]`` (None to skip the correlation)."""
     from scipy.stats import spearmanr
 
     switches = count_path_switches(sae, x).numpy()

@@ -104,18 +104,6 @@ def test_completeness_is_exact_on_a_smooth_model_and_flags_a_planted_jump(images
         assert step["table"]["gausslegendre"][n]["share_within_tolerance"] < 0.2
 
 
-def test_path_switches_count_active_set_changes():
-    sae = kh.KSparseAutoencoder(k=4, d_hidden=32)
-    x = torch.rand(5, 784)
-    counts = kh.count_path_switches(sae, x, n_points=64)
-    assert counts.shape == (5,) and (counts >= 0).all()
-    # A path that stays on one image never changes the active set.
-    assert (kh.count_path_switches(sae, x, baseline=x, n_points=16) == 0).all()
-    # k = d_hidden keeps every unit "selected"; only ReLU sign changes remain, and a path from x to itself has none.
-    sae.set_k_(32)
-    assert (kh.count_path_switches(sae, x, baseline=x) == 0).all()
-
-
 @pytest.fixture(scope="module")
 def small_pipeline(data):
     cfg = kh.Config(k=16, d_hidden=128, clf_hidden=(64, 32), train_subset=3000, ae_epochs=5, clf_epochs=30,
