@@ -108,3 +108,143 @@ def test_completeness_decomposition_rejects_bad_input(kwargs, match):
         kh.completeness_decomposition(pipe, PIXEL, TARGET, **kwargs)
     with pytest.raises(ValueError, match="SparseCodePipeline"):
         kh.completeness_decomposition(pipe.clf, PIXEL, TARGET)
+
+
+# --- unit-level causality -----------------------------------------------------------------------------
+
+UNIT_Z = [0.5, 1.0, 2.0, 1.5, -1.0]  # pre-activations of the image; the last is in the top-5 but z = 0
+UNIT_W = [4.0, 1.0, 0.2, 0.5, 3.0]  # class-0 logit weights: contributions w * z = 2.0, 1.0, 0.4, 0.75, 0
+
+
+def trapezoid_auc(curve):
+    curve = np.asarray(curve, dtype=np.float64)
+    return float(((curve[1:] + curve[:-1]) / 2).mean())
+
+
+def test_unit_deletion_follows_the_contribution_order_by_hand():
+    pipe = hand_pipeline(bias=UNIT_Z, slope=[0.0] * 5, weights=UNIT_W, k=5)
+    x, target = PIXEL.repeat(8, 1), torch.zeros(8, dtype=torch.long)
+    _, contrib = kh.decoder_weighted(pipe, x, target, return_contributions=True)
+    torch.testing.assert_close(contrib[0], torch.tensor([2.0, 1.0, 0.4, 0.75, 0.0], dtype=torch.float64))
+    res = kh.unit_deletion_curves(pipe, x, target, contrib)
+    by_contribution = [4.15, 2.15, 1.15, 0.4, 0.0, 0.0]  # delete units 0, 1, 3, 2, then the inactive 4
+    by_activation = [4.15, 3.75, 3.0, 2.0, 0.0, 0.0]  # delete units 2, 3, 1, 0, then 4
+    dele = res["curves"]["deletion"]["logit"]
+    np.testing.assert_allclose(dele["contribution"]["mean"], by_contribution, atol=1e-12)
+    np.testing.assert_allclose(dele["activation"]["mean"], by_activation, atol=1e-12)
+    np.testing.assert_allclose(res["curves"]["insertion"]["logit"]["contribution"]["mean"],
+                               [0.0, 2.0, 3.0, 3.75, 4.15, 4.15], atol=1e-12)
+    np.testing.assert_allclose(res["curves"]["deletion"]["probability"]["contribution"]["mean"],
+                               1 / (1 + np.exp(-np.array(by_contribution))), atol=1e-12)  # softmax of (logit, 0)
+    auc = res["auc"]["deletion"]["logit"]
+    assert auc["contribution"]["mean"] == pytest.approx(trapezoid_auc(by_contribution))
+    test = res["tests"]["deletion"]["logit"]["vs_activation"]
+    assert test["mean_diff"] == pytest.approx(trapezoid_auc(by_contribution) - trapezoid_auc(by_activation))
+    assert test["p_value"] < 0.01  # the same negative difference on all 8 images
+    assert res["mean_active_units"] == 4.0
+
+
+def test_unit_deletion_random_order_is_uniform_and_inactive_units_come_last():
+    pipe = hand_pipeline(bias=UNIT_Z, slope=[0.0] * 5, weights=UNIT_W, k=5)
+    x, target = PIXEL.repeat(600, 1), torch.zeros(600, dtype=torch.long)
+    _, contrib = kh.decoder_weighted(pipe, x, target, return_contributions=True)
+    res = kh.unit_deletion_curves(pipe, x, target, contrib, seed=3)
+    random = np.array(res["curves"]["deletion"]["logit"]["random"]["mean"])
+    # each active unit is gone after t of 4 steps with probability t / 4: expected logit 4.15 (1 - t / 4)
+    np.testing.assert_allclose(random[:5], 4.15 * (1 - np.arange(5) / 4), atol=0.1)
+    assert random[4] == pytest.approx(0.0, abs=1e-12)  # the inactive unit is last in the random order too
+    lo, hi = res["curves"]["deletion"]["logit"]["random"]["lo"], res["curves"]["deletion"]["logit"]["random"]["hi"]
+    assert lo[2] < random[2] < hi[2]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda c: c[:, :3], r"contributions must be a tensor of shape \[4, 5\]"),
+    (lambda c: c.numpy(), "contributions must be a tensor"),
+    (lambda c: c * float("nan"), "NaN"),
+])
+def test_unit_deletion_rejects_bad_contributions(bad, match):
+    pipe = hand_pipeline(bias=UNIT_Z, slope=[0.0] * 5, weights=UNIT_W, k=5)
+    x, target = PIXEL.repeat(4, 1), torch.zeros(4, dtype=torch.long)
+    contrib = torch.zeros(4, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        kh.unit_deletion_curves(pipe, x, target, bad(contrib))
+    with pytest.raises(ValueError, match="SparseCodePipeline"):
+        kh.unit_deletion_curves(pipe.clf, x, target, contrib)
+    with pytest.raises(ValueError, match="target"):
+        kh.unit_deletion_curves(pipe, x, torch.zeros(3, dtype=torch.long), contrib)
+
+
+# --- agreement against a different-image null -------------------------------------------------------------
+
+def test_partner_images_pair_within_and_across_classes():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    same = kh.partner_images(labels, same_class=True, seed=1)
+    assert (same != np.arange(9)).all() and (labels.numpy()[same] == labels.numpy()).all()
+    assert sorted(same) == list(range(9))  # a cycle per class: every image is a partner once
+    other = kh.partner_images(labels, same_class=False, seed=1)
+    assert (labels.numpy()[other] != labels.numpy()).all()
+    assert (kh.partner_images(labels, True, seed=1) == same).all()
+    with pytest.raises(ValueError, match="at least 2 per class"):
+        kh.partner_images(torch.tensor([0, 0, 1]), same_class=True)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        kh.partner_images(torch.tensor([0, 0, 0]), same_class=False)
+    with pytest.raises(ValueError, match="integer class ids"):
+        kh.partner_images(torch.tensor([0.0, 1.0]), same_class=False)
+
+
+def test_rowwise_spearman_on_masked_pixels_matches_scipy_on_the_subset():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 60))
+    b = a + rng.normal(size=(5, 60))
+    b[:, :10] = 0.0  # ties
+    mask = rng.random((5, 60)) > 0.4
+    for i, r in enumerate(kh.rowwise_spearman(a, b, mask)):
+        assert r == pytest.approx(spearmanr(a[i, mask[i]], b[i, mask[i]]).statistic)
+
+
+def gaussian_spearman(r):
+    """Spearman's rho of a bivariate normal with Pearson correlation r."""
+    return 6 / np.pi * np.arcsin(r / 2)
+
+
+def test_agreement_excess_over_the_same_class_null():
+    # maps = class template + image-specific part (+ method noise), each of variance 1
+    g = torch.Generator().manual_seed(0)
+    n, labels = 400, torch.arange(400) % 4
+    template, own = torch.randn(4, 784, generator=g)[labels], torch.randn(n, 784, generator=g)
+    noise = [torch.randn(n, 784, generator=g) for _ in range(4)]
+    maps = {"a": template + own + noise[0], "b": template + own + noise[1],  # share the image: value 2/3, null 1/3
+            "c": template + noise[2], "d": template + noise[3]}  # share only the class: value = null = 1/2
+    x = torch.rand(n, 784, generator=g) + 0.01  # every pixel is an object pixel: both pixel sets agree
+    stats = kh.cross_method_statistics(maps, seed=0, x=x, labels=labels)
+    shared = stats["pairs"]["a|b"]["vs_null"]["spearman_signed_all"]
+    assert shared["value"]["mean"] == pytest.approx(gaussian_spearman(2 / 3), abs=0.01)
+    assert shared["null"]["mean"] == pytest.approx(gaussian_spearman(1 / 3), abs=0.01)
+    assert shared["excess"]["p_value"] < 1e-6 and shared["excess"]["ci95"][0] > 0.25
+    class_only = stats["pairs"]["c|d"]["vs_null"]["spearman_signed_all"]
+    assert class_only["value"]["mean"] == pytest.approx(gaussian_spearman(1 / 2), abs=0.01)
+    assert abs(class_only["excess"]["mean"]) < 0.01 and class_only["excess"]["ci95"][0] < 0 < class_only[
+        "excess"]["ci95"][1]
+    obj = stats["pairs"]["a|b"]["vs_null"]["spearman_signed_object"]
+    assert obj["excess"]["mean"] == pytest.approx(shared["excess"]["mean"])
+    mat = kh.correlation_matrix(stats, ["a", "b", "c"], "spearman_signed_all", "excess")
+    assert mat[0, 1] == mat[1, 0] == pytest.approx(shared["excess"]["mean"]) and mat[0, 0] == 0
+
+
+def test_agreement_null_uses_pixels_that_are_object_in_both_images():
+    # method maps equal the image itself: on object pixels only the ranks of intensities remain
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 784, generator=g)
+    x[:3, 392:] = 0.0  # class 0: object is the first half
+    x[3:, :392] = 0.0  # class 1: object is the second half
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    stats = kh.cross_method_statistics({"a": x, "b": x.clone()}, x=x, labels=labels)
+    entry = stats["pairs"]["a|b"]["vs_null"]["spearman_signed_object"]
+    assert entry["value"]["mean"] == pytest.approx(1.0)
+    # independent uniform intensities on the shared object half: null near 0, not the all-pixel null
+    assert abs(entry["null"]["mean"]) < 0.15
+    assert stats["pairs"]["a|b"]["vs_null"]["spearman_signed_all"]["null"]["mean"] > 0.3  # zeros shared
+    with pytest.raises(ValueError, match="both x and labels"):
+        kh.cross_method_statistics({"a": x, "b": x}, x=x)
