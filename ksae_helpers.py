@@ -1988,6 +1988,8 @@ QUADRATURE_LABELS = {"gausslegendre": "Gauss-Legendre", "riemann_trapezoid": "tr
                      "riemann_middle": "midpoint"}
 SHORT_LABELS = {"integrated": "IG", "simple": "Gradient", "smoothgrad": "SmoothGrad", "decoder": "Decoder-w."}
 IMAGE_STATS = {"mean_abs": "mean |attr|", "max_abs": "max |attr|", "std": "std"}  # per-image statistics
+NULL_CORRELATIONS = {"spearman_signed_all": "signed, all pixels", "spearman_abs_all": "|maps|, all pixels",
+                     "spearman_signed_object": "signed, object pixels", "spearman_abs_object": "|maps|, object pixels"}
 PAIR_CORRELATIONS = {"spearman_signed": "Spearman, signed", "spearman_abs": "Spearman, |maps|",
                      "pearson_signed": "Pearson, signed", "pearson_abs": "Pearson, |maps|"}
 K_SWEEP_PANELS = {"fvu": "FVU (test)", "dead_units": "dead units", "test_accuracy": "test accuracy",
@@ -2640,10 +2642,32 @@ def _pair_correlation_points(ax, pairs: list[tuple[str, dict]]) -> None:
     ax.legend(fontsize="small", loc="lower left")
 
 
+def _pair_excess_points(ax, pairs: list[tuple[str, dict]]) -> None:
+    """Excess of each Spearman variant over its different-image null (mean, 95 % CI), one row per pair;
+    the signed all-pixel value and its null are written at the right of each row."""
+    offsets = np.linspace(-0.3, 0.3, len(NULL_CORRELATIONS))
+    for off, (key, name) in zip(offsets, NULL_CORRELATIONS.items()):
+        means, err = _ci_errors([entry["vs_null"][key]["excess"] for _, entry in pairs])
+        ax.errorbar(means, np.arange(len(pairs)) + off, xerr=err, fmt="o", capsize=3, label=name)
+    for y, (_, entry) in enumerate(pairs):
+        s = entry["vs_null"]["spearman_signed_all"]
+        ax.annotate(f"signed: {s['value']['mean']:.2f} vs null {s['null']['mean']:.2f}", (1, y), xycoords=(
+            "axes fraction", "data"), xytext=(-4, 0), textcoords="offset points", ha="right", va="center",
+            fontsize="x-small", color="0.35")
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_yticks(range(len(pairs)), [label for label, _ in pairs])
+    ax.invert_yaxis()
+    ax.set(xlim=(-0.5, 1), xlabel="Spearman ρ minus the different-image null (95 % CI)",
+           title="Agreement beyond maps of another image of the same class")
+    ax.legend(fontsize="small", loc="lower left")
+
+
 @_styled
 def plot_correlation_summary(cross_stats: dict, methods, save: str | None = None) -> Figure:
-    """Agreement between methods over all images: per pair the mean Spearman and Pearson correlation
-    (signed and on |maps|) with 95 % CIs, the top-1 % pixel IoU, and the matrix of Spearman on |maps|.
+    """Agreement between methods over all images. With the different-image null (``vs_null``, from
+    ``cross_method_statistics(..., x=, labels=)``): per pair the excess of Spearman (signed and |maps|,
+    all and object pixels) over the null with 95 % CIs, the top-1 % pixel IoU, and the matrix of the
+    signed all-pixel excess. Without it: the plain correlations and the matrix of Spearman on |maps|.
 
     ``cross_stats``: ``cross_method_statistics`` output; ``methods``: at least two names from METHOD_LABELS.
     """
@@ -2651,16 +2675,21 @@ def plot_correlation_summary(cross_stats: dict, methods, save: str | None = None
     if len(methods) < 2:
         raise ValueError(f"plot_correlation_summary needs at least two methods, got {methods}")
     pairs = _pair_entries(cross_stats, methods)
+    with_null = all("vs_null" in entry for _, entry in pairs)
     fig = _new_figure(18, max(5.0, 1.0 * len(pairs) + 2))
     ax_corr, ax_iou, ax_mat = fig.subplots(1, 3, width_ratios=[1.5, 0.8, 1.1])
-    _pair_correlation_points(ax_corr, pairs)
+    (_pair_excess_points if with_null else _pair_correlation_points)(ax_corr, pairs)
     means, err = _ci_errors([entry["top1pct_iou"] for _, entry in pairs])
     ax_iou.barh(np.arange(len(pairs)), means, xerr=err, capsize=3, color=sns.color_palette()[4])
     ax_iou.set_yticks(range(len(pairs)), [])
     ax_iou.invert_yaxis()
     ax_iou.set(xlim=(0, 1), xlabel="IoU of the top 1 % pixels (95 % CI)", title="Top-pixel overlap")
-    _correlation_heatmap(ax_mat, correlation_matrix(cross_stats, methods, "spearman_abs"), methods,
-                         "Mean Spearman ρ of |maps|")
+    if with_null:
+        matrix = correlation_matrix(cross_stats, methods, "spearman_signed_all", "excess")
+        title = "Signed Spearman ρ minus the null"
+    else:
+        matrix, title = correlation_matrix(cross_stats, methods, "spearman_abs"), "Mean Spearman ρ of |maps|"
+    _correlation_heatmap(ax_mat, matrix, methods, title)
     n = pairs[0][1]["spearman_abs"].get("n")
     fig.suptitle("Agreement between attribution methods" + (f" over {n} images" if n else ""))
     return _finish(fig, save)
@@ -2748,18 +2777,53 @@ def _completeness_histogram(ax, errors: np.ndarray, tolerance: float | None, met
                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
 
 
+def _decomposition_scatter(ax, dec: dict) -> None:
+    """Per image: IG's completeness error against minus the jump sum (both / |F(x) - F(0)|), coloured by
+    the number of discontinuous swaps, with the identity line."""
+    per = {k: _numpy(v) for k, v in dec["per_image"].items()}
+    scale = np.abs(per["gap"])
+    jumps, errors = -per["jump_sum"] / scale, per["ig_error"] / scale
+    points = ax.scatter(jumps, errors, c=per["switches"], cmap="viridis", s=14)
+    ends = [min(jumps.min(), errors.min()), max(jumps.max(), errors.max())]
+    ax.plot(ends, ends, color="0.3", ls="--", lw=1, label="IG error = − jump sum")
+    ax.figure.colorbar(points, ax=ax, label="discontinuous top-k swaps on the path")
+    rule = QUADRATURE_LABELS.get(dec["method"], dec["method"])
+    ax.set(xlabel="− jump sum / |F(x) − F(0)|", ylabel="IG completeness error / |F(x) − F(0)|",
+           title=f"IG's error vs the jumps ({dec['n_steps']} steps, {rule})")
+    ax.legend(fontsize="small", loc="upper left")
+
+
+def _mismatch_histogram(ax, dec: dict) -> None:
+    """Histogram of |IG error + jump sum| / |F(x) - F(0)| per image (log bins) with the tolerance line."""
+    mismatch = np.clip(_numpy(dec["per_image"]["mismatch"]), LOG_FLOOR, None)
+    tol = dec["tolerance"]
+    bins = np.logspace(np.log10(min(mismatch.min(), tol)), np.log10(max(mismatch.max(), tol)) + LOG_BIN_MARGIN,
+                       ERROR_BINS)
+    ax.hist(mismatch, bins=bins, color=sns.color_palette()[0])
+    _log_axis(ax, "x")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.axvline(tol, color="0.3", ls="--", label=f"tolerance {tol:g}: {dec['share_within_tolerance']:.0%} within")
+    res = dec["relative"]["residual"]["mean"]
+    ax.set(xlabel="|IG error + jump sum| / |F(x) − F(0)|", ylabel="images",
+           title=f"Mismatch per image ({dec['n_points']}-interval scan; residual {res:.1e})")
+    ax.legend(fontsize="small")
+
+
 @_styled
-def plot_completeness(comp: dict, save: str | None = None) -> Figure:
+def plot_completeness(comp: dict, save: str | None = None, decomposition: dict | None = None) -> Figure:
     """Integrated-gradients completeness vs the number of steps: median relative error (log-log) and
-    share of images within tolerance per quadrature rule, plus (if present) the per-image errors at 50 steps.
+    share of images within tolerance per quadrature rule. With ``decomposition``
+    (``completeness_decomposition`` output) two more panels: IG's error against minus the jump sum per
+    image, and the histogram of their mismatch; else (if present) the per-image errors at 50 steps.
 
     ``comp``: ``ig_completeness`` output: ``table[method][n_steps] = {"median_rel_error",
     "share_within_tolerance", ...}``, ``tolerance``, ``per_image_50: [N] | None``, optional ``path_switches``.
     """
     table, tolerance = comp["table"], comp.get("tolerance")
     per_image = comp.get("per_image_50")
-    fig = _new_figure(6 * (2 + (per_image is not None)), 4.6)
-    axes = fig.subplots(1, 2 + (per_image is not None))
+    n_panels = 4 if decomposition is not None else 2 + (per_image is not None)
+    fig = _new_figure(5.5 * n_panels, 4.6)
+    axes = fig.subplots(1, n_panels)
     for method, rows in table.items():
         steps, entries = _steps_table(rows)
         label = QUADRATURE_LABELS.get(method, method)
@@ -2777,42 +2841,101 @@ def plot_completeness(comp: dict, save: str | None = None) -> Figure:
                 title=f"Images within tolerance{f' ({tolerance:g})' if tolerance is not None else ''}")
     for ax in axes[:2]:
         ax.legend(fontsize="small")
-    if per_image is not None:
+    if decomposition is not None:
+        _decomposition_scatter(axes[2], decomposition)
+        _mismatch_histogram(axes[3], decomposition)
+    elif per_image is not None:
         _completeness_histogram(axes[2], _numpy(per_image), tolerance, next(iter(table)), comp.get("path_switches"))
     fig.suptitle("Integrated gradients: does the attribution sum to F(x) − F(0)?")
     return _finish(fig, save)
 
 
-@_styled
-def plot_randomization(rand: dict, save: str | None = None) -> Figure:
-    """Cascading randomization: Spearman correlation of |maps| with the trained model's maps after each
-    cumulative randomization stage (1.0 at 'original'), with 95 % CI bands; dashed lines mark each
-    method's reference (maps of different images under the trained model).
-
-    ``rand``: ``randomization_check`` output: ``stages: [S]`` labels, ``spearman_abs[method]: [S]`` summaries,
-    ``random_pair_reference[method]`` summary.
-    """
+def _randomization_panel(ax, rand: dict, variant: str, pixels: str) -> None:
+    """One variant's similarity curves on one pixel set: a line with a 95 % CI band per method, and each
+    method's different-class reference on the same pixel set as a dashed line."""
     stages = ["original"] + list(rand["stages"])
     x = np.arange(len(stages))
-    fig = _new_figure(12.5, 5.5)
-    ax = fig.add_subplot()
-    for m in _ordered(rand["spearman_abs"]):
-        summaries = rand["spearman_abs"][m]
-        if len(summaries) != len(stages) - 1:
-            raise ValueError(f"randomization result for {m!r} has {len(summaries)} stages, expected {len(stages) - 1}")
-        means, err = _ci_errors(summaries)
-        means = np.concatenate([[1.0], means])
-        err = np.concatenate([[[0.0], [0.0]], err], axis=1)
+    series = rand["variants"][variant][pixels]
+    for m in _ordered(series):
+        if len(series[m]) != len(stages) - 1:
+            raise ValueError(f"randomization result for {m!r} ({variant}, {pixels}) has {len(series[m])} stages, "
+                             f"expected {len(stages) - 1}")
+        means, err = _ci_errors(series[m])
+        means, err = np.concatenate([[1.0], means]), np.concatenate([[[0.0], [0.0]], err], axis=1)
         ax.plot(x, means, marker="o", color=_color(m), label=_label(m))
         ax.fill_between(x, means - err[0], means + err[1], color=_color(m), alpha=CI_ALPHA)
-        ref = rand.get("random_pair_reference", {}).get(m)
-        if ref is not None:
-            ax.axhline(ref["mean"], color=_color(m), ls="--", lw=1)
-    ax.plot([], [], color="0.3", ls="--", lw=1, label="reference: maps of different images")
+        ax.axhline(rand["reference"][m][pixels]["mean"], color=_color(m), ls="--", lw=1)
     ax.set_xticks(x, stages, rotation=30, ha="right")
-    ax.set(ylim=(min(-0.05, ax.get_ylim()[0]), 1.05), xlabel="randomised up to (cumulative, top layer first)",
-           ylabel="Spearman ρ of |maps| with the original", title="Model-parameter randomization check")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    where = "all pixels" if pixels == "all" else "object pixels (x > 0)"
+    how = "cumulative, top layer first" if variant == "cascading" else "one stage at a time"
+    ax.set(ylim=(min(-0.05, ax.get_ylim()[0]), 1.05), xlabel=f"randomised stage ({how})",
+           ylabel="Spearman ρ of |maps| with the original", title=f"{variant.capitalize()}, {where}")
+
+
+@_styled
+def plot_randomization(rand: dict, save: str | None = None) -> Figure:
+    """Model-parameter randomization, cascading (top row) and independent (bottom row), on all pixels
+    (left) and object pixels (right): Spearman of |maps| with the trained model's maps after each stage
+    (1.0 at 'original') with 95 % CI bands; dashed lines: each method's reference, the same statistic
+    between maps of two images of different classes on the same pixel set.
+
+    ``rand``: ``randomization_check`` output: ``stages: [S]``, ``variants[variant][pixels][method]: [S]``
+    summaries, ``reference[method][pixels]`` summaries.
+    """
+    fig = _new_figure(15, 10)
+    axes = fig.subplots(len(RANDOMIZATION_VARIANTS), len(PIXEL_SETS), sharey=True, squeeze=False)
+    for r, variant in enumerate(RANDOMIZATION_VARIANTS):
+        for c, pixels in enumerate(PIXEL_SETS):
+            _randomization_panel(axes[r, c], rand, variant, pixels)
+    axes[0, -1].plot([], [], color="0.3", ls="--", lw=1, label="reference: images of different classes")
+    axes[0, -1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    n = rand.get("n_images")
+    fig.suptitle("Model-parameter randomization check" + (f" ({n} images)" if n else ""))
+    return _finish(fig, save)
+
+
+UNIT_ORDER_STYLES = {"contribution": (METHOD_COLORS["decoder"], "-"), "random": CONTROL_STYLES["random"],
+                     "activation": ("0.45", "--")}  # colour, dashes of each unit order
+UNIT_ORDER_LABELS = {"contribution": "largest contribution first (decoder-weighted)", "random": "random order",
+                     "activation": "largest activation first"}
+
+
+def _unit_curve_panel(ax, result: dict, mode: str, score: str) -> None:
+    """Mean curves of every unit order with pointwise 95 % bands and AUCs (CI) in the legend."""
+    for order in result["orders"]:
+        curve = result["curves"][mode][score][order]
+        mean = np.asarray(curve["mean"])
+        steps = np.arange(len(mean))
+        color, dashes = UNIT_ORDER_STYLES.get(order, ("0.5", "-"))
+        ax.plot(steps, mean, color=color, ls=dashes,
+                label=f"{UNIT_ORDER_LABELS.get(order, order)}: AUC {_ci_text(result['auc'][mode][score][order])}")
+        ax.fill_between(steps, curve["lo"], curve["hi"], color=color, alpha=CI_ALPHA)
+    verb = "zeroed (from the full code)" if mode == "deletion" else "switched on (from the empty code)"
+    test = result["tests"][mode][score]
+    p = ", ".join(f"p vs {name[3:]} {t['p_value']:.1e}" for name, t in test.items())
+    ax.set(xlabel=f"active units {verb}", ylabel=f"target {score} (mean, 95 % band)",
+           title=f"{mode.capitalize()} ({'lower' if mode == 'deletion' else 'higher'} AUC = better; {p})")
+    ax.legend(fontsize="x-small", loc="best")
+
+
+@_styled
+def plot_unit_deletion(result: dict, save: str | None = None) -> Figure:
+    """Unit-level causality: the target logit (top) and probability (bottom) as active code units are
+    zeroed (left) or switched on (right) one per step, largest decoder-weighted contribution first vs
+    random order vs largest activation first; mean curves with 95 % bands, AUCs and Wilcoxon p-values.
+
+    ``result``: ``unit_deletion_curves`` output.
+    """
+    missing = [key for key in ("orders", "curves", "auc", "tests") if key not in result]
+    if missing:
+        raise ValueError(f"result must be unit_deletion_curves output; it lacks {missing}")
+    fig = _new_figure(15, 9.5)
+    axes = fig.subplots(len(UNIT_SCORES), 2, squeeze=False)
+    for r, score in enumerate(UNIT_SCORES):
+        for c, mode in enumerate(("deletion", "insertion")):
+            _unit_curve_panel(axes[r, c], result, mode, score)
+    fig.suptitle(f"Unit-level causality in code space ({result['n_images']} images, k = {result['k']}, "
+                 f"{result['mean_active_units']:.1f} active units on average)")
     return _finish(fig, save)
 
 
@@ -2971,12 +3094,14 @@ def figure_path_fn(folder: str | os.PathLike | None) -> Callable[[str], str | No
 
 def randomization_table(rand: dict) -> list[tuple[str, str]]:
     """Rows "method: all pixels / object pixels" of the randomization check's similarity after the last
-    stage that changes the model (the encoder), next to the different-image reference."""
+    stage that changes the model (the encoder: cascading, and the encoder alone: independent), next to
+    the different-class reference on the same pixel sets."""
     stage = rand["stages"].index("encoder")
-    rows = [("after randomizing everything up to the encoder", "Spearman |maps|: all pixels / object pixels / "
-             "different-image reference")]
-    for m, series in rand["spearman_abs"].items():
-        obj = rand["spearman_abs_object"][m][stage]["mean"]
-        rows.append((METHOD_LABELS.get(m, m), f"{series[stage]['mean']:.3f} / {obj:.3f} / "
-                     f"{rand['random_pair_reference'][m]['mean']:.3f}"))
+    rows = [("Spearman |maps| with the original (all pixels / object pixels)",
+             "cascading to the encoder | encoder alone | different-class reference")]
+    for m in rand["reference"]:
+        cells = [rand["variants"][v][p][m][stage]["mean"] for v in RANDOMIZATION_VARIANTS for p in PIXEL_SETS]
+        ref = [rand["reference"][m][p]["mean"] for p in PIXEL_SETS]
+        rows.append((METHOD_LABELS.get(m, m), f"{cells[0]:.3f} / {cells[1]:.3f} | {cells[2]:.3f} / {cells[3]:.3f} | "
+                     f"{ref[0]:.3f} / {ref[1]:.3f}"))
     return rows

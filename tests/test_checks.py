@@ -248,3 +248,74 @@ def test_agreement_null_uses_pixels_that_are_object_in_both_images():
     assert stats["pairs"]["a|b"]["vs_null"]["spearman_signed_all"]["null"]["mean"] > 0.3  # zeros shared
     with pytest.raises(ValueError, match="both x and labels"):
         kh.cross_method_statistics({"a": x, "b": x}, x=x)
+
+
+# --- randomization and figures on a small random pipeline ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    sae = kh.KSparseAutoencoder(k=4, d_hidden=32)
+    clf = kh.SparseCodeClassifier(d_hidden=32, hidden=(16, 8), n_classes=3)
+    pipe = kh.SparseCodePipeline(sae, clf).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 784, generator=g) * (torch.rand(12, 784, generator=g) > 0.5)
+    y = torch.arange(12) % 3
+    cfg = kh.Config(k=4, d_hidden=32, clf_hidden=(16, 8), n_classes=3, ig_steps=8, smoothgrad_samples=2)
+    maps = kh.attribute_all(pipe, x, y, cfg)
+    _, contrib = kh.decoder_weighted(pipe, x, y, return_contributions=True)
+    return {"pipe": pipe, "x": x, "y": y, "cfg": cfg, "maps": maps,
+            "rand": kh.randomization_check(pipe, x, y, cfg),
+            "stats": kh.cross_method_statistics(maps, x=x, labels=y),
+            "units": kh.unit_deletion_curves(pipe, x, y, contrib.detach()),
+            "comp": kh.ig_completeness(pipe, x, y, n_steps_list=(8, 16)),
+            "dec": kh.completeness_decomposition(pipe, x, y)}
+
+
+def test_randomization_variants_and_references(small):
+    rand, pipe, x, y = small["rand"], small["pipe"], small["x"], small["y"]
+    cascade, single = rand["variants"]["cascading"], rand["variants"]["independent"]
+    for pixels in ("all", "object"):
+        # stage 0 is the same re-initialisation in both variants
+        assert single[pixels]["simple"][0]["mean"] == pytest.approx(cascade[pixels]["simple"][0]["mean"])
+        # the decoder atoms alone change no gradient-based map, only the decoder-weighted one
+        assert single[pixels]["integrated"][-1]["mean"] == pytest.approx(1.0)
+        assert single[pixels]["decoder"][-1]["mean"] < 1.0
+    # the reference pairs each image with one of another class, on all pixels and on shared object pixels
+    partner = kh.partner_images(y, same_class=False, seed=0)
+    a = small["maps"]["simple"].abs().double().numpy()
+    obj = x.numpy() > 0
+    expected_all = kh.rowwise_spearman(a, a[partner]).mean()
+    expected_obj = kh.rowwise_spearman(a, a[partner], obj & obj[partner]).mean()
+    assert rand["reference"]["simple"]["all"]["mean"] == pytest.approx(expected_all)
+    assert rand["reference"]["simple"]["object"]["mean"] == pytest.approx(expected_obj)
+    torch.testing.assert_close(pipe(x), kh.SparseCodePipeline(pipe.sae, pipe.clf)(x))  # model untouched
+    rows = kh.randomization_table(rand)
+    assert len(rows) == 1 + len(kh.METHOD_LABELS) and rows[1][0] == "Integrated gradients"
+
+
+def test_figures_render_with_their_series(small):
+    import time
+
+    t0 = time.perf_counter()
+    fig = kh.plot_randomization(small["rand"])
+    axes = fig.axes
+    assert len(axes) == 4 and "Independent, object pixels" in axes[3].get_title()
+    dashed = [line for line in axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == len(kh.METHOD_LABELS)  # one reference per method
+    fig = kh.plot_unit_deletion(small["units"])
+    assert len(fig.axes) == 4 and "Deletion" in fig.axes[0].get_title()
+    assert len(fig.axes[0].get_legend().get_texts()) == 3
+    fig = kh.plot_completeness(small["comp"], decomposition=small["dec"])
+    assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == 4
+    fig = kh.plot_correlation_summary(small["stats"], list(small["maps"]))
+    assert "null" in fig.axes[0].get_xlabel()
+    assert time.perf_counter() - t0 < 15  # generous: four figures, each well under the 1.5 s target alone
+
+
+def test_figures_reject_results_that_do_not_fit(small):
+    with pytest.raises(ValueError, match="lacks"):
+        kh.plot_unit_deletion({"curves": {}})
+    broken = {**small["rand"], "stages": small["rand"]["stages"][:-1]}
+    with pytest.raises(ValueError, match="stages, expected"):
+        kh.plot_randomization(broken)
