@@ -1367,6 +1367,8 @@ def partner_images(labels, same_class: bool, seed: int = 0) -> np.ndarray:
     every image is some image's partner once); ``same_class=False``: an image of a different class, drawn
     uniformly. Raises ``ValueError`` if a class has one image only (same) or there is one class (different).
     """
+    if not isinstance(same_class, bool):
+        raise ValueError(f"same_class must be True or False, got {same_class!r}")
     lab = _check_pairing_labels(labels, len(labels))
     rng = np.random.default_rng(seed)
     partner = np.empty(len(lab), dtype=np.int64)
@@ -1438,6 +1440,9 @@ def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0, x: tor
     methods share regardless of the image (their smoothness, their background handling, the class's
     typical shape) and removes only "the same image": the excess is what A and B agree on about *this* image.
     """
+    if not isinstance(maps, dict) or len(maps) < 2:
+        raise ValueError(f"maps must be a dict of at least two methods' maps, got {type(maps).__name__} "
+                         f"with {len(maps) if isinstance(maps, dict) else 0} entries")
     arrays = {m: _as_maps(v, f"maps[{m!r}]") for m, v in maps.items()}
     n = len(next(iter(arrays.values())))
     if any(len(v) != n for v in arrays.values()):
@@ -1477,6 +1482,8 @@ def correlation_matrix(stats: dict, methods: Sequence[str], key: str = "spearman
                        statistic: str | None = None) -> np.ndarray:
     """``[M, M]`` matrix of the mean per-image correlation ``key`` from ``cross_method_statistics``; with
     ``statistic`` ("value", "null" or "excess") ``key`` names a ``vs_null`` entry (e.g. "spearman_signed_object")."""
+    if statistic not in (None, "value", "null", "excess"):
+        raise ValueError(f"statistic must be None, 'value', 'null' or 'excess', got {statistic!r}")
     m = np.eye(len(methods)) if statistic in (None, "value") else np.zeros((len(methods), len(methods)))
     for i, a in enumerate(methods):
         for j, b in enumerate(methods):
@@ -1820,9 +1827,10 @@ def _unit_ranks(values: torch.Tensor, contributions: torch.Tensor, seed: int) ->
     gen = torch.Generator().manual_seed(seed)
     keys = {"contribution": contributions, "random": torch.rand(values.shape, generator=gen, dtype=torch.float64),
             "activation": values}
+    active = (values > 0).cpu()
     ranks = {}
     for name, key in keys.items():
-        key = torch.where(values > 0, key.to(torch.float64).cpu(), torch.tensor(-math.inf, dtype=torch.float64))
+        key = torch.where(active, key.detach().to(torch.float64).cpu(), torch.tensor(-math.inf, dtype=torch.float64))
         order = key.argsort(dim=1, descending=True, stable=True)
         ranks[name] = order.argsort(dim=1).to(values.device)
     return ranks

@@ -319,3 +319,19 @@ def test_figures_reject_results_that_do_not_fit(small):
     broken = {**small["rand"], "stages": small["rand"]["stages"][:-1]}
     with pytest.raises(ValueError, match="stages, expected"):
         kh.plot_randomization(broken)
+
+
+def test_agreement_functions_reject_bad_input(small):
+    maps, x, y = small["maps"], small["x"], small["y"]
+    with pytest.raises(ValueError, match="at least two methods"):
+        kh.cross_method_statistics({"simple": maps["simple"]})
+    with pytest.raises(ValueError, match="integer class ids"):
+        kh.cross_method_statistics(maps, x=x, labels=y[:5])
+    with pytest.raises(ValueError, match="x holds 5 maps but there are 12 images"):
+        kh.cross_method_statistics(maps, x=x[:5], labels=y)
+    with pytest.raises(ValueError, match="same_class must be True or False"):
+        kh.partner_images(y, same_class="yes")
+    with pytest.raises(ValueError, match="statistic must be"):
+        kh.correlation_matrix(small["stats"], list(maps), "spearman_signed_all", "median")
+    with pytest.raises(ValueError, match="integer class ids"):
+        kh.randomization_check(small["pipe"], x, y, small["cfg"], methods=("simple",), labels=y[:3])
