@@ -10,7 +10,8 @@ Sections
 6. Checkpoints     -- atomic save, safe load, ``load_or_train``.
 7. Metrics         -- reconstruction, sparsity, dead units, accuracy.
 8. Attribution     -- integrated gradients, simple gradients, SmoothGrad, decoder-weighted.
-9. Evaluation      -- sample selection, cross-method statistics, faithfulness checks.
+9. Evaluation      -- sample selection, agreement against a different-image null, faithfulness checks
+                      (completeness decomposition, randomization, unit-level causality).
 10. Plotting       -- every figure of the notebook.
 11. Summary        -- ``results/summary.json``.
 
@@ -1481,10 +1482,11 @@ def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0, x: tor
 def correlation_matrix(stats: dict, methods: Sequence[str], key: str = "spearman_abs",
                        statistic: str | None = None) -> np.ndarray:
     """``[M, M]`` matrix of the mean per-image correlation ``key`` from ``cross_method_statistics``; with
-    ``statistic`` ("value", "null" or "excess") ``key`` names a ``vs_null`` entry (e.g. "spearman_signed_object")."""
+    ``statistic`` ("value", "null" or "excess") ``key`` names a ``vs_null`` entry (e.g. "spearman_signed_object");
+    the diagonal is 1 for correlations and NaN (undefined, drawn blank) for the null and the excess."""
     if statistic not in (None, "value", "null", "excess"):
         raise ValueError(f"statistic must be None, 'value', 'null' or 'excess', got {statistic!r}")
-    m = np.eye(len(methods)) if statistic in (None, "value") else np.zeros((len(methods), len(methods)))
+    m = np.eye(len(methods)) if statistic in (None, "value") else np.diag(np.full(len(methods), np.nan))
     for i, a in enumerate(methods):
         for j, b in enumerate(methods):
             pair = stats["pairs"].get(f"{a}|{b}") or stats["pairs"].get(f"{b}|{a}")
