@@ -1584,7 +1584,8 @@ def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, n_points: int 
 def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, target,
                                n_points: int = COMPLETENESS_POINTS, n_steps: int = 50, method: str = "gausslegendre",
                                output: str = "logit", tolerance: float = COMPLETENESS_TOLERANCE,
-                               internal_batch_size: int | None = None, seed: int = 0) -> dict:
+                               n_steps_list: Sequence[int] = (), internal_batch_size: int | None = None,
+                               seed: int = 0) -> dict:
     """Completeness measured directly on a dense straight path from the zero image to each ``x: [N, 784]``.
 
     F and dF/dalpha are evaluated at ``n_points + 1`` evenly spaced points (in pre-activation space, exact),
@@ -1599,6 +1600,10 @@ def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, ta
     IG's completeness error at ``n_steps`` (``sum(attr) - (F(x) - F(0))``, quadrature ``method``) should
     then equal ``-jump_sum``: ``mismatch = |ig_error + jump_sum| / |F(x) - F(0)|`` per image and the share
     within ``tolerance``. ``target``: int or ``[N]``. Per-image lists plus ``summarize`` dicts.
+
+    ``table[n]`` (for ``n_steps`` and every count in ``n_steps_list``, all from one scan of the head):
+    IG's median relative completeness error ``|ig_error| / |F(x) - F(0)|`` and the median mismatch and
+    share within ``tolerance`` -- the error stays at the jumps' size while the mismatch shrinks with n.
     """
     if not isinstance(pipeline, SparseCodePipeline):
         raise ValueError(f"completeness_decomposition needs a SparseCodePipeline, got {type(pipeline).__name__}")
@@ -1611,14 +1616,25 @@ def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, ta
     smooth = (slopes[:, 1:] + slopes[:, :-1]) / (2 * n_points)  # [N, n_points] gradient integral per interval
     jump = torch.where(jumps, values[:, 1:] - values[:, :-1] - smooth, torch.zeros_like(smooth))
     gap = values[:, -1] - values[:, 0]
-    ig_error = _ig_sums(pipeline, x, target, [(method, n_steps)], output, rows)[method, n_steps] - gap
+    for n in n_steps_list:
+        _check_int("n_steps_list entry", n, low=1)
+    steps = sorted({n_steps, *map(int, n_steps_list)})
+    errors = {n: s - gap for (_, n), s in _ig_sums(pipeline, x, target, [(method, n) for n in steps], output,
+                                                    rows).items()}
+    ig_error = errors[n_steps]
     parts = {"gap": gap, "smooth": smooth.sum(1), "jump_sum": jump.sum(1), "ig_error": ig_error,
              "switches": (swaps * jumps).sum(1), "continuous_changes": (swaps * ~jumps).sum(1)}
     parts["residual"] = gap - parts["smooth"] - parts["jump_sum"]
     scale = gap.abs().clamp_min(GAP_FLOOR)
     parts["mismatch"] = (ig_error + parts["jump_sum"]).abs() / scale
     per_image = {name: v.double().cpu().numpy() for name, v in parts.items()}
-    return {"n_points": n_points, "n_steps": n_steps, "method": method, "tolerance": tolerance,
+    table = {}
+    for n, err in errors.items():
+        rel = (err.abs() / scale).double().cpu().numpy()
+        mismatch = ((err + parts["jump_sum"]).abs() / scale).double().cpu().numpy()
+        table[n] = {"median_rel_error": float(np.median(rel)), "median_mismatch": float(np.median(mismatch)),
+                    "share_within_tolerance": float((mismatch <= tolerance).mean())}
+    return {"n_points": n_points, "n_steps": n_steps, "method": method, "tolerance": tolerance, "table": table,
             "share_within_tolerance": float((per_image["mismatch"] <= tolerance).mean()),
             "share_with_switches": float((per_image["switches"] > 0).mean()),
             "summary": {name: summarize(v, seed) for name, v in per_image.items()},
@@ -2819,21 +2835,88 @@ def _mismatch_histogram(ax, dec: dict) -> None:
     ax.legend(fontsize="small")
 
 
-@_styled
-def plot_completeness(comp: dict, save: str | None = None, decomposition: dict | None = None) -> Figure:
-    """Integrated-gradients completeness vs the number of steps: median relative error (log-log) and
-    share of images within tolerance per quadrature rule. With ``decomposition``
-    (``completeness_decomposition`` output) two more panels: IG's error against minus the jump sum per
-    image, and the histogram of their mismatch; else (if present) the per-image errors at 50 steps.
+def _decomposition_steps(ax_err, ax_share, dec: dict) -> None:
+    """IG's median completeness error and its median mismatch with minus the jump sum against n_steps
+    (log-log, with the median jump size as a line), and the share of images whose mismatch is within
+    the tolerance."""
+    steps, entries = _steps_table(dec["table"])
+    rule = QUADRATURE_LABELS.get(dec["method"], dec["method"])
+    ax_err.plot(steps, [max(e["median_rel_error"], LOG_FLOOR) for e in entries], marker="o",
+                label=f"|IG error| ({rule})")
+    ax_err.plot(steps, [max(e["median_mismatch"], LOG_FLOOR) for e in entries], marker="s",
+                label="|IG error + jump sum|")
+    jumps = np.median(np.abs(_numpy(dec["per_image"]["jump_sum"]) / _numpy(dec["per_image"]["gap"])))
+    ax_err.axhline(jumps, color="0.3", ls=":", label=f"|jump sum| ({dec['n_points']}-interval scan)")
+    ax_err.axhline(dec["tolerance"], color="0.3", ls="--", label=f"tolerance {dec['tolerance']:g}")
+    _log_axis(ax_err, "y")
+    ax_share.plot(steps, [e["share_within_tolerance"] for e in entries], marker="s", color=sns.color_palette()[1])
+    for ax in (ax_err, ax_share):
+        ax.set_xscale("log")
+        ax.set_xticks(steps, [str(n) for n in steps])
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax_err.set(xlabel="IG steps", ylabel="median, relative to |F(x) − F(0)|", title="IG's error is the jumps")
+    ax_err.legend(fontsize="small")
+    ax_share.set(xlabel="IG steps", ylabel="share of images", ylim=(0, 1.02),
+                 title=f"|IG error + jump sum| within {dec['tolerance']:g} of |F(x) − F(0)|")
 
-    ``comp``: ``ig_completeness`` output: ``table[method][n_steps] = {"median_rel_error",
-    "share_within_tolerance", ...}``, ``tolerance``, ``per_image_50: [N] | None``, optional ``path_switches``.
+
+def _decomposition_scatter(ax, dec: dict) -> None:
+    """Per image: IG's completeness error against minus the jump sum (both / |F(x) - F(0)|), coloured by
+    the number of discontinuous swaps, with the identity line."""
+    per = {k: _numpy(v) for k, v in dec["per_image"].items()}
+    scale = np.abs(per["gap"])
+    jumps, errors = -per["jump_sum"] / scale, per["ig_error"] / scale
+    points = ax.scatter(jumps, errors, c=per["switches"], cmap="viridis", s=14)
+    ends = [min(jumps.min(), errors.min()), max(jumps.max(), errors.max())]
+    ax.plot(ends, ends, color="0.3", ls="--", lw=1, label="IG error = − jump sum")
+    ax.figure.colorbar(points, ax=ax, label="discontinuous top-k swaps on the path")
+    rule = QUADRATURE_LABELS.get(dec["method"], dec["method"])
+    ax.set(xlabel="− jump sum / |F(x) − F(0)|", ylabel="IG completeness error / |F(x) − F(0)|",
+           title=f"Per image at {dec['n_steps']} steps ({rule})")
+    ax.legend(fontsize="small", loc="upper left")
+
+
+def _mismatch_histogram(ax, dec: dict) -> None:
+    """Histogram of |IG error + jump sum| / |F(x) - F(0)| per image (log bins) with the tolerance line."""
+    mismatch = np.clip(_numpy(dec["per_image"]["mismatch"]), LOG_FLOOR, None)
+    tol = dec["tolerance"]
+    bins = np.logspace(np.log10(min(mismatch.min(), tol)), np.log10(max(mismatch.max(), tol)) + LOG_BIN_MARGIN,
+                       ERROR_BINS)
+    ax.hist(mismatch, bins=bins, color=sns.color_palette()[0])
+    _log_axis(ax, "x")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.axvline(tol, color="0.3", ls="--", label=f"tolerance {tol:g}: {dec['share_within_tolerance']:.0%} within")
+    res = dec["relative"]["residual"]["mean"]
+    ax.set(xlabel="|IG error + jump sum| / |F(x) − F(0)|", ylabel="images",
+           title=f"Mismatch at {dec['n_steps']} steps (scan residual {res:.1e})")
+    ax.legend(fontsize="small")
+
+
+@_styled
+def plot_completeness(comp: dict, save: str | None = None) -> Figure:
+    """Integrated gradients' completeness.
+
+    ``comp`` from ``completeness_decomposition``: IG's error and its mismatch with minus the jump sum
+    against the number of steps, the share of images within tolerance, and per image at the configured
+    steps the error against the jumps and the histogram of the mismatch. ``comp`` from ``ig_completeness``
+    (``table[method][n_steps] = {"median_rel_error", "share_within_tolerance", ...}``, ``tolerance``,
+    ``per_image_50: [N] | None``, optional ``path_switches``): the error and the share within tolerance
+    per quadrature rule, and (if present) the per-image errors at 50 steps.
     """
+    if "per_image" in comp:
+        fig = _new_figure(23, 4.8)
+        axes = fig.subplots(1, 4)
+        _decomposition_steps(axes[0], axes[1], comp)
+        _decomposition_scatter(axes[2], comp)
+        _mismatch_histogram(axes[3], comp)
+        fig.suptitle(f"Integrated gradients: F(x) − F(0) = gradient integral + jumps at top-k swaps "
+                     f"({len(comp['per_image']['gap'])} images; mean {comp['summary']['switches']['mean']:.0f} "
+                     f"discontinuous swaps per path)")
+        return _finish(fig, save)
     table, tolerance = comp["table"], comp.get("tolerance")
     per_image = comp.get("per_image_50")
-    n_panels = 4 if decomposition is not None else 2 + (per_image is not None)
-    fig = _new_figure(5.5 * n_panels, 4.6)
-    axes = fig.subplots(1, n_panels)
+    fig = _new_figure(6 * (2 + (per_image is not None)), 4.6)
+    axes = fig.subplots(1, 2 + (per_image is not None))
     for method, rows in table.items():
         steps, entries = _steps_table(rows)
         label = QUADRATURE_LABELS.get(method, method)
@@ -2851,10 +2934,7 @@ def plot_completeness(comp: dict, save: str | None = None, decomposition: dict |
                 title=f"Images within tolerance{f' ({tolerance:g})' if tolerance is not None else ''}")
     for ax in axes[:2]:
         ax.legend(fontsize="small")
-    if decomposition is not None:
-        _decomposition_scatter(axes[2], decomposition)
-        _mismatch_histogram(axes[3], decomposition)
-    elif per_image is not None:
+    if per_image is not None:
         _completeness_histogram(axes[2], _numpy(per_image), tolerance, next(iter(table)), comp.get("path_switches"))
     fig.suptitle("Integrated gradients: does the attribution sum to F(x) − F(0)?")
     return _finish(fig, save)

@@ -269,7 +269,7 @@ def small():
             "stats": kh.cross_method_statistics(maps, x=x, labels=y),
             "units": kh.unit_deletion_curves(pipe, x, y, contrib.detach()),
             "comp": kh.ig_completeness(pipe, x, y, n_steps_list=(8, 16)),
-            "dec": kh.completeness_decomposition(pipe, x, y)}
+            "dec": kh.completeness_decomposition(pipe, x, y, n_steps_list=(8, 200))}
 
 
 def test_randomization_variants_and_references(small):
@@ -306,8 +306,9 @@ def test_figures_render_with_their_series(small):
     fig = kh.plot_unit_deletion(small["units"])
     assert len(fig.axes) == 4 and "Deletion" in fig.axes[0].get_title()
     assert len(fig.axes[0].get_legend().get_texts()) == 3
-    fig = kh.plot_completeness(small["comp"], decomposition=small["dec"])
+    fig = kh.plot_completeness(small["dec"])
     assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == 4
+    assert len(kh.plot_completeness(small["comp"]).axes) == 2  # the ig_completeness sweep (no 50 steps): its old figure
     fig = kh.plot_correlation_summary(small["stats"], list(small["maps"]))
     assert "null" in fig.axes[0].get_xlabel()
     assert time.perf_counter() - t0 < 15  # generous: four figures, each well under the 1.5 s target alone
@@ -335,3 +336,15 @@ def test_agreement_functions_reject_bad_input(small):
         kh.correlation_matrix(small["stats"], list(maps), "spearman_signed_all", "median")
     with pytest.raises(ValueError, match="integer class ids"):
         kh.randomization_check(small["pipe"], x, y, small["cfg"], methods=("simple",), labels=y[:3])
+
+
+def test_decomposition_table_over_steps(small):
+    dec, pipe, x, y = small["dec"], small["pipe"], small["x"], small["y"]
+    assert sorted(dec["table"]) == [8, 50, 200]
+    _, delta = kh.integrated_gradients(pipe, x, y, n_steps=200, return_convergence_delta=True)
+    gap = np.abs(np.array(dec["per_image"]["gap"]))
+    rel = np.abs(delta.detach().double().numpy()) / gap
+    assert dec["table"][200]["median_rel_error"] == pytest.approx(np.median(rel), rel=1e-4)
+    mismatch = np.abs(delta.detach().double().numpy() + np.array(dec["per_image"]["jump_sum"])) / gap
+    assert dec["table"][200]["share_within_tolerance"] == pytest.approx((mismatch <= 0.01).mean())
+    assert dec["table"][50]["median_mismatch"] == pytest.approx(np.median(dec["per_image"]["mismatch"]))
