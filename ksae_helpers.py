@@ -1773,6 +1773,8 @@ def randomization_stages(clf: SparseCodeClassifier) -> list[str]:
 
 RANDOMIZATION_VARIANTS = ("cascading", "independent")  # stages randomised cumulatively / one at a time
 RANDOMIZATION_SEED_OFFSET = 12345  # stage s draws its weights from seed + offset + s (same in both variants)
+DECODER_STAGE = "decoder atoms"  # the stage the model's output never reads (only decoder-weighted maps do)
+READS_DECODER = ("decoder",)  # methods whose maps change when only the decoder atoms are randomised
 
 
 @torch.no_grad()
@@ -1821,12 +1823,14 @@ def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: t
               "reference": {m: _abs_map_similarity(v, v[partner], obj & obj[partner], seed) for m, v in orig.items()},
               "variants": {v: {p: {m: [] for m in methods} for p in PIXEL_SETS} for v in RANDOMIZATION_VARIANTS}}
     for variant in RANDOMIZATION_VARIANTS:
-        model = copy.deepcopy(pipeline).eval()
+        model, maps = copy.deepcopy(pipeline).eval(), original
         for stage in tqdm(range(len(stages)), desc=f"randomization ({variant})", mininterval=2.0):
             if variant == "independent":
-                model = copy.deepcopy(pipeline).eval()
+                model, maps = copy.deepcopy(pipeline).eval(), original
             _randomize_stage_(model, stage, torch.Generator().manual_seed(seed + RANDOMIZATION_SEED_OFFSET + stage))
-            maps = attribute_all(model, x, target, cfg, methods, seed=seed)
+            # the decoder atoms change no model output: the other maps are those of the model before this stage
+            changed = [m for m in methods if stages[stage] != DECODER_STAGE or m in READS_DECODER]
+            maps = {**maps, **attribute_all(model, x, target, cfg, changed, seed=seed)}
             for m in methods:
                 sim = _abs_map_similarity(orig[m], maps[m].reshape(len(x), -1).double().cpu().numpy(), obj, seed)
                 for pixels in PIXEL_SETS:

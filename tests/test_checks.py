@@ -290,6 +290,12 @@ def test_randomization_variants_and_references(small):
     assert rand["reference"]["simple"]["all"]["mean"] == pytest.approx(expected_all)
     assert rand["reference"]["simple"]["object"]["mean"] == pytest.approx(expected_obj)
     torch.testing.assert_close(pipe(x), kh.SparseCodePipeline(pipe.sae, pipe.clf)(x))  # model untouched
+    # the check reuses the other maps at the decoder stage: the model's output must not read the atoms
+    import copy
+
+    model = copy.deepcopy(pipe)
+    kh._randomize_stage_(model, rand["stages"].index(kh.DECODER_STAGE), torch.Generator().manual_seed(0))
+    assert not torch.equal(model.sae.W_dec, pipe.sae.W_dec) and torch.equal(model(x), pipe(x))
     rows = kh.randomization_table(rand)
     assert len(rows) == 1 + len(kh.METHOD_LABELS) and rows[1][0] == "Integrated gradients"
 
