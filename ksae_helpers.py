@@ -1499,6 +1499,7 @@ COMPLETENESS_POINTS = 1024  # intervals of the dense straight path scanned by co
 MIN_COMPLETENESS_POINTS = 1000  # fewer intervals would merge switches the decomposition must see apart
 COMPLETENESS_TOLERANCE = 0.01  # IG's error must equal minus the jump sum within this share of |F(x) - F(0)|
 GAP_FLOOR = 1e-12  # |F(x) - F(0)| is clamped to at least this where it divides
+MIN_SUBGRID_STEPS = 17  # smallest trapezoid rule read off the dense scan (its points are a subset of the scan's)
 
 
 def _topk_changes(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1601,9 +1602,11 @@ def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, ta
     then equal ``-jump_sum``: ``mismatch = |ig_error + jump_sum| / |F(x) - F(0)|`` per image and the share
     within ``tolerance``. ``target``: int or ``[N]``. Per-image lists plus ``summarize`` dicts.
 
-    ``table[n]`` (for ``n_steps`` and every count in ``n_steps_list``, all from one scan of the head):
-    IG's median relative completeness error ``|ig_error| / |F(x) - F(0)|`` and the median mismatch and
-    share within ``tolerance`` -- the error stays at the jumps' size while the mismatch shrinks with n.
+    ``table[rule][n]``: IG's median relative completeness error ``|ig_error| / |F(x) - F(0)|``, the median
+    mismatch and the share within ``tolerance`` -- the error stays at the jumps' size while the mismatch
+    shrinks with n -- for ``method`` at ``n_steps`` and every count in ``n_steps_list`` (one extra scan of
+    that many points), and for free for the trapezoid rule at every n with ``n - 1`` dividing
+    ``n_points`` (its points are scan points: 17, 33, ..., n_points + 1 for n_points = 1024).
     """
     if not isinstance(pipeline, SparseCodePipeline):
         raise ValueError(f"completeness_decomposition needs a SparseCodePipeline, got {type(pipeline).__name__}")
@@ -1619,9 +1622,10 @@ def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, ta
     for n in n_steps_list:
         _check_int("n_steps_list entry", n, low=1)
     steps = sorted({n_steps, *map(int, n_steps_list)})
-    errors = {n: s - gap for (_, n), s in _ig_sums(pipeline, x, target, [(method, n) for n in steps], output,
-                                                    rows).items()}
-    ig_error = errors[n_steps]
+    errors = {rule: s - gap for rule, s in _ig_sums(pipeline, x, target, [(method, n) for n in steps], output,
+                                                     rows).items()}
+    errors.update({("riemann_trapezoid", n): _subgrid_trapezoid(slopes, n) - gap for n in _subgrid_steps(n_points)})
+    ig_error = errors[method, n_steps]
     parts = {"gap": gap, "smooth": smooth.sum(1), "jump_sum": jump.sum(1), "ig_error": ig_error,
              "switches": (swaps * jumps).sum(1), "continuous_changes": (swaps * ~jumps).sum(1)}
     parts["residual"] = gap - parts["smooth"] - parts["jump_sum"]
@@ -1629,11 +1633,12 @@ def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, ta
     parts["mismatch"] = (ig_error + parts["jump_sum"]).abs() / scale
     per_image = {name: v.double().cpu().numpy() for name, v in parts.items()}
     table = {}
-    for n, err in errors.items():
+    for (rule, n), err in errors.items():
         rel = (err.abs() / scale).double().cpu().numpy()
         mismatch = ((err + parts["jump_sum"]).abs() / scale).double().cpu().numpy()
-        table[n] = {"median_rel_error": float(np.median(rel)), "median_mismatch": float(np.median(mismatch)),
-                    "share_within_tolerance": float((mismatch <= tolerance).mean())}
+        table.setdefault(rule, {})[n] = {"median_rel_error": float(np.median(rel)),
+                                         "median_mismatch": float(np.median(mismatch)),
+                                         "share_within_tolerance": float((mismatch <= tolerance).mean())}
     return {"n_points": n_points, "n_steps": n_steps, "method": method, "tolerance": tolerance, "table": table,
             "share_within_tolerance": float((per_image["mismatch"] <= tolerance).mean()),
             "share_with_switches": float((per_image["switches"] > 0).mean()),
@@ -1641,6 +1646,18 @@ def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, ta
             "relative": {name: summarize(np.abs(per_image[name]) / scale.double().cpu().numpy(), seed)
                          for name in ("jump_sum", "residual", "ig_error")},
             "per_image": {name: v.tolist() for name, v in per_image.items()}}
+
+
+def _subgrid_steps(n_points: int) -> list[int]:
+    """Trapezoid step counts ``n >= MIN_SUBGRID_STEPS`` whose points are a subset of ``n_points + 1``
+    evenly spaced scan points (``n - 1`` divides ``n_points``)."""
+    return [d + 1 for d in range(MIN_SUBGRID_STEPS - 1, n_points + 1) if n_points % d == 0]
+
+
+def _subgrid_trapezoid(slopes: torch.Tensor, n: int) -> torch.Tensor:
+    """IG's ``sum(attr)`` by the trapezoid rule with ``n`` steps from scan slopes ``[B, n_points + 1]``."""
+    _, weights = ig_quadrature(n, "riemann_trapezoid")
+    return slopes[:, ::(slopes.shape[1] - 1) // (n - 1)] @ weights.to(slopes)
 
 
 def ig_completeness(model: nn.Module, x: torch.Tensor, target,
@@ -2843,17 +2860,22 @@ def _decomposition_steps(ax_err, ax_share, dec: dict) -> None:
     """IG's median completeness error and its median mismatch with minus the jump sum against n_steps
     (log-log, with the median jump size as a line), and the share of images whose mismatch is within
     the tolerance."""
-    steps, entries = _steps_table(dec["table"])
-    rule = QUADRATURE_LABELS.get(dec["method"], dec["method"])
-    ax_err.plot(steps, [max(e["median_rel_error"], LOG_FLOOR) for e in entries], marker="o",
-                label=f"|IG error| ({rule})")
-    ax_err.plot(steps, [max(e["median_mismatch"], LOG_FLOOR) for e in entries], marker="s",
-                label="|IG error + jump sum|")
+    all_steps = []
+    for i, (method, rows) in enumerate(dec["table"].items()):
+        steps, entries = _steps_table(rows)
+        rule, color = QUADRATURE_LABELS.get(method, method), sns.color_palette()[i]
+        ax_err.plot(steps, [max(e["median_rel_error"], LOG_FLOOR) for e in entries], marker="o", color=color,
+                    label=f"|IG error|, {rule}")
+        ax_err.plot(steps, [max(e["median_mismatch"], LOG_FLOOR) for e in entries], marker="s", ls="--",
+                    color=color, label=f"|IG error + jump sum|, {rule}")
+        ax_share.plot(steps, [e["share_within_tolerance"] for e in entries], marker="s", color=color, label=rule)
+        all_steps += list(steps)
+    steps = np.unique(all_steps)
     jumps = np.median(np.abs(_numpy(dec["per_image"]["jump_sum"]) / _numpy(dec["per_image"]["gap"])))
     ax_err.axhline(jumps, color="0.3", ls=":", label=f"|jump sum| ({dec['n_points']}-interval scan)")
     ax_err.axhline(dec["tolerance"], color="0.3", ls="--", label=f"tolerance {dec['tolerance']:g}")
     _log_axis(ax_err, "y")
-    ax_share.plot(steps, [e["share_within_tolerance"] for e in entries], marker="s", color=sns.color_palette()[1])
+    ax_share.legend(fontsize="small")
     for ax in (ax_err, ax_share):
         ax.set_xscale("log")
         ax.set_xticks(steps, [str(n) for n in steps])

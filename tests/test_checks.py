@@ -346,11 +346,16 @@ def test_agreement_functions_reject_bad_input(small):
 
 def test_decomposition_table_over_steps(small):
     dec, pipe, x, y = small["dec"], small["pipe"], small["x"], small["y"]
-    assert sorted(dec["table"]) == [8, 50, 200]
-    _, delta = kh.integrated_gradients(pipe, x, y, n_steps=200, return_convergence_delta=True)
+    gl, trapezoid = dec["table"]["gausslegendre"], dec["table"]["riemann_trapezoid"]
+    assert sorted(gl) == [8, 50, 200] and sorted(trapezoid) == [17, 33, 65, 129, 257, 513, 1025]
     gap = np.abs(np.array(dec["per_image"]["gap"]))
-    rel = np.abs(delta.detach().double().numpy()) / gap
-    assert dec["table"][200]["median_rel_error"] == pytest.approx(np.median(rel), rel=1e-4)
-    mismatch = np.abs(delta.detach().double().numpy() + np.array(dec["per_image"]["jump_sum"])) / gap
-    assert dec["table"][200]["share_within_tolerance"] == pytest.approx((mismatch <= 0.01).mean())
-    assert dec["table"][50]["median_mismatch"] == pytest.approx(np.median(dec["per_image"]["mismatch"]))
+    for table, method, n in ((gl, "gausslegendre", 200), (trapezoid, "riemann_trapezoid", 33)):
+        _, delta = kh.integrated_gradients(pipe, x, y, n_steps=n, method=method, return_convergence_delta=True)
+        rel = np.abs(delta.detach().double().numpy()) / gap
+        assert table[n]["median_rel_error"] == pytest.approx(np.median(rel), rel=1e-4)
+        mismatch = np.abs(delta.detach().double().numpy() + np.array(dec["per_image"]["jump_sum"])) / gap
+        assert table[n]["share_within_tolerance"] == pytest.approx((mismatch <= 0.01).mean())
+    assert gl[50]["median_mismatch"] == pytest.approx(np.median(dec["per_image"]["mismatch"]))
+    # the trapezoid on every scan point is the scan's own gradient integral: its mismatch is the residual
+    assert trapezoid[1025]["median_mismatch"] == pytest.approx(
+        np.median(np.abs(dec["per_image"]["residual"]) / gap), abs=1e-6)
