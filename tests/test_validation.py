@@ -129,7 +129,6 @@ def test_randomizing_every_layer_destroys_gradient_similarity(small_pipeline):
     assert single["simple"][0]["mean"] == pytest.approx(simple[0])
     assert single["simple"][-1]["mean"] == pytest.approx(1.0)  # the decoder atoms alone change no gradient
     assert single["decoder"][-1]["mean"] < 0.9
-    assert single["simple"][-2]["mean"] > simple[-2]  # the encoder alone leaves the classifier trained
     # References pair images of different classes; each pixel set has its own
     ref = result["reference"]["simple"]
     assert set(ref) == {"all", "object"} and ref["all"]["n"] == 30
