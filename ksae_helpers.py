@@ -10,7 +10,8 @@ Sections
 6. Checkpoints     -- atomic save, safe load, ``load_or_train``.
 7. Metrics         -- reconstruction, sparsity, dead units, accuracy.
 8. Attribution     -- integrated gradients, simple gradients, SmoothGrad, decoder-weighted.
-9. Evaluation      -- sample selection, cross-method statistics, faithfulness checks.
+9. Evaluation      -- sample selection, agreement against a different-image null, faithfulness checks
+                      (completeness decomposition, randomization, unit-level causality).
 10. Plotting       -- every figure of the notebook.
 11. Summary        -- ``results/summary.json``.
 
@@ -1346,19 +1347,32 @@ def select_high_confidence(sae: KSparseAutoencoder, clf: SparseCodeClassifier, d
     return Selection(idx, data.x_test[idx], data.y_test[idx], confidence[idx], counts)
 
 
-def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``a`` with the same row of ``b`` (``[N, P]`` -> ``[N]``)."""
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
+def _rowwise_pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (``[N, P]`` -> ``[N]``), over the
+    entries where ``mask: [N, P]`` is True (all if None); 0 where a row is constant."""
+    if mask is None:
+        mask = np.ones(a.shape, dtype=bool)
+    count = np.maximum(mask.sum(1, keepdims=True), 1)
+    a = np.where(mask, a - np.where(mask, a, 0.0).sum(1, keepdims=True) / count, 0.0)
+    b = np.where(mask, b - np.where(mask, b, 0.0).sum(1, keepdims=True) / count, 0.0)
     denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
     return np.divide((a * b).sum(1), denom, out=np.zeros(len(a)), where=denom > 0)
 
 
-def rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation per row (average ranks for ties): ``[N, P], [N, P]`` -> ``[N]``."""
+def _row_ranks(a: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Average ranks within each row of ``a: [N, P]``; with ``mask: [N, P]`` only the True entries are
+    ranked (the others are NaN)."""
     from scipy.stats import rankdata
 
-    return _rowwise_pearson(rankdata(a, axis=1), rankdata(b, axis=1))
+    if mask is None:
+        return rankdata(a, axis=1)
+    return rankdata(np.where(mask, a, np.nan), axis=1, nan_policy="omit")
+
+
+def rowwise_spearman(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Spearman rank correlation per row (average ranks for ties): ``[N, P], [N, P]`` -> ``[N]``, over the
+    entries where ``mask: [N, P]`` is True (all if None; entries outside it are neither ranked nor compared)."""
+    return _rowwise_pearson(_row_ranks(a, mask), _row_ranks(b, mask), mask)
 
 
 def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -1398,24 +1412,126 @@ def top_fraction_iou(a: np.ndarray, b: np.ndarray, fraction: float = 0.01) -> np
     return inter / (2 * n_top - inter)
 
 
-def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0) -> dict:
+def _check_pairing_labels(labels, n: int) -> np.ndarray:
+    """``labels: [n]`` integer class ids (tensor or array) as an int64 array; ``ValueError`` otherwise."""
+    lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"labels must be {n} integer class ids (shape [{n}], one per image), "
+                         f"got {lab.dtype} {list(lab.shape)}")
+    return lab.astype(np.int64)
+
+
+def partner_images(labels, same_class: bool, seed: int = 0) -> np.ndarray:
+    """A seeded partner ``j != i`` for every image ``i``: ``labels: [N]`` -> ``partner: [N]`` indices.
+
+    ``same_class=True``: a different image of the same class (each class's images in a random cycle, so
+    every image is some image's partner once); ``same_class=False``: an image of a different class, drawn
+    uniformly. Raises ``ValueError`` if a class has one image only (same) or there is one class (different).
+    """
+    if not isinstance(same_class, bool):
+        raise ValueError(f"same_class must be True or False, got {same_class!r}")
+    lab = _check_pairing_labels(labels, len(labels))
+    rng = np.random.default_rng(seed)
+    partner = np.empty(len(lab), dtype=np.int64)
+    for c in np.unique(lab):
+        idx = np.flatnonzero(lab == c)
+        if same_class:
+            if len(idx) < 2:
+                raise ValueError(f"class {c} has {len(idx)} image; a same-class partner needs at least 2 per class")
+            cycle = rng.permutation(idx)
+            partner[cycle] = np.roll(cycle, -1)
+        else:
+            others = np.flatnonzero(lab != c)
+            if len(others) == 0:
+                raise ValueError(f"every image is of class {c}; a different-class partner needs at least 2 classes")
+            partner[idx] = rng.choice(others, size=len(idx))
+    return partner
+
+
+AGREEMENT_KINDS = {"signed": lambda v: v, "abs": np.abs}  # map transform before the rank correlation
+PIXEL_SETS = ("all", "object")  # all 784 pixels; object pixels (x > 0) of the image(s) compared
+
+
+def _agreement_ranks(v: np.ndarray, obj: np.ndarray, partner: np.ndarray) -> dict:
+    """Row ranks of one method's transformed maps ``v: [N, P]`` that the agreement statistics need, on each
+    image's object pixels ``obj: [N, P]`` and (own rows and partner rows) on the pixels that are object in
+    both an image and its ``partner: [N]`` (all-pixel ranks come from ``cross_method_statistics``)."""
+    both = obj & obj[partner]
+    return {"object": _row_ranks(v, obj), "both": _row_ranks(v, both),
+            "both_partner": _row_ranks(v[partner], both)}
+
+
+def _agreement_against_null(ra: dict, rb: dict, obj: np.ndarray, partner: np.ndarray, seed: int) -> dict:
+    """Spearman of methods A and B on all and on object pixels against the different-image null, from
+    ``_agreement_ranks`` of each (``ra``, ``rb``): ``{pixels: {"value", "null", "excess"}}``.
+
+    The value on object pixels uses image i's mask ``obj: [N, P]``; the null pairs A on image i with B on its
+    same-class partner j and B on i with A on j (``partner: [N]``, averaged), on the pixels object in both.
+    """
+    both = obj & obj[partner]
+    out = {}
+    for pixels in PIXEL_SETS:
+        if pixels == "all":
+            value = _rowwise_pearson(ra["all"], rb["all"])
+            null = (_rowwise_pearson(ra["all"], rb["all"][partner]) + _rowwise_pearson(ra["all"][partner], rb["all"]))
+        else:
+            value = _rowwise_pearson(ra["object"], rb["object"], obj)
+            null = (_rowwise_pearson(ra["both"], rb["both_partner"], both)
+                    + _rowwise_pearson(ra["both_partner"], rb["both"], both))
+        excess = value - null / 2
+        out[pixels] = {"value": summarize(value, seed), "null": summarize(null / 2, seed),
+                       "excess": {**summarize(excess, seed), "p_value": _wilcoxon_p(excess)}}
+    return out
+
+
+def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0, x: torch.Tensor | None = None,
+                            labels=None) -> dict:
     """Agreement between every pair of methods, per image then summarised over images.
 
-    For each pair: Spearman and Pearson correlation on signed and on absolute maps (mean, bootstrap
-    95 % CI, Wilcoxon p-value against 0) and the IoU of the top-1 % pixels. For each method: mean, max
-    and std of the map (per image, averaged). ``maps``: method -> ``[N, 784]``.
+    ``maps``: method -> ``[N, 784]``. For each pair: Spearman and Pearson correlation on signed and on
+    absolute maps (mean, bootstrap 95 % CI) and the IoU of the top-1 % pixels. For each method: mean, max
+    and std of the map (per image, averaged).
+
+    With the images ``x: [N, 784]`` and their ``labels: [N]``, each pair also gets ``vs_null``: Spearman
+    signed and of |maps| (``spearman_{signed,abs}_{all,object}``), on all pixels and on object pixels
+    (x > 0), each next to a *different-image null* -- the same statistic between method A's map of image
+    i and method B's map of a different image j of the same class (seeded ``partner_images``; averaged
+    with B on i vs A on j; object pixels: those of both images) -- and the excess over that null with its
+    CI and a paired Wilcoxon p-value against the null (not against 0). The null keeps what the two
+    methods share regardless of the image (their smoothness, their background handling, the class's
+    typical shape) and removes only "the same image": the excess is what A and B agree on about *this* image.
     """
-    arrays = {m: v.detach().reshape(len(v), -1).double().cpu().numpy() for m, v in maps.items()}
+    if not isinstance(maps, dict) or len(maps) < 2:
+        raise ValueError(f"maps must be a dict of at least two methods' maps, got {type(maps).__name__} "
+                         f"with {len(maps) if isinstance(maps, dict) else 0} entries")
+    arrays = {m: _as_maps(v, f"maps[{m!r}]") for m, v in maps.items()}
+    n = len(next(iter(arrays.values())))
+    if any(len(v) != n for v in arrays.values()):
+        raise ValueError(f"every method needs maps of the same images, got {[len(v) for v in arrays.values()]}")
+    if (x is None) != (labels is None):
+        raise ValueError("pass both x and labels (for the different-image null) or neither")
+    ranks = {(m, kind): _row_ranks(f(v)) for m, v in arrays.items() for kind, f in AGREEMENT_KINDS.items()}
+    null = None
+    if x is not None:
+        obj = _as_maps(x, "x", n) > 0
+        partner = partner_images(_check_pairing_labels(labels, n), same_class=True, seed=seed)
+        null_ranks = {(m, kind): {"all": r, **_agreement_ranks(AGREEMENT_KINDS[kind](arrays[m]), obj, partner)}
+                      for (m, kind), r in ranks.items()}
+        null = (obj, partner, null_ranks)
     pairs = {}
     names = list(arrays)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             entry = {}
-            for kind, f in (("signed", lambda v: v), ("abs", np.abs)):
-                for corr_name, corr in (("spearman", rowwise_spearman), ("pearson", _rowwise_pearson)):
-                    r = corr(f(arrays[a]), f(arrays[b]))
-                    entry[f"{corr_name}_{kind}"] = {**summarize(r, seed), "p_value": _wilcoxon_p(r)}
+            for kind, f in AGREEMENT_KINDS.items():
+                entry[f"spearman_{kind}"] = summarize(_rowwise_pearson(ranks[a, kind], ranks[b, kind]), seed)
+                entry[f"pearson_{kind}"] = summarize(_rowwise_pearson(f(arrays[a]), f(arrays[b])), seed)
             entry["top1pct_iou"] = summarize(top_fraction_iou(arrays[a], arrays[b]), seed)
+            if null is not None:
+                obj, partner, null_ranks = null
+                entry["vs_null"] = {f"spearman_{kind}_{pixels}": stats for kind in AGREEMENT_KINDS for pixels, stats
+                                    in _agreement_against_null(null_ranks[a, kind], null_ranks[b, kind], obj,
+                                                               partner, seed).items()}
             pairs[f"{a}|{b}"] = entry
     per_method = {m: {"mean": float(v.mean(1).mean()), "max": float(v.max(1).mean()),
                       "std": float(v.std(1).mean()), "mean_abs": float(np.abs(v).mean(1).mean())}
@@ -1423,38 +1539,185 @@ def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0) -> dic
     return {"pairs": pairs, "per_method": per_method}
 
 
-def correlation_matrix(stats: dict, methods: Sequence[str], key: str = "spearman_abs") -> np.ndarray:
-    """``[M, M]`` matrix of the mean per-image correlation ``key`` from ``cross_method_statistics``."""
-    m = np.eye(len(methods))
+def correlation_matrix(stats: dict, methods: Sequence[str], key: str = "spearman_abs",
+                       statistic: str | None = None) -> np.ndarray:
+    """``[M, M]`` matrix of the mean per-image correlation ``key`` from ``cross_method_statistics``; with
+    ``statistic`` ("value", "null" or "excess") ``key`` names a ``vs_null`` entry (e.g. "spearman_signed_object");
+    the diagonal is 1 for correlations and NaN (undefined, drawn blank) for the null and the excess."""
+    if statistic not in (None, "value", "null", "excess"):
+        raise ValueError(f"statistic must be None, 'value', 'null' or 'excess', got {statistic!r}")
+    m = np.eye(len(methods)) if statistic in (None, "value") else np.diag(np.full(len(methods), np.nan))
     for i, a in enumerate(methods):
         for j, b in enumerate(methods):
             pair = stats["pairs"].get(f"{a}|{b}") or stats["pairs"].get(f"{b}|{a}")
             if i != j and pair is not None:
-                m[i, j] = pair[key]["mean"]
+                m[i, j] = (pair[key] if statistic is None else pair["vs_null"][key][statistic])["mean"]
     return m
 
 
-def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, baseline: torch.Tensor | None = None,
-                        n_points: int = 256) -> torch.Tensor:
-    """How often the active set (top-k units) changes along the straight path from ``baseline`` to ``x``.
+COMPLETENESS_POINTS = 1024  # intervals of the dense straight path scanned by completeness_decomposition
+MIN_COMPLETENESS_POINTS = 1000  # fewer intervals would merge switches the decomposition must see apart
+COMPLETENESS_TOLERANCE = 0.01  # IG's error must equal minus the jump sum within this share of |F(x) - F(0)|
+GAP_FLOOR = 1e-12  # |F(x) - F(0)| is clamped to at least this where it divides
+MIN_SUBGRID_STEPS = 17  # smallest trapezoid rule read off the dense scan (its points are a subset of the scan's)
 
-    ``x: [B, 784]`` -> ``[B]`` counts over ``n_points`` evenly spaced path points. Every change is a
-    jump of the otherwise piecewise-smooth model that integrated gradients cannot see.
+
+def _topk_changes(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k set changes between consecutive path points: ``pre: [B, S, H]`` -> ``(swaps, jumps): [B, S-1]``.
+
+    ``swaps`` counts the units that enter the top-k set in each interval (as many leave), so several swaps
+    inside one interval all count. A swap exchanges two units where their pre-activations are equal; the code
+    jumps by that common value after ReLU, so F jumps only if it is > 0. ``jumps`` marks intervals with a swap
+    where the k-th largest pre-activation (the value at which units swap) is > 0 at both ends; a swap at or
+    below 0 exchanges two zeros (continuous), and a ReLU zero-crossing changes no top-k set at all.
+    """
+    values, indices = torch.topk(pre, k, dim=-1)
+    member = torch.zeros(pre.shape, dtype=torch.bool, device=pre.device).scatter_(-1, indices, True)
+    swaps = (member[:, 1:] & ~member[:, :-1]).sum(-1)
+    kth = values.min(-1).values  # [B, S]
+    return swaps, (swaps > 0) & (kth[:, 1:] > 0) & (kth[:, :-1] > 0)
+
+
+def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor, output: str,
+               rows: int, k: int | None = None) -> tuple[torch.Tensor, ...]:
+    """F and dF/dalpha at ``alphas: [S]`` on the straight path from the zero image to each ``x: [B, D]``.
+
+    For a model with an affine first layer (``affine_split() -> (A, c, head)``) the path is walked in that
+    layer's output space, exactly: ``pre(alpha) = c + alpha x A^T`` and ``dF/dalpha = grad_pre F . x A^T``.
+    Returns ``(values, slopes): [B, S]``; with ``k`` (the top-k size) also ``(swaps, jumps): [B, S-1]``
+    from ``_topk_changes``.
+    """
+    A, c, head = model.affine_split()
+    with torch.no_grad():
+        direction, c = F.linear(x, A.detach()), c.detach()  # [B, H], [H]
+    alphas = alphas.to(x)
+    per = max(1, rows // len(alphas))
+    values, slopes, changes = [], [], []
+    for i in range(0, len(x), per):
+        d, t = direction[i:i + per], target[i:i + per]
+        pre = (c + alphas[None, :, None] * d[:, None]).reshape(-1, d.shape[1])  # [b * S, H]
+        with torch.enable_grad():
+            pre.requires_grad_(True)
+            score = _score(head(pre), t.repeat_interleave(len(alphas)), output)
+            grad = torch.autograd.grad(score.sum(), pre)[0]
+        values.append(score.detach().view(len(d), -1))
+        slopes.append((grad.view(len(d), len(alphas), -1) * d[:, None]).sum(-1))
+        if k is not None:
+            changes.append(_topk_changes(pre.detach().view(len(d), len(alphas), -1), k))
+    out = (torch.cat(values), torch.cat(slopes))
+    return out if k is None else out + tuple(torch.cat(part) for part in zip(*changes))
+
+
+def _ig_sums(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rules: Sequence[tuple[str, int]],
+             output: str, rows: int) -> dict[tuple[str, int], torch.Tensor]:
+    """``sum(attr)`` of integrated gradients from 0 for every ``(method, n_steps)`` rule: ``x: [B, D]`` ->
+    ``{rule: [B]}``. With ``affine_split`` all rules share one scan of the head (``sum(attr)`` is the
+    quadrature of dF/dalpha); other models run ``integrated_gradients`` once per rule."""
+    if getattr(model, "affine_split", None) is None:
+        return {(m, n): integrated_gradients(model, x, target, n_steps=n, method=m, output=output,
+                                             internal_batch_size=rows).sum(1) for m, n in rules}
+    nodes = [ig_quadrature(n, m) for m, n in rules]
+    _, slopes = _scan_path(model, x, target, torch.cat([a for a, _ in nodes]), output, rows)
+    sums, start = {}, 0
+    for rule, (a, w) in zip(rules, nodes):
+        sums[rule] = slopes[:, start:start + len(a)] @ w.to(slopes)
+        start += len(a)
+    return sums
+
+
+def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, n_points: int = COMPLETENESS_POINTS) -> torch.Tensor:
+    """Discontinuous top-k swaps on the straight path from the zero image to each ``x: [B, 784]`` -> ``[B]``.
+
+    Scans ``n_points`` intervals of the encoder's pre-activations (``_topk_changes``): ReLU zero-crossings
+    and swaps below 0 are continuous and not counted; several swaps inside one interval all count.
     """
     x, _ = as_flat_images(x)
-    base = torch.zeros_like(x) if baseline is None else _baseline(baseline, x)
-    alphas = torch.linspace(0, 1, n_points, dtype=x.dtype, device=x.device)
-    counts = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    _check_int("n_points", n_points, low=1)
+    alphas = torch.linspace(0, 1, n_points + 1, dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        previous = None
-        for a in alphas:
-            values, indices = sae.encode_sparse(base + a * (x - base))
-            active = torch.zeros(len(x), sae.d_hidden, dtype=torch.bool, device=x.device)
-            active.scatter_(1, indices, values > 0)
-            if previous is not None:
-                counts += (active != previous).any(1)
-            previous = active
-    return counts.cpu()
+        start, direction = sae.encoder_bias(), F.linear(x, sae.W_enc)
+        counts = [(swaps * jumps).sum(1) for swaps, jumps in
+                  (_topk_changes(start + alphas[None, :, None] * direction[i:i + 1, None], sae.k)
+                   for i in range(len(x)))]
+    return torch.cat(counts).cpu()
+
+
+def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, target,
+                               n_points: int = COMPLETENESS_POINTS, n_steps: int = 50, method: str = "gausslegendre",
+                               output: str = "logit", tolerance: float = COMPLETENESS_TOLERANCE,
+                               n_steps_list: Sequence[int] = (), internal_batch_size: int | None = None,
+                               seed: int = 0) -> dict:
+    """Completeness measured directly on a dense straight path from the zero image to each ``x: [N, 784]``.
+
+    F and dF/dalpha are evaluated at ``n_points + 1`` evenly spaced points (in pre-activation space, exact),
+    and ``F(x) - F(0)`` is split into
+
+    * ``smooth``: the gradient integral (trapezoid rule on every interval): what IG approximates;
+    * ``jump_sum``: over intervals where the top-k set changes discontinuously (``_topk_changes``), F's
+      change minus the gradient integral of that interval;
+    * ``residual = F(x) - F(0) - smooth - jump_sum``: the trapezoid's error on continuous intervals (kinks
+      of the ReLU head), reported to show the scan is dense enough.
+
+    IG's completeness error at ``n_steps`` (``sum(attr) - (F(x) - F(0))``, quadrature ``method``) should
+    then equal ``-jump_sum``: ``mismatch = |ig_error + jump_sum| / |F(x) - F(0)|`` per image and the share
+    within ``tolerance``. ``target``: int or ``[N]``. Per-image lists plus ``summarize`` dicts.
+
+    ``table[rule][n]``: IG's median relative completeness error ``|ig_error| / |F(x) - F(0)|``, the median
+    mismatch and the share within ``tolerance`` -- the error stays at the jumps' size while the mismatch
+    shrinks with n -- for ``method`` at ``n_steps`` and every count in ``n_steps_list`` (one extra scan of
+    that many points), and for free for the trapezoid rule at every n with ``n - 1`` dividing
+    ``n_points`` (its points are scan points: 17, 33, ..., n_points + 1 for n_points = 1024).
+    """
+    if not isinstance(pipeline, SparseCodePipeline):
+        raise ValueError(f"completeness_decomposition needs a SparseCodePipeline, got {type(pipeline).__name__}")
+    x, _, target, _ = _prepare(pipeline, x, target, output)
+    _check_int("n_points", n_points, low=MIN_COMPLETENESS_POINTS)
+    _check_float("tolerance", tolerance, low=0.0, low_open=True)
+    rows = _rows_per_pass(internal_batch_size)
+    alphas = torch.linspace(0, 1, n_points + 1, dtype=torch.float64)
+    values, slopes, swaps, jumps = _scan_path(pipeline, x, target, alphas, output, rows, pipeline.sae.k)
+    smooth = (slopes[:, 1:] + slopes[:, :-1]) / (2 * n_points)  # [N, n_points] gradient integral per interval
+    jump = torch.where(jumps, values[:, 1:] - values[:, :-1] - smooth, torch.zeros_like(smooth))
+    gap = values[:, -1] - values[:, 0]
+    for n in n_steps_list:
+        _check_int("n_steps_list entry", n, low=1)
+    steps = sorted({n_steps, *map(int, n_steps_list)})
+    errors = {rule: s - gap for rule, s in _ig_sums(pipeline, x, target, [(method, n) for n in steps], output,
+                                                     rows).items()}
+    errors.update({("riemann_trapezoid", n): _subgrid_trapezoid(slopes, n) - gap for n in _subgrid_steps(n_points)})
+    ig_error = errors[method, n_steps]
+    parts = {"gap": gap, "smooth": smooth.sum(1), "jump_sum": jump.sum(1), "ig_error": ig_error,
+             "switches": (swaps * jumps).sum(1), "continuous_changes": (swaps * ~jumps).sum(1)}
+    parts["residual"] = gap - parts["smooth"] - parts["jump_sum"]
+    scale = gap.abs().clamp_min(GAP_FLOOR)
+    parts["mismatch"] = (ig_error + parts["jump_sum"]).abs() / scale
+    per_image = {name: v.double().cpu().numpy() for name, v in parts.items()}
+    table = {}
+    for (rule, n), err in errors.items():
+        rel = (err.abs() / scale).double().cpu().numpy()
+        mismatch = ((err + parts["jump_sum"]).abs() / scale).double().cpu().numpy()
+        table.setdefault(rule, {})[n] = {"median_rel_error": float(np.median(rel)),
+                                         "median_mismatch": float(np.median(mismatch)),
+                                         "share_within_tolerance": float((mismatch <= tolerance).mean())}
+    return {"n_points": n_points, "n_steps": n_steps, "method": method, "tolerance": tolerance, "table": table,
+            "share_within_tolerance": float((per_image["mismatch"] <= tolerance).mean()),
+            "share_with_switches": float((per_image["switches"] > 0).mean()),
+            "summary": {name: summarize(v, seed) for name, v in per_image.items()},
+            "relative": {name: summarize(np.abs(per_image[name]) / scale.double().cpu().numpy(), seed)
+                         for name in ("jump_sum", "residual", "ig_error")},
+            "per_image": {name: v.tolist() for name, v in per_image.items()}}
+
+
+def _subgrid_steps(n_points: int) -> list[int]:
+    """Trapezoid step counts ``n >= MIN_SUBGRID_STEPS`` whose points are a subset of ``n_points + 1``
+    evenly spaced scan points (``n - 1`` divides ``n_points``)."""
+    return [d + 1 for d in range(MIN_SUBGRID_STEPS - 1, n_points + 1) if n_points % d == 0]
+
+
+def _subgrid_trapezoid(slopes: torch.Tensor, n: int) -> torch.Tensor:
+    """IG's ``sum(attr)`` by the trapezoid rule with ``n`` steps from scan slopes ``[B, n_points + 1]``."""
+    _, weights = ig_quadrature(n, "riemann_trapezoid")
+    return slopes[:, ::(slopes.shape[1] - 1) // (n - 1)] @ weights.to(slopes)
 
 
 def ig_completeness(model: nn.Module, x: torch.Tensor, target,
@@ -1464,24 +1727,23 @@ def ig_completeness(model: nn.Module, x: torch.Tensor, target,
     """Relative completeness error of IG, ``|sum(attr) - (F(x) - F(0))| / |F(x) - F(0)|`` per image,
     for every quadrature ``method`` and ``n_steps``; reports the median and the share within ``tolerance``.
     Returns ``{"table": {method: {n_steps: {...}}}}`` plus ``"per_image_50"``: per-image errors of the
-    first method at ``reference_steps`` (None if that n_steps was not run).
+    first method at ``reference_steps`` (None if that n_steps was not run). Models with ``affine_split``
+    compute every rule in one scan of the head (``_ig_sums``).
     """
     x, _ = as_flat_images(x)
     fn = _output_fn(model, output)
     with torch.no_grad():
         target = _check_target(target, len(x), model(x[:1]).shape[1], x.device)
-        gap = (fn(x, target) - fn(torch.zeros_like(x), target)).abs().clamp_min(1e-12)
-    table, per_image = {}, None
-    for method in methods:
-        table[method] = {}
-        for n in tqdm(n_steps_list, desc=f"completeness ({method})", mininterval=2.0):
-            _, delta = integrated_gradients(model, x, target, n_steps=n, method=method, output=output,
-                                            return_convergence_delta=True)
-            rel = (delta.abs() / gap).cpu().numpy()
-            table[method][int(n)] = {"median_rel_error": float(np.median(rel)), "mean_rel_error": float(rel.mean()),
-                                     "share_within_tolerance": float((rel <= tolerance).mean())}
-            if method == methods[0] and n == reference_steps:
-                per_image = rel
+        gap = fn(x, target) - fn(torch.zeros_like(x), target)
+    rules = [(m, int(n)) for m in methods for n in n_steps_list]
+    sums = _ig_sums(model, x, target, rules, output, DEFAULT_INTERNAL_BATCH)
+    table, per_image = {m: {} for m in methods}, None
+    for (method, n), total in sums.items():
+        rel = ((total - gap).abs() / gap.abs().clamp_min(GAP_FLOOR)).detach().cpu().numpy()
+        table[method][n] = {"median_rel_error": float(np.median(rel)), "mean_rel_error": float(rel.mean()),
+                            "share_within_tolerance": float((rel <= tolerance).mean())}
+        if method == methods[0] and n == reference_steps:
+            per_image = rel
     return {"tolerance": tolerance, "table": table, "reference_steps": reference_steps,
             "per_image_50": None if per_image is None else per_image.tolist()}
 
@@ -1586,6 +1848,12 @@ def randomization_stages(clf: SparseCodeClassifier) -> list[str]:
         "encoder", "decoder atoms"]
 
 
+RANDOMIZATION_VARIANTS = ("cascading", "independent")  # stages randomised cumulatively / one at a time
+RANDOMIZATION_SEED_OFFSET = 12345  # stage s draws its weights from seed + offset + s (same in both variants)
+DECODER_STAGE = "decoder atoms"  # the stage the model's output never reads (only decoder-weighted maps do)
+READS_DECODER = ("decoder",)  # methods whose maps change when only the decoder atoms are randomised
+
+
 @torch.no_grad()
 def _randomize_stage_(pipeline: SparseCodePipeline, stage_index: int, gen: torch.Generator) -> None:
     """Re-initialise one cascade stage in place: Gaussian weights with each tensor's original std."""
@@ -1598,44 +1866,134 @@ def _randomize_stage_(pipeline: SparseCodePipeline, stage_index: int, gen: torch
         pipeline.sae.unit_norm_decoder_()
 
 
-def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: torch.Tensor, cfg: Config,
-                        methods: Sequence[str] = tuple(METHOD_LABELS), seed: int = 0) -> dict:
-    """Cascading model-parameter randomization (Adebayo et al. 2018).
+def _abs_map_similarity(a: np.ndarray, b: np.ndarray, obj: np.ndarray, seed: int) -> dict:
+    """Spearman of ``|a|`` and ``|b|`` (``[N, P]`` maps) per row on all pixels and on ``obj: [N, P]``,
+    summarised: ``{"all": summary, "object": summary}``."""
+    a, b = np.abs(a), np.abs(b)
+    return {"all": summarize(rowwise_spearman(a, b), seed), "object": summarize(rowwise_spearman(a, b, obj), seed)}
 
-    Re-initialises the classifier's layers from the logits down, then the encoder, then the decoder
-    atoms, cumulatively; after each stage recomputes every map and reports the Spearman correlation of
-    absolute maps with the original ones (mean and CI over images), over all pixels (``spearman_abs``)
-    and over object pixels only (``spearman_abs_object``: integrated gradients from a black image is 0
-    on every background pixel of any model, which alone keeps its all-pixel similarity high).
-    Reference: the same correlation between maps of *different* images under the trained model. A
-    faithful method's similarity should fall to about that reference once the model is destroyed.
+
+def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: torch.Tensor, cfg: Config,
+                        methods: Sequence[str] = tuple(METHOD_LABELS), seed: int = 0, labels=None) -> dict:
+    """Model-parameter randomization (Adebayo et al. 2018), cascading and independent.
+
+    Stages (``randomization_stages``): the classifier's layers from the logits down, the encoder, the
+    decoder atoms. ``cascading`` re-initialises them cumulatively; ``independent`` one at a time on a fresh
+    copy of the trained model (stage s gets the same random weights in both). After each stage every map
+    is recomputed and compared with the trained model's: Spearman of |maps| per image (mean, 95 % CI) on
+    all pixels and on the image's object pixels (x > 0), in ``variants[variant][pixels][method]: [S]``.
+
+    ``reference[method][pixels]``: the same statistic between the trained model's maps of two images of
+    *different* classes (``labels: [N]``, default ``target``; seeded ``partner_images``), on all pixels and
+    on the pixels that are object in both images. A faithful method's similarity should fall to about
+    this reference once the model is destroyed. ``x: [N, 784]``, ``target: [N]``.
     """
     import copy
 
+    x, _ = as_flat_images(x)
     original = attribute_all(pipeline, x, target, cfg, methods, seed=seed)
-    perm = torch.roll(torch.arange(len(x)), 1)
-    result = {"stages": randomization_stages(pipeline.clf), "spearman_abs": {m: [] for m in methods},
-              "spearman_abs_object": {m: [] for m in methods},
-              "random_pair_reference": {m: summarize(rowwise_spearman(
-                  original[m].abs().cpu().numpy(), original[m][perm].abs().cpu().numpy()), seed) for m in methods}}
-    model = copy.deepcopy(pipeline).eval()
-    gen = torch.Generator().manual_seed(seed + 12345)
-    obj = (x > 0).cpu().numpy()
-    for stage in tqdm(range(len(result["stages"])), desc="randomization", mininterval=2.0):
-        _randomize_stage_(model, stage, gen)
-        maps = attribute_all(model, x, target, cfg, methods, seed=seed)
-        for m in methods:
-            a, b = original[m].abs().cpu().numpy(), maps[m].abs().cpu().numpy()
-            result["spearman_abs"][m].append(summarize(rowwise_spearman(a, b), seed))
-            on_object = [float(rowwise_spearman(a[i:i + 1, o], b[i:i + 1, o])[0]) for i, o in enumerate(obj)]
-            result["spearman_abs_object"][m].append(summarize(on_object, seed))
+    obj = x.cpu().numpy() > 0
+    partner = partner_images(_check_pairing_labels(target if labels is None else labels, len(x)), False, seed)
+    orig = {m: v.reshape(len(x), -1).double().cpu().numpy() for m, v in original.items()}
+    stages = randomization_stages(pipeline.clf)
+    result = {"stages": stages, "methods": list(methods), "n_images": len(x),
+              "reference": {m: _abs_map_similarity(v, v[partner], obj & obj[partner], seed) for m, v in orig.items()},
+              "variants": {v: {p: {m: [] for m in methods} for p in PIXEL_SETS} for v in RANDOMIZATION_VARIANTS}}
+    for variant in RANDOMIZATION_VARIANTS:
+        model, maps = copy.deepcopy(pipeline).eval(), original
+        for stage in tqdm(range(len(stages)), desc=f"randomization ({variant})", mininterval=2.0):
+            if variant == "independent":
+                model, maps = copy.deepcopy(pipeline).eval(), original
+            _randomize_stage_(model, stage, torch.Generator().manual_seed(seed + RANDOMIZATION_SEED_OFFSET + stage))
+            # the decoder atoms change no model output: the other maps are those of the model before this stage
+            changed = [m for m in methods if stages[stage] != DECODER_STAGE or m in READS_DECODER]
+            maps = {**maps, **attribute_all(model, x, target, cfg, changed, seed=seed)}
+            for m in methods:
+                sim = _abs_map_similarity(orig[m], maps[m].reshape(len(x), -1).double().cpu().numpy(), obj, seed)
+                for pixels in PIXEL_SETS:
+                    result["variants"][variant][pixels][m].append(sim[pixels])
+    return result
+
+
+UNIT_ORDERS = ("contribution", "random", "activation")  # unit orders of unit_deletion_curves (the first is tested)
+UNIT_SCORES = ("logit", "probability")  # what the unit-deletion curves follow for the target class
+Z_95 = 1.959963984540054  # two-sided 95 % quantile of the normal distribution (pointwise bands of mean curves)
+
+
+def _unit_ranks(values: torch.Tensor, contributions: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """Position of each top-k slot in each order of ``UNIT_ORDERS``: ``values, contributions: [N, k]`` ->
+    ``{order: [N, k]}`` ranks (0 = first). Slots with a zero activation go last in every order."""
+    gen = torch.Generator().manual_seed(seed)
+    keys = {"contribution": contributions, "random": torch.rand(values.shape, generator=gen, dtype=torch.float64),
+            "activation": values}
+    active = (values > 0).cpu()
+    ranks = {}
+    for name, key in keys.items():
+        key = torch.where(active, key.detach().to(torch.float64).cpu(), torch.tensor(-math.inf, dtype=torch.float64))
+        order = key.argsort(dim=1, descending=True, stable=True)
+        ranks[name] = order.argsort(dim=1).to(values.device)
+    return ranks
+
+
+@torch.no_grad()
+def unit_deletion_curves(pipeline: SparseCodePipeline, x: torch.Tensor, target, contributions: torch.Tensor,
+                         seed: int = 0) -> dict:
+    """Unit-level causality in code space: do the units with the largest contributions matter most?
+
+    For each image's code (its k top-k units, ``encode_sparse``) the active units are zeroed one per step
+    (``deletion``, from the full code) or switched on one per step (``insertion``, from the empty code) in
+    three orders: ``contribution`` (most positive ``contributions`` first: what decoder-weighted claims),
+    ``random`` (seeded) and ``activation`` (largest z first); units with z = 0 go last in every order.
+    After each step the classifier (``clf.forward_sparse``) gives the target logit and probability.
+
+    ``x: [N, 784]``, ``target``: int or ``[N]``, ``contributions: [N, H]`` unit contributions
+    (``decoder_weighted(..., return_contributions=True)[1]``). Returns mean curves ``[k + 1]`` with
+    pointwise 95 % bands, per-image AUCs (x-axis: share of the k slots) summarised with CIs, and paired
+    Wilcoxon tests of the contribution order against random and activation order (deletion: lower AUC
+    is better; insertion: higher).
+    """
+    if not isinstance(pipeline, SparseCodePipeline):
+        raise ValueError(f"unit_deletion_curves needs a SparseCodePipeline, got {type(pipeline).__name__}")
+    x, _, target, _ = _prepare(pipeline, x, target, "logit")
+    h = pipeline.sae.d_hidden
+    if not isinstance(contributions, torch.Tensor) or contributions.shape != (len(x), h):
+        shape = list(contributions.shape) if isinstance(contributions, torch.Tensor) else type(contributions).__name__
+        raise ValueError(f"contributions must be a tensor of shape [{len(x)}, {h}] (one per image and unit), "
+                         f"got {shape}")
+    if not torch.isfinite(contributions).all():
+        raise ValueError("contributions contains NaN or inf values")
+    values, indices = pipeline.sae.encode_sparse(x)
+    ranks = _unit_ranks(values, contributions.to(values.device).gather(1, indices), seed)
+    k = values.shape[1]
+    result = {"n_images": len(x), "k": k, "orders": list(UNIT_ORDERS),
+              "mean_active_units": float((values > 0).sum(1).double().mean()), "curves": {}, "auc": {}, "tests": {}}
+    for mode in ("deletion", "insertion"):
+        aucs = {}
+        for order, rank in ranks.items():
+            steps = [pipeline.clf.forward_sparse(values * ((rank >= t) if mode == "deletion" else (rank < t)), indices)
+                     for t in range(k + 1)]
+            logits = torch.stack(steps, dim=1)  # [N, k + 1, C]
+            for score in UNIT_SCORES:
+                s = logits.softmax(-1) if score == "probability" else logits
+                curves = s.gather(2, target[:, None, None].expand(-1, k + 1, 1))[..., 0].double().cpu()
+                std = curves.std(0) / math.sqrt(len(x)) if len(x) > 1 else torch.zeros(k + 1, dtype=torch.float64)
+                mean = curves.mean(0)
+                result["curves"].setdefault(mode, {}).setdefault(score, {})[order] = {
+                    "mean": mean.tolist(), "lo": (mean - Z_95 * std).tolist(), "hi": (mean + Z_95 * std).tolist()}
+                aucs[score, order] = curve_auc(curves)
+        for score in UNIT_SCORES:
+            result["auc"].setdefault(mode, {})[score] = {o: summarize(aucs[score, o], seed) for o in UNIT_ORDERS}
+            result["tests"].setdefault(mode, {})[score] = {
+                f"vs_{o}": {"mean_diff": float((aucs[score, UNIT_ORDERS[0]] - aucs[score, o]).mean()),
+                            "p_value": _wilcoxon_p(aucs[score, UNIT_ORDERS[0]] - aucs[score, o])}
+                for o in UNIT_ORDERS[1:]}
     return result
 
 
 def path_switch_summary(sae: KSparseAutoencoder, x: torch.Tensor, errors: Sequence[float] | None,
                         seed: int = 0) -> dict:
-    """Active-set switches along each image's IG path, and their rank correlation with IG's
-    completeness errors ``errors: [N]`` (None to skip the correlation)."""
+    """Discontinuous top-k swaps along each image's IG path (``count_path_switches``), and their rank
+    correlation with IG's completeness errors ``errors: [N]`` (None to skip the correlation)."""
     from scipy.stats import spearmanr
 
     switches = count_path_switches(sae, x).numpy()
@@ -1745,6 +2103,8 @@ QUADRATURE_LABELS = {"gausslegendre": "Gauss-Legendre", "riemann_trapezoid": "tr
                      "riemann_middle": "midpoint"}
 SHORT_LABELS = {"integrated": "IG", "simple": "Gradient", "smoothgrad": "SmoothGrad", "decoder": "Decoder-w."}
 IMAGE_STATS = {"mean_abs": "mean |attr|", "max_abs": "max |attr|", "std": "std"}  # per-image statistics
+NULL_CORRELATIONS = {"spearman_signed_all": "signed, all pixels", "spearman_abs_all": "|maps|, all pixels",
+                     "spearman_signed_object": "signed, object pixels", "spearman_abs_object": "|maps|, object pixels"}
 PAIR_CORRELATIONS = {"spearman_signed": "Spearman, signed", "spearman_abs": "Spearman, |maps|",
                      "pearson_signed": "Pearson, signed", "pearson_abs": "Pearson, |maps|"}
 K_SWEEP_PANELS = {  # panel title -> [(row key, line label)]; a panel with one line needs no legend
@@ -2399,10 +2759,32 @@ def _pair_correlation_points(ax, pairs: list[tuple[str, dict]]) -> None:
     ax.legend(fontsize="small", loc="lower left")
 
 
+def _pair_excess_points(ax, pairs: list[tuple[str, dict]]) -> None:
+    """Excess of each Spearman variant over its different-image null (mean, 95 % CI), one row per pair;
+    the signed all-pixel value and its null are written at the right of each row."""
+    offsets = np.linspace(-0.3, 0.3, len(NULL_CORRELATIONS))
+    for off, (key, name) in zip(offsets, NULL_CORRELATIONS.items()):
+        means, err = _ci_errors([entry["vs_null"][key]["excess"] for _, entry in pairs])
+        ax.errorbar(means, np.arange(len(pairs)) + off, xerr=err, fmt="o", capsize=3, label=name)
+    for y, (_, entry) in enumerate(pairs):
+        s = entry["vs_null"]["spearman_signed_all"]
+        ax.annotate(f"signed: {s['value']['mean']:.2f} vs null {s['null']['mean']:.2f}", (1, y), xycoords=(
+            "axes fraction", "data"), xytext=(-4, 0), textcoords="offset points", ha="right", va="center",
+            fontsize="x-small", color="0.35")
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_yticks(range(len(pairs)), [label for label, _ in pairs])
+    ax.invert_yaxis()
+    ax.set(xlim=(-0.5, 1), xlabel="Spearman ρ minus the different-image null (95 % CI)",
+           title="Agreement beyond maps of another image of the same class")
+    ax.legend(fontsize="small", loc="lower left")
+
+
 @_styled
 def plot_correlation_summary(cross_stats: dict, methods, save: str | None = None) -> Figure:
-    """Agreement between methods over all images: per pair the mean Spearman and Pearson correlation
-    (signed and on |maps|) with 95 % CIs, the top-1 % pixel IoU, and the matrix of Spearman on |maps|.
+    """Agreement between methods over all images. With the different-image null (``vs_null``, from
+    ``cross_method_statistics(..., x=, labels=)``): per pair the excess of Spearman (signed and |maps|,
+    all and object pixels) over the null with 95 % CIs, the top-1 % pixel IoU, and the matrix of the
+    signed all-pixel excess. Without it: the plain correlations and the matrix of Spearman on |maps|.
 
     ``cross_stats``: ``cross_method_statistics`` output; ``methods``: at least two names from METHOD_LABELS.
     """
@@ -2410,16 +2792,21 @@ def plot_correlation_summary(cross_stats: dict, methods, save: str | None = None
     if len(methods) < 2:
         raise ValueError(f"plot_correlation_summary needs at least two methods, got {methods}")
     pairs = _pair_entries(cross_stats, methods)
+    with_null = all("vs_null" in entry for _, entry in pairs)
     fig = _new_figure(18, max(5.0, 1.0 * len(pairs) + 2))
     ax_corr, ax_iou, ax_mat = fig.subplots(1, 3, width_ratios=[1.5, 0.8, 1.1])
-    _pair_correlation_points(ax_corr, pairs)
+    (_pair_excess_points if with_null else _pair_correlation_points)(ax_corr, pairs)
     means, err = _ci_errors([entry["top1pct_iou"] for _, entry in pairs])
     ax_iou.barh(np.arange(len(pairs)), means, xerr=err, capsize=3, color=sns.color_palette()[4])
     ax_iou.set_yticks(range(len(pairs)), [])
     ax_iou.invert_yaxis()
     ax_iou.set(xlim=(0, 1), xlabel="IoU of the top 1 % pixels (95 % CI)", title="Top-pixel overlap")
-    _correlation_heatmap(ax_mat, correlation_matrix(cross_stats, methods, "spearman_abs"), methods,
-                         "Mean Spearman ρ of |maps|")
+    if with_null:
+        matrix = correlation_matrix(cross_stats, methods, "spearman_signed_all", "excess")
+        title = "Signed Spearman ρ minus the null"
+    else:
+        matrix, title = correlation_matrix(cross_stats, methods, "spearman_abs"), "Mean Spearman ρ of |maps|"
+    _correlation_heatmap(ax_mat, matrix, methods, title)
     n = pairs[0][1]["spearman_abs"].get("n")
     fig.suptitle("Agreement between attribution methods" + (f" over {n} images" if n else ""))
     return _finish(fig, save)
@@ -2507,14 +2894,121 @@ def _completeness_histogram(ax, errors: np.ndarray, tolerance: float | None, met
                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
 
 
+def _decomposition_scatter(ax, dec: dict) -> None:
+    """Per image: IG's completeness error against minus the jump sum (both / |F(x) - F(0)|), coloured by
+    the number of discontinuous swaps, with the identity line."""
+    per = {k: _numpy(v) for k, v in dec["per_image"].items()}
+    scale = np.abs(per["gap"])
+    jumps, errors = -per["jump_sum"] / scale, per["ig_error"] / scale
+    points = ax.scatter(jumps, errors, c=per["switches"], cmap="viridis", s=14)
+    ends = [min(jumps.min(), errors.min()), max(jumps.max(), errors.max())]
+    ax.plot(ends, ends, color="0.3", ls="--", lw=1, label="IG error = − jump sum")
+    ax.figure.colorbar(points, ax=ax, label="discontinuous top-k swaps on the path")
+    rule = QUADRATURE_LABELS.get(dec["method"], dec["method"])
+    ax.set(xlabel="− jump sum / |F(x) − F(0)|", ylabel="IG completeness error / |F(x) − F(0)|",
+           title=f"IG's error vs the jumps ({dec['n_steps']} steps, {rule})")
+    ax.legend(fontsize="small", loc="upper left")
+
+
+def _mismatch_histogram(ax, dec: dict) -> None:
+    """Histogram of |IG error + jump sum| / |F(x) - F(0)| per image (log bins) with the tolerance line."""
+    mismatch = np.clip(_numpy(dec["per_image"]["mismatch"]), LOG_FLOOR, None)
+    tol = dec["tolerance"]
+    bins = np.logspace(np.log10(min(mismatch.min(), tol)), np.log10(max(mismatch.max(), tol)) + LOG_BIN_MARGIN,
+                       ERROR_BINS)
+    ax.hist(mismatch, bins=bins, color=sns.color_palette()[0])
+    _log_axis(ax, "x")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.axvline(tol, color="0.3", ls="--", label=f"tolerance {tol:g}: {dec['share_within_tolerance']:.0%} within")
+    res = dec["relative"]["residual"]["mean"]
+    ax.set(xlabel="|IG error + jump sum| / |F(x) − F(0)|", ylabel="images",
+           title=f"Mismatch per image ({dec['n_points']}-interval scan; residual {res:.1e})")
+    ax.legend(fontsize="small")
+
+
+def _decomposition_steps(ax_err, ax_share, dec: dict) -> None:
+    """IG's median completeness error and its median mismatch with minus the jump sum against n_steps
+    (log-log, with the median jump size as a line), and the share of images whose mismatch is within
+    the tolerance."""
+    all_steps = []
+    for i, (method, rows) in enumerate(dec["table"].items()):
+        steps, entries = _steps_table(rows)
+        rule, color = QUADRATURE_LABELS.get(method, method), sns.color_palette()[i]
+        ax_err.plot(steps, [max(e["median_rel_error"], LOG_FLOOR) for e in entries], marker="o", color=color,
+                    label=f"|IG error|, {rule}")
+        ax_err.plot(steps, [max(e["median_mismatch"], LOG_FLOOR) for e in entries], marker="s", ls="--",
+                    color=color, label=f"|IG error + jump sum|, {rule}")
+        ax_share.plot(steps, [e["share_within_tolerance"] for e in entries], marker="s", color=color, label=rule)
+        all_steps += list(steps)
+    steps = np.unique(all_steps)
+    jumps = np.median(np.abs(_numpy(dec["per_image"]["jump_sum"]) / _numpy(dec["per_image"]["gap"])))
+    ax_err.axhline(jumps, color="0.3", ls=":", label=f"|jump sum| ({dec['n_points']}-interval scan)")
+    ax_err.axhline(dec["tolerance"], color="0.3", ls="--", label=f"tolerance {dec['tolerance']:g}")
+    _log_axis(ax_err, "y")
+    ax_share.legend(fontsize="small")
+    for ax in (ax_err, ax_share):
+        ax.set_xscale("log")
+        ax.set_xticks(steps, [str(n) for n in steps])
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax_err.set(xlabel="IG steps", ylabel="median, relative to |F(x) − F(0)|", title="IG's error is the jumps")
+    ax_err.legend(fontsize="small")
+    ax_share.set(xlabel="IG steps", ylabel="share of images", ylim=(0, 1.02),
+                 title=f"|IG error + jump sum| within {dec['tolerance']:g} of |F(x) − F(0)|")
+
+
+def _decomposition_scatter(ax, dec: dict) -> None:
+    """Per image: IG's completeness error against minus the jump sum (both / |F(x) - F(0)|), coloured by
+    the number of discontinuous swaps, with the identity line."""
+    per = {k: _numpy(v) for k, v in dec["per_image"].items()}
+    scale = np.abs(per["gap"])
+    jumps, errors = -per["jump_sum"] / scale, per["ig_error"] / scale
+    points = ax.scatter(jumps, errors, c=per["switches"], cmap="viridis", s=14)
+    ends = [min(jumps.min(), errors.min()), max(jumps.max(), errors.max())]
+    ax.plot(ends, ends, color="0.3", ls="--", lw=1, label="IG error = − jump sum")
+    ax.figure.colorbar(points, ax=ax, label="discontinuous top-k swaps on the path")
+    rule = QUADRATURE_LABELS.get(dec["method"], dec["method"])
+    ax.set(xlabel="− jump sum / |F(x) − F(0)|", ylabel="IG completeness error / |F(x) − F(0)|",
+           title=f"Per image at {dec['n_steps']} steps ({rule})")
+    ax.legend(fontsize="small", loc="upper left")
+
+
+def _mismatch_histogram(ax, dec: dict) -> None:
+    """Histogram of |IG error + jump sum| / |F(x) - F(0)| per image (log bins) with the tolerance line."""
+    mismatch = np.clip(_numpy(dec["per_image"]["mismatch"]), LOG_FLOOR, None)
+    tol = dec["tolerance"]
+    bins = np.logspace(np.log10(min(mismatch.min(), tol)), np.log10(max(mismatch.max(), tol)) + LOG_BIN_MARGIN,
+                       ERROR_BINS)
+    ax.hist(mismatch, bins=bins, color=sns.color_palette()[0])
+    _log_axis(ax, "x")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.axvline(tol, color="0.3", ls="--", label=f"tolerance {tol:g}: {dec['share_within_tolerance']:.0%} within")
+    res = dec["relative"]["residual"]["mean"]
+    ax.set(xlabel="|IG error + jump sum| / |F(x) − F(0)|", ylabel="images",
+           title=f"Mismatch at {dec['n_steps']} steps (scan residual {res:.1e})")
+    ax.legend(fontsize="small")
+
+
 @_styled
 def plot_completeness(comp: dict, save: str | None = None) -> Figure:
-    """Integrated-gradients completeness vs the number of steps: median relative error (log-log) and
-    share of images within tolerance per quadrature rule, plus (if present) the per-image errors at 50 steps.
+    """Integrated gradients' completeness.
 
-    ``comp``: ``ig_completeness`` output: ``table[method][n_steps] = {"median_rel_error",
-    "share_within_tolerance", ...}``, ``tolerance``, ``per_image_50: [N] | None``, optional ``path_switches``.
+    ``comp`` from ``completeness_decomposition``: IG's error and its mismatch with minus the jump sum
+    against the number of steps, the share of images within tolerance, and per image at the configured
+    steps the error against the jumps and the histogram of the mismatch. ``comp`` from ``ig_completeness``
+    (``table[method][n_steps] = {"median_rel_error", "share_within_tolerance", ...}``, ``tolerance``,
+    ``per_image_50: [N] | None``, optional ``path_switches``): the error and the share within tolerance
+    per quadrature rule, and (if present) the per-image errors at 50 steps.
     """
+    if "per_image" in comp:
+        fig = _new_figure(23, 4.8)
+        axes = fig.subplots(1, 4)
+        _decomposition_steps(axes[0], axes[1], comp)
+        _decomposition_scatter(axes[2], comp)
+        _mismatch_histogram(axes[3], comp)
+        fig.suptitle(f"Integrated gradients: F(x) − F(0) = gradient integral + jumps at top-k swaps "
+                     f"({len(comp['per_image']['gap'])} images; mean {comp['summary']['switches']['mean']:.0f} "
+                     f"discontinuous swaps per path)")
+        return _finish(fig, save)
     table, tolerance = comp["table"], comp.get("tolerance")
     per_image = comp.get("per_image_50")
     fig = _new_figure(6 * (2 + (per_image is not None)), 4.6)
@@ -2542,36 +3036,92 @@ def plot_completeness(comp: dict, save: str | None = None) -> Figure:
     return _finish(fig, save)
 
 
-@_styled
-def plot_randomization(rand: dict, save: str | None = None) -> Figure:
-    """Cascading randomization: Spearman correlation of |maps| with the trained model's maps after each
-    cumulative randomization stage (1.0 at 'original'), with 95 % CI bands; dashed lines mark each
-    method's reference (maps of different images under the trained model).
-
-    ``rand``: ``randomization_check`` output: ``stages: [S]`` labels, ``spearman_abs[method]: [S]`` summaries,
-    ``random_pair_reference[method]`` summary.
-    """
+def _randomization_panel(ax, rand: dict, variant: str, pixels: str) -> None:
+    """One variant's similarity curves on one pixel set: a line with a 95 % CI band per method, and each
+    method's different-class reference on the same pixel set as a dashed line."""
     stages = ["original"] + list(rand["stages"])
     x = np.arange(len(stages))
-    fig = _new_figure(12.5, 5.5)
-    ax = fig.add_subplot()
-    for m in _ordered(rand["spearman_abs"]):
-        summaries = rand["spearman_abs"][m]
-        if len(summaries) != len(stages) - 1:
-            raise ValueError(f"randomization result for {m!r} has {len(summaries)} stages, expected {len(stages) - 1}")
-        means, err = _ci_errors(summaries)
-        means = np.concatenate([[1.0], means])
-        err = np.concatenate([[[0.0], [0.0]], err], axis=1)
+    series = rand["variants"][variant][pixels]
+    for m in _ordered(series):
+        if len(series[m]) != len(stages) - 1:
+            raise ValueError(f"randomization result for {m!r} ({variant}, {pixels}) has {len(series[m])} stages, "
+                             f"expected {len(stages) - 1}")
+        means, err = _ci_errors(series[m])
+        means, err = np.concatenate([[1.0], means]), np.concatenate([[[0.0], [0.0]], err], axis=1)
         ax.plot(x, means, marker="o", color=_color(m), label=_label(m))
         ax.fill_between(x, means - err[0], means + err[1], color=_color(m), alpha=CI_ALPHA)
-        ref = rand.get("random_pair_reference", {}).get(m)
-        if ref is not None:
-            ax.axhline(ref["mean"], color=_color(m), ls="--", lw=1)
-    ax.plot([], [], color="0.3", ls="--", lw=1, label="reference: maps of different images")
+        ax.axhline(rand["reference"][m][pixels]["mean"], color=_color(m), ls="--", lw=1)
     ax.set_xticks(x, stages, rotation=30, ha="right")
-    ax.set(ylim=(min(-0.05, ax.get_ylim()[0]), 1.05), xlabel="randomised up to (cumulative, top layer first)",
-           ylabel="Spearman ρ of |maps| with the original", title="Model-parameter randomization check")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    where = "all pixels" if pixels == "all" else "object pixels (x > 0)"
+    how = "cumulative, top layer first" if variant == "cascading" else "one stage at a time"
+    ax.set(ylim=(min(-0.05, ax.get_ylim()[0]), 1.05), xlabel=f"randomised stage ({how})",
+           ylabel="Spearman ρ of |maps| with the original", title=f"{variant.capitalize()}, {where}")
+
+
+@_styled
+def plot_randomization(rand: dict, save: str | None = None) -> Figure:
+    """Model-parameter randomization, cascading (top row) and independent (bottom row), on all pixels
+    (left) and object pixels (right): Spearman of |maps| with the trained model's maps after each stage
+    (1.0 at 'original') with 95 % CI bands; dashed lines: each method's reference, the same statistic
+    between maps of two images of different classes on the same pixel set.
+
+    ``rand``: ``randomization_check`` output: ``stages: [S]``, ``variants[variant][pixels][method]: [S]``
+    summaries, ``reference[method][pixels]`` summaries.
+    """
+    fig = _new_figure(15, 10)
+    axes = fig.subplots(len(RANDOMIZATION_VARIANTS), len(PIXEL_SETS), sharey=True, squeeze=False)
+    for r, variant in enumerate(RANDOMIZATION_VARIANTS):
+        for c, pixels in enumerate(PIXEL_SETS):
+            _randomization_panel(axes[r, c], rand, variant, pixels)
+    axes[0, -1].plot([], [], color="0.3", ls="--", lw=1, label="reference: images of different classes")
+    axes[0, -1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    n = rand.get("n_images")
+    fig.suptitle("Model-parameter randomization check" + (f" ({n} images)" if n else ""))
+    return _finish(fig, save)
+
+
+UNIT_ORDER_STYLES = {"contribution": (METHOD_COLORS["decoder"], "-"), "random": CONTROL_STYLES["random"],
+                     "activation": ("0.45", "--")}  # colour, dashes of each unit order
+UNIT_ORDER_LABELS = {"contribution": "largest contribution first (decoder-weighted)", "random": "random order",
+                     "activation": "largest activation first"}
+
+
+def _unit_curve_panel(ax, result: dict, mode: str, score: str) -> None:
+    """Mean curves of every unit order with pointwise 95 % bands and AUCs (CI) in the legend."""
+    for order in result["orders"]:
+        curve = result["curves"][mode][score][order]
+        mean = np.asarray(curve["mean"])
+        steps = np.arange(len(mean))
+        color, dashes = UNIT_ORDER_STYLES.get(order, ("0.5", "-"))
+        ax.plot(steps, mean, color=color, ls=dashes,
+                label=f"{UNIT_ORDER_LABELS.get(order, order)}: AUC {_ci_text(result['auc'][mode][score][order])}")
+        ax.fill_between(steps, curve["lo"], curve["hi"], color=color, alpha=CI_ALPHA)
+    verb = "zeroed (from the full code)" if mode == "deletion" else "switched on (from the empty code)"
+    test = result["tests"][mode][score]
+    p = ", ".join(f"p vs {name[3:]} {t['p_value']:.1e}" for name, t in test.items())
+    ax.set(xlabel=f"active units {verb}", ylabel=f"target {score} (mean, 95 % band)",
+           title=f"{mode.capitalize()} ({'lower' if mode == 'deletion' else 'higher'} AUC = better; {p})")
+    ax.legend(fontsize="x-small", loc="best")
+
+
+@_styled
+def plot_unit_deletion(result: dict, save: str | None = None) -> Figure:
+    """Unit-level causality: the target logit (top) and probability (bottom) as active code units are
+    zeroed (left) or switched on (right) one per step, largest decoder-weighted contribution first vs
+    random order vs largest activation first; mean curves with 95 % bands, AUCs and Wilcoxon p-values.
+
+    ``result``: ``unit_deletion_curves`` output.
+    """
+    missing = [key for key in ("orders", "curves", "auc", "tests") if key not in result]
+    if missing:
+        raise ValueError(f"result must be unit_deletion_curves output; it lacks {missing}")
+    fig = _new_figure(15, 9.5)
+    axes = fig.subplots(len(UNIT_SCORES), 2, squeeze=False)
+    for r, score in enumerate(UNIT_SCORES):
+        for c, mode in enumerate(("deletion", "insertion")):
+            _unit_curve_panel(axes[r, c], result, mode, score)
+    fig.suptitle(f"Unit-level causality in code space ({result['n_images']} images, k = {result['k']}, "
+                 f"{result['mean_active_units']:.1f} active units on average)")
     return _finish(fig, save)
 
 
@@ -2730,12 +3280,14 @@ def figure_path_fn(folder: str | os.PathLike | None) -> Callable[[str], str | No
 
 def randomization_table(rand: dict) -> list[tuple[str, str]]:
     """Rows "method: all pixels / object pixels" of the randomization check's similarity after the last
-    stage that changes the model (the encoder), next to the different-image reference."""
+    stage that changes the model (the encoder: cascading, and the encoder alone: independent), next to
+    the different-class reference on the same pixel sets."""
     stage = rand["stages"].index("encoder")
-    rows = [("after randomizing everything up to the encoder", "Spearman |maps|: all pixels / object pixels / "
-             "different-image reference")]
-    for m, series in rand["spearman_abs"].items():
-        obj = rand["spearman_abs_object"][m][stage]["mean"]
-        rows.append((METHOD_LABELS.get(m, m), f"{series[stage]['mean']:.3f} / {obj:.3f} / "
-                     f"{rand['random_pair_reference'][m]['mean']:.3f}"))
+    rows = [("Spearman |maps| with the original (all pixels / object pixels)",
+             "cascading to the encoder | encoder alone | different-class reference")]
+    for m in rand["reference"]:
+        cells = [rand["variants"][v][p][m][stage]["mean"] for v in RANDOMIZATION_VARIANTS for p in PIXEL_SETS]
+        ref = [rand["reference"][m][p]["mean"] for p in PIXEL_SETS]
+        rows.append((METHOD_LABELS.get(m, m), f"{cells[0]:.3f} / {cells[1]:.3f} | {cells[2]:.3f} / {cells[3]:.3f} | "
+                     f"{ref[0]:.3f} / {ref[1]:.3f}"))
     return rows
