@@ -1707,7 +1707,9 @@ def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orde
     Fixed substrates (zero, blur) on a model with an affine first layer (``affine_split``, our pipeline)
     run incrementally: a step changes ``pixels_per_step`` pixels, so the first layer's output moves by as
     many columns of ``A`` (an embedding-bag sum) and only the head runs per step. ROAD imputes every
-    step's image (``road_impute``, warm-started from the previous step; noise seeded by ``seed``).
+    step's image (``road_impute``, warm-started from the previous step's solution). Its noise (std
+    ``ROAD_NOISE``, seeded by ``seed``) is one field per image and step, shared by every order: paired
+    comparisons between orders see the same noise (common random numbers).
     """
     x, _ = as_flat_images(x, name="x")
     if substrate not in SUBSTRATES:
@@ -1724,14 +1726,14 @@ def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orde
     target = _check_target(target, n, model(x[:1]).shape[1], x.device)
     fill = _substrate(x, substrate)
     per_chunk = max(1, FAITH_ROWS // n)
-    gen = torch.Generator().manual_seed(seed)
-    chunks = [_curves_chunk(model, x, target, orders[i:i + per_chunk].to(x.device), fill, pixels_per_step, gen)
-              for i in range(0, len(orders), per_chunk)]
+    chunks = [_curves_chunk(model, x, target, orders[i:i + per_chunk].to(x.device), fill, pixels_per_step,
+                            torch.Generator().manual_seed(seed)) for i in range(0, len(orders), per_chunk)]
     return torch.cat(chunks).view(len(orders), n, -1)
 
 
 def _curves_chunk(model, x, target, orders, fill, step, gen) -> torch.Tensor:
-    """``removal_curves`` for ``orders: [m, N, P]`` -> ``[m * N, T + 1]`` (rows ordering-major)."""
+    """``removal_curves`` for ``orders: [m, N, P]`` -> ``[m * N, T + 1]`` (rows ordering-major); ``fill``:
+    ``[N, P]`` fixed substrate or None (ROAD, noise from ``gen``)."""
     m, (n, n_pix) = len(orders), x.shape
     order = orders.reshape(m * n, n_pix)
     xs, ts = x.repeat(m, 1), target.repeat(m)
@@ -1750,9 +1752,12 @@ def _curves_chunk(model, x, target, orders, fill, step, gen) -> torch.Tensor:
             pre += F.embedding_bag(changed, columns, per_sample_weights=delta.gather(1, changed), mode="sum")
             points.append(_score(head(pre), ts, "probability"))
             continue
-        u = torch.where(removed, fill.repeat(m, 1), xs) if fill is not None else road_impute(
-            xs, removed, init=u, generator=gen)
-        points.append(_score(model(u), ts, "probability"))
+        if fill is not None:
+            points.append(_score(model(torch.where(removed, fill.repeat(m, 1), xs)), ts, "probability"))
+            continue
+        u = road_impute(xs, removed, noise=0.0, init=u, tol=ROAD_TOL)  # noise-free, warm-starts the next step
+        eps = torch.randn((n, n_pix), generator=gen, dtype=torch.float32).to(u).repeat(m, 1)
+        points.append(_score(model(u + ROAD_NOISE * removed * eps), ts, "probability"))
     return torch.stack(points, dim=1)
 
 
@@ -2770,6 +2775,72 @@ def plot_deletion_insertion(di: dict, save: str | None = None) -> Figure:
     n = di.get("n_images")
     fig.suptitle("Faithfulness: deletion and insertion" + (f" ({n} images, " if n else " (")
                  + f"{di.get('pixels_per_step', '?')} pixels per step)")
+    return _finish(fig, save)
+
+
+FAITH_CURVE_TITLES = {"morf": "MoRF: most relevant removed first (lower = better)",
+                      "lerf": "LeRF: least relevant removed first (higher = better)"}
+SUBSTRATE_LABELS = {"zero": "removed pixels set to 0", "blur": "removed pixels blurred",
+                    "road": "removed pixels imputed (ROAD)"}
+ABS_HATCH = "//"  # bars of methods ranked by |value|
+
+
+def _ordering_label(entry: dict) -> str:
+    """'Integrated gradients', or 'Integrated gradients, |value|' for the |value| ranking."""
+    return _label(entry["name"]) + (", |value|" if entry["ranking"] == "abs" else "")
+
+
+def _faithfulness_curves(ax, entries: dict, which: str, substrate: str, n: int) -> None:
+    """Mean ``which`` (morf/lerf) deletion curves: methods ranked by signed value solid, controls grey."""
+    for entry in entries.values():
+        if entry["ranking"] == "abs":
+            continue
+        y = np.asarray(entry["mean_curves"][which], dtype=np.float64)
+        color, dashes = CONTROL_STYLES.get(entry["name"], (_color(entry["name"]), "-"))
+        ax.plot(np.linspace(0, 1, len(y)), y, color=color, ls=dashes, lw=1.8 if dashes == "-" else 1.4,
+                label=_ordering_label(entry))
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"fraction of pixels {SUBSTRATE_LABELS.get(substrate, substrate)}",
+           ylabel="target-class probability (mean)", title=f"{substrate}, {n} images — {FAITH_CURVE_TITLES[which]}")
+
+
+def _faithfulness_gap_bars(ax, entries: dict, substrate: str) -> None:
+    """LeRF - MoRF AUC gap (mean, 95 % CI) of every ordering; the random control's gap as a line."""
+    keys = list(entries)
+    means, err = _ci_errors([entries[k]["gap"] for k in keys])
+    y = np.arange(len(keys))
+    colors = [CONTROL_STYLES.get(entries[k]["name"], (_color(entries[k]["name"]),))[0] for k in keys]
+    bars = ax.barh(y, means, 0.7, xerr=err, capsize=2, color=colors)
+    for bar, k in zip(bars, keys):
+        if entries[k]["ranking"] == "abs":
+            bar.set_hatch(ABS_HATCH)
+            bar.set_edgecolor("white")
+    ax.axvline(entries["random"]["gap"]["mean"], color=CONTROL_STYLES["random"][0], ls=":", lw=1.2)
+    ax.axvline(0.0, color="0.2", lw=0.8)
+    marks = ["*" if entries[k]["vs_random"]["beats"] else "" for k in keys]
+    ax.set_yticks(y, [f"{_ordering_label(entries[k])} {m}" for k, m in zip(keys, marks)])
+    ax.invert_yaxis()
+    ax.set(xlabel="LeRF AUC − MoRF AUC (95 % CI)", title=f"{substrate}: gap (* beats random, paired Wilcoxon)")
+
+
+@_styled
+def plot_faithfulness(result: dict, save: str | None = None) -> Figure:
+    """Per substrate (rows): mean MoRF and LeRF deletion curves (methods ranked by signed value solid,
+    controls grey dashed) and the MoRF-LeRF AUC gap of every ordering with its 95 % CI (|value|
+    rankings hatched; * = beats the random control). ``result``: ``faithfulness_suite`` output."""
+    subs = result.get("substrates") if isinstance(result, dict) else None
+    if not subs or any("orderings" not in s or "random" not in s["orderings"] for s in subs.values()):
+        raise ValueError("result must be a faithfulness_suite result with at least one substrate (each with its "
+                         f"orderings, the random control among them), got keys {list(subs or {})}")
+    fig = _new_figure(20, 4.6 * len(subs))
+    axes = fig.subplots(len(subs), 3, width_ratios=[1, 1, 1.05], squeeze=False)
+    for row, (sub, res) in zip(axes, subs.items()):
+        for ax, which in zip(row[:2], ("morf", "lerf")):
+            _faithfulness_curves(ax, res["orderings"], which, sub, res["n_images"])
+        _faithfulness_gap_bars(row[2], res["orderings"], sub)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)), fontsize="small")
+    fig.suptitle(f"Faithfulness: deletion in both orders under {len(subs)} substrate(s), "
+                 f"{result.get('pixels_per_step', '?')} pixels per step")
     return _finish(fig, save)
 
 
