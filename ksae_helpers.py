@@ -9,9 +9,11 @@ Sections
 5. Training        -- flat loops over on-device tensors, seeded, with tqdm bars.
 6. Checkpoints     -- atomic save, safe load, ``load_or_train``.
 7. Metrics         -- reconstruction, sparsity, dead units, accuracy.
-8. Attribution     -- integrated gradients, simple gradients, SmoothGrad, decoder-weighted.
+8. Attribution     -- integrated gradients, simple gradients, SmoothGrad, decoder-weighted, input x gradient,
+                      input x SmoothGrad.
 9. Evaluation      -- sample selection, agreement against a different-image null, faithfulness checks
-                      (completeness decomposition, randomization, unit-level causality).
+                      (deletion/insertion under zero, blur and ROAD substrates, MoRF and LeRF; completeness
+                      decomposition; randomization; unit-level causality), the k sweep.
 10. Plotting       -- every figure of the notebook.
 11. Summary        -- ``results/summary.json``.
 
@@ -978,7 +980,7 @@ def evaluate_classifier(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data
 # =====================================================================================================
 # 8. Attribution
 # =====================================================================================================
-# All four methods explain F(x) = the target class's *logit* of ``model(x)`` (``output="probability"``
+# All methods explain F(x) = the target class's *logit* of ``model(x)`` (``output="probability"``
 # explains its softmax probability instead). They accept images as [B, 784], [B, 28, 28] or
 # [B, 1, 28, 28] and return attributions of the same shape. Names follow Captum's ``attribute()``.
 
@@ -990,6 +992,8 @@ METHOD_LABELS = {
     "simple": "Simple gradients",
     "smoothgrad": "SmoothGrad",
     "decoder": "Decoder-weighted",
+    "input_x_gradient": "Input × gradient",
+    "input_x_smoothgrad": "Input × SmoothGrad",
 }
 
 
@@ -1206,6 +1210,22 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, nt_samples: int =
     return torch.cat(out).reshape(shape)
 
 
+def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, output: str = "logit",
+                     internal_batch_size: int | None = None) -> torch.Tensor:
+    """Input times gradient (Shrikumar et al. 2016; Captum's ``InputXGradient``): ``x * dF/dx``, shaped
+    like ``inputs: [B, 784]`` (or image-shaped). Separates the x-input factor of IG from the gradient's."""
+    return inputs * simple_gradients(model, inputs, target, output=output, internal_batch_size=internal_batch_size)
+
+
+def input_x_smoothgrad(model: nn.Module, inputs: torch.Tensor, target, nt_samples: int = 25, stdevs: float = 0.1,
+                       output: str = "logit", generator: torch.Generator | None = None, seed: int | None = None,
+                       internal_batch_size: int | None = None) -> torch.Tensor:
+    """Input times signed SmoothGrad: ``x * smoothgrad(x)``, shaped like ``inputs: [B, 784]`` (same noise
+    as ``smoothgrad`` with the same ``seed``/``generator``)."""
+    return inputs * smoothgrad(model, inputs, target, nt_samples=nt_samples, stdevs=stdevs, output=output,
+                               generator=generator, seed=seed, internal_batch_size=internal_batch_size)
+
+
 UNIT_RULES = ("rescale", "integrated")
 
 
@@ -1296,6 +1316,13 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
     if unknown:
         raise ValueError(f"methods must be a subset of {list(METHOD_LABELS)}, got unknown {unknown}")
     seed = cfg.seed if seed is None else seed
+    maps: dict[str, torch.Tensor] = {}
+
+    def get(m: str) -> torch.Tensor:  # each map computed once; the x-input maps reuse their gradient's
+        if m not in maps:
+            maps[m] = run[m]().detach()
+        return maps[m]
+
     run = {
         "integrated": lambda: integrated_gradients(pipeline, inputs, target, n_steps=cfg.ig_steps,
                                                    method=cfg.ig_method),
@@ -1303,8 +1330,10 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
         "smoothgrad": lambda: smoothgrad(pipeline, inputs, target, nt_samples=cfg.smoothgrad_samples,
                                          stdevs=cfg.smoothgrad_noise, seed=seed),
         "decoder": lambda: decoder_weighted(pipeline, inputs, target),
+        "input_x_gradient": lambda: inputs * get("simple"),  # = input_x_gradient(pipeline, inputs, target)
+        "input_x_smoothgrad": lambda: inputs * get("smoothgrad"),  # = input_x_smoothgrad(..., seed=seed)
     }
-    return {m: run[m]().detach() for m in methods}
+    return {m: get(m) for m in methods}
 
 
 # =====================================================================================================
@@ -1758,10 +1787,25 @@ def edge_map(x: torch.Tensor) -> torch.Tensor:
 
 
 def control_maps(x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Orderings that know nothing about the model: random, pixel intensity |x|, and edges."""
+    """Orderings that know nothing about the model, each ``[N, 784]`` and non-negative: random over all
+    pixels; random over object pixels only (``random_object``: the object pixels, x > 0, first in random
+    order, then the rest in random order); pixel intensity |x|; Sobel edges."""
     gen = torch.Generator().manual_seed(seed)
-    return {"random": torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device),
-            "intensity": x.abs(), "edges": edge_map(x)}
+    random = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    return {"random": random, "random_object": random + (x > 0).to(x.dtype), "intensity": x.abs(),
+            "edges": edge_map(x)}
+
+
+def removal_order(scores: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Pixel indices ``[N, P]`` by descending ``scores: [N, P]`` (most relevant first, MoRF); reversed
+    (``.flip(1)``) it is least relevant first (LeRF).
+
+    Ties are broken at random (seeded): the columns are shuffled, then sorted stably, so a constant map
+    behaves exactly like a random ordering rather than a raster scan.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shuffle = torch.rand(scores.shape, generator=gen).argsort(dim=1).to(scores.device)  # [N, P] per-row shuffle
+    return shuffle.gather(1, scores.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
 
 
 @torch.no_grad()
@@ -1781,11 +1825,7 @@ def perturbation_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     if n_pix % pixels_per_step:
         raise ValueError(f"pixels_per_step must divide the {n_pix} pixels (even steps for the AUC), "
                          f"got {pixels_per_step}")
-    # Ties are broken at random (seeded): shuffle the columns, then sort stably. A constant map thus
-    # behaves exactly like a random ordering rather than a raster scan.
-    gen = torch.Generator().manual_seed(seed)
-    shuffle = torch.rand(scores.shape, generator=gen).argsort(dim=1).to(x.device)  # [N, P] per-row shuffle
-    order = shuffle.gather(1, scores.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
+    order = removal_order(scores.to(x.device), seed)
     rank = torch.empty_like(scores, dtype=torch.long)
     rank.scatter_(1, order, torch.arange(n_pix, device=x.device).expand_as(scores).contiguous())
     counts = list(range(0, n_pix, pixels_per_step)) + [n_pix]
@@ -1838,6 +1878,333 @@ def object_focus(maps: dict[str, torch.Tensor], x: torch.Tensor, seed: int = 0) 
         share = (a * obj).sum(1) / np.maximum(a.sum(1), 1e-12)
         result[m] = summarize(share, seed)
     return result
+
+
+# --- faithfulness under three substrates, MoRF and LeRF --------------------------------------------------
+# Removing pixel set S from image x replaces x[S] by a substrate: "zero" (black, which is also IG's
+# baseline), "blur" (a Gaussian-blurred copy of x) or "road" (ROAD's noisy linear imputation, Rong et
+# al. 2022: the removed pixels solve "each equals the weighted mean of its in-image neighbours", plus
+# noise). Orders: most relevant first (MoRF) and least relevant first (LeRF). Insertion of the top n
+# pixels into the substrate's start image is the same image as removing the other P - n pixels, so the
+# insertion curve of an order is its LeRF deletion curve read backwards (and has the same AUC).
+
+SUBSTRATES = ("zero", "blur", "road")
+RANKINGS = ("signed", "abs")  # order maps by signed value or by |value|
+BLUR_SIGMA = 2.0  # pixels; std of the Gaussian blur substrate
+BLUR_TRUNCATE = 3.0  # the blur kernel ends at this many sigmas
+ROAD_NOISE = 0.01  # std of the Gaussian noise added to ROAD-imputed pixels (ROAD's and Quantus' default)
+ROAD_DIRECT_WEIGHT = 1 / 6  # ROAD's weight of each of the 4 direct neighbours
+ROAD_DIAGONAL_WEIGHT = 1 / 12  # ROAD's weight of each of the 4 diagonal neighbours
+ROAD_TOL = 1e-4  # ROAD solver stops when every removed pixel is within this of its neighbours' weighted mean
+ROAD_MAX_ITER = 1000  # ROAD solver: conjugate-gradient iterations at most (a cap; convergence is checked)
+FAITH_ROWS = 8192  # rows (image x ordering) evaluated together in the faithfulness curves
+FAITH_ALPHA = 0.05  # significance level of the "beats the random control" verdicts
+
+
+def blur_images(x: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
+    """Gaussian blur (std ``sigma`` pixels, reflected borders) of every image: ``x: [N, 784]`` -> ``[N, 784]``."""
+    flat, _ = as_flat_images(x, name="x")
+    _check_float("sigma", sigma, low=0.0, low_open=True)
+    radius = min(IMAGE_SIDE - 1, max(1, math.ceil(BLUR_TRUNCATE * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=flat.dtype, device=flat.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    img = F.pad(flat.reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE), (radius,) * 4, mode="reflect")
+    img = F.conv2d(img, kernel.reshape(1, 1, 1, -1))
+    return F.conv2d(img, kernel.reshape(1, 1, -1, 1)).reshape(len(flat), -1)
+
+
+def _road_neighbour_sum(v: torch.Tensor) -> torch.Tensor:
+    """ROAD's weighted neighbour sum of ``v: [R, 28, 28]`` (outside the image counts as absent) -> ``[R, 28, 28]``.
+
+    The weights (1/6 direct, 1/12 diagonal) are ``(b b^T - 4 e e^T) / 12`` with ``b = (1, 2, 1)``: a
+    separable pass, minus the centre.
+    """
+    assert ROAD_DIRECT_WEIGHT == 2 * ROAD_DIAGONAL_WEIGHT, "the separable form needs direct = 2 x diagonal"
+    p = F.pad(v, (1, 1, 1, 1))
+    rows = p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]  # [R, 28, 30]
+    both = rows[:, :, :-2] + 2 * rows[:, :, 1:-1] + rows[:, :, 2:]  # [R, 28, 28]
+    return (both - 4 * v) * ROAD_DIAGONAL_WEIGHT
+
+
+def _check_removed(removed, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(removed, torch.Tensor) or removed.dtype != torch.bool:
+        raise ValueError(f"removed must be a bool tensor, got {getattr(removed, 'dtype', type(removed).__name__)}")
+    if removed.shape != x.shape:
+        raise ValueError(f"removed must have the images' shape {list(x.shape)}, got {list(removed.shape)}")
+    return removed.to(x.device)
+
+
+@torch.no_grad()
+def road_impute(x: torch.Tensor, removed: torch.Tensor, noise: float = ROAD_NOISE, seed: int = 0,
+                init: torch.Tensor | None = None, tol: float = ROAD_TOL, max_iter: int = ROAD_MAX_ITER,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """ROAD's noisy linear imputation (Rong et al. 2022), all images at once: ``x: [N, 784]``,
+    ``removed: [N, 784]`` bool -> ``[N, 784]`` with kept pixels unchanged and every removed pixel the
+    weighted mean of its in-image neighbours (1/6 direct, 1/12 diagonal, renormalised at the border),
+    removed or not, plus Gaussian noise of std ``noise`` (CPU generator: ``generator``, else ``seed``).
+
+    The removed pixels solve a sparse symmetric positive definite system (``D v - W v = W x_kept``),
+    solved by Jacobi-preconditioned conjugate gradients on the whole batch until every residual is below
+    ``tol`` (``init: [N, 784]``, e.g. the previous step's imputation, warm-starts it). An image with every
+    pixel removed has nothing to impute from: it gets the system's minimum-norm solution, 0 (plus noise).
+    """
+    flat, _ = as_flat_images(x, name="x")
+    removed = _check_removed(removed, flat)
+    _check_float("noise", noise, low=0.0)
+    _check_float("tol", tol, low=0.0, low_open=True)
+    _check_int("max_iter", max_iter, low=1)
+    if init is not None and (not isinstance(init, torch.Tensor) or init.shape != flat.shape):
+        raise ValueError(f"init must be a tensor of shape {list(flat.shape)}, got {getattr(init, 'shape', init)}")
+    shape = (len(flat), IMAGE_SIDE, IMAGE_SIDE)
+    free = removed.reshape(shape).to(flat.dtype)  # 1 on the unknowns
+    kept = flat.reshape(shape) * (1 - free)
+    degree = _road_neighbour_sum(torch.ones_like(free[:1]))  # [1, 28, 28]: total in-image neighbour weight
+    v = torch.zeros_like(free) if init is None else init.reshape(shape).to(flat) * free
+    v = v * (free.flatten(1).sum(1) < free[0].numel()).to(v)[:, None, None]  # nothing kept: start (and stay) at 0
+    r = free * _road_neighbour_sum(kept) - (degree * v - free * _road_neighbour_sum(v))
+    z = r / degree
+    p, rz = z, (r * z).sum((1, 2))
+    for _ in range(max_iter):
+        if (r.abs() / degree).amax() <= tol:
+            break
+        ap = degree * p - free * _road_neighbour_sum(p)
+        pap = (p * ap).sum((1, 2))
+        alpha = torch.where(pap > 0, rz / torch.where(pap > 0, pap, 1), 0)[:, None, None]
+        v, r = v + alpha * p, r - alpha * ap
+        z = r / degree
+        rz_new = (r * z).sum((1, 2))
+        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1), 0)[:, None, None]
+        p, rz = z + beta * p, rz_new
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
+    eps = torch.randn(shape, generator=generator, dtype=torch.float32).to(v)
+    return (kept + free * (v + noise * eps)).reshape(len(flat), -1)
+
+
+def balanced_subset(y: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of ``n`` items of ``y: [N]`` (class ids), as balanced over classes as possible:
+    each class's items in a seeded random order, taken class by class in turn. ``n >= N``: all of them."""
+    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point():
+        raise ValueError(f"y must be a 1-D integer tensor of class ids, got {getattr(y, 'shape', type(y).__name__)}")
+    _check_int("n", n, low=1)
+    if n >= len(y):
+        return torch.arange(len(y))
+    gen = torch.Generator().manual_seed(seed)
+    y = y.cpu()
+    turn = torch.empty(len(y), dtype=torch.long)  # position of each item within its class's random order
+    for c in y.unique():
+        idx = torch.nonzero(y == c)[:, 0]
+        turn[idx[torch.randperm(len(idx), generator=gen)]] = torch.arange(len(idx))
+    key = turn * (int(y.max()) + 1) + y  # round-robin over classes
+    return key.argsort()[:n].sort().values
+
+
+def _substrate(x: torch.Tensor, substrate: str) -> torch.Tensor | None:
+    """What removed pixels become, ``[N, 784]``, for the fixed substrates; None for ROAD (mask-dependent)."""
+    return {"zero": lambda: torch.zeros_like(x), "blur": lambda: blur_images(x), "road": lambda: None}[substrate]()
+
+
+def _pre_and_head(model: nn.Module):
+    """``(pre_fn, head)`` with ``model(x) = head(pre_fn(x))``; ``pre_fn`` is the affine first layer
+    (``affine_split``) when the model has one, else the identity (then nothing is incremental)."""
+    split = getattr(model, "affine_split", None)
+    if split is None:
+        return None, model
+    A, c, head = split()
+    A, c = A.detach(), c.detach()
+    return (A, c), head
+
+
+@torch.no_grad()
+def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orders: torch.Tensor,
+                   substrate: str = "zero", pixels_per_step: int = 28, seed: int = 0) -> torch.Tensor:
+    """Target-class probability as pixels are removed in the given orders, ``pixels_per_step`` at a time,
+    each removed pixel replaced by ``substrate`` (``SUBSTRATES``).
+
+    ``x: [N, 784]``, ``target: [N]``, ``orders: [M, N, 784]`` (a permutation of the pixels per row, first
+    removed first; e.g. ``removal_order(scores)`` for MoRF, ``.flip(-1)`` for LeRF) ->
+    ``[M, N, T + 1]``, ``T = 784 / pixels_per_step``; point 0 is the image, point T the fully removed one.
+
+    Fixed substrates (zero, blur) on a model with an affine first layer (``affine_split``, our pipeline)
+    run incrementally: a step changes ``pixels_per_step`` pixels, so the first layer's output moves by as
+    many columns of ``A`` (an embedding-bag sum) and only the head runs per step. ROAD imputes every
+    step's image (``road_impute``, warm-started from the previous step's solution). Its noise (std
+    ``ROAD_NOISE``, seeded by ``seed``) is one field per image and step, shared by every order: paired
+    comparisons between orders see the same noise (common random numbers).
+    """
+    x, _ = as_flat_images(x, name="x")
+    if substrate not in SUBSTRATES:
+        raise ValueError(f"substrate must be one of {SUBSTRATES}, got {substrate!r}")
+    n, n_pix = x.shape
+    _check_int("pixels_per_step", pixels_per_step, low=1, high=n_pix, high_name="the number of pixels")
+    if n_pix % pixels_per_step:
+        raise ValueError(f"pixels_per_step must divide the {n_pix} pixels, got {pixels_per_step}")
+    if not isinstance(orders, torch.Tensor) or orders.ndim != 3 or orders.shape[1:] != (n, n_pix):
+        raise ValueError(f"orders must be a tensor of shape [M, {n}, {n_pix}], got {getattr(orders, 'shape', orders)}")
+    in_range = orders.dtype == torch.long and orders.numel() and 0 <= orders.min() and orders.max() < n_pix
+    if not (in_range and torch.zeros_like(orders, dtype=torch.bool).scatter_(2, orders, True).all()):
+        raise ValueError(f"orders must hold an int64 permutation of 0..{n_pix - 1} in every row")
+    target = _check_target(target, n, model(x[:1]).shape[1], x.device)
+    fill = _substrate(x, substrate)
+    per_chunk = max(1, FAITH_ROWS // n)
+    chunks = [_curves_chunk(model, x, target, orders[i:i + per_chunk].to(x.device), fill, pixels_per_step,
+                            torch.Generator().manual_seed(seed)) for i in range(0, len(orders), per_chunk)]
+    return torch.cat(chunks).view(len(orders), n, -1)
+
+
+def _curves_chunk(model, x, target, orders, fill, step, gen) -> torch.Tensor:
+    """``removal_curves`` for ``orders: [m, N, P]`` -> ``[m * N, T + 1]`` (rows ordering-major); ``fill``:
+    ``[N, P]`` fixed substrate or None (ROAD, noise from ``gen``)."""
+    m, (n, n_pix) = len(orders), x.shape
+    order = orders.reshape(m * n, n_pix)
+    xs, ts = x.repeat(m, 1), target.repeat(m)
+    affine, head = _pre_and_head(model)
+    incremental = affine is not None and fill is not None
+    points = [_score(model(x), target, "probability").repeat(m)]
+    removed, u = torch.zeros_like(order, dtype=torch.bool), xs
+    if incremental:
+        A, c = affine
+        columns = A.T.contiguous()  # [P, H]: column j of A is pixel j's effect on the first layer
+        pre, delta = F.linear(x, A, c).repeat(m, 1), (fill - x).repeat(m, 1)
+    for t in range(1, n_pix // step + 1):
+        changed = order[:, (t - 1) * step:t * step]  # [R, step]
+        removed.scatter_(1, changed, True)
+        if incremental:
+            pre += F.embedding_bag(changed, columns, per_sample_weights=delta.gather(1, changed), mode="sum")
+            points.append(_score(head(pre), ts, "probability"))
+            continue
+        if fill is not None:
+            points.append(_score(model(torch.where(removed, fill.repeat(m, 1), xs)), ts, "probability"))
+            continue
+        u = road_impute(xs, removed, noise=0.0, init=u, tol=ROAD_TOL)  # noise-free, warm-starts the next step
+        eps = torch.randn((n, n_pix), generator=gen, dtype=torch.float32).to(u).repeat(m, 1)
+        points.append(_score(model(u + ROAD_NOISE * removed * eps), ts, "probability"))
+    return torch.stack(points, dim=1)
+
+
+def faithfulness_orderings(maps: dict[str, torch.Tensor], x: torch.Tensor, seed: int = 0) -> dict[str, dict]:
+    """Every ordering the suite measures: ``{key: {"name", "kind", "ranking", "scores": [N, 784]}}``.
+
+    Methods are ranked by signed value (``"<method>/signed"``: strongest positive evidence first) and, if
+    a map has negative values, also by |value| (``"<method>/abs"``). Controls (``control_maps``) are
+    non-negative, so both rankings coincide: random over all pixels, random over object pixels first,
+    intensity, Sobel edges.
+    """
+    flat, _ = as_flat_images(x, name="x")
+    if not isinstance(maps, dict) or not maps:
+        raise ValueError(f"maps must be a non-empty dict of method name -> [N, 784] map, got {type(maps).__name__}")
+    out = {}
+    for name, v in maps.items():
+        if not isinstance(v, torch.Tensor) or v.numel() != flat.numel():
+            raise ValueError(f"maps[{name!r}] must be a tensor holding {len(flat)} maps of 784 pixels, "
+                             f"got {getattr(v, 'shape', type(v).__name__)}")
+        scores = v.detach().reshape(flat.shape).to(flat)
+        out[f"{name}/signed"] = {"name": name, "kind": "method", "ranking": "signed", "scores": scores}
+        if (scores < 0).any():
+            out[f"{name}/abs"] = {"name": name, "kind": "method", "ranking": "abs", "scores": scores.abs()}
+    for name, scores in control_maps(flat, seed).items():
+        out[name] = {"name": name, "kind": "control", "ranking": "signed", "scores": scores}
+    return out
+
+
+def _gap_test(gap: np.ndarray, reference: np.ndarray) -> dict:
+    """Paired comparison of per-image gaps with a control's: mean difference, Wilcoxon p, verdict."""
+    diff = gap - reference
+    p = _wilcoxon_p(diff)
+    return {"mean_diff": float(diff.mean()), "p_value": p, "beats": bool(diff.mean() > 0 and p < FAITH_ALPHA)}
+
+
+def _substrate_summary(orderings: dict, morf: torch.Tensor, lerf: torch.Tensor, seed: int) -> dict:
+    """Per-ordering AUC summaries from ``morf, lerf: [K, n, T + 1]`` curves (K orderings in dict order)."""
+    auc_m = {key: curve_auc(c) for key, c in zip(orderings, morf)}
+    auc_l = {key: curve_auc(c) for key, c in zip(orderings, lerf)}
+    gaps = {key: auc_l[key] - auc_m[key] for key in orderings}
+    out = {}
+    for (key, info), cm, cl in zip(orderings.items(), morf, lerf):
+        out[key] = {"name": info["name"], "kind": info["kind"], "ranking": info["ranking"],
+                    "morf_auc": summarize(auc_m[key], seed), "lerf_auc": summarize(auc_l[key], seed),
+                    "insertion_auc": summarize(auc_l[key], seed),
+                    "gap": {**summarize(gaps[key], seed), "p_value": _wilcoxon_p(gaps[key])},
+                    "vs_random": _gap_test(gaps[key], gaps["random"]),
+                    "vs_random_object": _gap_test(gaps[key], gaps["random_object"]),
+                    "mean_curves": {"morf": cm.mean(0).tolist(), "lerf": cl.mean(0).tolist()}}
+    return out
+
+
+def _rankings(entries: dict) -> dict[str, list[str]]:
+    """Per ranking, the keys of methods (that ranking) and controls by mean MoRF-LeRF gap, largest first."""
+    out = {}
+    for ranking in RANKINGS:
+        keys = [k for k, e in entries.items() if e["kind"] == "control" or e["ranking"] == ranking]
+        if any(entries[k]["kind"] == "method" and entries[k]["ranking"] == ranking for k in keys):
+            out[ranking] = sorted(keys, key=lambda k: -entries[k]["gap"]["mean"])
+    return out
+
+
+def faithfulness_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, maps: dict[str, torch.Tensor],
+                       seed: int = 0, n_subset: int = 300, substrates: Sequence[str] = SUBSTRATES,
+                       pixels_per_step: int = 28) -> dict:
+    """Deletion MoRF and LeRF (and insertion) under every substrate, for every method and control.
+
+    ``x: [N, 784]`` images, ``y: [N]`` the class explained (target), ``maps[name]: [N, 784]``. The zero
+    substrate uses all N images, blur and ROAD a class-balanced seeded subset of ``n_subset``
+    (``balanced_subset``). Curves are the target-class softmax probability (``removal_curves``); AUCs
+    on a [0, 1] axis by the trapezoid rule. Per substrate and ordering key (``faithfulness_orderings``):
+
+    * ``morf_auc`` (lower = more faithful), ``lerf_auc`` (higher = more faithful), ``insertion_auc``
+      (identical to ``lerf_auc`` by construction, see the section note), each mean / 95 % CI / std / n;
+    * ``gap`` = LeRF AUC - MoRF AUC per image (the larger, the better the order separates relevant from
+      irrelevant pixels), summarised, with the Wilcoxon p that it is centred at 0;
+    * ``vs_random`` / ``vs_random_object``: the gap against that control's on the same images; ``beats``
+      is the verdict rule: mean difference > 0 **and** paired two-sided Wilcoxon p < ``FAITH_ALPHA``;
+    * ``mean_curves``: mean MoRF and LeRF deletion curves (``T + 1`` points; insertion = LeRF reversed).
+
+    ``ranking[r]``: keys by mean gap (largest first) with methods ranked by ``r`` (signed / abs) and the
+    controls. ``verdicts[key]``: ``beats_random`` / ``beats_random_object`` and ``rank`` per substrate,
+    and whether beating random holds on every substrate (a verdict only holds if it holds everywhere).
+    """
+    flat, _ = as_flat_images(x, name="x")
+    unknown = [s for s in substrates if s not in SUBSTRATES] if not isinstance(substrates, str) else [substrates]
+    if unknown or not substrates:
+        raise ValueError(f"substrates must be a non-empty sequence of {SUBSTRATES}, got {substrates!r}")
+    target = _check_target(y, len(flat), model(flat[:1]).shape[1], flat.device)
+    _check_int("n_subset", n_subset, low=1)
+    orderings = faithfulness_orderings(maps, flat, seed)
+    result = {"pixels_per_step": pixels_per_step, "seed": seed, "alpha": FAITH_ALPHA, "substrates": {},
+              "blur_sigma": BLUR_SIGMA, "road_noise": ROAD_NOISE, "orderings": list(orderings)}
+    for substrate in substrates:
+        t0 = time.perf_counter()
+        idx = torch.arange(len(flat)) if substrate == "zero" else balanced_subset(target, n_subset, seed)
+        idx = idx.to(flat.device)
+        morf = torch.stack([removal_order(o["scores"][idx], seed) for o in orderings.values()])
+        curves = removal_curves(model, flat[idx], target[idx], torch.cat([morf, morf.flip(-1)]), substrate,
+                                pixels_per_step, seed).cpu()
+        entries = _substrate_summary(orderings, curves[:len(morf)], curves[len(morf):], seed)
+        result["substrates"][substrate] = {"n_images": len(idx), "orderings": entries,
+                                           "ranking": _rankings(entries), "seconds": time.perf_counter() - t0}
+    result["verdicts"] = _verdicts(result["substrates"])
+    return result
+
+
+def _verdicts(per_substrate: dict) -> dict:
+    """``{key: {"beats_random": {substrate: bool}, "beats_random_object": ..., "rank": {substrate: int},
+    "beats_random_everywhere": bool}}`` for every method ordering."""
+    out = {}
+    first = next(iter(per_substrate.values()))["orderings"]
+    for key, entry in first.items():
+        if entry["kind"] != "method":
+            continue
+        v = {"beats_random": {}, "beats_random_object": {}, "rank": {}}
+        for sub, res in per_substrate.items():
+            e = res["orderings"][key]
+            v["beats_random"][sub] = e["vs_random"]["beats"]
+            v["beats_random_object"][sub] = e["vs_random_object"]["beats"]
+            v["rank"][sub] = res["ranking"][entry["ranking"]].index(key) + 1
+        v["beats_random_everywhere"] = all(v["beats_random"].values())
+        v["beats_random_object_everywhere"] = all(v["beats_random_object"].values())
+        out[key] = v
+    return out
 
 
 def randomization_stages(clf: SparseCodeClassifier) -> list[str]:
@@ -2095,13 +2462,16 @@ STYLE = "whitegrid"  # seaborn axes style, applied while a figure is built and s
 CONTEXT = "notebook"  # seaborn plotting context
 FONT_SCALE = 0.85  # seaborn font scale
 METHOD_COLORS = dict(zip(METHOD_LABELS, sns.color_palette("colorblind", len(METHOD_LABELS))))
-CONTROL_STYLES = {"random": ("0.3", ":"), "intensity": ("0.5", "--"), "edges": ("0.65", "-.")}  # colour, dashes
-CONTROL_LABELS = {"random": "Random order (control)", "intensity": "Pixel intensity (control)",
+CONTROL_STYLES = {"random": ("0.3", ":"), "random_object": ("0.15", (0, (1, 1))), "intensity": ("0.5", "--"),
+                  "edges": ("0.65", "-.")}  # colour, dashes
+CONTROL_LABELS = {"random": "Random order (control)", "random_object": "Random object pixels (control)",
+                  "intensity": "Pixel intensity (control)",
                   "edges": "Sobel edges (control)"}
 QUADRATURE_LABELS = {"gausslegendre": "Gauss-Legendre", "riemann_trapezoid": "trapezoid",
                      "riemann_left": "left Riemann", "riemann_right": "right Riemann",
                      "riemann_middle": "midpoint"}
-SHORT_LABELS = {"integrated": "IG", "simple": "Gradient", "smoothgrad": "SmoothGrad", "decoder": "Decoder-w."}
+SHORT_LABELS = {"integrated": "IG", "simple": "Gradient", "smoothgrad": "SmoothGrad", "decoder": "Decoder-w.",
+                "input_x_gradient": "In×Grad", "input_x_smoothgrad": "In×SG"}
 IMAGE_STATS = {"mean_abs": "mean |attr|", "max_abs": "max |attr|", "std": "std"}  # per-image statistics
 NULL_CORRELATIONS = {"spearman_signed_all": "signed, all pixels", "spearman_abs_all": "|maps|, all pixels",
                      "spearman_signed_object": "signed, object pixels", "spearman_abs_object": "|maps|, object pixels"}
@@ -2862,6 +3232,72 @@ def plot_deletion_insertion(di: dict, save: str | None = None) -> Figure:
     n = di.get("n_images")
     fig.suptitle("Faithfulness: deletion and insertion" + (f" ({n} images, " if n else " (")
                  + f"{di.get('pixels_per_step', '?')} pixels per step)")
+    return _finish(fig, save)
+
+
+FAITH_CURVE_TITLES = {"morf": "MoRF: most relevant removed first (lower = better)",
+                      "lerf": "LeRF: least relevant removed first (higher = better)"}
+SUBSTRATE_LABELS = {"zero": "removed pixels set to 0", "blur": "removed pixels blurred",
+                    "road": "removed pixels imputed (ROAD)"}
+ABS_HATCH = "//"  # bars of methods ranked by |value|
+
+
+def _ordering_label(entry: dict) -> str:
+    """'Integrated gradients', or 'Integrated gradients, |value|' for the |value| ranking."""
+    return _label(entry["name"]) + (", |value|" if entry["ranking"] == "abs" else "")
+
+
+def _faithfulness_curves(ax, entries: dict, which: str, substrate: str, n: int) -> None:
+    """Mean ``which`` (morf/lerf) deletion curves: methods ranked by signed value solid, controls grey."""
+    for entry in entries.values():
+        if entry["ranking"] == "abs":
+            continue
+        y = np.asarray(entry["mean_curves"][which], dtype=np.float64)
+        color, dashes = CONTROL_STYLES.get(entry["name"], (_color(entry["name"]), "-"))
+        ax.plot(np.linspace(0, 1, len(y)), y, color=color, ls=dashes, lw=1.8 if dashes == "-" else 1.4,
+                label=_ordering_label(entry))
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"fraction of pixels {SUBSTRATE_LABELS.get(substrate, substrate)}",
+           ylabel="target-class probability (mean)", title=f"{substrate}, {n} images — {FAITH_CURVE_TITLES[which]}")
+
+
+def _faithfulness_gap_bars(ax, entries: dict, substrate: str) -> None:
+    """LeRF - MoRF AUC gap (mean, 95 % CI) of every ordering; the random control's gap as a line."""
+    keys = list(entries)
+    means, err = _ci_errors([entries[k]["gap"] for k in keys])
+    y = np.arange(len(keys))
+    colors = [CONTROL_STYLES.get(entries[k]["name"], (_color(entries[k]["name"]),))[0] for k in keys]
+    bars = ax.barh(y, means, 0.7, xerr=err, capsize=2, color=colors)
+    for bar, k in zip(bars, keys):
+        if entries[k]["ranking"] == "abs":
+            bar.set_hatch(ABS_HATCH)
+            bar.set_edgecolor("white")
+    ax.axvline(entries["random"]["gap"]["mean"], color=CONTROL_STYLES["random"][0], ls=":", lw=1.2)
+    ax.axvline(0.0, color="0.2", lw=0.8)
+    marks = ["*" if entries[k]["vs_random"]["beats"] else "" for k in keys]
+    ax.set_yticks(y, [f"{_ordering_label(entries[k])} {m}" for k, m in zip(keys, marks)])
+    ax.invert_yaxis()
+    ax.set(xlabel="LeRF AUC − MoRF AUC (95 % CI)", title=f"{substrate}: gap (* beats random, paired Wilcoxon)")
+
+
+@_styled
+def plot_faithfulness(result: dict, save: str | None = None) -> Figure:
+    """Per substrate (rows): mean MoRF and LeRF deletion curves (methods ranked by signed value solid,
+    controls grey dashed) and the MoRF-LeRF AUC gap of every ordering with its 95 % CI (|value|
+    rankings hatched; * = beats the random control). ``result``: ``faithfulness_suite`` output."""
+    subs = result.get("substrates") if isinstance(result, dict) else None
+    if not subs or any("orderings" not in s or "random" not in s["orderings"] for s in subs.values()):
+        raise ValueError("result must be a faithfulness_suite result with at least one substrate (each with its "
+                         f"orderings, the random control among them), got keys {list(subs or {})}")
+    fig = _new_figure(20, 4.6 * len(subs))
+    axes = fig.subplots(len(subs), 3, width_ratios=[1, 1, 1.05], squeeze=False)
+    for row, (sub, res) in zip(axes, subs.items()):
+        for ax, which in zip(row[:2], ("morf", "lerf")):
+            _faithfulness_curves(ax, res["orderings"], which, sub, res["n_images"])
+        _faithfulness_gap_bars(row[2], res["orderings"], sub)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)), fontsize="small")
+    fig.suptitle(f"Faithfulness: deletion in both orders under {len(subs)} substrate(s), "
+                 f"{result.get('pixels_per_step', '?')} pixels per step")
     return _finish(fig, save)
 
 

@@ -451,12 +451,14 @@ def test_attribute_all_matches_individual_calls(pipeline, x):
     cfg = kh.Config(k=8, d_hidden=64, clf_hidden=(32, 16), ig_steps=8, smoothgrad_samples=4,
                     smoothgrad_noise=0.15, ig_method="riemann_middle", seed=3)
     maps = kh.attribute_all(pipeline, x, TARGETS, cfg)
-    assert list(maps) == list(ALL_METHODS)
+    assert list(maps) == [*ALL_METHODS, "input_x_gradient", "input_x_smoothgrad"] == list(kh.METHOD_LABELS)
     expected = {
         "integrated": kh.integrated_gradients(pipeline, x, TARGETS, n_steps=8, method="riemann_middle"),
         "simple": kh.simple_gradients(pipeline, x, TARGETS),
         "smoothgrad": kh.smoothgrad(pipeline, x, TARGETS, nt_samples=4, stdevs=0.15, seed=3),
         "decoder": kh.decoder_weighted(pipeline, x, TARGETS, n_steps=8, method="riemann_middle"),
+        "input_x_gradient": kh.input_x_gradient(pipeline, x, TARGETS),
+        "input_x_smoothgrad": kh.input_x_smoothgrad(pipeline, x, TARGETS, nt_samples=4, stdevs=0.15, seed=3),
     }
     for name, value in expected.items():
         assert maps[name].shape == x.shape
