@@ -1844,30 +1844,6 @@ def curve_auc(curves: torch.Tensor) -> np.ndarray:
     return ((y[:, 1:] + y[:, :-1]) / 2).mean(1)
 
 
-def deletion_insertion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: dict[str, torch.Tensor],
-                       pixels_per_step: int = 28, seed: int = 0) -> dict:
-    """Deletion and insertion AUCs per method and per control ordering, with CIs and paired Wilcoxon
-    tests against the random ordering. Lower deletion AUC and higher insertion AUC are better.
-
-    Attribution maps are ranked by their signed value (strongest positive evidence first).
-    """
-    controls = control_maps(x, seed)
-    orderings = {**{m: v.reshape(len(x), -1) for m, v in maps.items()}, **controls}
-    result = {"pixels_per_step": pixels_per_step, "n_images": len(x), "methods": list(maps),
-              "controls": list(controls), "deletion": {}, "insertion": {}, "curves": {"deletion": {}, "insertion": {}}}
-    aucs = {}
-    for mode in ("deletion", "insertion"):
-        for name, scores in tqdm(orderings.items(), desc=mode, mininterval=2.0):
-            curves = perturbation_curves(model, x, target, scores.to(x), mode, pixels_per_step, seed=seed)
-            aucs[mode, name] = curve_auc(curves)
-            result["curves"][mode][name] = curves.mean(0).cpu().tolist()
-        for name in orderings:
-            diff = aucs[mode, name] - aucs[mode, "random"]
-            result[mode][name] = {**summarize(aucs[mode, name], seed), "mean_diff_vs_random": float(diff.mean()),
-                                  "p_value_vs_random": _wilcoxon_p(diff)}
-    return result
-
-
 def object_focus(maps: dict[str, torch.Tensor], x: torch.Tensor, seed: int = 0) -> dict:
     """Share of total |attribution| on object pixels (x > 0) per method, against the share of object
     pixels in the image (what a uniform map would give)."""
@@ -2371,33 +2347,165 @@ def path_switch_summary(sae: KSparseAutoencoder, x: torch.Tensor, errors: Sequen
 
 
 def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Config, maps: dict[str, torch.Tensor],
-                   n_completeness: int = 200, n_randomization: int = 100,
-                   n_steps_list: Sequence[int] = (16, 32, 50, 100, 200, 500), seed: int = 0,
-                   cross_method: dict | None = None) -> dict:
-    """Every faithfulness check on ``selection`` (maps precomputed by ``attribute_all``; pass
-    ``cross_method`` if ``cross_method_statistics(maps, seed)`` was already computed).
+                   contributions: torch.Tensor | None = None, n_subset: int = 300, n_completeness: int = 200,
+                   n_randomization: int = 100, seed: int = 0, cross_method: dict | None = None) -> dict:
+    """Every faithfulness check on ``selection`` (maps precomputed by ``attribute_all``; ``contributions:
+    [N, H]`` from ``decoder_weighted(..., return_contributions=True)``, computed here if None; pass
+    ``cross_method`` if ``cross_method_statistics(maps, seed, x, labels)`` was already computed).
 
-    Deletion/insertion and object focus use all selected images; the completeness sweep and the
-    randomization check (both many attribution passes per image) use evenly spaced subsets of
-    ``n_completeness`` and ``n_randomization`` images, balanced over classes since the selection is.
+    Pixel deletion/insertion (``faithfulness_suite``: zero substrate on all images, blur and ROAD on a
+    class-balanced subset of ``n_subset``), object focus and unit-level causality use all selected images;
+    the completeness decomposition and the randomization check use evenly spaced subsets of
+    ``n_completeness`` and ``n_randomization`` images (balanced over classes where the selection is).
+    ``seconds`` holds each check's wall time.
     """
-    t0 = time.perf_counter()
     device = next(pipeline.parameters()).device
     x, y = selection.x.to(device), selection.y.to(device)
-    if cross_method is None:
-        cross_method = cross_method_statistics(maps, seed)
-    out = {"n_images": len(x), "cross_method": cross_method}
-    out["deletion_insertion"] = deletion_insertion(pipeline, x, y, maps, seed=seed)
-    out["object_focus"] = object_focus(maps, x, seed)
-    sub = torch.linspace(0, len(x) - 1, min(n_completeness, len(x))).long()
-    out["completeness"] = ig_completeness(pipeline, x[sub], y[sub], n_steps_list)
-    out["completeness"]["path_switches"] = path_switch_summary(pipeline.sae, x[sub],
-                                                               out["completeness"]["per_image_50"], seed)
-    sub = torch.linspace(0, len(x) - 1, min(n_randomization, len(x))).long()
-    out["randomization"] = randomization_check(pipeline, x[sub], y[sub], cfg, tuple(maps), seed)
-    out["seconds"] = time.perf_counter() - t0
+    if contributions is None:
+        _, contributions = decoder_weighted(pipeline, x, y, return_contributions=True)
+    sub_c = torch.linspace(0, len(x) - 1, min(n_completeness, len(x))).long()
+    sub_r = torch.linspace(0, len(x) - 1, min(n_randomization, len(x))).long()
+    checks = {
+        "cross_method": lambda: cross_method or cross_method_statistics(maps, seed, x=x, labels=y),
+        "faithfulness": lambda: faithfulness_suite(pipeline, x, y, maps, seed=seed, n_subset=n_subset),
+        "object_focus": lambda: object_focus(maps, x, seed),
+        "completeness": lambda: completeness_decomposition(pipeline, x[sub_c], y[sub_c], n_steps=cfg.ig_steps,
+                                                           method=cfg.ig_method, seed=seed),
+        "randomization": lambda: randomization_check(pipeline, x[sub_r], y[sub_r], cfg, tuple(maps), seed),
+        "unit_deletion": lambda: unit_deletion_curves(pipeline, x, y, contributions.detach(), seed),
+    }
+    out, seconds = {"n_images": len(x)}, {}
+    for name, check in checks.items():
+        t0 = time.perf_counter()
+        out[name] = check()
+        seconds[name] = time.perf_counter() - t0
+    out["seconds"] = {**seconds, "total": sum(seconds.values())}
     return out
 
+
+# --- verdicts ------------------------------------------------------------------------------------------
+# One row per (method ordering, test): does the method pass, and where does it rank? A verdict is stated
+# only where it holds across every protocol measured (substrates here, seeds in
+# benchmarks/verdicts_across_seeds.py); ``verdict_statements`` says where it flips.
+
+VERDICT_TESTS = {  # test -> what passing means
+    "faithful_zero": "MoRF-LeRF gap larger than the random order's (paired Wilcoxon p < alpha), zero substrate",
+    "faithful_blur": "the same, blurred-copy substrate",
+    "faithful_road": "the same, ROAD noisy-linear-imputation substrate",
+    "beats_object_random": "gap larger than a random order over object pixels, on every substrate",
+    "randomization_cascading": "after the whole model is re-initialised, |map| similarity (all and object pixels) "
+                               "is not above the different-class reference (CI lower bound <= reference CI upper)",
+    "randomization_independent": "the same after re-initialising each layer alone (every layer the method reads)",
+    "completeness": "median |sum(attr) - (F(x) - F(0))| / |F(x) - F(0)| <= the completeness tolerance",
+    "unit_causality": "zeroing units by contribution beats random and largest-activation orders "
+                      "(deletion and insertion, logit and probability; Wilcoxon p < alpha)",
+}
+
+
+VERDICT_NAMES = {"faithful_zero": "deletion, zero substrate", "faithful_blur": "deletion, blur substrate",
+                 "faithful_road": "deletion, ROAD substrate", "beats_object_random": "the object-pixel random control",
+                 "randomization_cascading": "the cascading randomization check",
+                 "randomization_independent": "the layer-by-layer randomization check",
+                 "completeness": "completeness", "unit_causality": "unit-level causality"}
+
+
+def _not_above_reference(similarity: dict, reference: dict) -> bool:
+    """``similarity`` (a ``summarize`` dict) has fallen to ``reference``: its CI starts at or below the
+    reference's CI end."""
+    return similarity["ci95"][0] <= reference["ci95"][1]
+
+
+def _randomization_verdicts(rand: dict, method: str) -> dict[str, bool]:
+    ref = rand["reference"][method]
+    stages = [i for i, s in enumerate(rand["stages"]) if s != DECODER_STAGE or method in READS_DECODER]
+    last = {p: rand["variants"]["cascading"][p][method][stages[-1]] for p in PIXEL_SETS}
+    return {"randomization_cascading": all(_not_above_reference(last[p], ref[p]) for p in PIXEL_SETS),
+            "randomization_independent": all(
+                _not_above_reference(rand["variants"]["independent"][p][method][i], ref[p])
+                for p in PIXEL_SETS for i in stages)}
+
+
+def _unit_causality_passes(unit: dict, alpha: float = FAITH_ALPHA) -> bool:
+    ok = True
+    for mode, better in (("deletion", -1), ("insertion", 1)):
+        for tests in unit["tests"][mode].values():
+            ok &= all(t["p_value"] < alpha and better * t["mean_diff"] > 0 for t in tests.values())
+    return bool(ok)
+
+
+def verdict_table(validation: dict) -> list[dict]:
+    """Rows ``{"ordering", "method", "ranking", "test", "passes", "rank", "value"}`` from ``run_validation``'s
+    result: every attribution ordering (``"<method>/signed"`` or ``"/abs"``) against every test of
+    ``VERDICT_TESTS`` that applies to it (completeness: integrated gradients; unit causality:
+    decoder-weighted). ``rank``: position among all orderings and controls by MoRF-LeRF gap (1 = best)."""
+    faith = validation["faithfulness"]
+    rows = []
+    for key, v in faith["verdicts"].items():
+        method, ranking = key.split("/")
+        base = {"ordering": key, "method": method, "ranking": ranking}
+        for sub in faith["substrates"]:
+            gap = faith["substrates"][sub]["orderings"][key]["gap"]["mean"]
+            rows.append({**base, "test": f"faithful_{sub}", "passes": bool(v["beats_random"][sub]),
+                         "rank": v["rank"][sub], "value": gap})
+        rows.append({**base, "test": "beats_object_random", "passes": bool(v["beats_random_object_everywhere"]),
+                     "rank": None, "value": None})
+        rand = validation.get("randomization")
+        if rand and method in rand["reference"]:
+            rows += [{**base, "test": t, "passes": p, "rank": None, "value": None}
+                     for t, p in _randomization_verdicts(rand, method).items()]
+        comp = validation.get("completeness")
+        if comp and method == "integrated":
+            steps = comp["table"][comp["method"]]  # int keys in memory, str keys once read back from JSON
+            median = (steps.get(comp["n_steps"]) or steps[str(comp["n_steps"])])["median_rel_error"]
+            rows.append({**base, "test": "completeness", "passes": median <= comp["tolerance"], "rank": None,
+                         "value": median})
+        if validation.get("unit_deletion") and method == "decoder":
+            passes = _unit_causality_passes(validation["unit_deletion"])
+            rows.append({**base, "test": "unit_causality", "passes": passes, "rank": None, "value": None})
+    return rows
+
+
+def verdict_statements(rows_per_seed: dict[str, list[dict]]) -> dict[str, list[str]]:
+    """Plain sentences from ``{seed: verdict_table rows}``: ``holds`` (passes in every seed and substrate),
+    ``fails`` (fails everywhere) and ``flips`` (where it flips: which substrates or seeds)."""
+    seeds = list(rows_per_seed)
+    by_key: dict[tuple, dict] = {}
+    for seed, rows in rows_per_seed.items():
+        for r in rows:
+            by_key.setdefault((r["ordering"], r["test"]), {})[seed] = r["passes"]
+    out = {"holds": [], "fails": [], "flips": []}
+    for ordering in dict.fromkeys(k[0] for k in by_key):
+        label = _verdict_label(ordering)
+        faithful = {t: by_key[(ordering, t)] for (o, t) in by_key if o == ordering and t.startswith("faithful_")}
+        passed = [t[len("faithful_"):] for t, per in faithful.items() if all(per.values())]
+        failed = [t[len("faithful_"):] for t, per in faithful.items() if not any(per.values())]
+        mixed = [t[len("faithful_"):] for t, per in faithful.items() if 0 < sum(per.values()) < len(per)]
+        if len(passed) == len(faithful):
+            out["holds"].append(f"{label} beats the random order on every substrate, in every seed ({len(seeds)}).")
+        elif len(failed) == len(faithful):
+            out["fails"].append(f"{label} does not beat the random order on any substrate.")
+        else:
+            parts = [f"beats random on {', '.join(passed)}" if passed else "",
+                     f"not on {', '.join(failed)}" if failed else "",
+                     f"depends on the seed on {', '.join(mixed)}" if mixed else ""]
+            out["flips"].append(f"{label}: " + "; ".join(p for p in parts if p) + ".")
+        for (o, t), per in by_key.items():
+            if o != ordering or t.startswith("faithful_"):
+                continue
+            if all(per.values()):
+                out["holds"].append(f"{label} passes {VERDICT_NAMES[t]} in every seed.")
+            elif not any(per.values()):
+                out["fails"].append(f"{label} fails {VERDICT_NAMES[t]} ({VERDICT_TESTS[t]}).")
+            else:
+                bad = [str(s) for s, ok in per.items() if not ok]
+                out["flips"].append(f"{label}: {VERDICT_NAMES[t]} fails in seed(s) {', '.join(bad)} only.")
+    return out
+
+
+def _verdict_label(ordering: str) -> str:
+    """'Integrated gradients (signed)' from the ordering key 'integrated/signed'."""
+    method, ranking = ordering.split("/")
+    return f"{METHOD_LABELS.get(method, method)} ({'|value|' if ranking == 'abs' else 'signed'})"
 
 
 def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Sequence[int],
@@ -3185,56 +3293,6 @@ def plot_correlation_summary(cross_stats: dict, methods, save: str | None = None
 # --- faithfulness checks -------------------------------------------------------------------------------
 
 
-def _perturbation_panel(ax, di: dict, mode: str, names: list[str]) -> None:
-    """Mean target-probability curve of every ordering in ``names`` for ``mode`` on ``ax``."""
-    for name in names:
-        y = np.asarray(di["curves"][mode][name], dtype=np.float64)
-        color, dashes = CONTROL_STYLES.get(name, (_color(name), "-"))
-        ax.plot(np.linspace(0, 1, len(y)), y, color=color, ls=dashes, lw=1.8 if dashes == "-" else 1.4,
-                label=f"{_label(name)}: AUC {_ci_text(di[mode][name])}")
-    verb = "removed (set to 0)" if mode == "deletion" else "added to a black image"
-    better = "lower" if mode == "deletion" else "higher"
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"fraction of pixels {verb}, most important first",
-           ylabel="target-class probability (mean)", title=f"{mode.capitalize()} ({better} AUC = better)")
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16))
-
-
-def _auc_bars(ax, di: dict, names: list[str]) -> None:
-    """Deletion and insertion AUC (mean, 95 % CI) per ordering as grouped horizontal bars."""
-    y = np.arange(len(names))
-    for off, mode in zip((-0.2, 0.2), ("deletion", "insertion")):
-        means, err = _ci_errors([di[mode][name] for name in names])
-        ax.barh(y + off, means, 0.4, xerr=err, capsize=2, label=mode)
-    ax.set_yticks(y, [_label(n) for n in names])
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="AUC (95 % CI)", title="Area under the curves")
-    ax.legend(fontsize="small", loc="lower right")
-
-
-@_styled
-def plot_deletion_insertion(di: dict, save: str | None = None) -> Figure:
-    """Deletion and insertion curves (methods solid, control orderings dashed grey) with AUC and CI in
-    the legend, and the AUCs of both modes as bars with 95 % CIs.
-
-    ``di``: ``deletion_insertion`` output: ``curves[mode][name]: [T]`` mean curves and
-    ``{mode}[name]`` AUC summaries (``mean``, ``ci95``) for mode in ('deletion', 'insertion').
-    """
-    names = _ordered(di["curves"]["deletion"])
-    for mode in ("deletion", "insertion"):
-        missing = [n for n in names if n not in di["curves"][mode] or n not in di[mode]]
-        if missing:
-            raise ValueError(f"deletion_insertion result lacks {mode} curves or AUCs for {missing}")
-    fig = _new_figure(19, 5.2 + 0.22 * len(names))
-    axes = fig.subplots(1, 3, width_ratios=[1, 1, 0.9])
-    _perturbation_panel(axes[0], di, "deletion", names)
-    _perturbation_panel(axes[1], di, "insertion", names)
-    _auc_bars(axes[2], di, names)
-    n = di.get("n_images")
-    fig.suptitle("Faithfulness: deletion and insertion" + (f" ({n} images, " if n else " (")
-                 + f"{di.get('pixels_per_step', '?')} pixels per step)")
-    return _finish(fig, save)
-
-
 FAITH_CURVE_TITLES = {"morf": "MoRF: most relevant removed first (lower = better)",
                       "lerf": "LeRF: least relevant removed first (higher = better)"}
 SUBSTRATE_LABELS = {"zero": "removed pixels set to 0", "blur": "removed pixels blurred",
@@ -3625,7 +3683,8 @@ def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
 #   autoencoder{k, test_mse_per_pixel, fvu, mean_l0, dead_units, d_hidden},
 #   classifier{test_accuracy, per_class_accuracy{class: acc}, confusion_matrix[[...]]},
 #   selection{n_images, n_per_class, threshold, candidates_per_class},
-#   validation{n_images, cross_method, deletion_insertion, object_focus, completeness, randomization, seconds}
+#   validation{n_images, cross_method, faithfulness, object_focus, completeness, randomization, unit_deletion,
+#              seconds{check: s}}, verdicts[{ordering, method, ranking, test, passes, rank, value}]
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -3683,15 +3742,12 @@ def headline_table(summary: dict) -> list[tuple[str, str]]:
             ("Test accuracy", f"{100 * clf['test_accuracy']:.2f} %")]
     val = summary.get("validation")
     if val:
-        for mode in ("deletion", "insertion"):
-            for m, v in val["deletion_insertion"][mode].items():
-                rows.append((f"{mode} AUC: {m}", f"{v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"))
-        comp = val["completeness"]["table"]
-        for method, table in comp.items():
-            entry = table.get("50")  # summaries are JSON-shaped: n_steps keys are strings
-            if entry:
-                rows.append((f"IG completeness within 5 % ({method}, 50 steps)",
-                             f"{100 * entry['share_within_tolerance']:.0f} %"))
+        for sub, res in val["faithfulness"]["substrates"].items():
+            for key, e in res["orderings"].items():
+                rows.append((f"LeRF-MoRF gap, {sub}: {key}", _ci_text(e["gap"])))
+        comp = val["completeness"]
+        rows.append((f"IG completeness error = jump sum within {100 * comp['tolerance']:.0f} % "
+                     f"({comp['n_steps']} steps)", f"{100 * comp['share_within_tolerance']:.0f} % of images"))
     rows += [(f"time: {k}", f"{v:.1f} s") for k, v in summary.get("timings_s", {}).items()]
     return rows
 

@@ -1,5 +1,7 @@
 """The evaluation section on small synthetic models whose answers are known."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -202,3 +204,85 @@ def test_select_high_confidence_is_balanced_deterministic_and_reports_shortfalls
         kh.select_high_confidence(pipeline.sae, pipeline.clf, data, device, 5000, threshold=0.3)
     with pytest.raises(ValueError):
         kh.select_high_confidence(pipeline.sae, pipeline.clf, data, device, 0)
+
+
+def _summary(mean, half=0.01):
+    return {"mean": mean, "ci95": [mean - half, mean + half], "std": 0.0, "n": 10}
+
+
+def _fake_validation(ig_zero=True, ig_road=False, seedless=False):
+    """A hand-made ``run_validation`` result: IG beats random on zero and blur but (optionally) not on ROAD;
+    simple gradients falls to its randomization reference, IG does not; decoder-weighted's unit order wins."""
+    subs = ("zero", "blur", "road")
+    beats = {"integrated/signed": {"zero": ig_zero, "blur": True, "road": ig_road},
+             "simple/signed": {s: False for s in subs}}
+    faith = {"substrates": {s: {"orderings": {k: {"gap": _summary(0.5 if b[s] else -0.1)} for k, b in beats.items()}}
+                            for s in subs},
+             "verdicts": {k: {"beats_random": b, "rank": {s: 1 + (k != "integrated/signed") for s in subs},
+                              "beats_random_object_everywhere": all(b.values())} for k, b in beats.items()}}
+    stages = ["classifier layer 3 (logits)", "encoder", "decoder atoms"]
+    sim = {"integrated": 0.8, "simple": 0.02}  # similarity to the original map after each stage
+    rand = {"stages": stages, "reference": {m: {p: _summary(0.05) for p in ("all", "object")} for m in sim},
+            "variants": {v: {p: {m: [_summary(s)] * 3 for m, s in sim.items()} for p in ("all", "object")}
+                         for v in ("cascading", "independent")}}
+    comp = {"method": "gausslegendre", "n_steps": 50, "tolerance": 0.01,
+            "table": {"gausslegendre": {"50": {"median_rel_error": 0.2}}}}
+    return {"faithfulness": faith, "randomization": rand, "completeness": comp}
+
+
+def test_verdict_table_reads_every_test_from_the_results():
+    rows = {(r["ordering"], r["test"]): r for r in kh.verdict_table(_fake_validation())}
+    ig, grad = "integrated/signed", "simple/signed"
+    assert [rows[ig, f"faithful_{s}"]["passes"] for s in ("zero", "blur", "road")] == [True, True, False]
+    assert rows[ig, "faithful_zero"]["rank"] == 1 and rows[grad, "faithful_zero"]["rank"] == 2
+    assert rows[ig, "faithful_blur"]["value"] == 0.5 and not rows[ig, "beats_object_random"]["passes"]
+    assert not rows[ig, "randomization_cascading"]["passes"] and not rows[ig, "randomization_independent"]["passes"]
+    assert rows[grad, "randomization_cascading"]["passes"] and rows[grad, "randomization_independent"]["passes"]
+    assert not rows[ig, "completeness"]["passes"] and rows[ig, "completeness"]["value"] == 0.2
+    assert (grad, "completeness") not in rows  # completeness is a claim only integrated gradients makes
+
+
+def test_unit_causality_verdict_needs_every_order_and_score_to_win():
+    win = {"p_value": 1e-6}
+    unit = {"tests": {"deletion": {"logit": {"vs_random": {**win, "mean_diff": -1.0},
+                                             "vs_activation": {**win, "mean_diff": -0.5}}},
+                      "insertion": {"logit": {"vs_random": {**win, "mean_diff": 2.0},
+                                              "vs_activation": {**win, "mean_diff": 1.0}}}}}
+    assert kh._unit_causality_passes(unit)
+    unit["tests"]["insertion"]["logit"]["vs_activation"]["mean_diff"] = -1.0  # worse than activation order
+    assert not kh._unit_causality_passes(unit)
+
+
+def test_verdict_statements_say_where_a_verdict_flips():
+    per_seed = {0: kh.verdict_table(_fake_validation()), 1: kh.verdict_table(_fake_validation(ig_zero=False)),
+                2: kh.verdict_table(_fake_validation(ig_road=True))}
+    said = kh.verdict_statements(per_seed)
+    ig = [s for s in said["flips"] if s.startswith("Integrated gradients (signed):")]
+    assert ig == ["Integrated gradients (signed): beats random on blur; depends on the seed on zero, road.",
+                  "Integrated gradients (signed): the object-pixel random control fails in seed(s) 0, 1 only."]
+    assert "Simple gradients (signed) does not beat the random order on any substrate." in said["fails"]
+    assert "Simple gradients (signed) passes the cascading randomization check in every seed." in said["holds"]
+    assert any(s.startswith("Integrated gradients (signed) fails completeness") for s in said["fails"])
+    assert not any(s.startswith("Integrated gradients") for s in said["holds"])
+    same = kh.verdict_statements({0: kh.verdict_table(_fake_validation(ig_road=True))})
+    assert any(s.startswith("Integrated gradients (signed) beats the random order on every substrate")
+               for s in same["holds"])
+
+
+def test_run_validation_end_to_end_and_its_verdicts_survive_json(small_pipeline):
+    pipeline, data, cfg = small_pipeline
+    sel = kh.select_high_confidence(pipeline.sae, pipeline.clf, data, torch.device("cpu"), 4, 0.0, 0)
+    maps = kh.attribute_all(pipeline, sel.x, sel.y, cfg)
+    val = kh.run_validation(pipeline, sel, cfg, maps, n_subset=20, n_completeness=6, n_randomization=6)
+    assert set(val["seconds"]) == {"cross_method", "faithfulness", "object_focus", "completeness", "randomization",
+                                   "unit_deletion", "total"}
+    assert val["faithfulness"]["substrates"]["zero"]["n_images"] == len(sel.y)
+    assert val["faithfulness"]["substrates"]["road"]["n_images"] == 20
+    assert val["completeness"]["n_steps"] == cfg.ig_steps and val["randomization"]["n_images"] == 6
+    rows = kh.verdict_table(val)
+    tests = {r["test"] for r in rows}
+    assert tests == set(kh.VERDICT_TESTS)
+    assert {r["method"] for r in rows} == set(maps)
+    # the summary is JSON (string keys): the verdicts read from it are the same
+    again = kh.verdict_table(json.loads(json.dumps(kh._jsonable(val))))
+    assert again == json.loads(json.dumps(rows))
