@@ -52,3 +52,23 @@ def test_k_sweep_runs_two_k_on_small_data(tmp_path):
         assert all(0.0 <= r[f"deletion_auc_{m}"] <= 1.0 for m in ("integrated", "decoder", "random"))
     rows = saved["rows"]
     assert rows[1]["fvu"] < rows[0]["fvu"]  # more active units reconstruct better
+
+
+def test_verdicts_across_seeds_on_two_tiny_seeds(tmp_path):
+    """The seeds benchmark on two tiny models: one verdict row per ordering x test per seed, stability computed
+    from them (a row is stable exactly when both seeds agree)."""
+    bench = _load("verdicts_across_seeds")
+    out = tmp_path / "v.json"
+    bench.main(["--seeds", "0", "1", "--epochs", "2", "4", "--train-subset", "2000", "--n-per-class", "2",
+                "--threshold", "0.0", "--n-subset", "10", "--n-completeness", "4", "--n-randomization", "4",
+                "--device", "cpu", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["seeds"] == [0, 1] and set(saved["per_seed"]) == {"0", "1"}
+    rows0, rows1 = saved["per_seed"]["0"]["rows"], saved["per_seed"]["1"]["rows"]
+    assert [(r["ordering"], r["test"]) for r in rows0] == [(r["ordering"], r["test"]) for r in rows1]
+    for entry in saved["stability"]:
+        assert entry["stable"] == (entry["passes"]["0"] == entry["passes"]["1"])
+    assert len(saved["stability"]) == len(rows0)
+    assert set(saved["statements"]) == {"holds", "fails", "flips"}
+    with pytest.raises(SystemExit):
+        bench.main(["--seeds", "0"])
