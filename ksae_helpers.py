@@ -30,6 +30,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -1253,37 +1254,93 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
 
 @dataclass
 class Selection:
-    """High-confidence, correctly classified test images, balanced over classes (sorted by class)."""
+    """Correctly classified test images, preferably above the confidence threshold, sorted by class.
+
+    Balanced over classes when every class has ``n_requested`` images above the threshold; otherwise a
+    class keeps what passes, a class with none passing keeps its most confident correct images (below the
+    threshold, flagged in ``fallback``), and a class with no correct image at all is left out
+    (``skipped``). ``shortfalls`` and ``warning`` record all of it (JSON-able, for ``build_summary``).
+    """
 
     indices: torch.Tensor  # [N] indices into the test set
     x: torch.Tensor  # [N, 784] images
     y: torch.Tensor  # [N] labels (= predictions)
     confidence: torch.Tensor  # [N] softmax probability of the label
     n_candidates: dict = field(default_factory=dict)  # class name -> images passing the filter
+    n_requested: int = 0  # images asked for per class
+    fallback: torch.Tensor | None = None  # [N] bool: correct but at or below the threshold (class had none above)
+    shortfalls: dict = field(default_factory=dict)  # class name -> {"passing", "selected", "fallback"} (short ones)
+    skipped: list = field(default_factory=list)  # class names with no correctly classified test image
+    warning: str | None = None  # the one-line warning issued for the shortfalls (None when balanced)
+
+    def per_class(self, classes) -> dict:
+        """Class name -> number of selected images, for every name in ``classes``."""
+        counts = torch.bincount(self.y, minlength=len(classes)).tolist()
+        return dict(zip(classes, counts))
+
+
+def _pick_class(passing: torch.Tensor, correct: torch.Tensor, confidence: torch.Tensor, n_per_class: int,
+                min_per_class: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    """One class's picks: up to ``n_per_class`` random ``passing`` indices ``[P]``; if fewer than
+    ``min_per_class`` pass, topped up with the most confident of the ``correct`` indices ``[Q]`` that do
+    not pass. Returns (sorted indices, number of top-ups)."""
+    picked = passing[torch.randperm(len(passing), generator=gen)[:n_per_class]]
+    n_fill = max(0, min(min_per_class, n_per_class) - len(picked))
+    rest = correct[~torch.isin(correct, passing)]
+    fill = rest[confidence[rest].argsort(descending=True, stable=True)[:n_fill]]
+    return torch.cat([picked, fill]).sort().values, len(fill)
+
+
+def _shortfall_warning(shortfalls: dict, skipped: list, n_per_class: int, threshold: float) -> str | None:
+    """One line naming every class with fewer than ``n_per_class`` images, or None."""
+    if not shortfalls and not skipped:
+        return None
+    parts = [f"{name} {s['selected']}" + (f" ({s['fallback']} below the threshold)" if s["fallback"] else "")
+             for name, s in shortfalls.items()]
+    parts += [f"{name} 0 (no correct image: class left out)" for name in skipped]
+    return (f"selection: asked for {n_per_class} correct images per class with confidence > {threshold}; "
+            f"fewer for: {', '.join(parts)}")
 
 
 def select_high_confidence(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
                            device: torch.device, n_per_class: int, threshold: float = 0.8,
-                           seed: int = 0) -> Selection:
+                           seed: int = 0, min_per_class: int = 1) -> Selection:
     """``n_per_class`` random (seeded) test images per class that are classified correctly with
-    softmax confidence > ``threshold``. Raises ``ValueError`` naming any class with too few."""
+    softmax confidence > ``threshold``.
+
+    A class with fewer passing images keeps them all; one with fewer than ``min_per_class`` (default 1)
+    is topped up with its most confident correct images below the threshold (``Selection.fallback``);
+    one with no correct image is left out. Any shortfall issues one ``UserWarning`` naming the classes
+    and counts, also kept in ``Selection.warning`` / ``shortfalls`` / ``skipped``.
+    """
     _check_int("n_per_class", n_per_class, low=1)
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    _check_int("min_per_class", min_per_class, low=1)
+    _check_float("threshold", threshold, low=0.0, high=1.0, high_open=True)
     probs = predict(sae, clf, data.x_test, device).cpu()
     confidence, pred = probs.max(1)
-    ok = (pred == data.y_test) & (confidence > threshold)
+    correct_mask = pred == data.y_test
     gen = torch.Generator().manual_seed(seed)
-    chosen, counts = [], {}
+    chosen, fills, counts, shortfalls, skipped = [], [], {}, {}, []
     for c, name in enumerate(data.classes):
-        candidates = torch.nonzero(ok & (data.y_test == c))[:, 0]
-        counts[name] = len(candidates)
-        if len(candidates) < n_per_class:
-            raise ValueError(f"class {name!r} has only {len(candidates)} correctly classified test images with "
-                             f"confidence > {threshold}; asked for n_per_class={n_per_class}")
-        chosen.append(candidates[torch.randperm(len(candidates), generator=gen)[:n_per_class]].sort().values)
+        correct = torch.nonzero(correct_mask & (data.y_test == c))[:, 0]
+        passing = correct[confidence[correct] > threshold]
+        counts[name] = len(passing)
+        if len(correct) == 0:
+            skipped.append(name)
+            continue
+        idx, n_fill = _pick_class(passing, correct, confidence, n_per_class, min_per_class, gen)
+        if len(idx) < n_per_class:
+            shortfalls[name] = {"passing": len(passing), "selected": len(idx), "fallback": n_fill}
+        chosen.append(idx)
+        fills.append(~torch.isin(idx, passing))
+    if not chosen:
+        raise ValueError("no test image is classified correctly: nothing to explain (is the model trained?)")
+    warning = _shortfall_warning(shortfalls, skipped, n_per_class, threshold)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     idx = torch.cat(chosen)
-    return Selection(idx, data.x_test[idx], data.y_test[idx], confidence[idx], counts)
+    return Selection(idx, data.x_test[idx], data.y_test[idx], confidence[idx], counts, n_per_class,
+                     torch.cat(fills), shortfalls, skipped, warning)
 
 
 def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -1594,7 +1651,8 @@ def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Conf
 
     Deletion/insertion and object focus use all selected images; the completeness sweep and the
     randomization check (both many attribution passes per image) use evenly spaced subsets of
-    ``n_completeness`` and ``n_randomization`` images, balanced over classes since the selection is.
+    ``n_completeness`` and ``n_randomization`` images of the class-sorted selection, so each class keeps
+    its share of the selection (equal shares unless some class fell short: ``Selection.shortfalls``).
     """
     t0 = time.perf_counter()
     device = next(pipeline.parameters()).device
@@ -2568,7 +2626,8 @@ def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
 #   schema_version, created, config, device, torch_version, timings_s{phase: seconds},
 #   autoencoder{k, test_mse_per_pixel, fvu, mean_l0, dead_units, d_hidden},
 #   classifier{test_accuracy, per_class_accuracy{class: acc}, confusion_matrix[[...]]},
-#   selection{n_images, n_per_class, threshold, candidates_per_class},
+#   selection{n_images, n_per_class, threshold, candidates_per_class, selected_per_class, n_fallback,
+#             shortfalls{class: {passing, selected, fallback}}, skipped_classes, warning},
 #   validation{n_images, cross_method, deletion_insertion, object_focus, completeness, randomization, seconds}
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -2589,6 +2648,17 @@ def _jsonable(obj):
     return obj
 
 
+def selection_summary(selection: Selection, threshold: float) -> dict:
+    """The ``selection`` block of the summary: sizes, per-class counts and any shortfall."""
+    classes = list(selection.n_candidates)
+    fallback = selection.fallback
+    return {"n_images": len(selection.y), "threshold": threshold,
+            "n_per_class": selection.n_requested or len(selection.y) // max(len(classes), 1),
+            "candidates_per_class": selection.n_candidates, "selected_per_class": selection.per_class(classes),
+            "n_fallback": int(fallback.sum()) if fallback is not None else 0,
+            "shortfalls": selection.shortfalls, "skipped_classes": selection.skipped, "warning": selection.warning}
+
+
 def build_summary(cfg: Config, device: torch.device, metrics: dict, timings: dict,
                   selection: Selection | None = None, validation: dict | None = None, **extra) -> dict:
     """Everything a reader or a script needs to check the notebook's claims, as one dict."""
@@ -2604,9 +2674,7 @@ def build_summary(cfg: Config, device: torch.device, metrics: dict, timings: dic
         "classifier": metrics["classifier"],
     }
     if selection is not None:
-        summary["selection"] = {"n_images": len(selection.y), "threshold": cfg.confidence_threshold,
-                                "n_per_class": len(selection.y) // len(selection.n_candidates),
-                                "candidates_per_class": selection.n_candidates}
+        summary["selection"] = selection_summary(selection, cfg.confidence_threshold)
     if validation is not None:
         summary["validation"] = validation
     summary.update(extra)
@@ -2625,6 +2693,11 @@ def headline_table(summary: dict) -> list[tuple[str, str]]:
             ("Test MSE / pixel", f"{ae['test_mse_per_pixel']:.5f}"), ("Mean L0", f"{ae['mean_l0']:.1f}"),
             ("Dead units", f"{ae['dead_units']} / {ae['d_hidden']}"),
             ("Test accuracy", f"{100 * clf['test_accuracy']:.2f} %")]
+    sel = summary.get("selection")
+    if sel:
+        short = f"; fewer for {len(sel.get('shortfalls', {})) + len(sel.get('skipped_classes', []))} classes"
+        rows.append(("Explained images", f"{sel['n_images']} ({sel['n_per_class']} asked per class"
+                     f"{short if sel.get('warning') else ''}, {sel.get('n_fallback', 0)} below the threshold)"))
     val = summary.get("validation")
     if val:
         for mode in ("deletion", "insertion"):

@@ -1,0 +1,95 @@
+"""The "change k and rerun" loop: selection shortfalls, output folders per configuration, compact notebooks."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import ksae_helpers as kh
+
+CLASSES = ("a", "b", "c", "d")
+
+
+def _scenario():
+    """Test set of 4 classes with hand-set predictions: (data, probabilities [N, 4]).
+
+    a: 10 correct at 0.9; b: 2 correct at 0.9, correct at 0.5/0.6/0.7, one wrong;
+    c: none above 0.8, correct at 0.3/0.7/0.6, wrong at 0.95; d: no correct image.
+    """
+    rows = ([(0, 0, 0.9)] * 10 + [(1, 1, 0.9)] * 2 + [(1, 1, 0.5), (1, 1, 0.6), (1, 1, 0.7), (1, 0, 0.9)]
+            + [(2, 2, 0.3), (2, 2, 0.7), (2, 2, 0.6), (2, 1, 0.95)] + [(3, 0, 0.9), (3, 2, 0.9)])
+    y = torch.tensor([r[0] for r in rows])
+    probs = torch.zeros(len(rows), len(CLASSES))
+    for i, (_, pred, conf) in enumerate(rows):
+        probs[i] = (1 - conf) / (len(CLASSES) - 1)
+        probs[i, pred] = conf
+    x = torch.arange(len(rows), dtype=torch.float32)[:, None].expand(-1, 784).contiguous()
+    data = kh.FashionMNIST(x[:0], y[:0], x, y, classes=CLASSES)
+    return data, probs
+
+
+@pytest.fixture
+def scenario(monkeypatch):
+    data, probs = _scenario()
+    monkeypatch.setattr(kh, "predict", lambda sae, clf, x, device: probs)
+    return data
+
+
+def test_selection_takes_what_exists_and_falls_back_to_the_most_confident_correct(scenario):
+    with pytest.warns(UserWarning) as record:
+        sel = kh.select_high_confidence(None, None, scenario, "cpu", 4, threshold=0.8, seed=0)
+    assert len(record) == 1  # one warning, one line, naming every short class with its count
+    message = str(record[0].message)
+    assert "\n" not in message and "b 2" in message and "c 1 (1 below the threshold)" in message
+    assert "d 0 (no correct image" in message and "a " not in message.split("fewer for:")[1]
+    assert sel.per_class(CLASSES) == {"a": 4, "b": 2, "c": 1, "d": 0}
+    assert sel.indices[sel.y == 1].tolist() == [10, 11]  # the two passing, never the below-threshold ones
+    assert sel.indices[sel.y == 2].tolist() == [17]  # class c's most confident correct image (0.7)
+    assert sel.fallback.tolist() == [False] * 6 + [True]
+    assert sel.shortfalls == {"b": {"passing": 2, "selected": 2, "fallback": 0},
+                              "c": {"passing": 0, "selected": 1, "fallback": 1}}
+    assert sel.skipped == ["d"] and sel.n_candidates == {"a": 10, "b": 2, "c": 0, "d": 0}
+    assert torch.equal(sel.x[:, 0], sel.indices.float()) and torch.equal(sel.y, scenario.y_test[sel.indices])
+
+
+def test_selection_min_per_class_tops_up_in_confidence_order(scenario):
+    with pytest.warns(UserWarning):
+        sel = kh.select_high_confidence(None, None, scenario, "cpu", 4, threshold=0.8, seed=0, min_per_class=3)
+    assert sel.indices[sel.y == 1].tolist() == [10, 11, 14]  # 2 passing + the 0.7 one
+    assert sel.indices[sel.y == 2].tolist() == [16, 17, 18]  # 0.3, 0.7, 0.6: all three (sorted by index)
+    assert sel.indices[sel.y == 0].tolist() == sorted(sel.indices[sel.y == 0].tolist()) and (sel.y == 0).sum() == 4
+    assert int(sel.fallback.sum()) == 1 + 3
+
+
+def test_selection_warns_only_about_what_falls_short(scenario):
+    with pytest.warns(UserWarning) as record:
+        sel = kh.select_high_confidence(None, None, scenario, "cpu", 1, threshold=0.0, seed=3)
+    assert len(record) == 1 and str(record[0].message).endswith("fewer for: d 0 (no correct image: class left out)")
+    assert sel.per_class(CLASSES) == {"a": 1, "b": 1, "c": 1, "d": 0}
+    assert sel.skipped == ["d"] and sel.shortfalls == {} and not sel.fallback.any()
+    data = kh.FashionMNIST(*[t[scenario.y_test < 3] for t in (scenario.x_test, scenario.y_test)] * 2,
+                           classes=CLASSES[:3])
+    probs = kh.predict(None, None, None, None)[scenario.y_test < 3, :3]
+    kh.predict = lambda *args: probs  # restored by monkeypatch (the fixture patched this attribute)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sel = kh.select_high_confidence(None, None, data, "cpu", 2, threshold=0.0, seed=3)
+    assert sel.warning is None and sel.per_class(CLASSES[:3]) == {"a": 2, "b": 2, "c": 2}
+
+
+def test_selection_summary_records_the_shortfall_as_json(scenario):
+    with pytest.warns(UserWarning):
+        sel = kh.select_high_confidence(None, None, scenario, "cpu", 4, threshold=0.8)
+    block = json.loads(json.dumps(kh._jsonable(kh.selection_summary(sel, 0.8))))
+    assert block["n_images"] == 7 and block["n_per_class"] == 4 and block["n_fallback"] == 1
+    assert block["selected_per_class"] == {"a": 4, "b": 2, "c": 1, "d": 0}
+    assert block["skipped_classes"] == ["d"] and block["warning"] == sel.warning
+    assert block["shortfalls"]["c"] == {"passing": 0, "selected": 1, "fallback": 1}
+
+
+def test_selection_rejects_bad_arguments(scenario):
+    for kwargs in ({"n_per_class": 0}, {"n_per_class": 2.5}, {"threshold": 1.0}, {"min_per_class": 0}):
+        args = {"n_per_class": 2, **kwargs}
+        with pytest.raises(ValueError):
+            kh.select_high_confidence(None, None, scenario, "cpu", **args)
