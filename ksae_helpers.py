@@ -12,7 +12,7 @@ Sections
 8. Attribution     -- integrated gradients, simple gradients, SmoothGrad, decoder-weighted.
 9. Evaluation      -- sample selection, cross-method statistics, faithfulness checks.
 10. Plotting       -- every figure of the notebook.
-11. Summary        -- ``results/summary.json``.
+11. Summary        -- ``results/summary.json``; output folders per configuration (``runs/<name>/``).
 
 Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` the code size (1024),
 ``C`` the number of classes (10).
@@ -2729,6 +2729,87 @@ def print_table(rows: Sequence[tuple[str, str]]) -> None:
 def figure_path_fn(folder: str | os.PathLike | None) -> Callable[[str], str | None]:
     """``fn(name) -> "folder/name.png"``, or ``None`` for every name when ``folder`` is empty."""
     return lambda name: str(Path(folder) / f"{name}.png") if folder else None
+
+
+DEFAULT_FIGURE_DIR = "figures"  # the committed default run's figures
+DEFAULT_SUMMARY_PATH = "results/summary.json"  # the committed default run's summary
+RUNS_DIR = "runs"  # every other configuration writes under runs/<run_name>/ (git-ignored)
+# The notebook's run parameters that are not Config fields, at their defaults (its parameters cell).
+RUN_DEFAULTS = {"samples_per_class": 100, "n_completeness": 200, "n_randomization": 100,
+                "completeness_steps": (16, 32, 50, 100, 200, 500)}
+RUN_NAME_MAX = 80  # longer run names are cut and given a hash of the full name
+
+
+def _name_part(name: str, value) -> str:
+    """'k20', 'train_subset3000', 'completeness_steps8-16-50' for one non-default setting."""
+    if isinstance(value, (list, tuple)):
+        value = "-".join(map(str, value))
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}{value}")
+
+
+def _plain(value):
+    """A parameter value comparable across list/tuple spellings: sequences become lists."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def run_name(cfg: Config, **run_params) -> str:
+    """``"default"`` for ``Config()`` with ``RUN_DEFAULTS``, else the settings that differ, e.g. ``"k20"``
+    or ``"k1_ae_epochs3_train_subset3000_samples_per_class3"`` (Config fields first, in field order).
+
+    ``run_params``: notebook parameters named in ``RUN_DEFAULTS`` (others raise ``ValueError``).
+    """
+    if not isinstance(cfg, Config):
+        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
+    unknown = sorted(set(run_params) - set(RUN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown run parameter(s) {unknown}; expected some of {sorted(RUN_DEFAULTS)}")
+    default = Config().to_dict()
+    settings = {**{n: v for n, v in cfg.to_dict().items() if v != default[n]},
+                **{n: v for n, v in run_params.items() if _plain(v) != _plain(RUN_DEFAULTS[n])}}
+    if not settings:
+        return "default"
+    name = "_".join(_name_part(n, v) for n, v in settings.items())
+    if len(name) > RUN_NAME_MAX:
+        name = f"{name[:RUN_NAME_MAX - 9]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` (and parents) and prove a file can be written there; ``ValueError`` if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"output folder {str(folder)!r} must be a writable folder, got: {exc}") from exc
+
+
+def output_paths(cfg: Config, figure_dir: str | os.PathLike | None = DEFAULT_FIGURE_DIR,
+                 summary_path: str | os.PathLike = DEFAULT_SUMMARY_PATH, runs_dir: str | os.PathLike = RUNS_DIR,
+                 **run_params) -> tuple[str, str]:
+    """Where this run saves its figures and summary, checked writable (call it before training).
+
+    The default configuration (``run_name(cfg, **run_params) == "default"``) keeps ``figure_dir`` and
+    ``summary_path``. Any other configuration that would write to the default ``figures/`` or
+    ``results/summary.json`` writes to ``runs/<run_name>/figures`` and ``runs/<run_name>/summary.json``
+    instead, so it never overwrites the committed default run; paths a user chose are kept.
+    ``figure_dir`` empty or None (save no figures) stays as it is. Raises ``ValueError`` for a folder that
+    cannot be created or written.
+    """
+    name = run_name(cfg, **run_params)
+    figures = str(figure_dir) if figure_dir else ""
+    summary = str(summary_path)
+    if name != "default":
+        run = Path(runs_dir) / name
+        if figures and Path(figures) == Path(DEFAULT_FIGURE_DIR):
+            figures = str(run / "figures")
+        if Path(summary) == Path(DEFAULT_SUMMARY_PATH):
+            summary = str(run / "summary.json")
+    for folder in ([Path(figures)] if figures else []) + [Path(summary).parent]:
+        _check_writable(folder)
+    return figures, summary
 
 
 def randomization_table(rand: dict) -> list[tuple[str, str]]:

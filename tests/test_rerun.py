@@ -1,5 +1,6 @@
 """The "change k and rerun" loop: selection shortfalls, output folders per configuration, compact notebooks."""
 
+import hashlib
 import json
 import warnings
 
@@ -93,3 +94,55 @@ def test_selection_rejects_bad_arguments(scenario):
         args = {"n_per_class": 2, **kwargs}
         with pytest.raises(ValueError):
             kh.select_high_confidence(None, None, scenario, "cpu", **args)
+
+
+# --- output folders per configuration ---------------------------------------------------------------
+
+
+def test_default_configuration_keeps_the_committed_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert kh.run_name(kh.Config()) == "default"
+    assert kh.run_name(kh.Config(), samples_per_class=100, completeness_steps=[16, 32, 50, 100, 200, 500]) == "default"
+    assert kh.output_paths(kh.Config()) == ("figures", "results/summary.json")
+    assert (tmp_path / "figures").is_dir() and (tmp_path / "results").is_dir()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []  # the write check leaves nothing
+
+
+def test_other_configurations_write_under_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert kh.output_paths(kh.Config(k=20)) == ("runs/k20/figures", "runs/k20/summary.json")
+    cfg = kh.Config(k=1, ae_epochs=3, train_subset=3000, confidence_threshold=0.5)
+    name = "k1_ae_epochs3_train_subset3000_confidence_threshold0.5_samples_per_class3_completeness_steps8-16"
+    assert kh.run_name(cfg, samples_per_class=3, completeness_steps=[8, 16]) == (
+        name[:71] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8])
+    assert kh.run_name(kh.Config(seed=2), samples_per_class=3) == "seed2_samples_per_class3"
+    # paths the user chose are kept; "" (save no figures) stays ""
+    assert kh.output_paths(kh.Config(k=20), "figs", "out/s.json") == ("figs", "out/s.json")
+    assert kh.output_paths(kh.Config(k=20), "", runs_dir="elsewhere") == ("", "elsewhere/k20/summary.json")
+    assert (tmp_path / "runs" / "k20" / "figures").is_dir() and (tmp_path / "out").is_dir()
+
+
+def test_output_paths_reject_bad_input_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    with pytest.raises(ValueError, match="blocker.*writable folder"):
+        kh.output_paths(kh.Config(k=20), runs_dir="blocker")
+    with pytest.raises(ValueError, match="blocker"):
+        kh.output_paths(kh.Config(), "blocker/figures")
+    with pytest.raises(ValueError, match="unknown run parameter"):
+        kh.output_paths(kh.Config(), samples_per_klass=3)
+    with pytest.raises(ValueError, match="must be a Config"):
+        kh.run_name({"k": 20})
+
+
+def test_run_defaults_match_the_notebook_parameters_cell():
+    nb = json.loads((kh.Path(kh.__file__).parent / "fashion_mnist_interpretability.ipynb").read_text())
+    params = {}
+    exec("".join(nb["cells"][next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")]["source"]),
+         {}, params)
+    assert params["SAMPLES_PER_CLASS"] == kh.RUN_DEFAULTS["samples_per_class"]
+    assert params["N_COMPLETENESS"] == kh.RUN_DEFAULTS["n_completeness"]
+    assert params["N_RANDOMIZATION"] == kh.RUN_DEFAULTS["n_randomization"]
+    assert tuple(params["COMPLETENESS_STEPS"]) == kh.RUN_DEFAULTS["completeness_steps"]
+    assert (params["K"], params["AE_EPOCHS"], params["CLF_EPOCHS"], params["SEED"]) == (50, 30, 50, 0)
+    assert (params["FIGURE_DIR"], params["SUMMARY_PATH"]) == (kh.DEFAULT_FIGURE_DIR, kh.DEFAULT_SUMMARY_PATH)
