@@ -12,7 +12,8 @@ Sections
 8. Attribution     -- integrated gradients, simple gradients, SmoothGrad, decoder-weighted.
 9. Evaluation      -- sample selection, cross-method statistics, faithfulness checks.
 10. Plotting       -- every figure of the notebook.
-11. Summary        -- ``results/summary.json``; output folders per configuration (``runs/<name>/``).
+11. Summary        -- ``results/summary.json``; output folders per configuration
+                      (``runs/<name>/``), ``compact_notebook``.
 
 Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` the code size (1024),
 ``C`` the number of classes (10).
@@ -2810,6 +2811,52 @@ def output_paths(cfg: Config, figure_dir: str | os.PathLike | None = DEFAULT_FIG
     for folder in ([Path(figures)] if figures else []) + [Path(summary).parent]:
         _check_writable(folder)
     return figures, summary
+
+
+_CARRIAGE_RETURN = re.compile(r".*\r(?=[^\n])")  # text a later \r on the same line overwrote
+
+
+def _coalesce_streams(outputs: list) -> list:
+    """Merge consecutive stream outputs of the same name and apply carriage returns (as a terminal shows
+    them, like nbconvert's ``coalesce_streams``); drop streams left empty."""
+    merged = []
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            text = "".join(out["text"]) if isinstance(out["text"], list) else out["text"]
+            if merged and merged[-1].get("output_type") == "stream" and merged[-1]["name"] == out["name"]:
+                merged[-1]["text"] += text
+                continue
+            out = {**out, "text": text}
+        merged.append(out)
+    for out in merged:
+        if out.get("output_type") == "stream":
+            out["text"] = _CARRIAGE_RETURN.sub("", out["text"].replace("\r\n", "\n"))
+    return [o for o in merged if not (o.get("output_type") == "stream" and not o["text"])]
+
+
+def compact_notebook(path: str | os.PathLike) -> tuple[int, int]:
+    """Rewrite an executed notebook in place with each cell's progress-bar updates collapsed to their last
+    state (``_coalesce_streams``); everything else is kept. Returns the file size (bytes) before and after.
+
+    Run it after papermill: ``papermill nb.ipynb nb.ipynb && python -c "import ksae_helpers as kh;
+    kh.compact_notebook('nb.ipynb')"``.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        nb = json.loads(raw)
+        cells = nb["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"path must be a readable .ipynb notebook (JSON with 'cells'), got {str(path)!r}: "
+                         f"{exc}") from exc
+    for cell in cells:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = _coalesce_streams(cell.get("outputs", []))
+    import nbformat  # comes with jupyter; writes the file exactly as Jupyter and papermill do
+
+    data = nbformat.writes(nbformat.from_dict(nb), version=nbformat.NO_CONVERT).encode()
+    atomic_write_bytes(path, data)
+    return len(raw), len(data)
 
 
 def randomization_table(rand: dict) -> list[tuple[str, str]]:

@@ -146,3 +146,40 @@ def test_run_defaults_match_the_notebook_parameters_cell():
     assert tuple(params["COMPLETENESS_STEPS"]) == kh.RUN_DEFAULTS["completeness_steps"]
     assert (params["K"], params["AE_EPOCHS"], params["CLF_EPOCHS"], params["SEED"]) == (50, 30, 50, 0)
     assert (params["FIGURE_DIR"], params["SUMMARY_PATH"]) == (kh.DEFAULT_FIGURE_DIR, kh.DEFAULT_SUMMARY_PATH)
+
+
+# --- compact notebooks ------------------------------------------------------------------------------
+
+
+def _stream(name, text):
+    return {"output_type": "stream", "name": name, "text": text}
+
+
+def test_compact_notebook_keeps_the_last_state_of_each_progress_bar(tmp_path):
+    image = {"output_type": "display_data", "data": {"image/png": "iVBORw0KGgo="}, "metadata": {}}
+    outputs = [_stream("stderr", "\rtrain:   0%| 0/9"), _stream("stderr", ["\rtrain:  50%| 4/9", "\rtrain: 100%| 9/9"]),
+               _stream("stderr", "\n"), _stream("stdout", "loss 0.5\n"), _stream("stderr", "\r\rdone 1/2\rdone 2/2\n"),
+               image, _stream("stdout", "a\r\n"), _stream("stdout", "\r")]
+    code = {"cell_type": "code", "id": "c", "source": "print(1)", "metadata": {}, "outputs": outputs,
+            "execution_count": 1}
+    nb = {"cells": [{"cell_type": "markdown", "id": "m", "source": "# x", "metadata": {}}, code],
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}}, "nbformat": 4,
+          "nbformat_minor": 5}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    before, after = kh.compact_notebook(path)
+    assert before == len(json.dumps(nb)) and after == path.stat().st_size
+    out = json.loads(path.read_text())
+    for o in out["cells"][1]["outputs"]:  # written as Jupyter does: multi-line text as a list of lines
+        o.update({"text": "".join(o["text"])} if "text" in o else {})
+    assert out["cells"][1]["outputs"] == [_stream("stderr", "train: 100%| 9/9\n"), _stream("stdout", "loss 0.5\n"),
+                                          _stream("stderr", "done 2/2\n"), image, _stream("stdout", "a\n\r")]
+    assert out["cells"][0] == {**nb["cells"][0], "source": ["# x"]} and out["metadata"] == nb["metadata"]
+    assert kh.compact_notebook(path)[0] == kh.compact_notebook(path)[1] == after  # idempotent
+
+
+def test_compact_notebook_rejects_what_is_not_a_notebook(tmp_path):
+    (tmp_path / "bad.ipynb").write_text("{not json")
+    for path in (tmp_path / "bad.ipynb", tmp_path / "missing.ipynb"):
+        with pytest.raises(ValueError, match="readable .ipynb"):
+            kh.compact_notebook(path)
