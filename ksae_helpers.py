@@ -589,6 +589,9 @@ def shift_images(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return moved.reshape(len(x), -1)
 
 
+SHIFT_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))  # down, up, right, left: classifier_views' order
+
+
 def classifier_views(x: torch.Tensor, cfg: Config) -> Iterator[torch.Tensor]:
     """Yield, one at a time (only one shifted copy in memory), the versions of ``x: [N, 784]`` the classifier
     trains on: the images, their mirror images if ``cfg.clf_hflip``, then each of those moved
@@ -598,8 +601,8 @@ def classifier_views(x: torch.Tensor, cfg: Config) -> Iterator[torch.Tensor]:
     s = cfg.clf_shift
     if s:
         for base in bases:
-            for dy, dx in ((s, 0), (-s, 0), (0, s), (0, -s)):
-                yield shift_images(base, dy, dx)
+            for dy, dx in SHIFT_DIRECTIONS:
+                yield shift_images(base, dy * s, dx * s)
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -683,17 +686,63 @@ def encode_dataset(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.devic
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+CODE_MEMORY_BUDGET = 2 * 2**30  # bytes: the classifier's view codes are held up to this size, else encoded per batch
+
+
+def n_classifier_views(cfg: Config) -> int:
+    """How many views ``classifier_views`` yields for ``cfg``."""
+    return (1 + cfg.clf_hflip) * (1 + len(SHIFT_DIRECTIONS) * (cfg.clf_shift > 0))
+
+
+def view_of(x: torch.Tensor, view: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Each image of ``x: [B, D]`` as its view number ``view: [B]`` of ``classifier_views`` (same order)."""
+    n_bases = 1 + cfg.clf_hflip
+    out = torch.empty_like(x)
+    for v in view.unique().tolist():
+        rows = view == v
+        b = v if v < n_bases else (v - n_bases) // len(SHIFT_DIRECTIONS)
+        base = x[rows] if b == 0 else hflip(x[rows])
+        if v >= n_bases:
+            dy, dx = SHIFT_DIRECTIONS[(v - n_bases) % len(SHIFT_DIRECTIONS)]
+            base = shift_images(base, dy * cfg.clf_shift, dx * cfg.clf_shift)
+        out[rows] = base
+    return out
+
+
 def encode_views(sae: KSparseAutoencoder, x: torch.Tensor, cfg: Config,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse codes of every ``classifier_views`` view of ``x: [N, D]``: ``(values, indices)``, each
-    ``[V, N, k]`` on ``device`` (what ``train_classifier`` computes once before its first epoch)."""
-    n_views = (1 + cfg.clf_hflip) * (1 + 4 * (cfg.clf_shift > 0))
+    ``[V, N, k]`` on ``device``, indices int32 (what ``ViewCodes`` holds when it fits)."""
+    n_views = n_classifier_views(cfg)
     values = torch.empty(n_views, len(x), sae.k, device=device)
-    indices = torch.empty(n_views, len(x), sae.k, dtype=torch.long, device=device)
+    indices = torch.empty(n_views, len(x), sae.k, dtype=torch.int32, device=device)
     for i, view in enumerate(classifier_views(x, cfg)):  # filled in place: the codes are held once
         values[i], indices[i] = encode_dataset(sae, view, device)
-    assert i == n_views - 1, "classifier_views and n_views disagree"
+    assert i == n_views - 1, "classifier_views and n_classifier_views disagree"
     return values, indices
+
+
+class ViewCodes:
+    """Sparse codes of the classifier's views of ``x: [N, D]``: encoded once and held (``[V, N, k]``
+    values and int32 indices) when they fit in ``budget`` bytes, else encoded batch by batch (large k:
+    at k = 1024 the held codes would take 4.9 GB)."""
+
+    def __init__(self, sae: KSparseAutoencoder, x: torch.Tensor, cfg: Config, device: torch.device,
+                 budget: int | None = None):
+        self.n_views = n_classifier_views(cfg)
+        self.nbytes = self.n_views * len(x) * sae.k * 8  # float32 value + int32 index per active unit
+        self.held = self.nbytes <= (CODE_MEMORY_BUDGET if budget is None else budget)
+        if self.held:
+            self.values, self.indices = encode_views(sae, x, cfg, device)
+        else:
+            self.sae, self.x, self.cfg = sae.eval(), x.to(device), cfg
+
+    @torch.no_grad()
+    def batch(self, view: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes ``(values: [B, k], indices: [B, k])`` of images ``idx: [B]``, each as view ``view: [B]``."""
+        if self.held:
+            return self.values[view, idx], self.indices[view, idx]
+        return self.sae.encode_sparse(view_of(self.x[idx], view, self.cfg))
 
 
 @torch.no_grad()
@@ -712,14 +761,15 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
                      x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None) -> dict[str, list]:
     """Train ``clf`` on the frozen autoencoder's codes of ``x_train: [N, D]`` (labels ``y_train: [N]``).
 
-    Codes are computed once and kept sparse (``[V, N, k]`` values and indices for the ``V`` views of
-    ``classifier_views``: mirror images, shifted copies); each step takes a random view per image and
+    Codes are kept sparse (``ViewCodes``: ``[V, N, k]`` values and indices for the ``V`` views of
+    ``classifier_views``, mirror images and shifted copies, computed once, or per batch when they would
+    exceed ``CODE_MEMORY_BUDGET``); each step takes a random view per image and
     touches only the k active rows of the first layer. Returns per-epoch loss, train accuracy and (if
     given) accuracy on ``x_val`` (monitoring only: nothing is selected on it).
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    values, indices = encode_views(sae, x_train, cfg, device)
+    codes = ViewCodes(sae, x_train, cfg, device)
     y = y_train.to(device)
     val = None if x_val is None else (*encode_dataset(sae, x_val, device), y_val.to(device))
     clf.to(device)
@@ -732,8 +782,8 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
         clf.train()
         sums = torch.zeros(2, device=device)
         for idx in _batches(len(y), cfg.batch_size, gen, device):
-            view = torch.randint(len(values), (len(idx),), generator=gen).to(device)
-            logits = clf.forward_sparse(values[view, idx], indices[view, idx])
+            view = torch.randint(codes.n_views, (len(idx),), generator=gen).to(device)
+            logits = clf.forward_sparse(*codes.batch(view, idx))
             loss = F.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -183,3 +183,44 @@ def test_compact_notebook_rejects_what_is_not_a_notebook(tmp_path):
     for path in (tmp_path / "bad.ipynb", tmp_path / "missing.ipynb"):
         with pytest.raises(ValueError, match="readable .ipynb"):
             kh.compact_notebook(path)
+
+
+# --- classifier codes at large k ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hflip, shift", [(True, 1), (False, 2), (True, 0)])
+def test_view_of_matches_classifier_views(hflip, shift):
+    cfg = kh.Config(clf_hflip=hflip, clf_shift=shift)
+    x = torch.rand(12, 784, generator=torch.Generator().manual_seed(0))
+    views = list(kh.classifier_views(x, cfg))
+    assert len(views) == kh.n_classifier_views(cfg)
+    view = torch.arange(12) % len(views)
+    expected = torch.stack([views[v][i] for i, v in enumerate(view.tolist())])
+    assert torch.equal(kh.view_of(x, view, cfg), expected)
+
+
+def test_view_codes_held_or_per_batch_agree():
+    cfg = kh.Config(k=7, d_hidden=64, clf_shift=1)
+    torch.manual_seed(0)
+    sae = kh.KSparseAutoencoder(7, 784, 64)
+    x = torch.rand(40, 784, generator=torch.Generator().manual_seed(1))
+    held = kh.ViewCodes(sae, x, cfg, torch.device("cpu"))
+    lazy = kh.ViewCodes(sae, x, cfg, torch.device("cpu"), budget=held.nbytes - 1)
+    assert held.held and not lazy.held and held.nbytes == 10 * 40 * 7 * 8
+    assert held.indices.dtype == torch.int32
+    view, idx = torch.randint(10, (25,)), torch.randint(40, (25,))
+    (hv, hi), (lv, li) = held.batch(view, idx), lazy.batch(view, idx)
+    order_h, order_l = hi.long().sort(1), li.sort(1)  # same active set, same values (order may differ)
+    assert torch.equal(order_h.values, order_l.values)
+    torch.testing.assert_close(hv.gather(1, order_h.indices), lv.gather(1, order_l.indices))
+    z = sae.encode(kh.view_of(x[idx], view, cfg))  # independent reference: the dense code
+    torch.testing.assert_close(torch.zeros_like(z).scatter(1, hi.long(), hv), z)
+
+
+def test_view_codes_at_k_1024_stay_within_the_memory_budget():
+    cfg = kh.Config(k=1024)
+    sae = kh.KSparseAutoencoder(1024, 784, 1024)
+    codes = kh.ViewCodes(sae, torch.zeros(60_000, 784), cfg, torch.device("cpu"))
+    assert not codes.held and not hasattr(codes, "values")  # 4.9 GB would not be held; only x is kept
+    assert kh.ViewCodes(sae, torch.zeros(3, 784), kh.Config(k=50), "cpu").nbytes == 10 * 3 * 1024 * 8
+    assert 10 * 60_000 * 50 * 8 <= kh.CODE_MEMORY_BUDGET  # the default k = 50 keeps the fast held path
