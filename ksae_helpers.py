@@ -1756,6 +1756,7 @@ def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Seque
 # quantities use a diverging colour map centred at 0 with a symmetric scale.
 
 DPI = 110  # resolution of saved PNGs
+PNG_COLORS = 256  # saved PNGs are palette images with at most this many colours (``png_bytes``)
 DIVERGING_CMAP = "RdBu_r"  # signed attributions and decoder atoms: red > 0, white = 0, blue < 0
 IMAGE_CMAP = "gray"  # pixel intensities (white object on black background, as in the data)
 CONFUSION_CMAP = "Blues"  # row-normalised confusion matrix (values in [0, 1])
@@ -1766,6 +1767,10 @@ CI_ALPHA = 0.2  # opacity of confidence bands
 PANEL_INCHES = 2.4  # size of one image panel in the attribution comparison
 SMALL_PANEL_INCHES = 1.25  # size of one image panel in image grids
 COMPARISON_MIN_WIDTH = 12.0  # inches; keeps the statistics row of a comparison readable with one method
+# Fixed layout of the comparison figure: figure margins in inches, gaps as fractions of a panel
+COMPARISON_MARGINS = {"left": 0.95, "right": 0.75, "top": 0.55, "bottom": 1.2, "wspace": 0.45, "hspace": 0.3,
+                      "bottom_wspace": 0.55}
+COLORBAR_INSET = (1.04, 0.0, 0.05, 1.0)  # colour bar beside an image panel, in the panel's axes fractions
 ATLAS_COLUMNS = 8  # decoder atoms per row in the feature atlas
 USAGE_BINS = 50  # histogram bins for unit usage
 ERROR_BINS = 30  # log-spaced histogram bins for per-image completeness errors
@@ -1777,6 +1782,7 @@ LOG_FLOOR = 1e-12  # values drawn on a log axis are clipped to at least this (ex
 STYLE = "whitegrid"  # seaborn axes style, applied while a figure is built and saved
 CONTEXT = "notebook"  # seaborn plotting context
 FONT_SCALE = 0.85  # seaborn font scale
+HEATMAP_DARK = 0.408  # heatmap cells darker than this relative luminance get white text (seaborn's rule)
 METHOD_COLORS = dict(zip(METHOD_LABELS, sns.color_palette("colorblind", len(METHOD_LABELS))))
 CONTROL_STYLES = {"random": ("0.3", ":"), "intensity": ("0.5", "--"), "edges": ("0.65", "-.")}  # colour, dashes
 CONTROL_LABELS = {"random": "Random order (control)", "intensity": "Pixel intensity (control)",
@@ -1815,6 +1821,21 @@ def _new_figure(width: float, height: float) -> Figure:
     return plt.figure(figsize=(width, height), layout="constrained")
 
 
+def png_bytes(fig: Figure, dpi: float = DPI, colors: int = PNG_COLORS) -> bytes:
+    """``fig`` rendered once at ``dpi`` and encoded as a palette PNG of at most ``colors`` colours (a third of
+    the size of a true-colour PNG; figures are flat colours, text and 28 x 28 maps, so nothing visible is lost)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    image = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    buffer = io.BytesIO()
+    image.quantize(colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(buffer, format="png")
+    return buffer.getvalue()
+
+
 def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     """Save ``fig`` at ``DPI`` if ``save`` is a path (parent folders created); return ``fig``.
 
@@ -1822,9 +1843,7 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     The figure is closed in pyplot, so a notebook displays it only when it is returned (not twice).
     """
     if save is not None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-        fig.saved_png = buffer.getvalue()  # rendered once: ``show`` displays these bytes
+        fig.saved_png = png_bytes(fig)  # rendered once: ``show`` displays these bytes
         atomic_write_bytes(save, fig.saved_png)
     else:
         fig.draw_without_rendering()
@@ -1895,7 +1914,7 @@ def _image_axis(ax) -> None:
 
 def _show_image(ax, image: np.ndarray, title: str | None = None):
     """Draw ``image: [28, 28]`` in grey on [0, 1]; returns the image artist."""
-    im = ax.imshow(image, cmap=IMAGE_CMAP, vmin=0.0, vmax=1.0)
+    im = ax.imshow(image, cmap=IMAGE_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
     _image_axis(ax)
     if title:
         ax.set_title(title)
@@ -1904,7 +1923,7 @@ def _show_image(ax, image: np.ndarray, title: str | None = None):
 
 def _show_signed(ax, image: np.ndarray, limit: float, title: str | None = None):
     """Draw signed ``image: [28, 28]`` with the diverging map on ``[-limit, limit]``; returns the artist."""
-    im = ax.imshow(image, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit)
+    im = ax.imshow(image, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
     _image_axis(ax)
     if title:
         ax.set_title(title)
@@ -2224,9 +2243,8 @@ def plot_confusion_matrix(metrics_clf: dict, classes, save: str | None = None) -
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     fig = _new_figure(15, 7)
     ax_cm, ax_bar = fig.subplots(1, 2, width_ratios=[2.6, 1])
-    sns.heatmap(rates, ax=ax_cm, annot=True, fmt=".2f", cmap=CONFUSION_CMAP, vmin=0, vmax=1, square=True,
-                xticklabels=classes, yticklabels=classes, annot_kws={"size": "x-small"},
-                cbar_kws={"label": "share of the true class's test images", "shrink": 0.8})
+    _annotated_heatmap(ax_cm, rates, classes, classes, CONFUSION_CMAP, (0, 1), ".2f",
+                       "share of the true class's test images", fontsize="x-small")
     ax_cm.set(xlabel="predicted class", ylabel="true class")
     ax_cm.tick_params(axis="x", labelrotation=45)
     accuracy = metrics_clf.get("test_accuracy", float(np.trace(confusion) / max(confusion.sum(), 1)))
@@ -2272,26 +2290,30 @@ def _image_spearman(maps: dict, methods: list[str]) -> np.ndarray:
     return corr
 
 
+def _colorbar_axis(ax):
+    """An axis for a colour bar just right of ``ax`` (fixed layouts: no layout engine to place it)."""
+    return ax.inset_axes(COLORBAR_INSET)
+
+
 def _comparison_maps(fig, grid, image: np.ndarray, maps: dict, methods: list[str]) -> None:
     """Rows 1-2 of the comparison: the image and each signed map, then the object outline and overlays."""
     mask = image > 0
-    cbar = {"shrink": 0.85, "pad": 0.02}
     ax = fig.add_subplot(grid[0, 0])
-    fig.colorbar(_show_image(ax, image, "Input image"), ax=ax, label="pixel intensity", **cbar)
+    fig.colorbar(_show_image(ax, image, "Input image"), cax=_colorbar_axis(ax), label="pixel intensity")
     ax = fig.add_subplot(grid[1, 0])
     im = _show_image(ax, image, f"Object pixels (x > 0): {mask.mean():.0%}")
     ax.contour(mask, levels=[0.5], colors=OBJECT_CONTOUR_COLOR, linewidths=1.2)
-    fig.colorbar(im, ax=ax, label="pixel intensity", **cbar)
+    fig.colorbar(im, cax=_colorbar_axis(ax), label="pixel intensity")
     for col, m in enumerate(methods, start=1):
         a = _as_image(maps[m], f"maps[{m!r}]")
         limit = _symmetric_limit(a, MAP_CLIP_PERCENTILE)
         ax = fig.add_subplot(grid[0, col])
-        fig.colorbar(_show_signed(ax, a, limit, _label(m)), ax=ax, label="attribution", **cbar)
+        fig.colorbar(_show_signed(ax, a, limit, _label(m)), cax=_colorbar_axis(ax), label="attribution")
         ax = fig.add_subplot(grid[1, col])
         _show_image(ax, image, f"{_label(m)} on image")
         alpha = OVERLAY_ALPHA * np.clip(np.abs(a) / limit, 0, 1)
-        overlay = ax.imshow(a, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, alpha=alpha)
-        fig.colorbar(overlay, ax=ax, label="attribution (opacity ~ |attr|)", **cbar)
+        overlay = ax.imshow(a, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, alpha=alpha, interpolation="nearest")
+        fig.colorbar(overlay, cax=_colorbar_axis(ax), label="attribution (opacity ~ |attr|)")
 
 
 def _comparison_stat_bars(ax_mag, ax_obj, stats: dict, methods: list[str], object_share: float) -> None:
@@ -2314,13 +2336,30 @@ def _comparison_stat_bars(ax_mag, ax_obj, stats: dict, methods: list[str], objec
         ax.set_xticks(x, [_label(m) for m in methods], rotation=30, ha="right")
 
 
-def _correlation_heatmap(ax, corr: np.ndarray, methods: list[str], title: str) -> None:
+def _annotated_heatmap(ax, values: np.ndarray, xlabels, ylabels, cmap: str, limits: tuple[float, float],
+                       fmt: str, cbar_label: str, cbar_kws: dict | None = None, fontsize="medium"):
+    """``values: [R, C]`` as square cells with the value written in each (white on dark cells) and a colour
+    bar (``cbar_kws`` go to ``fig.colorbar``, e.g. ``cax``). One image and R x C texts: no extra draw."""
+    im = ax.imshow(values, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
+    rgba = im.cmap(im.norm(values))
+    luminance = rgba[..., :3] @ np.array([0.2126, 0.7152, 0.0722])  # relative luminance (sRGB weights)
+    for (r, c), value in np.ndenumerate(values):
+        ax.text(c, r, format(value, fmt), ha="center", va="center", fontsize=fontsize,
+                color="white" if luminance[r, c] < HEATMAP_DARK else "0.15")
+    ax.set_xticks(range(values.shape[1]), xlabels)
+    ax.set_yticks(range(values.shape[0]), ylabels)
+    ax.tick_params(length=0)
+    ax.grid(False)
+    ax.spines[:].set_visible(False)
+    ax.figure.colorbar(im, ax=ax, label=cbar_label, **(cbar_kws or {"shrink": 0.8}))
+    return im
+
+
+def _correlation_heatmap(ax, corr: np.ndarray, methods: list[str], title: str, cbar_kws: dict | None = None) -> None:
     """Annotated ``[M, M]`` correlation heatmap on [-1, 1] with the diverging map."""
-    sns.heatmap(corr, ax=ax, vmin=-1, vmax=1, center=0, cmap=DIVERGING_CMAP, annot=True, fmt=".2f", square=True,
-                xticklabels=[SHORT_LABELS.get(m, m) for m in methods], yticklabels=[_label(m) for m in methods],
-                cbar_kws={"label": "Spearman ρ", "shrink": 0.8})
+    _annotated_heatmap(ax, corr, [SHORT_LABELS.get(m, m) for m in methods], [_label(m) for m in methods],
+                       DIVERGING_CMAP, (-1, 1), ".2f", "Spearman ρ", cbar_kws)
     ax.tick_params(axis="x", labelrotation=30)
-    ax.tick_params(axis="y", labelrotation=0)
     ax.set_title(title)
 
 
@@ -2342,16 +2381,21 @@ def plot_attribution_comparison(image: torch.Tensor, maps: dict, label: str, con
     if missing:
         raise ValueError(f"stats has no entry for method(s) {missing}")
     n_cols = len(methods) + 1
-    fig = _new_figure(max(COMPARISON_MIN_WIDTH, PANEL_INCHES * 1.25 * n_cols), 3.6 * PANEL_INCHES)
-    grid = fig.add_gridspec(3, n_cols, height_ratios=[1, 1, 1.5])
+    width, height = max(COMPARISON_MIN_WIDTH, PANEL_INCHES * 1.25 * n_cols), 3.6 * PANEL_INCHES
+    fig = plt.figure(figsize=(width, height))  # fixed layout (margins in inches): no layout engine, one draw
+    m = COMPARISON_MARGINS
+    grid = fig.add_gridspec(3, n_cols, height_ratios=[1, 1, 1.5], left=m["left"] / width,
+                            right=1 - m["right"] / width, top=1 - m["top"] / height, bottom=m["bottom"] / height,
+                            wspace=m["wspace"], hspace=m["hspace"])
     _comparison_maps(fig, grid, img, maps, methods)
     ratios = [1.2, 0.9, 1.2][:3 if len(methods) > 1 else 2]
-    bottom = grid[2, :].subgridspec(1, len(ratios), width_ratios=ratios)
+    bottom = grid[2, :].subgridspec(1, len(ratios), width_ratios=ratios, wspace=m["bottom_wspace"])
     _comparison_stat_bars(fig.add_subplot(bottom[0]), fig.add_subplot(bottom[1]), stats, methods,
                           float((img > 0).mean()))
     if len(methods) > 1:  # one method has no agreement to show
-        _correlation_heatmap(fig.add_subplot(bottom[2]), _image_spearman(maps, methods), methods,
-                             "Agreement: Spearman ρ of |maps|")
+        ax = fig.add_subplot(bottom[2])
+        _correlation_heatmap(ax, _image_spearman(maps, methods), methods, "Agreement: Spearman ρ of |maps|",
+                             {"cax": _colorbar_axis(ax)})
     fig.suptitle(f"{label} (model confidence {confidence:.1%})", fontsize="large")
     return _finish(fig, save)
 
