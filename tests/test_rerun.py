@@ -4,6 +4,7 @@ import hashlib
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,3 +225,70 @@ def test_view_codes_at_k_1024_stay_within_the_memory_budget():
     assert not codes.held and not hasattr(codes, "values")  # 4.9 GB would not be held; only x is kept
     assert kh.ViewCodes(sae, torch.zeros(3, 784), kh.Config(k=50), "cpu").nbytes == 10 * 3 * 1024 * 8
     assert 10 * 60_000 * 50 * 8 <= kh.CODE_MEMORY_BUDGET  # the default k = 50 keeps the fast held path
+
+
+# --- figures: rendering, heatmaps, unequal class counts --------------------------------------------------
+
+
+def test_png_bytes_is_one_palette_png_of_the_figure():
+    import io
+
+    from PIL import Image
+
+    fig = kh.plt.figure(figsize=(2, 1), facecolor=(1.0, 0.0, 0.0))
+    image = Image.open(io.BytesIO(kh.png_bytes(fig, dpi=50)))
+    assert image.format == "PNG" and image.mode == "P" and image.size == (100, 50)
+    assert image.convert("RGB").getcolors() == [(5000, (255, 0, 0))]
+    kh.plt.close(fig)
+    values = torch.linspace(-1, 1, 784)  # a smooth map: the palette keeps it recognisable
+    fig = kh.plot_attribution_comparison(values.abs(), {"simple": values, "integrated": -values}, "x", 0.5,
+                                         save=None)
+    rgb = np.asarray(Image.open(io.BytesIO(kh.png_bytes(fig))).convert("RGB"), dtype=float)
+    fig.set_dpi(kh.DPI)
+    fig.canvas.draw()
+    reference = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float)
+    assert rgb.shape == reference.shape and np.abs(rgb - reference).mean() < 2.0  # on a 0-255 scale
+
+
+def test_annotated_heatmap_writes_each_value_legibly():
+    fig = kh.plt.figure()
+    ax = fig.add_subplot()
+    values = np.array([[0.0, 1.0], [0.5, 0.25]])
+    kh._annotated_heatmap(ax, values, ["a", "b"], ["c", "d"], "Blues", (0, 1), ".2f", "share")
+    texts = {t.get_text(): t.get_color() for t in ax.texts}
+    assert set(texts) == {"0.00", "1.00", "0.50", "0.25"}
+    assert texts["1.00"] == "white" and texts["0.00"] == "0.15"  # dark cell: white text; light: dark text
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"] and len(fig.axes) == 2  # + colour bar
+    kh.plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def uneven():
+    """A selection with 3, 0, 1 images of classes a, b, c, and maps whose class means are known."""
+    y = torch.tensor([0, 0, 0, 2])
+    x = torch.rand(4, 784, generator=torch.Generator().manual_seed(0))
+    maps = {"simple": torch.arange(4, dtype=torch.float32)[:, None].expand(-1, 784) - 1.5,
+            "decoder": torch.ones(4, 784)}
+    sel = kh.Selection(torch.arange(4), x, y, torch.full((4,), 0.9), {"a": 3, "b": 0, "c": 1}, 2,
+                       torch.zeros(4, dtype=torch.bool), {"b": {"passing": 0, "selected": 0, "fallback": 0}})
+    return sel, maps
+
+
+def test_figures_cope_with_unequal_class_counts(uneven, tmp_path):
+    sel, maps = uneven
+    figs = kh.plot_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2, save_dir=str(tmp_path))
+    assert [f._suptitle.get_text().split(" (")[0] for f in figs] == ["a", "a", "c"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["comparison_a_0.png", "comparison_a_1.png",
+                                                              "comparison_c_0.png"]
+    fig = kh.plot_class_average_maps(maps, sel.y, ["a", "b", "c"])
+    titles = [ax.get_title() for ax in fig.axes[:3]]
+    assert titles == ["a\n(n = 3)", "b\n(n = 0)", "c\n(n = 1)"]
+    simple_row = fig.axes[:3]
+    assert len(simple_row[1].images) == 0 and simple_row[0].images[0].get_array().mean() == pytest.approx(-0.5)
+    assert simple_row[2].images[0].get_array().mean() == pytest.approx(1.5)
+    sae = kh.KSparseAutoencoder(4, 784, 16)
+    contrib = torch.zeros(4, 16)
+    contrib[:3, 5], contrib[3, 7] = 1.0, 2.0
+    fig = kh.plot_class_units(contrib, sel.y, sae, ["a", "b", "c"], n_units=2)
+    assert fig.axes[0].get_title().startswith("unit 5,") and fig.axes[4].get_title().startswith("unit 7,")
+    assert len(fig.axes[2].images) == 0 and fig.axes[2].get_ylabel() == "b\n(n = 0)"
