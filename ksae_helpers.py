@@ -1771,7 +1771,9 @@ COMPARISON_MIN_WIDTH = 12.0  # inches; keeps the statistics row of a comparison 
 COMPARISON_MARGINS = {"left": 0.95, "right": 0.75, "top": 0.55, "bottom": 1.2, "wspace": 0.45, "hspace": 0.3,
                       "bottom_wspace": 0.55}
 COLORBAR_INSET = (1.04, 0.0, 0.05, 1.0)  # colour bar beside an image panel, in the panel's axes fractions
+SIDE_COLORBAR_INCHES = (0.2, 0.15)  # colour bar right of an image grid: gap and width in inches
 ATLAS_COLUMNS = 8  # decoder atoms per row in the feature atlas
+ATLAS_HISTOGRAM_INCHES = (2.0, 0.65, 0.6)  # usage histogram under the atlas: height, room below and above it
 USAGE_BINS = 50  # histogram bins for unit usage
 ERROR_BINS = 30  # log-spaced histogram bins for per-image completeness errors
 LOG_BIN_MARGIN = 1e-6  # widens the last log bin so the largest value falls inside it
@@ -1834,6 +1836,35 @@ def png_bytes(fig: Figure, dpi: float = DPI, colors: int = PNG_COLORS) -> bytes:
     buffer = io.BytesIO()
     image.quantize(colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(buffer, format="png")
     return buffer.getvalue()
+
+
+def _fixed_grid(n_rows: int, n_cols: int, gap: tuple[float, float], margins: tuple[float, float, float, float],
+                panel: float = SMALL_PANEL_INCHES) -> tuple[Figure, np.ndarray]:
+    """A figure of ``n_rows`` x ``n_cols`` square image panels at fixed positions (no layout engine: the
+    figure is drawn once, however many panels). ``panel``: side in inches; ``gap``: (horizontal, vertical)
+    inches between panels (room for titles and labels); ``margins``: (left, right, top, bottom) inches.
+    Returns the figure and its axes ``[n_rows, n_cols]``."""
+    left, right, top, bottom = margins
+    width = left + right + n_cols * panel + (n_cols - 1) * gap[0]
+    height = top + bottom + n_rows * panel + (n_rows - 1) * gap[1]
+    fig = plt.figure(figsize=(width, height))
+    axes = np.empty((n_rows, n_cols), dtype=object)
+    for r, c in np.ndindex(n_rows, n_cols):
+        x0, y0 = left + c * (panel + gap[0]), height - top - (r + 1) * panel - r * gap[1]
+        axes[r, c] = fig.add_axes((x0 / width, y0 / height, panel / width, panel / height))
+    return fig, axes
+
+
+def _side_colorbar(fig: Figure, im, axes, label: str, shrink: float = 1.0) -> None:
+    """A colour bar for ``im`` right of the block of ``axes`` (fixed layouts), ``shrink`` of its height."""
+    from matplotlib.transforms import Bbox
+
+    block = Bbox.union([ax.get_position() for ax in np.ravel(axes)])
+    width_in = fig.get_size_inches()[0]
+    height = block.height * shrink
+    cax = fig.add_axes((block.x1 + SIDE_COLORBAR_INCHES[0] / width_in, block.y0 + (block.height - height) / 2,
+                        SIDE_COLORBAR_INCHES[1] / width_in, height))
+    fig.colorbar(im, cax=cax, label=label)
 
 
 def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
@@ -2029,13 +2060,12 @@ def plot_class_examples(data: FashionMNIST, n_per_class: int = 8, save: str | No
     _check_int("n_per_class", n_per_class, low=1)
     classes = list(data.classes)
     idx = _first_per_class(data.y_train, len(classes), n_per_class, classes)
-    fig = _new_figure(SMALL_PANEL_INCHES * n_per_class + 2.5, SMALL_PANEL_INCHES * len(classes) + 0.5)
-    axes = fig.subplots(len(classes), n_per_class, squeeze=False)
+    fig, axes = _fixed_grid(len(classes), n_per_class, (0.05, 0.05), (1.3, 1.2, 0.5, 0.1))
     for c, name in enumerate(classes):
         for ax, i in zip(axes[c], idx[c]):
             im = _show_image(ax, _as_image(data.x_train[i]))
         axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center")
-    fig.colorbar(im, ax=axes, shrink=0.4, label="pixel intensity")
+    _side_colorbar(fig, im, axes, "pixel intensity", shrink=0.4)
     fig.suptitle(f"Fashion-MNIST: the first {n_per_class} training images of each class")
     return _finish(fig, save)
 
@@ -2115,8 +2145,7 @@ def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: to
         x_hat = sae(x.to(device)).cpu().reshape(len(classes), n_per_class, -1)
     x = x.reshape(len(classes), n_per_class, -1)
     mse = (x_hat - x).pow(2).mean(-1)  # [C, n]
-    fig = _new_figure(SMALL_PANEL_INCHES * len(classes) + 2.5, 2.4 * SMALL_PANEL_INCHES * n_per_class + 0.6)
-    axes = fig.subplots(2 * n_per_class, len(classes), squeeze=False)
+    fig, axes = _fixed_grid(2 * n_per_class, len(classes), (0.12, 0.4), (0.45, 1.3, 0.75, 0.35))
     for c, name in enumerate(classes):
         axes[0, c].set_title(name)
         for i in range(n_per_class):
@@ -2126,7 +2155,7 @@ def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: to
     for i in range(n_per_class):
         axes[2 * i, 0].set_ylabel("original")
         axes[2 * i + 1, 0].set_ylabel("reconstruction")
-    fig.colorbar(im, ax=axes, shrink=0.5, label="pixel intensity (reconstructions clipped to [0, 1])")
+    _side_colorbar(fig, im, axes, "pixel intensity\n(reconstructions clipped to [0, 1])", shrink=0.7)
     fig.suptitle(f"Reconstructions with k = {sae.k} active units (mean MSE of these images {mse.mean():.4f})")
     return _finish(fig, save)
 
@@ -2158,16 +2187,18 @@ def plot_feature_atlas(sae: KSparseAutoencoder, usage, n_units: int = 32, save: 
     limit = _symmetric_limit(atoms_all[order])
     n_cols = min(ATLAS_COLUMNS, n_units)
     n_rows = -(-n_units // n_cols)
-    fig = _new_figure(SMALL_PANEL_INCHES * n_cols + 1.5, 1.45 * SMALL_PANEL_INCHES * n_rows + 3.0)
-    grid = fig.add_gridspec(n_rows + 1, n_cols, height_ratios=[1] * n_rows + [1.6])
-    atom_axes = []
-    for i, unit in enumerate(order):
-        ax = fig.add_subplot(grid[i // n_cols, i % n_cols])
+    hist_inches = ATLAS_HISTOGRAM_INCHES
+    fig, axes = _fixed_grid(n_rows, n_cols, (0.1, 0.45), (0.95, 1.3, 0.85, sum(hist_inches)))
+    for ax in axes.flat[n_units:]:
+        ax.remove()
+    for ax, unit in zip(axes.flat, order):
         im = _show_signed(ax, atoms_all[unit].reshape(IMAGE_SIDE, IMAGE_SIDE), limit)
         ax.set_title(f"unit {unit}\n{100 * usage[unit]:.1f} %", fontsize="small")
-        atom_axes.append(ax)
-    fig.colorbar(im, ax=atom_axes, shrink=0.6, label="decoder weight")
-    _usage_histogram(fig.add_subplot(grid[n_rows, :]), usage)
+    _side_colorbar(fig, im, axes.flat[:n_units], "decoder weight", shrink=0.6)
+    width, height = fig.get_size_inches()
+    grid_box = axes[0, 0].get_position()
+    _usage_histogram(fig.add_axes((grid_box.x0, hist_inches[1] / height, 1 - grid_box.x0 - 1.3 / width,
+                                   hist_inches[0] / height)), usage)
     fig.suptitle(f"Decoder atoms of the {n_units} most used units (title: unit id, % of training images)")
     return _finish(fig, save)
 
@@ -2201,8 +2232,7 @@ def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: KSp
     _check_int("n_units", n_units, low=1, high=len(atoms), high_name="the number of units")
     top = _top_units_per_class(contrib, lab, len(classes), n_units)
     limit = _symmetric_limit(atoms[[j for units in top.values() for j, _ in units]]) if top else 1.0
-    fig = _new_figure(1.35 * SMALL_PANEL_INCHES * n_units + 2.8, 1.2 * SMALL_PANEL_INCHES * len(classes) + 0.6)
-    axes = fig.subplots(len(classes), n_units, squeeze=False)
+    fig, axes = _fixed_grid(len(classes), n_units, (0.45, 0.3), (1.6, 1.2, 0.75, 0.1))
     for c, name in enumerate(classes):
         for i, ax in enumerate(axes[c]):
             _image_axis(ax)
@@ -2212,7 +2242,7 @@ def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: KSp
                 ax.set_title(f"unit {j}, c̄ = {value:+.2f}", fontsize="small")
         axes[c, 0].set_ylabel(f"{name}\n(n = {(lab == c).sum()})", rotation=0, ha="right", va="center")
     if top:
-        fig.colorbar(im, ax=axes, shrink=0.4, label="decoder weight")
+        _side_colorbar(fig, im, axes, "decoder weight", shrink=0.4)
     fig.suptitle(f"Top {n_units} units per class by mean contribution c̄ to the class logit (decoder atoms)")
     return _finish(fig, save)
 
@@ -2438,8 +2468,7 @@ def plot_class_average_maps(maps: dict, labels: torch.Tensor, classes, methods=N
     classes = _check_classes(classes)
     n = len(_as_maps(maps[methods[0]], f"maps[{methods[0]!r}]"))
     lab = _check_labels(labels, n, len(classes))
-    fig = _new_figure(SMALL_PANEL_INCHES * len(classes) + 3.2, 1.35 * SMALL_PANEL_INCHES * len(methods) + 0.8)
-    axes = fig.subplots(len(methods), len(classes), squeeze=False)
+    fig, axes = _fixed_grid(len(methods), len(classes), (0.08, 0.2), (1.5, 1.35, 0.9, 0.1))
     for r, m in enumerate(methods):
         arr = _as_maps(maps[m], f"maps[{m!r}]", n)
         means = {c: arr[lab == c].mean(0) for c in range(len(classes)) if (lab == c).any()}
@@ -2452,7 +2481,7 @@ def plot_class_average_maps(maps: dict, labels: torch.Tensor, classes, methods=N
                 ax.set_title(f"{classes[c]}\n(n = {(lab == c).sum()})", fontsize="small")
         axes[r, 0].set_ylabel(_label(m).replace(" ", "\n", 1), rotation=0, ha="right", va="center")
         if means:
-            fig.colorbar(im, ax=axes[r, :], shrink=0.9, pad=0.01, label="mean attribution")
+            _side_colorbar(fig, im, axes[r, :], "mean attribution", shrink=0.9)
     fig.suptitle("Class-average signed attribution maps (one colour scale per method)")
     return _finish(fig, save)
 
