@@ -1792,6 +1792,7 @@ CONTROL_LABELS = {"random": "Random order (control)", "intensity": "Pixel intens
 QUADRATURE_LABELS = {"gausslegendre": "Gauss-Legendre", "riemann_trapezoid": "trapezoid",
                      "riemann_left": "left Riemann", "riemann_right": "right Riemann",
                      "riemann_middle": "midpoint"}
+FALLBACK_NOTE = ", below the confidence threshold (its class had none above)"  # title of a fallback image
 SHORT_LABELS = {"integrated": "IG", "simple": "Gradient", "smoothgrad": "SmoothGrad", "decoder": "Decoder-w."}
 IMAGE_STATS = {"mean_abs": "mean |attr|", "max_abs": "max |attr|", "std": "std"}  # per-image statistics
 PAIR_CORRELATIONS = {"spearman_signed": "Spearman, signed", "spearman_abs": "Spearman, |maps|",
@@ -2435,7 +2436,8 @@ def plot_comparison_grid(selection: Selection, maps: dict, classes, methods=None
     """``plot_attribution_comparison`` for the first ``max_samples_per_class`` selected images of each class.
 
     ``selection``: ``Selection`` (``x: [N, 784]``, ``y: [N]``, ``confidence: [N]``); ``maps``: method ->
-    ``[N, 784]``; ``classes: [C]`` names. With ``save_dir`` each figure is saved as
+    ``[N, 784]``; ``classes: [C]`` names. A fallback image (``Selection.fallback``) says so in its title.
+    With ``save_dir`` each figure is saved as
     ``{save_dir}/comparison_{class-slug}_{i}.png``. Returns the figures (class order).
     """
     classes = _check_classes(classes)
@@ -2447,8 +2449,9 @@ def plot_comparison_grid(selection: Selection, maps: dict, classes, methods=None
     for c, name in enumerate(classes):
         for i, idx in enumerate(np.flatnonzero(labels == c)[:max_samples_per_class]):
             save = None if save_dir is None else Path(save_dir) / f"comparison_{_slug(name)}_{i}.png"
+            fallback = selection.fallback is not None and bool(selection.fallback[idx])
             figures.append(plot_attribution_comparison(
-                selection.x[idx], {m: a[idx] for m, a in arrays.items()}, name,
+                selection.x[idx], {m: a[idx] for m, a in arrays.items()}, name + FALLBACK_NOTE * fallback,
                 float(selection.confidence[idx]), methods=methods, save=save))
     return figures
 

@@ -270,14 +270,14 @@ def uneven():
     maps = {"simple": torch.arange(4, dtype=torch.float32)[:, None].expand(-1, 784) - 1.5,
             "decoder": torch.ones(4, 784)}
     sel = kh.Selection(torch.arange(4), x, y, torch.full((4,), 0.9), {"a": 3, "b": 0, "c": 1}, 2,
-                       torch.zeros(4, dtype=torch.bool), {"b": {"passing": 0, "selected": 0, "fallback": 0}})
+                       torch.tensor([False, False, False, True]), {"b": {"passing": 0, "selected": 0, "fallback": 0}})
     return sel, maps
 
 
 def test_figures_cope_with_unequal_class_counts(uneven, tmp_path):
     sel, maps = uneven
     figs = kh.plot_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2, save_dir=str(tmp_path))
-    assert [f._suptitle.get_text().split(" (")[0] for f in figs] == ["a", "a", "c"]
+    assert [f._suptitle.get_text().rsplit(" (model", 1)[0] for f in figs] == ["a", "a", "c" + kh.FALLBACK_NOTE]
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["comparison_a_0.png", "comparison_a_1.png",
                                                               "comparison_c_0.png"]
     fig = kh.plot_class_average_maps(maps, sel.y, ["a", "b", "c"])
