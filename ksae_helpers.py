@@ -1784,6 +1784,9 @@ LOG_FLOOR = 1e-12  # values drawn on a log axis are clipped to at least this (ex
 STYLE = "whitegrid"  # seaborn axes style, applied while a figure is built and saved
 CONTEXT = "notebook"  # seaborn plotting context
 FONT_SCALE = 0.85  # seaborn font scale
+# Titles at a fixed height above the axes: matplotlib's automatic placement (clearing top tick labels, which
+# no figure here has) measured every axis of a figure again at each draw, a third of a comparison's time
+RC_FAST = {"axes.titley": 1.0}
 HEATMAP_DARK = 0.408  # heatmap cells darker than this relative luminance get white text (seaborn's rule)
 METHOD_COLORS = dict(zip(METHOD_LABELS, sns.color_palette("colorblind", len(METHOD_LABELS))))
 CONTROL_STYLES = {"random": ("0.3", ":"), "intensity": ("0.5", "--"), "edges": ("0.65", "-.")}  # colour, dashes
@@ -1813,7 +1816,7 @@ def _styled(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with sns.axes_style(STYLE), sns.plotting_context(CONTEXT, font_scale=FONT_SCALE):
+        with sns.axes_style(STYLE), sns.plotting_context(CONTEXT, font_scale=FONT_SCALE), plt.rc_context(RC_FAST):
             return fn(*args, **kwargs)
 
     return wrapper
