@@ -104,6 +104,7 @@ def load_reference(rev: str):
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("ksae_helpers_reference", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
