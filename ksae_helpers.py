@@ -1757,6 +1757,8 @@ def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Seque
 
 DPI = 110  # resolution of saved PNGs
 PNG_COLORS = 256  # saved PNGs are palette images with at most this many colours (``png_bytes``)
+PNG_EXACT_COLORS = 8  # of which this many are kept for rare colours the median cut would shift (``palette_png``)
+PNG_TOLERANCE = 24  # colour levels (of 255) a palette may shift a pixel before its colour gets an exact entry
 DIVERGING_CMAP = "RdBu_r"  # signed attributions and decoder atoms: red > 0, white = 0, blue < 0
 IMAGE_CMAP = "gray"  # pixel intensities (white object on black background, as in the data)
 CONFUSION_CMAP = "Blues"  # row-normalised confusion matrix (values in [0, 1])
@@ -1827,19 +1829,46 @@ def _new_figure(width: float, height: float) -> Figure:
     return plt.figure(figsize=(width, height), layout="constrained")
 
 
-def png_bytes(fig: Figure, dpi: float = DPI, colors: int = PNG_COLORS) -> bytes:
-    """``fig`` rendered once at ``dpi`` and encoded as a palette PNG of at most ``colors`` colours (a third of
-    the size of a true-colour PNG; figures are flat colours, text and 28 x 28 maps, so nothing visible is lost)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``rgb: [..., 3]`` uint8 colours as one int32 each (for counting colours)."""
+    return (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+
+
+def palette_png(rgb: np.ndarray, colors: int = PNG_COLORS) -> bytes:
+    """``rgb: [H, W, 3]`` uint8 as a palette PNG of at most ``colors`` colours: a median-cut palette (large
+    areas exact), plus ``PNG_EXACT_COLORS`` entries for the most frequent colours it would shift by more than
+    ``PNG_TOLERANCE`` levels (a thin contour line or a small legend patch keeps its colour)."""
     from PIL import Image
+
+    quantized = Image.fromarray(rgb).quantize(colors - PNG_EXACT_COLORS, method=Image.Quantize.MEDIANCUT,
+                                              dither=Image.Dither.NONE)
+    palette = np.asarray(quantized.getpalette(), dtype=np.uint8).reshape(-1, 3)
+    index = np.asarray(quantized).copy()
+    palette = palette[:index.max() + 1]
+    shifted = np.abs(palette[index].astype(np.int16) - rgb).max(-1) > PNG_TOLERANCE
+    if shifted.any():
+        packed = _pack_rgb(rgb)
+        values, counts = np.unique(packed[shifted], return_counts=True)
+        extra = values[np.argsort(-counts, kind="stable")[:PNG_EXACT_COLORS]]
+        for value in extra:
+            index[shifted & (packed == value)] = len(palette)
+            palette = np.vstack([palette, [(value >> 16) & 255, (value >> 8) & 255, value & 255]])
+    image = Image.fromarray(index, mode="P")
+    image.putpalette(palette.astype(np.uint8).ravel().tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def png_bytes(fig: Figure, dpi: float = DPI, colors: int = PNG_COLORS) -> bytes:
+    """``fig`` rendered once at ``dpi`` and encoded by ``palette_png`` (a third of the size of a true-colour
+    PNG; the figures are flat colours, text and 28 x 28 maps, so nothing visible is lost)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    image = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
-    buffer = io.BytesIO()
-    image.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(buffer, format="png")
-    return buffer.getvalue()
+    return palette_png(np.asarray(canvas.buffer_rgba())[..., :3], colors)
 
 
 def _fixed_grid(n_rows: int, n_cols: int, gap: tuple[float, float], margins: tuple[float, float, float, float],
@@ -2330,24 +2359,23 @@ def _colorbar_axis(ax):
 
 
 def _comparison_maps(fig, grid, image: np.ndarray, maps: dict, methods: list[str]) -> None:
-    """Rows 1-2 of the comparison: the image and each signed map, then the object outline and overlays."""
+    """Rows 1-2 of the comparison: the image and each signed map, then the object outline and overlays
+    (drawn on row 1's colour scales; row 1's colour bars say so)."""
     mask = image > 0
     ax = fig.add_subplot(grid[0, 0])
-    fig.colorbar(_show_image(ax, image, "Input image"), cax=_colorbar_axis(ax), label="pixel intensity")
-    ax = fig.add_subplot(grid[1, 0])
-    im = _show_image(ax, image, f"Object pixels (x > 0): {mask.mean():.0%}")
+    fig.colorbar(_show_image(ax, image, "Input image"), cax=_colorbar_axis(ax), label="pixel intensity (both rows)")
+    ax = fig.add_subplot(grid[1, 0])  # row 2 is drawn on row 1's colour scales: one colour bar serves both
+    _show_image(ax, image, f"Object pixels (x > 0): {mask.mean():.0%}")
     ax.contour(mask, levels=[0.5], colors=OBJECT_CONTOUR_COLOR, linewidths=1.2)
-    fig.colorbar(im, cax=_colorbar_axis(ax), label="pixel intensity")
     for col, m in enumerate(methods, start=1):
         a = _as_image(maps[m], f"maps[{m!r}]")
         limit = _symmetric_limit(a, MAP_CLIP_PERCENTILE)
         ax = fig.add_subplot(grid[0, col])
-        fig.colorbar(_show_signed(ax, a, limit, _label(m)), cax=_colorbar_axis(ax), label="attribution")
+        fig.colorbar(_show_signed(ax, a, limit, _label(m)), cax=_colorbar_axis(ax), label="attribution (both rows)")
         ax = fig.add_subplot(grid[1, col])
         _show_image(ax, image, f"{_label(m)} on image")
         alpha = OVERLAY_ALPHA * np.clip(np.abs(a) / limit, 0, 1)
-        overlay = ax.imshow(a, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, alpha=alpha, interpolation="nearest")
-        fig.colorbar(overlay, cax=_colorbar_axis(ax), label="attribution (opacity ~ |attr|)")
+        ax.imshow(a, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, alpha=alpha, interpolation="nearest")
 
 
 def _comparison_stat_bars(ax_mag, ax_obj, stats: dict, methods: list[str], object_share: float) -> None:
@@ -2430,7 +2458,8 @@ def plot_attribution_comparison(image: torch.Tensor, maps: dict, label: str, con
         ax = fig.add_subplot(bottom[2])
         _correlation_heatmap(ax, _image_spearman(maps, methods), methods, "Agreement: Spearman ρ of |maps|",
                              {"cax": _colorbar_axis(ax)})
-    fig.suptitle(f"{label} (model confidence {confidence:.1%})", fontsize="large")
+    fig.suptitle(f"{label} (model confidence {confidence:.1%}); row 2: each map over the image, opacity ~ |attr|",
+                 fontsize="large")
     return _finish(fig, save)
 
 
