@@ -1757,8 +1757,9 @@ def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Seque
 
 DPI = 110  # resolution of saved PNGs
 PNG_COLORS = 256  # saved PNGs are palette images with at most this many colours (``png_bytes``)
-PNG_EXACT_COLORS = 8  # of which this many are kept for rare colours the median cut would shift (``palette_png``)
+PNG_EXACT_COLORS = 8  # of which this many are kept for rare colours the palette would shift (``palette_png``)
 PNG_TOLERANCE = 24  # colour levels (of 255) a palette may shift a pixel before its colour gets an exact entry
+PNG_QUANTIZER = 2  # PIL.Image.Quantize.FASTOCTREE: 7x faster than median cut, as good with the exact entries
 DIVERGING_CMAP = "RdBu_r"  # signed attributions and decoder atoms: red > 0, white = 0, blue < 0
 IMAGE_CMAP = "gray"  # pixel intensities (white object on black background, as in the data)
 CONFUSION_CMAP = "Blues"  # row-normalised confusion matrix (values in [0, 1])
@@ -1835,23 +1836,24 @@ def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
 
 
 def palette_png(rgb: np.ndarray, colors: int = PNG_COLORS) -> bytes:
-    """``rgb: [H, W, 3]`` uint8 as a palette PNG of at most ``colors`` colours: a median-cut palette (large
-    areas exact), plus ``PNG_EXACT_COLORS`` entries for the most frequent colours it would shift by more than
-    ``PNG_TOLERANCE`` levels (a thin contour line or a small legend patch keeps its colour)."""
-    from PIL import Image
+    """``rgb: [H, W, 3]`` uint8 as a palette PNG of at most ``colors`` colours: a fast octree palette (large
+    areas move by a few levels at most), plus ``PNG_EXACT_COLORS`` entries for the most frequent colours it
+    would shift by more than ``PNG_TOLERANCE`` levels (a thin contour line or a legend patch keeps its colour)."""
+    from PIL import Image, ImageChops
 
-    quantized = Image.fromarray(rgb).quantize(colors - PNG_EXACT_COLORS, method=Image.Quantize.MEDIANCUT,
-                                              dither=Image.Dither.NONE)
-    palette = np.asarray(quantized.getpalette(), dtype=np.uint8).reshape(-1, 3)
+    original = Image.fromarray(rgb)
+    quantized = original.quantize(colors - PNG_EXACT_COLORS, method=PNG_QUANTIZER, dither=Image.Dither.NONE)
+    channels = ImageChops.difference(quantized.convert("RGB"), original).split()
+    error = ImageChops.lighter(ImageChops.lighter(channels[0], channels[1]), channels[2])  # [H, W] max shift
     index = np.asarray(quantized).copy()
-    palette = palette[:index.max() + 1]
-    shifted = np.abs(palette[index].astype(np.int16) - rgb).max(-1) > PNG_TOLERANCE
-    if shifted.any():
-        packed = _pack_rgb(rgb)
-        values, counts = np.unique(packed[shifted], return_counts=True)
-        extra = values[np.argsort(-counts, kind="stable")[:PNG_EXACT_COLORS]]
-        for value in extra:
-            index[shifted & (packed == value)] = len(palette)
+    palette = np.asarray(quantized.getpalette(), dtype=np.uint8).reshape(-1, 3)[:index.max() + 1]
+    rows, cols = np.nonzero(np.asarray(error) > PNG_TOLERANCE)
+    if len(rows):
+        packed = _pack_rgb(rgb[rows, cols])
+        values, counts = np.unique(packed, return_counts=True)
+        for value in values[np.argsort(-counts, kind="stable")[:PNG_EXACT_COLORS]]:
+            hit = packed == value
+            index[rows[hit], cols[hit]] = len(palette)
             palette = np.vstack([palette, [(value >> 16) & 255, (value >> 8) & 255, value & 255]])
     image = Image.fromarray(index, mode="P")
     image.putpalette(palette.astype(np.uint8).ravel().tolist())
