@@ -1774,6 +1774,7 @@ COMPARISON_MIN_WIDTH = 12.0  # inches; keeps the statistics row of a comparison 
 COMPARISON_MARGINS = {"left": 0.95, "right": 0.75, "top": 0.55, "bottom": 1.2, "wspace": 0.45, "hspace": 0.3,
                       "bottom_wspace": 0.55}
 COLORBAR_INSET = (1.04, 0.0, 0.05, 1.0)  # colour bar beside an image panel, in the panel's axes fractions
+MOSAIC_GAP = 1  # pixels between the images of a mosaic (``_mosaic``)
 SIDE_COLORBAR_INCHES = (0.2, 0.15)  # colour bar right of an image grid: gap and width in inches
 ATLAS_COLUMNS = 8  # decoder atoms per row in the feature atlas
 ATLAS_HISTOGRAM_INCHES = (2.0, 0.65, 0.6)  # usage histogram under the atlas: height, room below and above it
@@ -1888,6 +1889,17 @@ def _fixed_grid(n_rows: int, n_cols: int, gap: tuple[float, float], margins: tup
         x0, y0 = left + c * (panel + gap[0]), height - top - (r + 1) * panel - r * gap[1]
         axes[r, c] = fig.add_axes((x0 / width, y0 / height, panel / width, panel / height))
     return fig, axes
+
+
+def _mosaic(images: np.ndarray) -> np.ndarray:
+    """``images: [R, C, 28, 28]`` as one ``[R * 29, C * 29]`` array, images ``MOSAIC_GAP`` pixels apart (gaps
+    are NaN: drawn in the axes' background colour)."""
+    rows, cols = images.shape[:2]
+    side = IMAGE_SIDE + MOSAIC_GAP
+    out = np.full((rows * side, cols * side), np.nan)
+    for r, c in np.ndindex(rows, cols):
+        out[r * side:r * side + IMAGE_SIDE, c * side:c * side + IMAGE_SIDE] = images[r, c]
+    return out
 
 
 def _side_colorbar(fig: Figure, im, axes, label: str, shrink: float = 1.0) -> None:
@@ -2095,12 +2107,15 @@ def plot_class_examples(data: FashionMNIST, n_per_class: int = 8, save: str | No
     _check_int("n_per_class", n_per_class, low=1)
     classes = list(data.classes)
     idx = _first_per_class(data.y_train, len(classes), n_per_class, classes)
-    fig, axes = _fixed_grid(len(classes), n_per_class, (0.05, 0.05), (1.3, 1.2, 0.5, 0.1))
-    for c, name in enumerate(classes):
-        for ax, i in zip(axes[c], idx[c]):
-            im = _show_image(ax, _as_image(data.x_train[i]))
-        axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center")
-    _side_colorbar(fig, im, axes, "pixel intensity", shrink=0.4)
+    images = data.x_train[idx.reshape(-1)].reshape(len(classes), n_per_class, IMAGE_SIDE, IMAGE_SIDE)
+    width, height = 2.5 + SMALL_PANEL_INCHES * n_per_class, 0.6 + SMALL_PANEL_INCHES * len(classes)
+    fig = plt.figure(figsize=(width, height))  # fixed layout: 1.3 in left for names, 1.2 in right, 0.5 in top
+    ax = fig.add_axes((1.3 / width, 0.1 / height, 1 - 2.5 / width, 1 - 0.6 / height))
+    im = _show_image(ax, _mosaic(_numpy(images)))  # one image for the whole grid: one artist, not C x n axes
+    ax.set_yticks((np.arange(len(classes)) + 0.5) * (IMAGE_SIDE + MOSAIC_GAP) - 0.5, classes)
+    ax.tick_params(axis="y", length=0)
+    ax.spines[:].set_visible(False)
+    _side_colorbar(fig, im, [ax], "pixel intensity", shrink=0.4)
     fig.suptitle(f"Fashion-MNIST: the first {n_per_class} training images of each class")
     return _finish(fig, save)
 

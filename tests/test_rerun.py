@@ -292,3 +292,13 @@ def test_figures_cope_with_unequal_class_counts(uneven, tmp_path):
     fig = kh.plot_class_units(contrib, sel.y, sae, ["a", "b", "c"], n_units=2)
     assert fig.axes[0].get_title().startswith("unit 5,") and fig.axes[4].get_title().startswith("unit 7,")
     assert len(fig.axes[2].images) == 0 and fig.axes[2].get_ylabel() == "b\n(n = 0)"
+
+
+def test_mosaic_places_each_image_with_a_gap():
+    images = np.arange(2 * 3 * 28 * 28, dtype=float).reshape(2, 3, 28, 28)
+    out = kh._mosaic(images)
+    side = 28 + kh.MOSAIC_GAP
+    assert out.shape == (2 * side, 3 * side)
+    np.testing.assert_array_equal(out[side:side + 28, 2 * side:2 * side + 28], images[1, 2])
+    assert np.isnan(out[28:side]).all() and np.isnan(out[:, 28:side]).all()
+    assert np.isfinite(out).sum() == images.size
