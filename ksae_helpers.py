@@ -1775,6 +1775,7 @@ COMPARISON_MARGINS = {"left": 0.95, "right": 0.75, "top": 0.55, "bottom": 1.2, "
                       "bottom_wspace": 0.55}
 COLORBAR_INSET = (1.04, 0.0, 0.05, 1.0)  # colour bar beside an image panel, in the panel's axes fractions
 MOSAIC_GAP = 1  # pixels between the images of a mosaic (``_mosaic``)
+MOSAIC_TITLE_GAP = (9, 12)  # blank pixels above each row and between the columns of a titled mosaic
 SIDE_COLORBAR_INCHES = (0.2, 0.15)  # colour bar right of an image grid: gap and width in inches
 ATLAS_COLUMNS = 8  # decoder atoms per row in the feature atlas
 ATLAS_HISTOGRAM_INCHES = (2.0, 0.65, 0.6)  # usage histogram under the atlas: height, room below and above it
@@ -1891,15 +1892,33 @@ def _fixed_grid(n_rows: int, n_cols: int, gap: tuple[float, float], margins: tup
     return fig, axes
 
 
-def _mosaic(images: np.ndarray) -> np.ndarray:
-    """``images: [R, C, 28, 28]`` as one ``[R * 29, C * 29]`` array, images ``MOSAIC_GAP`` pixels apart (gaps
-    are NaN: drawn in the axes' background colour)."""
+def _mosaic(images: np.ndarray, row_gap: int = MOSAIC_GAP, col_gap: int = MOSAIC_GAP) -> np.ndarray:
+    """``images: [R, C, 28, 28]`` (NaN: no image) as one ``[R * (28 + row_gap), C * (28 + col_gap)]`` array;
+    each row starts with ``row_gap`` blank pixel rows (room for titles: ``_show_mosaic``), columns are
+    ``col_gap`` apart. Gaps are NaN: drawn in the axes' background colour."""
     rows, cols = images.shape[:2]
-    side = IMAGE_SIDE + MOSAIC_GAP
-    out = np.full((rows * side, cols * side), np.nan)
+    height, width = IMAGE_SIDE + row_gap, IMAGE_SIDE + col_gap
+    out = np.full((rows * height, cols * width), np.nan)
     for r, c in np.ndindex(rows, cols):
-        out[r * side:r * side + IMAGE_SIDE, c * side:c * side + IMAGE_SIDE] = images[r, c]
+        out[r * height + row_gap:(r + 1) * height, c * width:c * width + IMAGE_SIDE] = images[r, c]
     return out
+
+
+def _show_mosaic(ax, images: np.ndarray, limit: float, titles, row_labels) -> object:
+    """Signed ``images: [R, C, 28, 28]`` as one mosaic image on ``ax`` (diverging map on ``[-limit, limit]``),
+    ``titles[r][c]`` above each panel ("" for none) and ``row_labels[r]`` left of each row. One artist
+    instead of R x C axes; returns the image artist."""
+    row_gap, col_gap = MOSAIC_TITLE_GAP
+    im = _show_signed(ax, _mosaic(images, row_gap, col_gap), limit)
+    height, width = IMAGE_SIDE + row_gap, IMAGE_SIDE + col_gap
+    for (r, c), title in np.ndenumerate(np.asarray(titles, dtype=object)):
+        if title:
+            ax.text(c * width + IMAGE_SIDE / 2 - 0.5, r * height + row_gap - 1.5, title, ha="center", va="bottom",
+                    fontsize="small")
+    ax.set_yticks(np.arange(len(row_labels)) * height + row_gap + IMAGE_SIDE / 2 - 0.5, row_labels)
+    ax.tick_params(axis="y", length=0)
+    ax.spines[:].set_visible(False)
+    return im
 
 
 def _side_colorbar(fig: Figure, im, axes, label: str, shrink: float = 1.0) -> None:
@@ -2282,17 +2301,20 @@ def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: KSp
     _check_int("n_units", n_units, low=1, high=len(atoms), high_name="the number of units")
     top = _top_units_per_class(contrib, lab, len(classes), n_units)
     limit = _symmetric_limit(atoms[[j for units in top.values() for j, _ in units]]) if top else 1.0
-    fig, axes = _fixed_grid(len(classes), n_units, (0.45, 0.3), (1.6, 1.2, 0.75, 0.1))
-    for c, name in enumerate(classes):
-        for i, ax in enumerate(axes[c]):
-            _image_axis(ax)
-            if c in top:
-                j, value = top[c][i]
-                im = _show_signed(ax, atoms[j].reshape(IMAGE_SIDE, IMAGE_SIDE), limit)
-                ax.set_title(f"unit {j}, c̄ = {value:+.2f}", fontsize="small")
-        axes[c, 0].set_ylabel(f"{name}\n(n = {(lab == c).sum()})", rotation=0, ha="right", va="center")
+    images = np.full((len(classes), n_units, IMAGE_SIDE, IMAGE_SIDE), np.nan)
+    titles = [[""] * n_units for _ in classes]
+    for c, units in top.items():
+        for i, (j, value) in enumerate(units):
+            images[c, i] = atoms[j].reshape(IMAGE_SIDE, IMAGE_SIDE)
+            titles[c][i] = f"unit {j}, c̄ = {value:+.2f}"
+    panel_w, panel_h = 1.35 * SMALL_PANEL_INCHES, 1.2 * SMALL_PANEL_INCHES
+    width, height = 2.8 + panel_w * n_units, 0.75 + panel_h * len(classes)
+    fig = plt.figure(figsize=(width, height))  # fixed layout: class names left, colour bar right, title on top
+    ax = fig.add_axes((1.6 / width, 0.1 / height, panel_w * n_units / width, panel_h * len(classes) / height))
+    row_labels = [f"{name}\n(n = {(lab == c).sum()})" for c, name in enumerate(classes)]
+    im = _show_mosaic(ax, images, limit, titles, row_labels)
     if top:
-        _side_colorbar(fig, im, axes, "decoder weight", shrink=0.4)
+        _side_colorbar(fig, im, [ax], "decoder weight", shrink=0.4)
     fig.suptitle(f"Top {n_units} units per class by mean contribution c̄ to the class logit (decoder atoms)")
     return _finish(fig, save)
 

@@ -290,8 +290,11 @@ def test_figures_cope_with_unequal_class_counts(uneven, tmp_path):
     contrib = torch.zeros(4, 16)
     contrib[:3, 5], contrib[3, 7] = 1.0, 2.0
     fig = kh.plot_class_units(contrib, sel.y, sae, ["a", "b", "c"], n_units=2)
-    assert fig.axes[0].get_title().startswith("unit 5,") and fig.axes[4].get_title().startswith("unit 7,")
-    assert len(fig.axes[2].images) == 0 and fig.axes[2].get_ylabel() == "b\n(n = 0)"
+    titles = [t.get_text() for t in fig.axes[0].texts]  # one mosaic: titles row by row, none for class b
+    assert len(titles) == 4 and titles[0].startswith("unit 5,") and titles[2].startswith("unit 7,")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a\n(n = 3)", "b\n(n = 0)", "c\n(n = 1)"]
+    mosaic, height = np.ma.getdata(fig.axes[0].images[0].get_array()), 28 + kh.MOSAIC_TITLE_GAP[0]
+    assert np.isnan(mosaic[height:2 * height]).all() and np.isfinite(mosaic[:height]).any()  # class b: blank
 
 
 def test_mosaic_places_each_image_with_a_gap():
