@@ -2131,7 +2131,7 @@ def plot_class_examples(data: FashionMNIST, n_per_class: int = 8, save: str | No
     fig = plt.figure(figsize=(width, height))  # fixed layout: 1.3 in left for names, 1.2 in right, 0.5 in top
     ax = fig.add_axes((1.3 / width, 0.1 / height, 1 - 2.5 / width, 1 - 0.6 / height))
     im = _show_image(ax, _mosaic(_numpy(images)))  # one image for the whole grid: one artist, not C x n axes
-    ax.set_yticks((np.arange(len(classes)) + 0.5) * (IMAGE_SIDE + MOSAIC_GAP) - 0.5, classes)
+    ax.set_yticks(np.arange(len(classes)) * (IMAGE_SIDE + MOSAIC_GAP) + MOSAIC_GAP + IMAGE_SIDE / 2 - 0.5, classes)
     ax.tick_params(axis="y", length=0)
     ax.spines[:].set_visible(False)
     _side_colorbar(fig, im, [ax], "pixel intensity", shrink=0.4)
