@@ -15,7 +15,8 @@ Sections
                       (deletion/insertion under zero, blur and ROAD substrates, MoRF and LeRF; completeness
                       decomposition; randomization; unit-level causality), the k sweep.
 10. Plotting       -- every figure of the notebook.
-11. Summary        -- ``results/summary.json``.
+11. Summary        -- ``results/summary.json``; output folders per configuration
+                      (``runs/<name>/``), ``compact_notebook``.
 
 Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` the code size (1024),
 ``C`` the number of classes (10).
@@ -33,6 +34,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -625,6 +627,9 @@ def shift_images(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return moved.reshape(len(x), -1)
 
 
+SHIFT_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))  # down, up, right, left: classifier_views' order
+
+
 def classifier_views(x: torch.Tensor, cfg: Config) -> Iterator[torch.Tensor]:
     """Yield, one at a time (only one shifted copy in memory), the versions of ``x: [N, 784]`` the classifier
     trains on: the images, their mirror images if ``cfg.clf_hflip``, then each of those moved
@@ -634,8 +639,8 @@ def classifier_views(x: torch.Tensor, cfg: Config) -> Iterator[torch.Tensor]:
     s = cfg.clf_shift
     if s:
         for base in bases:
-            for dy, dx in ((s, 0), (-s, 0), (0, s), (0, -s)):
-                yield shift_images(base, dy, dx)
+            for dy, dx in SHIFT_DIRECTIONS:
+                yield shift_images(base, dy * s, dx * s)
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -732,17 +737,63 @@ def encode_dataset(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.devic
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+CODE_MEMORY_BUDGET = 2 * 2**30  # bytes: the classifier's view codes are held up to this size, else encoded per batch
+
+
+def n_classifier_views(cfg: Config) -> int:
+    """How many views ``classifier_views`` yields for ``cfg``."""
+    return (1 + cfg.clf_hflip) * (1 + len(SHIFT_DIRECTIONS) * (cfg.clf_shift > 0))
+
+
+def view_of(x: torch.Tensor, view: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Each image of ``x: [B, D]`` as its view number ``view: [B]`` of ``classifier_views`` (same order)."""
+    n_bases = 1 + cfg.clf_hflip
+    out = torch.empty_like(x)
+    for v in view.unique().tolist():
+        rows = view == v
+        b = v if v < n_bases else (v - n_bases) // len(SHIFT_DIRECTIONS)
+        base = x[rows] if b == 0 else hflip(x[rows])
+        if v >= n_bases:
+            dy, dx = SHIFT_DIRECTIONS[(v - n_bases) % len(SHIFT_DIRECTIONS)]
+            base = shift_images(base, dy * cfg.clf_shift, dx * cfg.clf_shift)
+        out[rows] = base
+    return out
+
+
 def encode_views(sae: KSparseAutoencoder, x: torch.Tensor, cfg: Config,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse codes of every ``classifier_views`` view of ``x: [N, D]``: ``(values, indices)``, each
-    ``[V, N, k]`` on ``device`` (what ``train_classifier`` computes once before its first epoch)."""
-    n_views = (1 + cfg.clf_hflip) * (1 + 4 * (cfg.clf_shift > 0))
+    ``[V, N, k]`` on ``device``, indices int32 (what ``ViewCodes`` holds when it fits)."""
+    n_views = n_classifier_views(cfg)
     values = torch.empty(n_views, len(x), sae.k, device=device)
-    indices = torch.empty(n_views, len(x), sae.k, dtype=torch.long, device=device)
+    indices = torch.empty(n_views, len(x), sae.k, dtype=torch.int32, device=device)
     for i, view in enumerate(classifier_views(x, cfg)):  # filled in place: the codes are held once
         values[i], indices[i] = encode_dataset(sae, view, device)
-    assert i == n_views - 1, "classifier_views and n_views disagree"
+    assert i == n_views - 1, "classifier_views and n_classifier_views disagree"
     return values, indices
+
+
+class ViewCodes:
+    """Sparse codes of the classifier's views of ``x: [N, D]``: encoded once and held (``[V, N, k]``
+    values and int32 indices) when they fit in ``budget`` bytes, else encoded batch by batch (large k:
+    at k = 1024 the held codes would take 4.9 GB)."""
+
+    def __init__(self, sae: KSparseAutoencoder, x: torch.Tensor, cfg: Config, device: torch.device,
+                 budget: int | None = None):
+        self.n_views = n_classifier_views(cfg)
+        self.nbytes = self.n_views * len(x) * sae.k * 8  # float32 value + int32 index per active unit
+        self.held = self.nbytes <= (CODE_MEMORY_BUDGET if budget is None else budget)
+        if self.held:
+            self.values, self.indices = encode_views(sae, x, cfg, device)
+        else:
+            self.sae, self.x, self.cfg = sae.eval(), x.to(device), cfg
+
+    @torch.no_grad()
+    def batch(self, view: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes ``(values: [B, k], indices: [B, k])`` of images ``idx: [B]``, each as view ``view: [B]``."""
+        if self.held:
+            return self.values[view, idx], self.indices[view, idx]
+        return self.sae.encode_sparse(view_of(self.x[idx], view, self.cfg))
 
 
 @torch.no_grad()
@@ -761,14 +812,15 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
                      x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None) -> dict[str, list]:
     """Train ``clf`` on the frozen autoencoder's codes of ``x_train: [N, D]`` (labels ``y_train: [N]``).
 
-    Codes are computed once and kept sparse (``[V, N, k]`` values and indices for the ``V`` views of
-    ``classifier_views``: mirror images, shifted copies); each step takes a random view per image and
+    Codes are kept sparse (``ViewCodes``: ``[V, N, k]`` values and indices for the ``V`` views of
+    ``classifier_views``, mirror images and shifted copies, computed once, or per batch when they would
+    exceed ``CODE_MEMORY_BUDGET``); each step takes a random view per image and
     touches only the k active rows of the first layer. Returns per-epoch loss, train accuracy and (if
     given) accuracy on the validation images ``x_val: [M, D]`` (never the test set).
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    values, indices = encode_views(sae, x_train, cfg, device)
+    codes = ViewCodes(sae, x_train, cfg, device)
     y = y_train.to(device)
     val = None if x_val is None else (*encode_dataset(sae, x_val, device), y_val.to(device))
     clf.to(device)
@@ -781,8 +833,8 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
         clf.train()
         sums = torch.zeros(2, device=device)
         for idx in _batches(len(y), cfg.batch_size, gen, device):
-            view = torch.randint(len(values), (len(idx),), generator=gen).to(device)
-            logits = clf.forward_sparse(values[view, idx], indices[view, idx])
+            view = torch.randint(codes.n_views, (len(idx),), generator=gen).to(device)
+            logits = clf.forward_sparse(*codes.batch(view, idx))
             loss = F.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -1343,37 +1395,93 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
 
 @dataclass
 class Selection:
-    """High-confidence, correctly classified test images, balanced over classes (sorted by class)."""
+    """Correctly classified test images, preferably above the confidence threshold, sorted by class.
+
+    Balanced over classes when every class has ``n_requested`` images above the threshold; otherwise a
+    class keeps what passes, a class with none passing keeps its most confident correct images (below the
+    threshold, flagged in ``fallback``), and a class with no correct image at all is left out
+    (``skipped``). ``shortfalls`` and ``warning`` record all of it (JSON-able, for ``build_summary``).
+    """
 
     indices: torch.Tensor  # [N] indices into the test set
     x: torch.Tensor  # [N, 784] images
     y: torch.Tensor  # [N] labels (= predictions)
     confidence: torch.Tensor  # [N] softmax probability of the label
     n_candidates: dict = field(default_factory=dict)  # class name -> images passing the filter
+    n_requested: int = 0  # images asked for per class
+    fallback: torch.Tensor | None = None  # [N] bool: correct but at or below the threshold (class had none above)
+    shortfalls: dict = field(default_factory=dict)  # class name -> {"passing", "selected", "fallback"} (short ones)
+    skipped: list = field(default_factory=list)  # class names with no correctly classified test image
+    warning: str | None = None  # the one-line warning issued for the shortfalls (None when balanced)
+
+    def per_class(self, classes) -> dict:
+        """Class name -> number of selected images, for every name in ``classes``."""
+        counts = torch.bincount(self.y, minlength=len(classes)).tolist()
+        return dict(zip(classes, counts))
+
+
+def _pick_class(passing: torch.Tensor, correct: torch.Tensor, confidence: torch.Tensor, n_per_class: int,
+                min_per_class: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    """One class's picks: up to ``n_per_class`` random ``passing`` indices ``[P]``; if fewer than
+    ``min_per_class`` pass, topped up with the most confident of the ``correct`` indices ``[Q]`` that do
+    not pass. Returns (sorted indices, number of top-ups)."""
+    picked = passing[torch.randperm(len(passing), generator=gen)[:n_per_class]]
+    n_fill = max(0, min(min_per_class, n_per_class) - len(picked))
+    rest = correct[~torch.isin(correct, passing)]
+    fill = rest[confidence[rest].argsort(descending=True, stable=True)[:n_fill]]
+    return torch.cat([picked, fill]).sort().values, len(fill)
+
+
+def _shortfall_warning(shortfalls: dict, skipped: list, n_per_class: int, threshold: float) -> str | None:
+    """One line naming every class with fewer than ``n_per_class`` images, or None."""
+    if not shortfalls and not skipped:
+        return None
+    parts = [f"{name} {s['selected']}" + (f" ({s['fallback']} below the threshold)" if s["fallback"] else "")
+             for name, s in shortfalls.items()]
+    parts += [f"{name} 0 (no correct image: class left out)" for name in skipped]
+    return (f"selection: asked for {n_per_class} correct images per class with confidence > {threshold}; "
+            f"fewer for: {', '.join(parts)}")
 
 
 def select_high_confidence(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
                            device: torch.device, n_per_class: int, threshold: float = 0.8,
-                           seed: int = 0) -> Selection:
+                           seed: int = 0, min_per_class: int = 1) -> Selection:
     """``n_per_class`` random (seeded) test images per class that are classified correctly with
-    softmax confidence > ``threshold``. Raises ``ValueError`` naming any class with too few."""
+    softmax confidence > ``threshold``.
+
+    A class with fewer passing images keeps them all; one with fewer than ``min_per_class`` (default 1)
+    is topped up with its most confident correct images below the threshold (``Selection.fallback``);
+    one with no correct image is left out. Any shortfall issues one ``UserWarning`` naming the classes
+    and counts, also kept in ``Selection.warning`` / ``shortfalls`` / ``skipped``.
+    """
     _check_int("n_per_class", n_per_class, low=1)
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    _check_int("min_per_class", min_per_class, low=1)
+    _check_float("threshold", threshold, low=0.0, high=1.0, high_open=True)
     probs = predict(sae, clf, data.x_test, device).cpu()
     confidence, pred = probs.max(1)
-    ok = (pred == data.y_test) & (confidence > threshold)
+    correct_mask = pred == data.y_test
     gen = torch.Generator().manual_seed(seed)
-    chosen, counts = [], {}
+    chosen, fills, counts, shortfalls, skipped = [], [], {}, {}, []
     for c, name in enumerate(data.classes):
-        candidates = torch.nonzero(ok & (data.y_test == c))[:, 0]
-        counts[name] = len(candidates)
-        if len(candidates) < n_per_class:
-            raise ValueError(f"class {name!r} has only {len(candidates)} correctly classified test images with "
-                             f"confidence > {threshold}; asked for n_per_class={n_per_class}")
-        chosen.append(candidates[torch.randperm(len(candidates), generator=gen)[:n_per_class]].sort().values)
+        correct = torch.nonzero(correct_mask & (data.y_test == c))[:, 0]
+        passing = correct[confidence[correct] > threshold]
+        counts[name] = len(passing)
+        if len(correct) == 0:
+            skipped.append(name)
+            continue
+        idx, n_fill = _pick_class(passing, correct, confidence, n_per_class, min_per_class, gen)
+        if len(idx) < n_per_class:
+            shortfalls[name] = {"passing": len(passing), "selected": len(idx), "fallback": n_fill}
+        chosen.append(idx)
+        fills.append(~torch.isin(idx, passing))
+    if not chosen:
+        raise ValueError("no test image is classified correctly: nothing to explain (is the model trained?)")
+    warning = _shortfall_warning(shortfalls, skipped, n_per_class, threshold)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     idx = torch.cat(chosen)
-    return Selection(idx, data.x_test[idx], data.y_test[idx], confidence[idx], counts)
+    return Selection(idx, data.x_test[idx], data.y_test[idx], confidence[idx], counts, n_per_class,
+                     torch.cat(fills), shortfalls, skipped, warning)
 
 
 def _rowwise_pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -2356,8 +2464,9 @@ def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Conf
     Pixel deletion/insertion (``faithfulness_suite``: zero substrate on all images, blur and ROAD on a
     class-balanced subset of ``n_subset``), object focus and unit-level causality use all selected images;
     the completeness decomposition and the randomization check use evenly spaced subsets of
-    ``n_completeness`` and ``n_randomization`` images (balanced over classes where the selection is).
-    ``seconds`` holds each check's wall time.
+    ``n_completeness`` and ``n_randomization`` images of the class-sorted selection, so each class keeps its
+    share (equal shares unless some class fell short: ``Selection.shortfalls``). ``seconds`` holds each
+    check's wall time.
     """
     device = next(pipeline.parameters()).device
     x, y = selection.x.to(device), selection.y.to(device)
@@ -2548,6 +2657,10 @@ def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Seque
 # quantities use a diverging colour map centred at 0 with a symmetric scale.
 
 DPI = 110  # resolution of saved PNGs
+PNG_COLORS = 256  # saved PNGs are palette images with at most this many colours (``png_bytes``)
+PNG_EXACT_COLORS = 8  # of which this many are kept for rare colours the palette would shift (``palette_png``)
+PNG_TOLERANCE = 24  # colour levels (of 255) a palette may shift a pixel before its colour gets an exact entry
+PNG_QUANTIZER = 2  # PIL.Image.Quantize.FASTOCTREE: 7x faster than median cut, as good with the exact entries
 DIVERGING_CMAP = "RdBu_r"  # signed attributions and decoder atoms: red > 0, white = 0, blue < 0
 IMAGE_CMAP = "gray"  # pixel intensities (white object on black background, as in the data)
 CONFUSION_CMAP = "Blues"  # row-normalised confusion matrix (values in [0, 1])
@@ -2558,7 +2671,15 @@ CI_ALPHA = 0.2  # opacity of confidence bands
 PANEL_INCHES = 2.4  # size of one image panel in the attribution comparison
 SMALL_PANEL_INCHES = 1.25  # size of one image panel in image grids
 COMPARISON_MIN_WIDTH = 12.0  # inches; keeps the statistics row of a comparison readable with one method
+# Fixed layout of the comparison figure: figure margins in inches, gaps as fractions of a panel
+COMPARISON_MARGINS = {"left": 0.95, "right": 0.75, "top": 0.55, "bottom": 1.2, "wspace": 0.45, "hspace": 0.3,
+                      "bottom_wspace": 0.55}
+COLORBAR_INSET = (1.04, 0.0, 0.05, 1.0)  # colour bar beside an image panel, in the panel's axes fractions
+MOSAIC_GAP = 1  # pixels between the images of a mosaic (``_mosaic``)
+MOSAIC_TITLE_GAP = (9, 12)  # blank pixels above each row and between the columns of a titled mosaic
+SIDE_COLORBAR_INCHES = (0.2, 0.15)  # colour bar right of an image grid: gap and width in inches
 ATLAS_COLUMNS = 8  # decoder atoms per row in the feature atlas
+ATLAS_HISTOGRAM_INCHES = (2.0, 0.65, 0.6)  # usage histogram under the atlas: height, room below and above it
 USAGE_BINS = 50  # histogram bins for unit usage
 ERROR_BINS = 30  # log-spaced histogram bins for per-image completeness errors
 LOG_BIN_MARGIN = 1e-6  # widens the last log bin so the largest value falls inside it
@@ -2569,6 +2690,10 @@ LOG_FLOOR = 1e-12  # values drawn on a log axis are clipped to at least this (ex
 STYLE = "whitegrid"  # seaborn axes style, applied while a figure is built and saved
 CONTEXT = "notebook"  # seaborn plotting context
 FONT_SCALE = 0.85  # seaborn font scale
+# Titles at a fixed height above the axes: matplotlib's automatic placement (clearing top tick labels, which
+# no figure here has) measured every axis of a figure again at each draw, a third of a comparison's time
+RC_FAST = {"axes.titley": 1.0}
+HEATMAP_DARK = 0.408  # heatmap cells darker than this relative luminance get white text (seaborn's rule)
 METHOD_COLORS = dict(zip(METHOD_LABELS, sns.color_palette("colorblind", len(METHOD_LABELS))))
 CONTROL_STYLES = {"random": ("0.3", ":"), "random_object": ("0.15", (0, (1, 1))), "intensity": ("0.5", "--"),
                   "edges": ("0.65", "-.")}  # colour, dashes
@@ -2578,6 +2703,7 @@ CONTROL_LABELS = {"random": "Random order (control)", "random_object": "Random o
 QUADRATURE_LABELS = {"gausslegendre": "Gauss-Legendre", "riemann_trapezoid": "trapezoid",
                      "riemann_left": "left Riemann", "riemann_right": "right Riemann",
                      "riemann_middle": "midpoint"}
+FALLBACK_NOTE = ", below the confidence threshold (its class had none above)"  # title of a fallback image
 SHORT_LABELS = {"integrated": "IG", "simple": "Gradient", "smoothgrad": "SmoothGrad", "decoder": "Decoder-w.",
                 "input_x_gradient": "In×Grad", "input_x_smoothgrad": "In×SG"}
 IMAGE_STATS = {"mean_abs": "mean |attr|", "max_abs": "max |attr|", "std": "std"}  # per-image statistics
@@ -2603,7 +2729,7 @@ def _styled(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with sns.axes_style(STYLE), sns.plotting_context(CONTEXT, font_scale=FONT_SCALE):
+        with sns.axes_style(STYLE), sns.plotting_context(CONTEXT, font_scale=FONT_SCALE), plt.rc_context(RC_FAST):
             return fn(*args, **kwargs)
 
     return wrapper
@@ -2614,6 +2740,107 @@ def _new_figure(width: float, height: float) -> Figure:
     return plt.figure(figsize=(width, height), layout="constrained")
 
 
+def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``rgb: [..., 3]`` uint8 colours as one int32 each (for counting colours)."""
+    return (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+
+
+def palette_png(rgb: np.ndarray, colors: int = PNG_COLORS) -> bytes:
+    """``rgb: [H, W, 3]`` uint8 as a palette PNG of at most ``colors`` colours: a fast octree palette (large
+    areas move by a few levels at most), plus ``PNG_EXACT_COLORS`` entries for the most frequent colours it
+    would shift by more than ``PNG_TOLERANCE`` levels (a thin contour line or a legend patch keeps its colour)."""
+    from PIL import Image, ImageChops
+
+    original = Image.fromarray(rgb)
+    quantized = original.quantize(colors - PNG_EXACT_COLORS, method=PNG_QUANTIZER, dither=Image.Dither.NONE)
+    channels = ImageChops.difference(quantized.convert("RGB"), original).split()
+    error = ImageChops.lighter(ImageChops.lighter(channels[0], channels[1]), channels[2])  # [H, W] max shift
+    index = np.asarray(quantized).copy()
+    palette = np.asarray(quantized.getpalette(), dtype=np.uint8).reshape(-1, 3)[:index.max() + 1]
+    rows, cols = np.nonzero(np.asarray(error) > PNG_TOLERANCE)
+    if len(rows):
+        packed = _pack_rgb(rgb[rows, cols])
+        values, counts = np.unique(packed, return_counts=True)
+        for value in values[np.argsort(-counts, kind="stable")[:PNG_EXACT_COLORS]]:
+            hit = packed == value
+            index[rows[hit], cols[hit]] = len(palette)
+            palette = np.vstack([palette, [(value >> 16) & 255, (value >> 8) & 255, value & 255]])
+    image = Image.fromarray(index, mode="P")
+    image.putpalette(palette.astype(np.uint8).ravel().tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def png_bytes(fig: Figure, dpi: float = DPI, colors: int = PNG_COLORS) -> bytes:
+    """``fig`` rendered once at ``dpi`` and encoded by ``palette_png`` (a third of the size of a true-colour
+    PNG; the figures are flat colours, text and 28 x 28 maps, so nothing visible is lost)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return palette_png(np.asarray(canvas.buffer_rgba())[..., :3], colors)
+
+
+def _fixed_grid(n_rows: int, n_cols: int, gap: tuple[float, float], margins: tuple[float, float, float, float],
+                panel: float = SMALL_PANEL_INCHES) -> tuple[Figure, np.ndarray]:
+    """A figure of ``n_rows`` x ``n_cols`` square image panels at fixed positions (no layout engine: the
+    figure is drawn once, however many panels). ``panel``: side in inches; ``gap``: (horizontal, vertical)
+    inches between panels (room for titles and labels); ``margins``: (left, right, top, bottom) inches.
+    Returns the figure and its axes ``[n_rows, n_cols]``."""
+    left, right, top, bottom = margins
+    width = left + right + n_cols * panel + (n_cols - 1) * gap[0]
+    height = top + bottom + n_rows * panel + (n_rows - 1) * gap[1]
+    fig = plt.figure(figsize=(width, height))
+    axes = np.empty((n_rows, n_cols), dtype=object)
+    for r, c in np.ndindex(n_rows, n_cols):
+        x0, y0 = left + c * (panel + gap[0]), height - top - (r + 1) * panel - r * gap[1]
+        axes[r, c] = fig.add_axes((x0 / width, y0 / height, panel / width, panel / height))
+    return fig, axes
+
+
+def _mosaic(images: np.ndarray, row_gap: int = MOSAIC_GAP, col_gap: int = MOSAIC_GAP) -> np.ndarray:
+    """``images: [R, C, 28, 28]`` (NaN: no image) as one ``[R * (28 + row_gap), C * (28 + col_gap)]`` array;
+    each row starts with ``row_gap`` blank pixel rows (room for titles: ``_show_mosaic``), columns are
+    ``col_gap`` apart. Gaps are NaN: drawn in the axes' background colour."""
+    rows, cols = images.shape[:2]
+    height, width = IMAGE_SIDE + row_gap, IMAGE_SIDE + col_gap
+    out = np.full((rows * height, cols * width), np.nan)
+    for r, c in np.ndindex(rows, cols):
+        out[r * height + row_gap:(r + 1) * height, c * width:c * width + IMAGE_SIDE] = images[r, c]
+    return out
+
+
+def _show_mosaic(ax, images: np.ndarray, limit: float, titles, row_labels) -> object:
+    """Signed ``images: [R, C, 28, 28]`` as one mosaic image on ``ax`` (diverging map on ``[-limit, limit]``),
+    ``titles[r][c]`` above each panel ("" for none) and ``row_labels[r]`` left of each row. One artist
+    instead of R x C axes; returns the image artist."""
+    row_gap, col_gap = MOSAIC_TITLE_GAP
+    im = _show_signed(ax, _mosaic(images, row_gap, col_gap), limit)
+    height, width = IMAGE_SIDE + row_gap, IMAGE_SIDE + col_gap
+    for (r, c), title in np.ndenumerate(np.asarray(titles, dtype=object)):
+        if title:
+            ax.text(c * width + IMAGE_SIDE / 2 - 0.5, r * height + row_gap - 1.5, title, ha="center", va="bottom",
+                    fontsize="small")
+    ax.set_yticks(np.arange(len(row_labels)) * height + row_gap + IMAGE_SIDE / 2 - 0.5, row_labels)
+    ax.tick_params(axis="y", length=0)
+    ax.spines[:].set_visible(False)
+    return im
+
+
+def _side_colorbar(fig: Figure, im, axes, label: str, shrink: float = 1.0) -> None:
+    """A colour bar for ``im`` right of the block of ``axes`` (fixed layouts), ``shrink`` of its height."""
+    from matplotlib.transforms import Bbox
+
+    block = Bbox.union([ax.get_position() for ax in np.ravel(axes)])
+    width_in = fig.get_size_inches()[0]
+    height = block.height * shrink
+    cax = fig.add_axes((block.x1 + SIDE_COLORBAR_INCHES[0] / width_in, block.y0 + (block.height - height) / 2,
+                        SIDE_COLORBAR_INCHES[1] / width_in, height))
+    fig.colorbar(im, cax=cax, label=label)
+
+
 def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     """Save ``fig`` at ``DPI`` if ``save`` is a path (parent folders created); return ``fig``.
 
@@ -2621,9 +2848,7 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     The figure is closed in pyplot, so a notebook displays it only when it is returned (not twice).
     """
     if save is not None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-        fig.saved_png = buffer.getvalue()  # rendered once: ``show`` displays these bytes
+        fig.saved_png = png_bytes(fig)  # rendered once: ``show`` displays these bytes
         atomic_write_bytes(save, fig.saved_png)
     else:
         fig.draw_without_rendering()
@@ -2694,7 +2919,7 @@ def _image_axis(ax) -> None:
 
 def _show_image(ax, image: np.ndarray, title: str | None = None):
     """Draw ``image: [28, 28]`` in grey on [0, 1]; returns the image artist."""
-    im = ax.imshow(image, cmap=IMAGE_CMAP, vmin=0.0, vmax=1.0)
+    im = ax.imshow(image, cmap=IMAGE_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
     _image_axis(ax)
     if title:
         ax.set_title(title)
@@ -2703,7 +2928,7 @@ def _show_image(ax, image: np.ndarray, title: str | None = None):
 
 def _show_signed(ax, image: np.ndarray, limit: float, title: str | None = None):
     """Draw signed ``image: [28, 28]`` with the diverging map on ``[-limit, limit]``; returns the artist."""
-    im = ax.imshow(image, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit)
+    im = ax.imshow(image, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
     _image_axis(ax)
     if title:
         ax.set_title(title)
@@ -2809,13 +3034,15 @@ def plot_class_examples(data: FashionMNIST, n_per_class: int = 8, save: str | No
     _check_int("n_per_class", n_per_class, low=1)
     classes = list(data.classes)
     idx = _first_per_class(data.y_train, len(classes), n_per_class, classes)
-    fig = _new_figure(SMALL_PANEL_INCHES * n_per_class + 2.5, SMALL_PANEL_INCHES * len(classes) + 0.5)
-    axes = fig.subplots(len(classes), n_per_class, squeeze=False)
-    for c, name in enumerate(classes):
-        for ax, i in zip(axes[c], idx[c]):
-            im = _show_image(ax, _as_image(data.x_train[i]))
-        axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center")
-    fig.colorbar(im, ax=axes, shrink=0.4, label="pixel intensity")
+    images = data.x_train[idx.reshape(-1)].reshape(len(classes), n_per_class, IMAGE_SIDE, IMAGE_SIDE)
+    width, height = 2.5 + SMALL_PANEL_INCHES * n_per_class, 0.6 + SMALL_PANEL_INCHES * len(classes)
+    fig = plt.figure(figsize=(width, height))  # fixed layout: 1.3 in left for names, 1.2 in right, 0.5 in top
+    ax = fig.add_axes((1.3 / width, 0.1 / height, 1 - 2.5 / width, 1 - 0.6 / height))
+    im = _show_image(ax, _mosaic(_numpy(images)))  # one image for the whole grid: one artist, not C x n axes
+    ax.set_yticks(np.arange(len(classes)) * (IMAGE_SIDE + MOSAIC_GAP) + MOSAIC_GAP + IMAGE_SIDE / 2 - 0.5, classes)
+    ax.tick_params(axis="y", length=0)
+    ax.spines[:].set_visible(False)
+    _side_colorbar(fig, im, [ax], "pixel intensity", shrink=0.4)
     fig.suptitle(f"Fashion-MNIST: the first {n_per_class} training images of each class")
     return _finish(fig, save)
 
@@ -2895,8 +3122,7 @@ def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: to
         x_hat = sae(x.to(device)).cpu().reshape(len(classes), n_per_class, -1)
     x = x.reshape(len(classes), n_per_class, -1)
     mse = (x_hat - x).pow(2).mean(-1)  # [C, n]
-    fig = _new_figure(SMALL_PANEL_INCHES * len(classes) + 2.5, 2.4 * SMALL_PANEL_INCHES * n_per_class + 0.6)
-    axes = fig.subplots(2 * n_per_class, len(classes), squeeze=False)
+    fig, axes = _fixed_grid(2 * n_per_class, len(classes), (0.12, 0.4), (0.45, 1.3, 0.75, 0.35))
     for c, name in enumerate(classes):
         axes[0, c].set_title(name)
         for i in range(n_per_class):
@@ -2906,7 +3132,7 @@ def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: to
     for i in range(n_per_class):
         axes[2 * i, 0].set_ylabel("original")
         axes[2 * i + 1, 0].set_ylabel("reconstruction")
-    fig.colorbar(im, ax=axes, shrink=0.5, label="pixel intensity (reconstructions clipped to [0, 1])")
+    _side_colorbar(fig, im, axes, "pixel intensity\n(reconstructions clipped to [0, 1])", shrink=0.7)
     fig.suptitle(f"Reconstructions with k = {sae.k} active units (mean MSE of these images {mse.mean():.4f})")
     return _finish(fig, save)
 
@@ -2938,16 +3164,18 @@ def plot_feature_atlas(sae: KSparseAutoencoder, usage, n_units: int = 32, save: 
     limit = _symmetric_limit(atoms_all[order])
     n_cols = min(ATLAS_COLUMNS, n_units)
     n_rows = -(-n_units // n_cols)
-    fig = _new_figure(SMALL_PANEL_INCHES * n_cols + 1.5, 1.45 * SMALL_PANEL_INCHES * n_rows + 3.0)
-    grid = fig.add_gridspec(n_rows + 1, n_cols, height_ratios=[1] * n_rows + [1.6])
-    atom_axes = []
-    for i, unit in enumerate(order):
-        ax = fig.add_subplot(grid[i // n_cols, i % n_cols])
+    hist_inches = ATLAS_HISTOGRAM_INCHES
+    fig, axes = _fixed_grid(n_rows, n_cols, (0.1, 0.45), (0.95, 1.3, 0.85, sum(hist_inches)))
+    for ax in axes.flat[n_units:]:
+        ax.remove()
+    for ax, unit in zip(axes.flat, order):
         im = _show_signed(ax, atoms_all[unit].reshape(IMAGE_SIDE, IMAGE_SIDE), limit)
         ax.set_title(f"unit {unit}\n{100 * usage[unit]:.1f} %", fontsize="small")
-        atom_axes.append(ax)
-    fig.colorbar(im, ax=atom_axes, shrink=0.6, label="decoder weight")
-    _usage_histogram(fig.add_subplot(grid[n_rows, :]), usage)
+    _side_colorbar(fig, im, axes.flat[:n_units], "decoder weight", shrink=0.6)
+    width, height = fig.get_size_inches()
+    grid_box = axes[0, 0].get_position()
+    _usage_histogram(fig.add_axes((grid_box.x0, hist_inches[1] / height, 1 - grid_box.x0 - 1.3 / width,
+                                   hist_inches[0] / height)), usage)
     fig.suptitle(f"Decoder atoms of the {n_units} most used units (title: unit id, % of training images)")
     return _finish(fig, save)
 
@@ -2981,18 +3209,20 @@ def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: KSp
     _check_int("n_units", n_units, low=1, high=len(atoms), high_name="the number of units")
     top = _top_units_per_class(contrib, lab, len(classes), n_units)
     limit = _symmetric_limit(atoms[[j for units in top.values() for j, _ in units]]) if top else 1.0
-    fig = _new_figure(1.35 * SMALL_PANEL_INCHES * n_units + 2.8, 1.2 * SMALL_PANEL_INCHES * len(classes) + 0.6)
-    axes = fig.subplots(len(classes), n_units, squeeze=False)
-    for c, name in enumerate(classes):
-        for i, ax in enumerate(axes[c]):
-            _image_axis(ax)
-            if c in top:
-                j, value = top[c][i]
-                im = _show_signed(ax, atoms[j].reshape(IMAGE_SIDE, IMAGE_SIDE), limit)
-                ax.set_title(f"unit {j}, c̄ = {value:+.2f}", fontsize="small")
-        axes[c, 0].set_ylabel(f"{name}\n(n = {(lab == c).sum()})", rotation=0, ha="right", va="center")
+    images = np.full((len(classes), n_units, IMAGE_SIDE, IMAGE_SIDE), np.nan)
+    titles = [[""] * n_units for _ in classes]
+    for c, units in top.items():
+        for i, (j, value) in enumerate(units):
+            images[c, i] = atoms[j].reshape(IMAGE_SIDE, IMAGE_SIDE)
+            titles[c][i] = f"unit {j}, c̄ = {value:+.2f}"
+    panel_w, panel_h = 1.35 * SMALL_PANEL_INCHES, 1.2 * SMALL_PANEL_INCHES
+    width, height = 2.8 + panel_w * n_units, 0.75 + panel_h * len(classes)
+    fig = plt.figure(figsize=(width, height))  # fixed layout: class names left, colour bar right, title on top
+    ax = fig.add_axes((1.6 / width, 0.1 / height, panel_w * n_units / width, panel_h * len(classes) / height))
+    row_labels = [f"{name}\n(n = {(lab == c).sum()})" for c, name in enumerate(classes)]
+    im = _show_mosaic(ax, images, limit, titles, row_labels)
     if top:
-        fig.colorbar(im, ax=axes, shrink=0.4, label="decoder weight")
+        _side_colorbar(fig, im, [ax], "decoder weight", shrink=0.4)
     fig.suptitle(f"Top {n_units} units per class by mean contribution c̄ to the class logit (decoder atoms)")
     return _finish(fig, save)
 
@@ -3023,9 +3253,8 @@ def plot_confusion_matrix(metrics_clf: dict, classes, save: str | None = None) -
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     fig = _new_figure(15, 7)
     ax_cm, ax_bar = fig.subplots(1, 2, width_ratios=[2.6, 1])
-    sns.heatmap(rates, ax=ax_cm, annot=True, fmt=".2f", cmap=CONFUSION_CMAP, vmin=0, vmax=1, square=True,
-                xticklabels=classes, yticklabels=classes, annot_kws={"size": "x-small"},
-                cbar_kws={"label": "share of the true class's test images", "shrink": 0.8})
+    _annotated_heatmap(ax_cm, rates, classes, classes, CONFUSION_CMAP, (0, 1), ".2f",
+                       "share of the true class's test images", fontsize="x-small")
     ax_cm.set(xlabel="predicted class", ylabel="true class")
     ax_cm.tick_params(axis="x", labelrotation=45)
     accuracy = metrics_clf.get("test_accuracy", float(np.trace(confusion) / max(confusion.sum(), 1)))
@@ -3071,26 +3300,29 @@ def _image_spearman(maps: dict, methods: list[str]) -> np.ndarray:
     return corr
 
 
+def _colorbar_axis(ax):
+    """An axis for a colour bar just right of ``ax`` (fixed layouts: no layout engine to place it)."""
+    return ax.inset_axes(COLORBAR_INSET)
+
+
 def _comparison_maps(fig, grid, image: np.ndarray, maps: dict, methods: list[str]) -> None:
-    """Rows 1-2 of the comparison: the image and each signed map, then the object outline and overlays."""
+    """Rows 1-2 of the comparison: the image and each signed map, then the object outline and overlays
+    (drawn on row 1's colour scales; row 1's colour bars say so)."""
     mask = image > 0
-    cbar = {"shrink": 0.85, "pad": 0.02}
     ax = fig.add_subplot(grid[0, 0])
-    fig.colorbar(_show_image(ax, image, "Input image"), ax=ax, label="pixel intensity", **cbar)
-    ax = fig.add_subplot(grid[1, 0])
-    im = _show_image(ax, image, f"Object pixels (x > 0): {mask.mean():.0%}")
+    fig.colorbar(_show_image(ax, image, "Input image"), cax=_colorbar_axis(ax), label="pixel intensity (both rows)")
+    ax = fig.add_subplot(grid[1, 0])  # row 2 is drawn on row 1's colour scales: one colour bar serves both
+    _show_image(ax, image, f"Object pixels (x > 0): {mask.mean():.0%}")
     ax.contour(mask, levels=[0.5], colors=OBJECT_CONTOUR_COLOR, linewidths=1.2)
-    fig.colorbar(im, ax=ax, label="pixel intensity", **cbar)
     for col, m in enumerate(methods, start=1):
         a = _as_image(maps[m], f"maps[{m!r}]")
         limit = _symmetric_limit(a, MAP_CLIP_PERCENTILE)
         ax = fig.add_subplot(grid[0, col])
-        fig.colorbar(_show_signed(ax, a, limit, _label(m)), ax=ax, label="attribution", **cbar)
+        fig.colorbar(_show_signed(ax, a, limit, _label(m)), cax=_colorbar_axis(ax), label="attribution (both rows)")
         ax = fig.add_subplot(grid[1, col])
         _show_image(ax, image, f"{_label(m)} on image")
         alpha = OVERLAY_ALPHA * np.clip(np.abs(a) / limit, 0, 1)
-        overlay = ax.imshow(a, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, alpha=alpha)
-        fig.colorbar(overlay, ax=ax, label="attribution (opacity ~ |attr|)", **cbar)
+        ax.imshow(a, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, alpha=alpha, interpolation="nearest")
 
 
 def _comparison_stat_bars(ax_mag, ax_obj, stats: dict, methods: list[str], object_share: float) -> None:
@@ -3113,13 +3345,30 @@ def _comparison_stat_bars(ax_mag, ax_obj, stats: dict, methods: list[str], objec
         ax.set_xticks(x, [_label(m) for m in methods], rotation=30, ha="right")
 
 
-def _correlation_heatmap(ax, corr: np.ndarray, methods: list[str], title: str) -> None:
+def _annotated_heatmap(ax, values: np.ndarray, xlabels, ylabels, cmap: str, limits: tuple[float, float],
+                       fmt: str, cbar_label: str, cbar_kws: dict | None = None, fontsize="medium"):
+    """``values: [R, C]`` as square cells with the value written in each (white on dark cells) and a colour
+    bar (``cbar_kws`` go to ``fig.colorbar``, e.g. ``cax``). One image and R x C texts: no extra draw."""
+    im = ax.imshow(values, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
+    rgba = im.cmap(im.norm(values))
+    luminance = rgba[..., :3] @ np.array([0.2126, 0.7152, 0.0722])  # relative luminance (sRGB weights)
+    for (r, c), value in np.ndenumerate(values):
+        ax.text(c, r, format(value, fmt), ha="center", va="center", fontsize=fontsize,
+                color="white" if luminance[r, c] < HEATMAP_DARK else "0.15")
+    ax.set_xticks(range(values.shape[1]), xlabels)
+    ax.set_yticks(range(values.shape[0]), ylabels)
+    ax.tick_params(length=0)
+    ax.grid(False)
+    ax.spines[:].set_visible(False)
+    ax.figure.colorbar(im, ax=ax, label=cbar_label, **(cbar_kws or {"shrink": 0.8}))
+    return im
+
+
+def _correlation_heatmap(ax, corr: np.ndarray, methods: list[str], title: str, cbar_kws: dict | None = None) -> None:
     """Annotated ``[M, M]`` correlation heatmap on [-1, 1] with the diverging map."""
-    sns.heatmap(corr, ax=ax, vmin=-1, vmax=1, center=0, cmap=DIVERGING_CMAP, annot=True, fmt=".2f", square=True,
-                xticklabels=[SHORT_LABELS.get(m, m) for m in methods], yticklabels=[_label(m) for m in methods],
-                cbar_kws={"label": "Spearman ρ", "shrink": 0.8})
+    _annotated_heatmap(ax, corr, [SHORT_LABELS.get(m, m) for m in methods], [_label(m) for m in methods],
+                       DIVERGING_CMAP, (-1, 1), ".2f", "Spearman ρ", cbar_kws)
     ax.tick_params(axis="x", labelrotation=30)
-    ax.tick_params(axis="y", labelrotation=0)
     ax.set_title(title)
 
 
@@ -3141,17 +3390,23 @@ def plot_attribution_comparison(image: torch.Tensor, maps: dict, label: str, con
     if missing:
         raise ValueError(f"stats has no entry for method(s) {missing}")
     n_cols = len(methods) + 1
-    fig = _new_figure(max(COMPARISON_MIN_WIDTH, PANEL_INCHES * 1.25 * n_cols), 3.6 * PANEL_INCHES)
-    grid = fig.add_gridspec(3, n_cols, height_ratios=[1, 1, 1.5])
+    width, height = max(COMPARISON_MIN_WIDTH, PANEL_INCHES * 1.25 * n_cols), 3.6 * PANEL_INCHES
+    fig = plt.figure(figsize=(width, height))  # fixed layout (margins in inches): no layout engine, one draw
+    m = COMPARISON_MARGINS
+    grid = fig.add_gridspec(3, n_cols, height_ratios=[1, 1, 1.5], left=m["left"] / width,
+                            right=1 - m["right"] / width, top=1 - m["top"] / height, bottom=m["bottom"] / height,
+                            wspace=m["wspace"], hspace=m["hspace"])
     _comparison_maps(fig, grid, img, maps, methods)
     ratios = [1.2, 0.9, 1.2][:3 if len(methods) > 1 else 2]
-    bottom = grid[2, :].subgridspec(1, len(ratios), width_ratios=ratios)
+    bottom = grid[2, :].subgridspec(1, len(ratios), width_ratios=ratios, wspace=m["bottom_wspace"])
     _comparison_stat_bars(fig.add_subplot(bottom[0]), fig.add_subplot(bottom[1]), stats, methods,
                           float((img > 0).mean()))
     if len(methods) > 1:  # one method has no agreement to show
-        _correlation_heatmap(fig.add_subplot(bottom[2]), _image_spearman(maps, methods), methods,
-                             "Agreement: Spearman ρ of |maps|")
-    fig.suptitle(f"{label} (model confidence {confidence:.1%})", fontsize="large")
+        ax = fig.add_subplot(bottom[2])
+        _correlation_heatmap(ax, _image_spearman(maps, methods), methods, "Agreement: Spearman ρ of |maps|",
+                             {"cax": _colorbar_axis(ax)})
+    fig.suptitle(f"{label} (model confidence {confidence:.1%}); row 2: each map over the image, opacity ~ |attr|",
+                 fontsize="large")
     return _finish(fig, save)
 
 
@@ -3160,7 +3415,8 @@ def plot_comparison_grid(selection: Selection, maps: dict, classes, methods=None
     """``plot_attribution_comparison`` for the first ``max_samples_per_class`` selected images of each class.
 
     ``selection``: ``Selection`` (``x: [N, 784]``, ``y: [N]``, ``confidence: [N]``); ``maps``: method ->
-    ``[N, 784]``; ``classes: [C]`` names. With ``save_dir`` each figure is saved as
+    ``[N, 784]``; ``classes: [C]`` names. A fallback image (``Selection.fallback``) says so in its title.
+    With ``save_dir`` each figure is saved as
     ``{save_dir}/comparison_{class-slug}_{i}.png``. Returns the figures (class order).
     """
     classes = _check_classes(classes)
@@ -3172,8 +3428,9 @@ def plot_comparison_grid(selection: Selection, maps: dict, classes, methods=None
     for c, name in enumerate(classes):
         for i, idx in enumerate(np.flatnonzero(labels == c)[:max_samples_per_class]):
             save = None if save_dir is None else Path(save_dir) / f"comparison_{_slug(name)}_{i}.png"
+            fallback = selection.fallback is not None and bool(selection.fallback[idx])
             figures.append(plot_attribution_comparison(
-                selection.x[idx], {m: a[idx] for m, a in arrays.items()}, name,
+                selection.x[idx], {m: a[idx] for m, a in arrays.items()}, name + FALLBACK_NOTE * fallback,
                 float(selection.confidence[idx]), methods=methods, save=save))
     return figures
 
@@ -3193,8 +3450,7 @@ def plot_class_average_maps(maps: dict, labels: torch.Tensor, classes, methods=N
     classes = _check_classes(classes)
     n = len(_as_maps(maps[methods[0]], f"maps[{methods[0]!r}]"))
     lab = _check_labels(labels, n, len(classes))
-    fig = _new_figure(SMALL_PANEL_INCHES * len(classes) + 3.2, 1.35 * SMALL_PANEL_INCHES * len(methods) + 0.8)
-    axes = fig.subplots(len(methods), len(classes), squeeze=False)
+    fig, axes = _fixed_grid(len(methods), len(classes), (0.08, 0.2), (1.5, 1.35, 0.9, 0.1))
     for r, m in enumerate(methods):
         arr = _as_maps(maps[m], f"maps[{m!r}]", n)
         means = {c: arr[lab == c].mean(0) for c in range(len(classes)) if (lab == c).any()}
@@ -3207,7 +3463,7 @@ def plot_class_average_maps(maps: dict, labels: torch.Tensor, classes, methods=N
                 ax.set_title(f"{classes[c]}\n(n = {(lab == c).sum()})", fontsize="small")
         axes[r, 0].set_ylabel(_label(m).replace(" ", "\n", 1), rotation=0, ha="right", va="center")
         if means:
-            fig.colorbar(im, ax=axes[r, :], shrink=0.9, pad=0.01, label="mean attribution")
+            _side_colorbar(fig, im, axes[r, :], "mean attribution", shrink=0.9)
     fig.suptitle("Class-average signed attribution maps (one colour scale per method)")
     return _finish(fig, save)
 
@@ -3682,7 +3938,8 @@ def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
 #   schema_version, created, config, device, torch_version, timings_s{phase: seconds},
 #   autoencoder{k, test_mse_per_pixel, fvu, mean_l0, dead_units, d_hidden},
 #   classifier{test_accuracy, per_class_accuracy{class: acc}, confusion_matrix[[...]]},
-#   selection{n_images, n_per_class, threshold, candidates_per_class},
+#   selection{n_images, n_per_class, threshold, candidates_per_class, selected_per_class, n_fallback,
+#             shortfalls{class: {passing, selected, fallback}}, skipped_classes, warning},
 #   validation{n_images, cross_method, faithfulness, object_focus, completeness, randomization, unit_deletion,
 #              seconds{check: s}}, verdicts[{ordering, method, ranking, test, passes, rank, value}]
 
@@ -3704,6 +3961,17 @@ def _jsonable(obj):
     return obj
 
 
+def selection_summary(selection: Selection, threshold: float) -> dict:
+    """The ``selection`` block of the summary: sizes, per-class counts and any shortfall."""
+    classes = list(selection.n_candidates)
+    fallback = selection.fallback
+    return {"n_images": len(selection.y), "threshold": threshold,
+            "n_per_class": selection.n_requested or len(selection.y) // max(len(classes), 1),
+            "candidates_per_class": selection.n_candidates, "selected_per_class": selection.per_class(classes),
+            "n_fallback": int(fallback.sum()) if fallback is not None else 0,
+            "shortfalls": selection.shortfalls, "skipped_classes": selection.skipped, "warning": selection.warning}
+
+
 def build_summary(cfg: Config, device: torch.device, metrics: dict, timings: dict,
                   selection: Selection | None = None, validation: dict | None = None, **extra) -> dict:
     """Everything a reader or a script needs to check the notebook's claims, as one dict."""
@@ -3719,9 +3987,7 @@ def build_summary(cfg: Config, device: torch.device, metrics: dict, timings: dic
         "classifier": metrics["classifier"],
     }
     if selection is not None:
-        summary["selection"] = {"n_images": len(selection.y), "threshold": cfg.confidence_threshold,
-                                "n_per_class": len(selection.y) // len(selection.n_candidates),
-                                "candidates_per_class": selection.n_candidates}
+        summary["selection"] = selection_summary(selection, cfg.confidence_threshold)
     if validation is not None:
         summary["validation"] = validation
     summary.update(extra)
@@ -3740,6 +4006,11 @@ def headline_table(summary: dict) -> list[tuple[str, str]]:
             ("Test MSE / pixel", f"{ae['test_mse_per_pixel']:.5f}"), ("Mean L0", f"{ae['mean_l0']:.1f}"),
             ("Dead units", f"{ae['dead_units']} / {ae['d_hidden']}"),
             ("Test accuracy", f"{100 * clf['test_accuracy']:.2f} %")]
+    sel = summary.get("selection")
+    if sel:
+        short = f"; fewer for {len(sel.get('shortfalls', {})) + len(sel.get('skipped_classes', []))} classes"
+        rows.append(("Explained images", f"{sel['n_images']} ({sel['n_per_class']} asked per class"
+                     f"{short if sel.get('warning') else ''}, {sel.get('n_fallback', 0)} below the threshold)"))
     val = summary.get("validation")
     if val:
         for sub, res in val["faithfulness"]["substrates"].items():
@@ -3768,6 +4039,132 @@ def print_table(rows: Sequence[tuple[str, str]]) -> None:
 def figure_path_fn(folder: str | os.PathLike | None) -> Callable[[str], str | None]:
     """``fn(name) -> "folder/name.png"``, or ``None`` for every name when ``folder`` is empty."""
     return lambda name: str(Path(folder) / f"{name}.png") if folder else None
+
+
+DEFAULT_FIGURE_DIR = "figures"  # the committed default run's figures
+DEFAULT_SUMMARY_PATH = "results/summary.json"  # the committed default run's summary
+RUNS_DIR = "runs"  # every other configuration writes under runs/<run_name>/ (git-ignored)
+# The notebook's run parameters that are not Config fields, at their defaults (its parameters cell).
+RUN_DEFAULTS = {"samples_per_class": 100, "n_subset": 300, "n_completeness": 200, "n_randomization": 100}
+RUN_NAME_MAX = 80  # longer run names are cut and given a hash of the full name
+
+
+def _name_part(name: str, value) -> str:
+    """'k20', 'train_subset3000', 'n_subset50' for one non-default setting."""
+    if isinstance(value, (list, tuple)):
+        value = "-".join(map(str, value))
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}{value}")
+
+
+def _plain(value):
+    """A parameter value comparable across list/tuple spellings: sequences become lists."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def run_name(cfg: Config, **run_params) -> str:
+    """``"default"`` for ``Config()`` with ``RUN_DEFAULTS``, else the settings that differ, e.g. ``"k20"``
+    or ``"k1_ae_epochs3_train_subset3000_samples_per_class3"`` (Config fields first, in field order).
+
+    ``run_params``: notebook parameters named in ``RUN_DEFAULTS`` (others raise ``ValueError``).
+    """
+    if not isinstance(cfg, Config):
+        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
+    unknown = sorted(set(run_params) - set(RUN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown run parameter(s) {unknown}; expected some of {sorted(RUN_DEFAULTS)}")
+    default = Config().to_dict()
+    settings = {**{n: v for n, v in cfg.to_dict().items() if v != default[n]},
+                **{n: v for n, v in run_params.items() if _plain(v) != _plain(RUN_DEFAULTS[n])}}
+    if not settings:
+        return "default"
+    name = "_".join(_name_part(n, v) for n, v in settings.items())
+    if len(name) > RUN_NAME_MAX:
+        name = f"{name[:RUN_NAME_MAX - 9]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` (and parents) and prove a file can be written there; ``ValueError`` if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"output folder {str(folder)!r} must be a writable folder, got: {exc}") from exc
+
+
+def output_paths(cfg: Config, figure_dir: str | os.PathLike | None = DEFAULT_FIGURE_DIR,
+                 summary_path: str | os.PathLike = DEFAULT_SUMMARY_PATH, runs_dir: str | os.PathLike = RUNS_DIR,
+                 **run_params) -> tuple[str, str]:
+    """Where this run saves its figures and summary, checked writable (call it before training).
+
+    The default configuration (``run_name(cfg, **run_params) == "default"``) keeps ``figure_dir`` and
+    ``summary_path``. Any other configuration that would write to the default ``figures/`` or
+    ``results/summary.json`` writes to ``runs/<run_name>/figures`` and ``runs/<run_name>/summary.json``
+    instead, so it never overwrites the committed default run; paths a user chose are kept.
+    ``figure_dir`` empty or None (save no figures) stays as it is. Raises ``ValueError`` for a folder that
+    cannot be created or written.
+    """
+    name = run_name(cfg, **run_params)
+    figures = str(figure_dir) if figure_dir else ""
+    summary = str(summary_path)
+    if name != "default":
+        run = Path(runs_dir) / name
+        if figures and Path(figures) == Path(DEFAULT_FIGURE_DIR):
+            figures = str(run / "figures")
+        if Path(summary) == Path(DEFAULT_SUMMARY_PATH):
+            summary = str(run / "summary.json")
+    for folder in ([Path(figures)] if figures else []) + [Path(summary).parent]:
+        _check_writable(folder)
+    return figures, summary
+
+
+_CARRIAGE_RETURN = re.compile(r".*\r(?=[^\n])")  # text a later \r on the same line overwrote
+
+
+def _coalesce_streams(outputs: list) -> list:
+    """Merge consecutive stream outputs of the same name and apply carriage returns (as a terminal shows
+    them, like nbconvert's ``coalesce_streams``); drop streams left empty."""
+    merged = []
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            text = "".join(out["text"]) if isinstance(out["text"], list) else out["text"]
+            if merged and merged[-1].get("output_type") == "stream" and merged[-1]["name"] == out["name"]:
+                merged[-1]["text"] += text
+                continue
+            out = {**out, "text": text}
+        merged.append(out)
+    for out in merged:
+        if out.get("output_type") == "stream":
+            out["text"] = _CARRIAGE_RETURN.sub("", out["text"].replace("\r\n", "\n"))
+    return [o for o in merged if not (o.get("output_type") == "stream" and not o["text"])]
+
+
+def compact_notebook(path: str | os.PathLike) -> tuple[int, int]:
+    """Rewrite an executed notebook in place with each cell's progress-bar updates collapsed to their last
+    state (``_coalesce_streams``); everything else is kept. Returns the file size (bytes) before and after.
+
+    Run it after papermill: ``papermill nb.ipynb nb.ipynb && python -c "import ksae_helpers as kh;
+    kh.compact_notebook('nb.ipynb')"``.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        nb = json.loads(raw)
+        cells = nb["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"path must be a readable .ipynb notebook (JSON with 'cells'), got {str(path)!r}: "
+                         f"{exc}") from exc
+    for cell in cells:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = _coalesce_streams(cell.get("outputs", []))
+    import nbformat  # comes with jupyter; writes the file exactly as Jupyter and papermill do
+
+    data = nbformat.writes(nbformat.from_dict(nb), version=nbformat.NO_CONVERT).encode()
+    atomic_write_bytes(path, data)
+    return len(raw), len(data)
 
 
 def randomization_table(rand: dict) -> list[tuple[str, str]]:

@@ -1,10 +1,14 @@
 """The notebook: runs headless end to end in its smoke configuration, and the committed copy is clean."""
 
+import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+
+import ksae_helpers as kh
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "fashion_mnist_interpretability.ipynb"
@@ -12,7 +16,7 @@ NOTEBOOK = ROOT / "fashion_mnist_interpretability.ipynb"
 # Chosen through the parameters cell, exactly as a user would override it (no separate code path).
 SMOKE = {
     "TRAIN_SUBSET": 3000, "AE_EPOCHS": 3, "CLF_EPOCHS": 5, "SAMPLES_PER_CLASS": 3, "CONFIDENCE_THRESHOLD": 0.0,
-    "IG_STEPS": 16, "SMOOTHGRAD_SAMPLES": 4, "COMPLETENESS_STEPS": [8, 16, 50], "N_COMPLETENESS": 10,
+    "IG_STEPS": 16, "SMOOTHGRAD_SAMPLES": 4, "N_SUBSET": 20, "N_COMPLETENESS": 10,
     "N_RANDOMIZATION": 10,
 }
 
@@ -57,9 +61,14 @@ def test_smoke_run_produces_figures_and_summary(smoke_run):
     assert summary["selection"]["n_images"] == 10 * SMOKE["SAMPLES_PER_CLASS"]
     assert 0.0 < summary["classifier"]["test_accuracy"] <= 1.0
     val = summary["validation"]
-    assert set(val["deletion_insertion"]["deletion"]) >= {"integrated", "simple", "smoothgrad", "decoder", "random"}
-    assert set(val["completeness"]["table"]["gausslegendre"]) == {str(n) for n in SMOKE["COMPLETENESS_STEPS"]}
-    assert len(val["randomization"]["stages"]) == 5
+    zero = val["faithfulness"]["substrates"]["zero"]
+    assert zero["n_images"] == summary["selection"]["n_images"]
+    assert val["faithfulness"]["substrates"]["road"]["n_images"] == SMOKE["N_SUBSET"]
+    assert {"integrated/signed", "decoder/signed", "input_x_gradient/signed", "random", "random_object"} <= set(
+        zero["orderings"])
+    assert val["completeness"]["n_steps"] == SMOKE["IG_STEPS"] and len(val["randomization"]["stages"]) == 5
+    assert {r["test"] for r in summary["verdicts"]} == set(kh.VERDICT_TESTS)
+    assert summary["units"]["n_units"] == 1024 and (tmp / "fig" / "unit_browser.html").is_file()
 
 
 def test_notebook_has_no_magics_and_a_parameters_cell():
@@ -79,3 +88,42 @@ def test_committed_notebook_is_one_clean_run():
     assert _png_count(nb) >= 20
     summary = json.loads((ROOT / "results" / "summary.json").read_text())
     assert summary["config"]["train_subset"] == 0, "the committed summary must come from the full default run"
+
+
+def _committed_outputs() -> dict:
+    """SHA-256 of every committed output of the default run (figures/*, results/summary.json)."""
+    paths = sorted((ROOT / "figures").glob("*")) + [ROOT / "results" / "summary.json"]
+    return {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
+
+
+@pytest.mark.parametrize("k", [1, 2, 1024])
+def test_smoke_run_at_any_k_writes_its_own_run_folder(k, tmp_path):
+    """The smoke configuration at k = 1, 2 and 1024 (= d_hidden) runs top to bottom without overriding
+    FIGURE_DIR / SUMMARY_PATH: its outputs go to runs/<name>/ and the committed ones stay byte-identical."""
+    papermill = pytest.importorskip("papermill")
+    import ksae_helpers as kh
+
+    cfg = kh.Config(k=k, ae_epochs=SMOKE["AE_EPOCHS"], clf_epochs=SMOKE["CLF_EPOCHS"],
+                    train_subset=SMOKE["TRAIN_SUBSET"], ig_steps=SMOKE["IG_STEPS"],
+                    smoothgrad_samples=SMOKE["SMOOTHGRAD_SAMPLES"], confidence_threshold=SMOKE["CONFIDENCE_THRESHOLD"])
+    run = ROOT / "runs" / kh.run_name(cfg, samples_per_class=SMOKE["SAMPLES_PER_CLASS"],
+                                      n_completeness=SMOKE["N_COMPLETENESS"], n_randomization=SMOKE["N_RANDOMIZATION"],
+                                      n_subset=SMOKE["N_SUBSET"])
+    shutil.rmtree(run, ignore_errors=True)
+    before = _committed_outputs()
+    try:
+        out = tmp_path / "out.ipynb"
+        papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={**SMOKE, "K": k,
+                                   "CHECKPOINT_DIR": str(tmp_path / "ckpt")}, cwd=str(ROOT), progress_bar=False,
+                                   kernel_name="python3")
+        assert _committed_outputs() == before
+        summary = json.loads((run / "summary.json").read_text())
+        sel = summary["selection"]
+        assert summary["config"]["k"] == k and summary["autoencoder"]["mean_l0"] <= k
+        assert sum(sel["selected_per_class"].values()) == sel["n_images"] > 0
+        assert {c for c, n in sel["selected_per_class"].items() if n == 0} == set(sel["skipped_classes"])
+        comparisons = list((run / "figures").glob("comparison_*.png"))
+        assert len(comparisons) == sum(n > 0 for n in sel["selected_per_class"].values())
+        assert len(list((run / "figures").glob("*.png"))) >= len(comparisons) + 10
+    finally:
+        shutil.rmtree(run, ignore_errors=True)

@@ -200,8 +200,10 @@ def test_select_high_confidence_is_balanced_deterministic_and_reports_shortfalls
     probs = kh.predict(pipeline.sae, pipeline.clf, sel.x, device)
     assert (probs.argmax(1) == sel.y).all() and (probs.max(1).values > 0.3).all()
     assert torch.equal(data.y_test[sel.indices], sel.y)
-    with pytest.raises(ValueError, match="has only"):
-        kh.select_high_confidence(pipeline.sae, pipeline.clf, data, device, 5000, threshold=0.3)
+    assert sel.warning is None and sel.shortfalls == {} and not sel.fallback.any()
+    with pytest.warns(UserWarning, match="fewer for"):  # asking for more than exists takes what exists
+        big = kh.select_high_confidence(pipeline.sae, pipeline.clf, data, device, 5000, threshold=0.3)
+    assert big.per_class(data.classes) == {n: s["selected"] for n, s in big.shortfalls.items()}
     with pytest.raises(ValueError):
         kh.select_high_confidence(pipeline.sae, pipeline.clf, data, device, 0)
 

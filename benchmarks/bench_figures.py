@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Time every figure of the notebook's default run, as the notebook draws them (``save=`` PNGs).
+
+Inputs are those of the default run: a trained default checkpoint, ``SAMPLES_PER_CLASS`` (100) images per
+class, the four attribution maps, the cross-method statistics and ``run_validation``'s results. Computing
+them takes minutes on a CPU, so they are cached (``--cache``, default ``/tmp/bench_figures_inputs.pt``).
+
+With ``--reference REV`` the same figures are also drawn by the ``ksae_helpers.py`` of git revision ``REV``
+in the same process (alternating, best of ``--repeats``), and the table shows the ratio.
+
+    python benchmarks/bench_figures.py --checkpoint checkpoints/ksae_k50_....pt
+    python benchmarks/bench_figures.py --checkpoint CKPT --reference HEAD~3 --out /tmp/figs
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ksae_helpers as kh  # noqa: E402
+
+SAMPLES_PER_CLASS = 100  # the notebook's default
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None,
+                   help="trained checkpoint (default: checkpoints/<Config().checkpoint_name()>)")
+    p.add_argument("--cache", default="/tmp/bench_figures_inputs.pt", help="cache of the computed inputs")
+    p.add_argument("--reference", default=None, help="git revision whose ksae_helpers.py is timed alongside")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per figure; the minimum is reported")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: a temporary folder)")
+    return p.parse_args(argv)
+
+
+def compute_inputs(checkpoint: Path) -> dict:
+    """Everything the figures need, computed as the notebook does (CPU)."""
+    device = torch.device("cpu")
+    cfg, sae, clf, history, metrics = kh.load_checkpoint(checkpoint, device)
+    data = kh.load_fashion_mnist("data", verbose=False)
+    pipeline = kh.SparseCodePipeline(sae, clf).eval()
+    sel = kh.select_high_confidence(sae, clf, data, device, SAMPLES_PER_CLASS, cfg.confidence_threshold, cfg.seed)
+    maps = kh.attribute_all(pipeline, sel.x, sel.y, cfg, methods=["integrated", "simple", "smoothgrad"])
+    maps["decoder"], contributions = kh.decoder_weighted(pipeline, sel.x, sel.y, return_contributions=True)
+    stats = kh.cross_method_statistics(maps, seed=cfg.seed)
+    validation = kh.run_validation(pipeline, sel, cfg, maps, seed=cfg.seed, cross_method=stats)
+    return {"history": history, "metrics": metrics, "selection": sel, "maps": maps,
+            "contributions": contributions, "stats": stats, "validation": validation}
+
+
+def load_inputs(checkpoint: Path, cache: Path) -> dict:
+    if cache.exists():
+        return torch.load(cache, weights_only=False)
+    inputs = compute_inputs(checkpoint)
+    torch.save(inputs, cache)
+    return inputs
+
+
+def figure_calls(kh_mod, inputs: dict, sae, data, folder: Path) -> dict:
+    """Figure name -> zero-argument function drawing it with ``kh_mod`` exactly as the notebook does."""
+    device = torch.device("cpu")
+    p = kh_mod.figure_path_fn(folder)
+    sel, maps, val, metrics = inputs["selection"], inputs["maps"], inputs["validation"], inputs["metrics"]
+    calls = {
+        "examples": lambda: kh_mod.plot_class_examples(data, save=p("examples")),
+        "training_history": lambda: kh_mod.plot_training_history(inputs["history"], save=p("training_history")),
+        "reconstructions": lambda: kh_mod.plot_reconstructions(sae, data, device, save=p("reconstructions")),
+        "feature_atlas": lambda: kh_mod.plot_feature_atlas(sae, metrics["autoencoder"]["unit_usage_train"],
+                                                           save=p("feature_atlas")),
+        "confusion_matrix": lambda: kh_mod.plot_confusion_matrix(metrics["classifier"], data.classes,
+                                                                 save=p("confusion_matrix")),
+        "class_units": lambda: kh_mod.plot_class_units(inputs["contributions"], sel.y, sae, data.classes,
+                                                       save=p("class_units")),
+        "comparisons (10)": lambda: kh_mod.plot_comparison_grid(sel, maps, data.classes, max_samples_per_class=1,
+                                                                save_dir=str(folder)),
+        "class_average_maps": lambda: kh_mod.plot_class_average_maps(maps, sel.y, data.classes,
+                                                                     save=p("class_average_maps")),
+        "correlations": lambda: kh_mod.plot_correlation_summary(inputs["stats"], list(maps), save=p("correlations")),
+        "deletion_insertion": lambda: kh_mod.plot_deletion_insertion(val["deletion_insertion"],
+                                                                     save=p("deletion_insertion")),
+        "completeness": lambda: kh_mod.plot_completeness(val["completeness"], save=p("completeness")),
+        "randomization": lambda: kh_mod.plot_randomization(val["randomization"], save=p("randomization")),
+        "object_focus": lambda: kh_mod.plot_object_focus(val["object_focus"], save=p("object_focus")),
+    }
+    return calls
+
+
+def load_reference(rev: str):
+    """``ksae_helpers`` as of git revision ``rev``, imported under another name."""
+    source = subprocess.run(["git", "show", f"{rev}:ksae_helpers.py"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "ksae_helpers_reference.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("ksae_helpers_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    checkpoint = Path(args.checkpoint or ROOT / "checkpoints" / kh.Config().checkpoint_name())
+    inputs = load_inputs(checkpoint, Path(args.cache))
+    _, sae, _, _, _ = kh.load_checkpoint(checkpoint, "cpu")
+    data = kh.load_fashion_mnist("data", verbose=False)
+    out = Path(args.out or tempfile.mkdtemp())
+    versions = {"current": (kh, out)}
+    if args.reference:
+        versions["reference"] = (load_reference(args.reference), out / "reference")
+    calls = {v: figure_calls(mod, inputs, sae, data, folder) for v, (mod, folder) in versions.items()}
+    for v in calls:  # warm-up: fonts, colour maps, seaborn styles
+        calls[v]["object_focus"]()
+    best = {v: {name: float("inf") for name in calls[v]} for v in calls}
+    for _ in range(args.repeats):
+        for name in calls["current"]:
+            for v in calls:
+                best[v][name] = min(best[v][name], timed(calls[v][name]))
+    print("| figure | current (s) |" + (" reference (s) | ratio |" if args.reference else ""))
+    print("|---|---:|" + ("---:|---:|" if args.reference else ""))
+    for name in calls["current"]:
+        row = f"| {name} | {best['current'][name]:.2f} |"
+        if args.reference:
+            row += f" {best['reference'][name]:.2f} | {best['reference'][name] / best['current'][name]:.1f}x |"
+        print(row)
+    totals = {v: sum(best[v].values()) for v in best}
+    print(f"| **total** | {totals['current']:.2f} |" + (
+        f" {totals['reference']:.2f} | {totals['reference'] / totals['current']:.1f}x |" if args.reference else ""))
+    sizes = sorted(out.glob("*.png"))
+    print(f"PNGs in {out}: {len(sizes)} files, {sum(p.stat().st_size for p in sizes) / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
