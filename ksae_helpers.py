@@ -4024,6 +4024,59 @@ def headline_table(summary: dict) -> list[tuple[str, str]]:
 
 
 
+def show_markdown(text: str) -> None:
+    """Render ``text`` as Markdown under Jupyter; print it elsewhere (the notebook also runs as a script)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(Markdown(text))
+            return
+    except ImportError:
+        pass
+    print(text)
+
+
+def seeds_for_config(path: str | os.PathLike, cfg: Config) -> dict | None:
+    """``benchmarks/verdicts_across_seeds.py``'s result at ``path`` if it was measured with ``cfg``'s
+    configuration (every field but the seed), else None (missing file, or another configuration)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    mine = {**cfg.to_dict(), "seed": None}
+    theirs = {**result.get("config", {}), "seed": None}
+    return result if json.dumps(mine, sort_keys=True) == json.dumps(theirs, sort_keys=True) else None
+
+
+def verdict_markdown(rows: list[dict], seeds: dict | None = None) -> str:
+    """A Markdown table, one row per attribution ordering and one column per test of ``VERDICT_TESTS``:
+    ✓ / ✗ (pass / fail in this run), the rank among all orderings where there is one, and, if ``seeds``
+    (``seeds_for_config``) is given, ``seeds: ✓✓✗`` with the outcome in each seed (— when a test does not
+    apply). Then the plain statements: from ``seeds`` when given, else from this run alone."""
+    tests = list(VERDICT_TESTS)
+    stability = {(e["ordering"], e["test"]): e for e in (seeds or {}).get("stability", [])}
+    table = {}
+    for r in rows:
+        cell = ("✓" if r["passes"] else "✗") + (f" (rank {r['rank']})" if r["rank"] is not None else "")
+        e = stability.get((r["ordering"], r["test"]))
+        if e:
+            cell += " · seeds " + "".join("✓" if ok else "✗" for ok in e["passes"].values())
+        table.setdefault(r["ordering"], {})[r["test"]] = cell
+    lines = ["| ordering | " + " | ".join(VERDICT_NAMES[t] for t in tests) + " |",
+             "|---" * (len(tests) + 1) + "|"]
+    lines += [f"| {_verdict_label(o)} | " + " | ".join(cells.get(t, "—") for t in tests) + " |"
+              for o, cells in table.items()]
+    statements = seeds["statements"] if seeds else verdict_statements({"this run": rows})
+    where = f"{len(seeds['seeds'])} training seeds" if seeds else "this run only (no seed file for this configuration)"
+    for kind, title in (("holds", "Holds on every substrate"), ("fails", "Fails everywhere"),
+                        ("flips", "Depends on the protocol")):
+        if statements[kind]:
+            lines += ["", f"**{title}** ({where}):", *[f"- {s}" for s in statements[kind]]]
+    return "\n".join(lines)
+
+
 def read_summary(path: str | os.PathLike = "results/summary.json") -> dict:
     """Load a summary written by ``write_summary``."""
     return json.loads(Path(path).read_text())

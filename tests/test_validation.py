@@ -288,3 +288,23 @@ def test_run_validation_end_to_end_and_its_verdicts_survive_json(small_pipeline)
     # the summary is JSON (string keys): the verdicts read from it are the same
     again = kh.verdict_table(json.loads(json.dumps(kh._jsonable(val))))
     assert again == json.loads(json.dumps(rows))
+
+
+def test_verdict_markdown_marks_passes_ranks_and_seeds(tmp_path):
+    rows = kh.verdict_table(_fake_validation())
+    text = kh.verdict_markdown(rows)
+    ig_line = next(line for line in text.splitlines() if line.startswith("| Integrated gradients (signed)"))
+    cells = [c.strip() for c in ig_line.strip("|").split("|")]
+    assert cells[1:4] == ["✓ (rank 1)", "✓ (rank 1)", "✗ (rank 1)"] and cells[-1] == "—"  # no unit causality
+    assert "this run only" in text
+    seeds = {"seeds": [0, 1], "stability": [{"ordering": "integrated/signed", "test": "faithful_zero",
+                                             "passes": {"0": True, "1": False}}],
+             "statements": {"holds": [], "fails": ["X fails."], "flips": []}}
+    text = kh.verdict_markdown(rows, seeds)
+    assert "✓ (rank 1) · seeds ✓✗" in text and "- X fails." in text and "2 training seeds" in text
+    # the seed file is used only for the configuration it was measured with
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps({**seeds, "config": {**kh.Config().to_dict(), "seed": None}}))
+    assert kh.seeds_for_config(path, kh.Config(seed=5)) is not None
+    assert kh.seeds_for_config(path, kh.Config(k=20)) is None
+    assert kh.seeds_for_config(tmp_path / "missing.json", kh.Config()) is None
