@@ -1659,6 +1659,7 @@ UNIT_BAND_SAMPLES = 4  # random test images drawn from each band (stratified: di
 UNIT_HIST_BINS = 20  # activation histogram bins per unit, on [0, its largest test activation]
 UNIT_COFIRING = 5  # co-firing units listed per unit (largest Jaccard overlap of the test images they fire on)
 UNIT_ABLATION_ROWS = 16_384  # head evaluations per batch in the ablation (images x their active units)
+UNIT_NEGLIGIBLE_LOGIT = 1e-3  # a unit's description calls a smaller mean logit change "unchanged"
 UNIT_CONTRIBUTION_ROWS = 2048  # test images per batch when computing per-unit contributions
 
 
@@ -1830,9 +1831,10 @@ def describe_unit(stats: UnitStats, unit: int) -> str:
     c = int(stats.majority[unit])
     name = stats.classes[c]
     change = float(stats.ablation[unit, c])
-    verb = "lowers" if change < 0 else "raises"
+    effect = (f"leaves the {name} logit unchanged" if abs(change) < UNIT_NEGLIGIBLE_LOGIT else
+              f"{'lowers' if change < 0 else 'raises'} the {name} logit by {abs(change):.2g}")
     return (f"fires on {_percent(stats.freq_test[unit])} of test images, {stats.purity[unit]:.0%} of them {name}; "
-            f"zeroing it {verb} the {name} logit by {abs(change):.2g} "
+            f"zeroing it {effect} "
             f"(accuracy on them {100 * stats.ablation_accuracy[unit]:+.1f} points)")
 
 
@@ -2829,6 +2831,191 @@ def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
         ax.set(xlabel="k (active units per image)", ylabel=title, title=title)
     fig.suptitle("Sparsity sweep")
     return _finish(fig, save)
+
+
+# --- the unit atlas ------------------------------------------------------------------------------------
+
+DENSITY_BINS = 40  # log-spaced bins of the firing-density histogram
+DASHBOARD_TOP_COLUMNS = 8  # top-activating images per row of a dashboard's mosaic
+MOSAIC_GAP = 1  # pixels between the images of a mosaic
+MOSAIC_GAP_COLOR = "white"
+DASHBOARD_ROW_INCHES = 3.1  # height of one unit's row in the dashboard
+
+
+def _check_stats(stats) -> UnitStats:
+    if not isinstance(stats, UnitStats):
+        raise ValueError(f"stats must be the UnitStats of unit_statistics, got {type(stats).__name__}")
+    return stats
+
+
+@_styled
+def plot_firing_density(stats: UnitStats, save: str | None = None) -> Figure:
+    """Histogram of every unit's firing frequency (log-spaced bins; train and test overlaid), the standard
+    'feature density' view of a sparse autoencoder. Units that never fire are counted in the title."""
+    stats = _check_stats(stats)
+    fig = _new_figure(8, 3.6)
+    ax = fig.add_subplot()
+    live = np.concatenate([stats.freq_train, stats.freq_test])
+    live = live[live > 0]
+    if live.size == 0:
+        return _finish(_message_figure("Firing density", "no unit fires on any image"), save)
+    bins = np.geomspace(live.min(), live.max() * (1 + LOG_BIN_MARGIN), DENSITY_BINS + 1)
+    for name, freq, color in (("train", stats.freq_train, sns.color_palette()[0]),
+                              ("test", stats.freq_test, sns.color_palette()[1])):
+        ax.hist(freq[freq > 0], bins=bins, histtype="step", lw=1.8, color=color,
+                label=f"{name} ({int((freq == 0).sum())} units never fire)")
+    _log_axis(ax, "x")
+    ax.axvline(np.median(stats.freq_test), color="0.3", ls=":", label="median (test)")
+    ax.set(xlabel="firing frequency: fraction of images on which the unit fires (log scale)", ylabel="units")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(f"Firing density of all {len(stats.freq_test)} units ({int(stats.dead.sum())} dead: "
+                 "never fire on a training or test image)")
+    return _finish(fig, save)
+
+
+def _mosaic(images: np.ndarray, columns: int) -> np.ndarray:
+    """``images: [n, 784]`` (NaN rows for empty cells) -> one ``[rows * 29 - 1, columns * 29 - 1]`` array
+    with NaN gaps (drawn in ``MOSAIC_GAP_COLOR``)."""
+    rows = -(-len(images) // columns)
+    cell = IMAGE_SIDE + MOSAIC_GAP
+    out = np.full((rows * cell - MOSAIC_GAP, columns * cell - MOSAIC_GAP), np.nan)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        out[r * cell:r * cell + IMAGE_SIDE, c * cell:c * cell + IMAGE_SIDE] = image.reshape(IMAGE_SIDE, IMAGE_SIDE)
+    return out
+
+
+def _test_images(data: FashionMNIST, ids: np.ndarray) -> np.ndarray:
+    """``ids: [n]`` test ids (-1 = empty) -> ``[n, 784]`` images with NaN rows for the empty ones."""
+    images = np.full((len(ids), IMAGE_SIDE**2), np.nan)
+    valid = ids >= 0
+    images[valid] = _numpy(data.x_test[torch.from_numpy(ids[valid])])
+    return images
+
+
+def _show_mosaic(ax, mosaic: np.ndarray, title: str) -> None:
+    cmap = plt.get_cmap(IMAGE_CMAP).with_extremes(bad=MOSAIC_GAP_COLOR)
+    ax.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0)
+    _image_axis(ax)
+    ax.set_title(title, fontsize="small")
+
+
+def _dashboard_bars(ax_cls, ax_eff, stats: UnitStats, unit: int) -> None:
+    """Class distribution of the images ``unit`` fires on; its mean contribution to and the logit drop
+    when zeroed, per class."""
+    y = np.arange(len(stats.classes))
+    ax_cls.barh(y, stats.class_counts[unit], color=sns.color_palette()[0])
+    ax_cls.set_yticks(y, stats.classes, fontsize="small")
+    ax_cls.invert_yaxis()
+    ax_cls.set(xlabel="test images it fires on", title=f"purity {stats.purity[unit]:.0%}, "
+               f"recall {stats.recall[unit]:.0%}")
+    height = 0.4
+    ax_eff.barh(y - height / 2, stats.contribution[unit], height, label="mean contribution", color=_color("decoder"))
+    ax_eff.barh(y + height / 2, -stats.ablation[unit], height, label="logit drop when zeroed", color="0.45")
+    ax_eff.axvline(0, color="0.2", lw=0.8)
+    ax_eff.set_yticks(y, [])
+    ax_eff.invert_yaxis()
+    ax_eff.set(xlabel="class logit", title="contribution vs ablation")
+    ax_eff.legend(fontsize="x-small", loc="lower right")
+
+
+def _dashboard_row(fig, cells, stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST, unit: int):
+    """One unit's dashboard in ``cells`` (a row of 7 gridspec cells); returns the encoder row's image artist."""
+    atoms = [_numpy(sae.W_dec[unit]), _numpy(sae.W_enc[unit])]
+    for col, (values, name) in enumerate(zip(atoms, ("decoder atom", "encoder row"))):
+        limit = _symmetric_limit(values)  # each drawn on its own scale, +-limit -> +-1 (one shared colour bar)
+        im = _show_signed(fig.add_subplot(cells[col]), values.reshape(IMAGE_SIDE, IMAGE_SIDE) / limit, 1.0,
+                          f"{name} (±{limit:.2g})")
+    ax = fig.add_subplot(cells[2])
+    _show_mosaic(ax, _mosaic(_test_images(data, stats.top_images[unit]), DASHBOARD_TOP_COLUMNS),
+                 f"top {UNIT_TOP_IMAGES} test images (largest activation {stats.hist_max[unit]:.2f})")
+    ax.set_ylabel(f"unit {unit}", fontsize="large", fontweight="bold")
+    _show_mosaic(fig.add_subplot(cells[3]), _mosaic(_test_images(data, stats.band_images[unit][::-1].ravel()),
+                                                   UNIT_BAND_SAMPLES),
+                 "random per quantile band: " + " / ".join(f"{100 * lo:.0f}–{100 * hi:.0f}" for lo, hi
+                                                           in UNIT_QUANTILE_BANDS[::-1]) + " %")
+    ax = fig.add_subplot(cells[4])
+    edges = np.linspace(0, stats.hist_max[unit], UNIT_HIST_BINS + 1)
+    ax.stairs(stats.hist[unit], edges, fill=True, color=sns.color_palette()[0])
+    ax.set(xlabel="activation", ylabel="test images", title=f"fires on {_percent(stats.freq_test[unit])} of test")
+    _dashboard_bars(fig.add_subplot(cells[5]), fig.add_subplot(cells[6]), stats, unit)
+    return im
+
+
+@_styled
+def plot_unit_dashboard(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST, units: Sequence[int],
+                        save: str | None = None) -> Figure:
+    """A dashboard row per unit of ``units``: decoder atom and encoder row (diverging, centred at 0), its 16
+    top-activating test images, 4 random test images from each activation quantile band (top band first),
+    activation histogram, class distribution, and mean contribution against ablation per class logit.
+    The unit's one-line description heads its row."""
+    stats = _check_stats(stats)
+    units = [units] if isinstance(units, (int, np.integer)) else list(units)
+    if not units:
+        raise ValueError("units is empty: pass the ids of the units to show")
+    for j in units:
+        _check_int("unit", j, low=0, high=len(stats.freq_test) - 1, high_name="the last unit id")
+    # a fixed grid, not constrained layout: laying out ~7 axes per unit was most of the figure's time
+    fig = plt.figure(figsize=(24, DASHBOARD_ROW_INCHES * len(units)))
+    grid = fig.add_gridspec(len(units), 7, width_ratios=[1, 1, 3.3, 1.7, 1.5, 1.6, 1.6], left=0.07, right=0.99,
+                            bottom=0.9 / (DASHBOARD_ROW_INCHES * len(units)),
+                            top=1 - 0.75 / (DASHBOARD_ROW_INCHES * len(units)), wspace=0.45, hspace=0.95)
+    for row, j in enumerate(units):
+        im = _dashboard_row(fig, [grid[row, col] for col in range(7)], stats, sae, data, int(j))
+        top = grid[row, 0].get_position(fig).y1
+        fig.text(0.07, top + 0.42 / fig.get_figheight(), f"unit {j}: {stats.descriptions[j]}", fontsize="medium",
+                 fontweight="bold")
+    # one colour bar: every atom and encoder row is drawn on the same relative scale
+    first = grid[0, 0].get_position(fig)
+    fig.colorbar(im, cax=fig.add_axes([0.02, first.y0, 0.006, first.height]), label="weight ÷ its max |weight|")
+    return _finish(fig, save)
+
+
+@_styled
+def plot_contribution_vs_ablation(stats: UnitStats, agreement: dict | None = None,
+                                  save: str | None = None) -> Figure:
+    """Every unit that fires on a test image: its mean decoder-weighted contribution to its majority class's
+    logit against the drop of that logit when it is zeroed, coloured by that class, with the y = x line and
+    the correlations (bootstrap 95 % CIs) of ``contribution_ablation_agreement`` (computed if not given)."""
+    stats = _check_stats(stats)
+    agreement = agreement or contribution_ablation_agreement(stats)
+    x, y = stats.majority_value(stats.contribution), -stats.majority_value(stats.ablation)
+    fig = _new_figure(7.5, 5.5)
+    ax = fig.add_subplot()
+    palette = sns.color_palette("tab10", len(stats.classes))
+    for c, name in enumerate(stats.classes):
+        mine = stats.majority == c
+        if mine.any():
+            ax.scatter(x[mine], y[mine], s=10, alpha=0.7, color=palette[c], label=f"{name} ({mine.sum()})")
+    finite = np.isfinite(x) & np.isfinite(y)
+    lo, hi = min(x[finite].min(), y[finite].min()), max(x[finite].max(), y[finite].max())
+    ax.plot([lo, hi], [lo, hi], color="0.3", ls="--", lw=1, label="y = x")
+    ax.axhline(0, color="0.6", lw=0.6)
+    ax.axvline(0, color="0.6", lw=0.6)
+    ax.set(xlabel="mean contribution to its majority class's logit (Rescale share, where it fires)",
+           ylabel="drop of that logit when the unit is zeroed")
+    ax.legend(title="majority class (units)", fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    p, s = agreement["pearson"], agreement["spearman"]
+    ax.set_title(f"Contribution vs ablation, {agreement['n_units']} units: Pearson {p['value']:.3f} "
+                 f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}], Spearman {s['value']:.3f} "
+                 f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]\nsame sign for {agreement['same_sign']:.0%} of units",
+                 fontsize="small")
+    return _finish(fig, save)
+
+
+def top_units_of_classes(stats: UnitStats, classes: Sequence[str], n: int = 1) -> list[int]:
+    """For each class name, the ``n`` units with that majority class and the largest mean contribution to
+    its logit (the units a dashboard shows first)."""
+    stats = _check_stats(stats)
+    _check_int("n", n, low=1)
+    contribution = stats.majority_value(stats.contribution)
+    units = []
+    for name in classes:
+        if name not in stats.classes:
+            raise ValueError(f"unknown class {name!r}; classes are {stats.classes}")
+        mine = np.flatnonzero(stats.majority == stats.classes.index(name))
+        units += mine[np.argsort(-contribution[mine], kind="stable")[:n]].tolist()
+    return units
 
 
 # =====================================================================================================
