@@ -10,9 +10,11 @@ Sections
 6. Checkpoints     -- atomic save, safe load, ``load_or_train``.
 7. Metrics         -- reconstruction, sparsity, dead units, accuracy.
 8. Attribution     -- integrated gradients, simple gradients, SmoothGrad, decoder-weighted.
-9. Evaluation      -- sample selection, cross-method statistics, faithfulness checks.
+9. Evaluation      -- sample selection, cross-method statistics, faithfulness checks, statistics of every
+                      code unit (the unit atlas: ``unit_statistics``).
 10. Plotting       -- every figure of the notebook.
-11. Summary        -- ``results/summary.json``.
+11. Summary        -- ``results/summary.json`` (with the per-unit ``unit_table``) and the HTML unit browser
+                      (``write_unit_browser``, from ``templates/unit_browser.html``).
 
 Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` the code size (1024),
 ``C`` the number of classes (10).
@@ -3027,6 +3029,8 @@ def top_units_of_classes(stats: UnitStats, classes: Sequence[str], n: int = 1) -
 #   classifier{test_accuracy, per_class_accuracy{class: acc}, confusion_matrix[[...]]},
 #   selection{n_images, n_per_class, threshold, candidates_per_class},
 #   validation{n_images, cross_method, deletion_insertion, object_focus, completeness, randomization, seconds}
+#   units{table[{unit, freq_train, freq_test, majority_class, purity, recall, mean_contribution, ablation_effect,
+#         ablation_accuracy, dead}], agreement{n_units, pearson, spearman, same_sign}, seconds} (passed as extra)
 
 SUMMARY_SCHEMA_VERSION = 1
 

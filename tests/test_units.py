@@ -214,3 +214,35 @@ def test_unit_statistics_rejects_bad_inputs(planted):
     bad = kh.FashionMNIST(data.x_train, data.y_train, data.x_test, data.y_test[:5])
     with pytest.raises(ValueError, match="labels must be"):
         kh.unit_statistics(pipeline, bad, torch.device("cpu"))
+
+
+def test_unit_table_rows(planted):
+    data, _, stats = planted
+    table = kh.unit_table(stats)
+    assert len(table) == N_HIDDEN
+    a, b = table[UNIT_A], table[UNIT_B]
+    assert a == {"unit": UNIT_A, "freq_train": pytest.approx((data.y_train == PLANTED_CLASS).float().mean().item()),
+                 "freq_test": 0.1, "majority_class": "Dress", "purity": 1.0, "recall": 1.0,
+                 "mean_contribution": 10.0, "ablation_effect": -10.0, "ablation_accuracy": -1.0, "dead": False}
+    assert b["dead"] and b["majority_class"] is None and b["mean_contribution"] is None and b["freq_test"] == 0.0
+    assert kh.top_units_of_classes(stats, ["Dress"]) == [UNIT_A]
+    with pytest.raises(ValueError, match="unknown class"):
+        kh.top_units_of_classes(stats, ["Hat"])
+
+
+def test_unit_figures(planted):
+    data, pipeline, stats = planted
+    fig = kh.plot_firing_density(stats)
+    assert "1 dead" in fig.axes[0].get_title()
+    fig = kh.plot_unit_dashboard(stats, pipeline.sae, data, [UNIT_A, 2])
+    assert len(fig.axes) == 2 * 7 + 1  # 7 panels per unit and one colour bar
+    assert any(stats.descriptions[UNIT_A] in t.get_text() for t in fig.texts)
+    agreement = kh.contribution_ablation_agreement(stats)
+    fig = kh.plot_contribution_vs_ablation(stats, agreement)
+    assert f"Pearson {agreement['pearson']['value']:.3f}" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="unit must be <="):
+        kh.plot_unit_dashboard(stats, pipeline.sae, data, [N_HIDDEN])
+    with pytest.raises(ValueError, match="units is empty"):
+        kh.plot_unit_dashboard(stats, pipeline.sae, data, [])
+    with pytest.raises(ValueError, match="UnitStats"):
+        kh.plot_firing_density({})
