@@ -3249,3 +3249,34 @@ def read_unit_browser_data(path: str | os.PathLike) -> dict:
     if match is None:
         raise ValueError(f"{path} holds no unit-data script: not a page written by write_unit_browser")
     return json.loads(match.group(1))
+
+
+UNIT_PURE = 0.9  # a unit is "class-pure" in the summary when at least this share of its firing images is one class
+
+
+def unit_table_summary(units: dict) -> list[tuple[str, str]]:
+    """(name, value) rows about the units from ``summary["units"]`` (``{"table": unit_table(...),
+    "agreement": contribution_ablation_agreement(...)}``), for the notebook's text about the units."""
+    if not isinstance(units, dict) or not isinstance(units.get("table"), list) or not units["table"]:
+        raise ValueError(f"units must be a dict with a non-empty 'table' (rows of unit_table), got {units!r:.80}")
+    table = units["table"]
+    live = [row for row in table if row["majority_class"] is not None]
+    freq = np.array([row["freq_test"] for row in table])
+    pure = [row for row in live if row["purity"] >= UNIT_PURE]
+    lowers = [row for row in live if row["ablation_effect"] < 0]
+    rows = [("units", f"{len(table)}"), ("dead (no training or test image)", f"{sum(r['dead'] for r in table)}"),
+            ("fire on no test image", f"{len(table) - len(live)}"),
+            ("median firing frequency (test)", _percent(float(np.median(freq)))),
+            (f"class-pure units (purity >= {UNIT_PURE:.0%})", f"{len(pure)} of {len(live)}"),
+            ("zeroing lowers its class logit", f"{len(lowers)} of {len(live)}")]
+    counts: dict[str, int] = {}
+    for row in live:
+        counts[row["majority_class"]] = counts.get(row["majority_class"], 0) + 1
+    rows += [(f"units whose majority class is {name}", f"{n}") for name, n in sorted(counts.items())]
+    agreement = units.get("agreement")
+    if agreement:
+        for name in ("pearson", "spearman"):
+            lo, hi = agreement[name]["ci95"]
+            rows.append((f"contribution vs ablation: {name}", f"{agreement[name]['value']:.3f} [{lo:.3f}, {hi:.3f}]"))
+        rows.append(("contribution and ablation drop of the same sign", f"{agreement['same_sign']:.0%} of units"))
+    return rows

@@ -90,7 +90,7 @@ def test_planted_unit_is_found_with_its_class_purity_and_ablation_sign(planted):
 def test_unused_unit_is_reported_dead(planted):
     _, _, stats = planted
     assert stats.dead[UNIT_B] and stats.freq_train[UNIT_B] == 0 and stats.n_fire[UNIT_B] == 0
-    assert stats.majority[UNIT_B] == -1 and np.isnan(stats.purity[UNIT_B])
+    assert stats.majority[UNIT_B] == -1 and np.isnan(stats.purity[UNIT_B]) and stats.hist_max[UNIT_B] == 0
     assert (stats.top_images[UNIT_B] == -1).all() and (stats.band_images[UNIT_B] == -1).all()
     assert stats.descriptions[UNIT_B].startswith("dead")
     assert not stats.dead[2:].any()  # the noise units fire
@@ -246,3 +246,13 @@ def test_unit_figures(planted):
         kh.plot_unit_dashboard(stats, pipeline.sae, data, [])
     with pytest.raises(ValueError, match="UnitStats"):
         kh.plot_firing_density({})
+
+
+def test_unit_table_summary_counts(planted):
+    _, _, stats = planted
+    rows = dict(kh.unit_table_summary({"table": kh.unit_table(stats)}))
+    assert rows["units"] == str(N_HIDDEN) and rows["dead (no training or test image)"] == "1"
+    assert rows["zeroing lowers its class logit"] == f"1 of {N_HIDDEN - 1}"  # only A feeds a logit
+    assert rows["units whose majority class is Dress"] == str(1 + (stats.majority[2:] == PLANTED_CLASS).sum())
+    with pytest.raises(ValueError, match="non-empty 'table'"):
+        kh.unit_table_summary({"table": []})
