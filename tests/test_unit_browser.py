@@ -79,11 +79,21 @@ def test_write_unit_browser_rejects_mismatched_inputs(page, tmp_path):
         kh.read_unit_browser_data(kh.UNIT_BROWSER_TEMPLATE.parent.parent / "LICENSE")
 
 
+def _require_browser(chromium: str | None, chromedriver: str | None) -> None:
+    """Skip, saying why, unless both the browser and its driver are installed (never pass silently)."""
+    if chromium is None or chromedriver is None:
+        pytest.skip("no browser: the unit-browser test needs Debian's `chromium` and `chromium-driver` "
+                    f"(found chromium={chromium}, chromedriver={chromedriver}); CI installs them with apt")
+
+
+def test_a_missing_browser_skips_with_a_message():
+    with pytest.raises(pytest.skip.Exception, match="no browser: .*chromium-driver.*chromedriver=None"):
+        _require_browser("/usr/bin/chromium", None)
+
+
 @pytest.fixture(scope="module")
 def browser():
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("no browser: the unit-browser test needs Debian's `chromium` and `chromium-driver` "
-                    f"(found chromium={CHROMIUM}, chromedriver={CHROMEDRIVER}); CI installs them with apt")
+    _require_browser(CHROMIUM, CHROMEDRIVER)
     webdriver = pytest.importorskip("selenium.webdriver", reason="the unit-browser test needs selenium "
                                     "(requirements-test.txt)")
     options = webdriver.ChromeOptions()
