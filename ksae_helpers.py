@@ -2902,7 +2902,7 @@ def _show_mosaic(ax, mosaic: np.ndarray, title: str) -> None:
     ax.set_title(title, fontsize="small")
 
 
-def _dashboard_bars(ax_cls, ax_eff, stats: UnitStats, unit: int) -> None:
+def _dashboard_bars(ax_cls, ax_eff, stats: UnitStats, unit: int, legend: bool) -> None:
     """Class distribution of the images ``unit`` fires on; its mean contribution to and the logit drop
     when zeroed, per class."""
     y = np.arange(len(stats.classes))
@@ -2918,10 +2918,12 @@ def _dashboard_bars(ax_cls, ax_eff, stats: UnitStats, unit: int) -> None:
     ax_eff.set_yticks(y, [])
     ax_eff.invert_yaxis()
     ax_eff.set(xlabel="class logit", title="contribution vs ablation")
-    ax_eff.legend(fontsize="x-small", loc="lower right")
+    if legend:
+        ax_eff.legend(fontsize="x-small", loc="lower right")
 
 
-def _dashboard_row(fig, cells, stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST, unit: int):
+def _dashboard_row(fig, cells, stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST, unit: int,
+                   legend: bool):
     """One unit's dashboard in ``cells`` (a row of 7 gridspec cells); returns the encoder row's image artist."""
     atoms = [_numpy(sae.W_dec[unit]), _numpy(sae.W_enc[unit])]
     for col, (values, name) in enumerate(zip(atoms, ("decoder atom", "encoder row"))):
@@ -2940,7 +2942,7 @@ def _dashboard_row(fig, cells, stats: UnitStats, sae: KSparseAutoencoder, data: 
     edges = np.linspace(0, stats.hist_max[unit], UNIT_HIST_BINS + 1)
     ax.stairs(stats.hist[unit], edges, fill=True, color=sns.color_palette()[0])
     ax.set(xlabel="activation", ylabel="test images", title=f"fires on {_percent(stats.freq_test[unit])} of test")
-    _dashboard_bars(fig.add_subplot(cells[5]), fig.add_subplot(cells[6]), stats, unit)
+    _dashboard_bars(fig.add_subplot(cells[5]), fig.add_subplot(cells[6]), stats, unit, legend)
     return im
 
 
@@ -2963,7 +2965,7 @@ def plot_unit_dashboard(stats: UnitStats, sae: KSparseAutoencoder, data: Fashion
                             bottom=0.9 / (DASHBOARD_ROW_INCHES * len(units)),
                             top=1 - 0.75 / (DASHBOARD_ROW_INCHES * len(units)), wspace=0.45, hspace=0.95)
     for row, j in enumerate(units):
-        im = _dashboard_row(fig, [grid[row, col] for col in range(7)], stats, sae, data, int(j))
+        im = _dashboard_row(fig, [grid[row, col] for col in range(7)], stats, sae, data, int(j), legend=row == 0)
         top = grid[row, 0].get_position(fig).y1
         fig.text(0.07, top + 0.42 / fig.get_figheight(), f"unit {j}: {stats.descriptions[j]}", fontsize="medium",
                  fontweight="bold")
@@ -3006,11 +3008,12 @@ def plot_contribution_vs_ablation(stats: UnitStats, agreement: dict | None = Non
 
 
 def top_units_of_classes(stats: UnitStats, classes: Sequence[str], n: int = 1) -> list[int]:
-    """For each class name, the ``n`` units with that majority class and the largest mean contribution to
-    its logit (the units a dashboard shows first)."""
+    """For each class name, the ``n`` units with that majority class that carry most of its logit: largest
+    mean contribution times the number of test images they fire on (a rare unit with a large mean does not
+    win). The units a dashboard shows first."""
     stats = _check_stats(stats)
     _check_int("n", n, low=1)
-    contribution = stats.majority_value(stats.contribution)
+    contribution = stats.majority_value(stats.contribution) * stats.n_fire
     units = []
     for name in classes:
         if name not in stats.classes:
