@@ -13,10 +13,12 @@ Sections
                       input x SmoothGrad.
 9. Evaluation      -- sample selection, agreement against a different-image null, faithfulness checks
                       (deletion/insertion under zero, blur and ROAD substrates, MoRF and LeRF; completeness
-                      decomposition; randomization; unit-level causality), the k sweep.
+                      decomposition; randomization; unit-level causality), verdicts, the k sweep, statistics of
+                      every code unit (the unit atlas: ``unit_statistics``).
 10. Plotting       -- every figure of the notebook.
-11. Summary        -- ``results/summary.json``; output folders per configuration
-                      (``runs/<name>/``), ``compact_notebook``.
+11. Summary        -- ``results/summary.json`` (with the per-unit ``unit_table``), the HTML unit browser
+                      (``write_unit_browser``, from ``templates/unit_browser.html``), output folders per
+                      configuration (``runs/<name>/``), ``compact_notebook``.
 
 Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` the code size (1024),
 ``C`` the number of classes (10).
@@ -24,6 +26,7 @@ Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` 
 
 from __future__ import annotations
 
+import base64
 import functools
 import gzip
 import hashlib
@@ -539,10 +542,13 @@ class SparseCodeClassifier(nn.Module):
         """``(A: [hidden0, H], c: [hidden0], head)`` with ``forward(z) = head(z A^T + c)`` (see attribution)."""
         return self.W1.T, self.b1, self.rest
 
+    def first_layer_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``values, indices: [B, k]`` (the active units) -> first-layer pre-activations ``[B, hidden0]``."""
+        return F.embedding_bag(indices, self.W1, per_sample_weights=values, mode="sum") + self.b1
+
     def forward_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """``values, indices: [B, k]`` (the active units) -> logits ``[B, C]``; equals ``forward``."""
-        h = F.embedding_bag(indices, self.W1, per_sample_weights=values, mode="sum")
-        return self.rest(h + self.b1)
+        return self.rest(self.first_layer_sparse(values, indices))
 
 
 class SparseCodePipeline(nn.Module):
@@ -982,7 +988,7 @@ def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: to
     ever_active[indices[values > 0]] = True
     tr_values, tr_indices = encode_dataset(sae, data.x_train, device)
     ever_active[tr_indices[tr_values > 0]] = True
-    usage = torch.bincount(tr_indices[tr_values > 0], minlength=sae.d_hidden).float() / len(tr_values)
+    usage = firing_frequency(tr_values, tr_indices, sae.d_hidden)
     return {
         "k": sae.k,
         "test_mse_per_pixel": float(sse / x.numel()),
@@ -1005,6 +1011,11 @@ def evaluate_models(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: Fa
         val_pred = predict(sae, clf, x_val, device).argmax(1).cpu()
         metrics["classifier"]["val_accuracy"] = float((val_pred == y_val).float().mean())
     return metrics
+
+
+def firing_frequency(values: torch.Tensor, indices: torch.Tensor, d_hidden: int) -> torch.Tensor:
+    """Fraction ``[H]`` of images on which each unit fires (value > 0); ``values, indices: [N, k]`` sparse codes."""
+    return torch.bincount(indices[values > 0], minlength=d_hidden).float() / len(values)
 
 
 @torch.no_grad()
@@ -1512,15 +1523,18 @@ def rowwise_spearman(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = Non
     return _rowwise_pearson(_row_ranks(a, mask), _row_ranks(b, mask), mask)
 
 
-def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of ``values: [N]``."""
+def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                 statistic: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values: [N]``, or of
+    ``statistic(resamples: [n_boot, N, ...]) -> [n_boot]`` for ``values: [N, ...]`` (rows resampled)."""
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         raise ValueError("bootstrap_ci needs at least one value")
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
+    resamples = values[rng.integers(0, len(values), size=(n_boot, len(values)))]
+    estimates = resamples.mean(1) if statistic is None else statistic(resamples)
     alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    return float(np.quantile(estimates, alpha)), float(np.quantile(estimates, 1 - alpha))
 
 
 def summarize(values, seed: int = 0) -> dict:
@@ -2647,6 +2661,266 @@ def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Seque
                      **{f"deletion_auc_{name}": float(curve_auc(perturbation_curves(pipeline, x, y, scores)).mean())
                         for name, scores in orders.items()}})
     return rows
+
+# --- the unit atlas: statistics of every code unit -------------------------------------------------------
+
+UNIT_TOP_IMAGES = 16  # test images with the largest activation kept per unit
+UNIT_QUANTILE_BANDS = ((0.0, 0.5), (0.5, 0.9), (0.9, 1.0))  # bands of a unit's activations on the images it
+# fires on (quantile ranges: the lower half, the next 40 %, the top 10 %)
+UNIT_BAND_SAMPLES = 4  # random test images drawn from each band (stratified: distinct when the band allows)
+UNIT_HIST_BINS = 20  # activation histogram bins per unit, on [0, its largest test activation]
+UNIT_COFIRING = 5  # co-firing units listed per unit (largest Jaccard overlap of the test images they fire on)
+UNIT_ABLATION_ROWS = 16_384  # head evaluations per batch in the ablation (images x their active units)
+UNIT_NEGLIGIBLE_LOGIT = 1e-3  # a unit's description calls a smaller mean logit change "unchanged"
+UNIT_CONTRIBUTION_ROWS = 2048  # test images per batch when computing per-unit contributions
+
+
+@dataclass
+class UnitStats:
+    """Statistics of every code unit (``H`` units, ``C`` classes), from the codes of the ``N`` test images
+    unless a field says train. Image ids index the test set; ``-1`` pads where a unit fires on too few images.
+    A unit *fires* on an image when its top-k activation is > 0. NaN marks a value undefined for a unit that
+    fires on no test image."""
+
+    classes: list[str]  # [C] class names
+    freq_train: np.ndarray  # [H] fraction of training images on which the unit fires
+    freq_test: np.ndarray  # [H] fraction of test images on which it fires
+    n_fire: np.ndarray  # [H] number of test images on which it fires
+    hist: np.ndarray  # [H, UNIT_HIST_BINS] counts of its non-zero test activations, bins on [0, hist_max]
+    hist_max: np.ndarray  # [H] largest test activation (0 if it never fires on a test image)
+    top_images: np.ndarray  # [H, UNIT_TOP_IMAGES] test ids, largest activation first
+    top_values: np.ndarray  # [H, UNIT_TOP_IMAGES] their activations (0 where padded)
+    band_images: np.ndarray  # [H, len(UNIT_QUANTILE_BANDS), UNIT_BAND_SAMPLES] random test ids per band
+    class_counts: np.ndarray  # [H, C] test images it fires on, per true class
+    majority: np.ndarray  # [H] most frequent true class among them (-1 if none)
+    purity: np.ndarray  # [H] share of them in the majority class (its precision)
+    recall: np.ndarray  # [H] share of the majority class's test images on which it fires
+    contribution: np.ndarray  # [H, C] mean decoder-weighted contribution to each class logit (Rescale share of
+    # G(z) - G(0), `rescale_contributions`), over the test images where the unit fires
+    ablation: np.ndarray  # [H, C] mean change of each class logit when the unit is zeroed, same images
+    ablation_accuracy: np.ndarray  # [H] change of accuracy (fraction) on the same images when it is zeroed
+    cofiring: np.ndarray  # [H, UNIT_COFIRING] unit ids with the largest Jaccard overlap (-1 pads)
+    cofiring_jaccard: np.ndarray  # [H, UNIT_COFIRING] those overlaps
+    dead: np.ndarray  # [H] bool: fires on no training and no test image
+    descriptions: list[str]  # [H] one line per unit, generated from the numbers above
+    seconds: float = 0.0  # wall time of `unit_statistics`
+
+    def majority_value(self, table: np.ndarray) -> np.ndarray:
+        """``table: [H, C]`` read at each unit's majority class -> ``[H]`` (NaN for units without one)."""
+        rows = np.arange(len(self.majority))
+        return np.where(self.majority >= 0, table[rows, np.maximum(self.majority, 0)], np.nan)
+
+
+def _firing_entries(values: torch.Tensor, indices: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse codes ``values, indices: [N, k]`` -> ``(units, images, activations)``, each ``[E]``, one entry per
+    (image, firing unit), sorted by unit, then by activation (largest first)."""
+    values, indices = values.detach().cpu().numpy(), indices.detach().cpu().numpy()
+    images = np.broadcast_to(np.arange(len(values))[:, None], values.shape)
+    fires = values > 0
+    units, images, acts = indices[fires], images[fires], values[fires]
+    order = np.lexsort((-acts, units))
+    return units[order], images[order], acts[order]
+
+
+def _segment_positions(starts: np.ndarray, counts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Positions ``starts[:, None] + offsets`` (``offsets: [H, n]``) where the offset is inside the unit's
+    segment of length ``counts``, else -1."""
+    inside = (offsets >= 0) & (offsets < counts[:, None])
+    return np.where(inside, starts[:, None] + offsets, -1)
+
+
+def _gather(array: np.ndarray, positions: np.ndarray, fill) -> np.ndarray:
+    """``array[positions]`` with ``fill`` where ``positions == -1``."""
+    return np.where(positions >= 0, array[np.maximum(positions, 0)], fill)
+
+
+def _band_offsets(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``[H, bands, samples]`` offsets into each unit's segment (largest activation first): stratified random
+    draws from each quantile band of ``UNIT_QUANTILE_BANDS``; repeats (bands shorter than the sample) are -1."""
+    out = np.full((len(counts), len(UNIT_QUANTILE_BANDS), UNIT_BAND_SAMPLES), -1)
+    strata = np.arange(UNIT_BAND_SAMPLES)
+    for b, (low, high) in enumerate(UNIT_QUANTILE_BANDS):
+        first = counts - np.round(counts * high).astype(np.int64)  # segments run from the largest activation down
+        length = np.round(counts * high).astype(np.int64) - np.round(counts * low).astype(np.int64)
+        u = rng.random((len(counts), UNIT_BAND_SAMPLES))
+        offsets = first[:, None] + np.floor((strata + u) * length[:, None] / UNIT_BAND_SAMPLES).astype(np.int64)
+        repeat = np.concatenate([np.zeros((len(counts), 1), bool), np.diff(offsets, axis=1) == 0], axis=1)
+        out[:, b] = np.where((length[:, None] > 0) & ~repeat, offsets, -1)
+    return out
+
+
+def _activation_histograms(units: np.ndarray, acts: np.ndarray, hist_max: np.ndarray) -> np.ndarray:
+    """``[H, UNIT_HIST_BINS]`` counts of each unit's activations ``acts: [E]`` on ``[0, hist_max[unit]]``."""
+    scale = np.where(hist_max > 0, hist_max, 1.0)[units]
+    bins = np.minimum((acts / scale * UNIT_HIST_BINS).astype(np.int64), UNIT_HIST_BINS - 1)
+    counts = np.bincount(units * UNIT_HIST_BINS + bins, minlength=len(hist_max) * UNIT_HIST_BINS)
+    return counts.reshape(len(hist_max), UNIT_HIST_BINS)
+
+
+def _class_purity(class_counts: np.ndarray, class_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``class_counts: [H, C]``, ``class_sizes: [C]`` -> majority class ``[H]`` (-1 if none), purity, recall."""
+    n_fire = class_counts.sum(1)
+    majority = np.where(n_fire > 0, class_counts.argmax(1), -1)
+    top = class_counts.max(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        purity = np.where(n_fire > 0, top / n_fire, np.nan)
+        recall = np.where(n_fire > 0, top / class_sizes[np.maximum(majority, 0)], np.nan)
+    return majority, purity, recall
+
+
+def _cofiring(units: np.ndarray, images: np.ndarray, n_images: int, d_hidden: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``UNIT_COFIRING`` partners of every unit by Jaccard overlap of the images they fire on:
+    ``(ids: [H, n], jaccard: [H, n])``, ids -1 where the overlap is 0."""
+    entries = torch.from_numpy(np.stack([units, images]))
+    fires = torch.sparse_coo_tensor(entries, torch.ones(len(units)), (d_hidden, n_images),
+                                    check_invariants=True).coalesce()
+    both = torch.sparse.mm(fires, fires.to_dense().T).numpy()  # [H, H] images on which both fire
+    n = np.diag(both).copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jaccard = np.nan_to_num(both / (n[:, None] + n[None, :] - both))
+    np.fill_diagonal(jaccard, -1.0)
+    n_top = min(UNIT_COFIRING, d_hidden - 1)
+    ids = np.argsort(-jaccard, axis=1, kind="stable")[:, :n_top]
+    top = np.take_along_axis(jaccard, ids, axis=1)
+    return np.where(top > 0, ids, -1), np.maximum(top, 0.0)
+
+
+@torch.no_grad()
+def unit_contribution_sums(clf: SparseCodeClassifier, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``[H, C]``: each unit's decoder-weighted contribution (``rescale_contributions``) to each class logit,
+    summed over the images of the sparse codes ``values, indices: [N, k]``."""
+    clf.eval()
+    d_hidden, n_classes = clf.W1.shape[0], clf.rest[-1].out_features
+    sums = torch.zeros(d_hidden, n_classes, device=values.device)
+    for i in range(0, len(values), UNIT_CONTRIBUTION_ROWS):
+        v, idx = values[i:i + UNIT_CONTRIBUTION_ROWS], indices[i:i + UNIT_CONTRIBUTION_ROWS]
+        z = torch.zeros(len(v), d_hidden, device=v.device).scatter(1, idx, v)
+        for c in range(n_classes):
+            target = torch.full((len(v),), c, dtype=torch.long, device=v.device)
+            sums[:, c] += rescale_contributions(clf, z, target).sum(0)
+    return sums
+
+
+@torch.no_grad()
+def unit_ablation_sums(clf: SparseCodeClassifier, values: torch.Tensor, indices: torch.Tensor,
+                       y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero each firing unit of each image, one at a time (the other units stay as they are), and sum the
+    effects per unit: ``(logit change: [H, C], correct-prediction change: [H])`` over the images where it fires.
+
+    ``values, indices: [N, k]`` sparse codes, ``y: [N]`` labels. All ``N * k`` ablated codes go through the
+    head in batches: the first layer is updated by subtracting the unit's row, ``h - z_j W1[j]``.
+    """
+    clf.eval()
+    d_hidden, k = clf.W1.shape[0], values.shape[1]
+    n_classes = clf.rest[-1].out_features
+    dlogit = torch.zeros(d_hidden, n_classes, device=values.device)
+    dcorrect = torch.zeros(d_hidden, device=values.device)
+    step = max(1, UNIT_ABLATION_ROWS // k)
+    for i in range(0, len(values), step):
+        v, idx, yb = values[i:i + step], indices[i:i + step], y[i:i + step]
+        h = clf.first_layer_sparse(v, idx)  # [b, hidden0]
+        base = clf.rest(h)  # [b, C]
+        ablated = clf.rest((h[:, None, :] - v[..., None] * clf.W1[idx]).flatten(0, 1)).view(len(v), k, -1)
+        correct = (ablated.argmax(-1) == yb[:, None]).float() - (base.argmax(-1) == yb).float()[:, None]
+        fires = v > 0
+        dlogit.index_add_(0, idx[fires], (ablated - base[:, None, :])[fires])
+        dcorrect.index_add_(0, idx[fires], correct[fires])
+    return dlogit, dcorrect
+
+
+def _percent(fraction: float) -> str:
+    """'9.1 %', '0.013 %': a fraction as a percentage with two significant digits."""
+    return f"{100 * fraction:.2g} %"
+
+
+def describe_unit(stats: UnitStats, unit: int) -> str:
+    """One line about ``unit`` from its statistics, e.g. 'fires on 9.1 % of test images, 92 % of them Trouser;
+    zeroing it lowers the Trouser logit by 1.8 (accuracy on them -3.5 points)'."""
+    if stats.dead[unit]:
+        return "dead: fires on no training and no test image"
+    if stats.n_fire[unit] == 0:
+        return f"fires on {_percent(stats.freq_train[unit])} of training images and on no test image"
+    c = int(stats.majority[unit])
+    name = stats.classes[c]
+    change = float(stats.ablation[unit, c])
+    effect = (f"leaves the {name} logit unchanged" if abs(change) < UNIT_NEGLIGIBLE_LOGIT else
+              f"{'lowers' if change < 0 else 'raises'} the {name} logit by {abs(change):.2g}")
+    return (f"fires on {_percent(stats.freq_test[unit])} of test images, {stats.purity[unit]:.0%} of them {name}; "
+            f"zeroing it {effect} "
+            f"(accuracy on them {100 * stats.ablation_accuracy[unit]:+.1f} points)")
+
+
+@torch.no_grad()
+def unit_statistics(pipeline: SparseCodePipeline, data: FashionMNIST, device: torch.device,
+                    usage_train=None, seed: int = 0) -> UnitStats:
+    """Every statistic of ``UnitStats`` for all units, from the codes of ``data.x_test: [N, 784]`` (and
+    ``data.x_train`` for the training frequency, unless ``usage_train: [H]`` passes it in, e.g.
+    ``evaluate_autoencoder(...)["unit_usage_train"]``). ``seed`` draws the quantile-band samples."""
+    if not isinstance(pipeline, SparseCodePipeline):
+        raise ValueError(f"unit_statistics needs a SparseCodePipeline, got {type(pipeline).__name__}")
+    t0 = time.perf_counter()
+    sae, clf = pipeline.sae.eval(), pipeline.clf.eval()
+    classes = _check_classes(data.classes)
+    if len(data.x_test) == 0:
+        raise ValueError("unit_statistics needs at least one test image, got none")
+    _check_labels(data.y_test, len(data.x_test), len(classes))
+    values, indices = encode_dataset(sae, data.x_test, device)
+    y = data.y_test.to(device)
+    if usage_train is None:
+        usage_train = firing_frequency(*encode_dataset(sae, data.x_train, device), sae.d_hidden)
+    freq_train = _numpy(usage_train)
+    if freq_train.shape != (sae.d_hidden,):
+        raise ValueError(f"usage_train must hold one value per unit ({sae.d_hidden}), got {list(freq_train.shape)}")
+    units, images, acts = _firing_entries(values, indices)
+    n_fire = np.bincount(units, minlength=sae.d_hidden)
+    starts = np.cumsum(n_fire) - n_fire
+    rng = np.random.default_rng(seed)
+    top = _segment_positions(starts, n_fire, np.broadcast_to(np.arange(UNIT_TOP_IMAGES), (sae.d_hidden,
+                                                                                          UNIT_TOP_IMAGES)))
+    bands = _band_offsets(n_fire, rng)
+    band_pos = _segment_positions(starts, n_fire, bands.reshape(sae.d_hidden, -1)).reshape(bands.shape)
+    band_pos[bands < 0] = -1
+    hist_max = np.zeros(sae.d_hidden, dtype=np.float64)
+    np.maximum.at(hist_max, units, acts)
+    labels = data.y_test.numpy()
+    class_counts = np.bincount(units * len(classes) + labels[images], minlength=sae.d_hidden * len(classes))
+    class_counts = class_counts.reshape(sae.d_hidden, len(classes))
+    majority, purity, recall = _class_purity(class_counts, np.bincount(labels, minlength=len(classes)))
+    denominator = np.where(n_fire > 0, n_fire, np.nan)
+    dlogit, dcorrect = unit_ablation_sums(clf, values, indices, y)
+    cofiring, jaccard = _cofiring(units, images, len(labels), sae.d_hidden)
+    stats = UnitStats(
+        classes=classes, freq_train=freq_train, freq_test=n_fire / len(labels), n_fire=n_fire,
+        hist=_activation_histograms(units, acts, hist_max), hist_max=hist_max,
+        top_images=_gather(images, top, -1), top_values=_gather(acts, top, 0.0),
+        band_images=_gather(images, band_pos, -1), class_counts=class_counts,
+        majority=majority, purity=purity, recall=recall,
+        contribution=_numpy(unit_contribution_sums(clf, values, indices)) / denominator[:, None],
+        ablation=_numpy(dlogit) / denominator[:, None], ablation_accuracy=_numpy(dcorrect) / denominator,
+        cofiring=cofiring, cofiring_jaccard=jaccard, dead=(n_fire == 0) & (freq_train == 0), descriptions=[])
+    stats.descriptions = [describe_unit(stats, j) for j in range(sae.d_hidden)]
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def contribution_ablation_agreement(stats: UnitStats, seed: int = 0) -> dict:
+    """How the mean decoder-weighted contribution of each unit to its majority class's logit agrees with the
+    logit drop when the unit is zeroed (minus the ablation change), across every unit that fires on a test
+    image: Pearson and Spearman correlation with bootstrap 95 % CIs (units resampled), and ``n`` units."""
+    contribution = stats.majority_value(stats.contribution)
+    drop = -stats.majority_value(stats.ablation)
+    keep = np.isfinite(contribution) & np.isfinite(drop)
+    pairs = np.stack([contribution[keep], drop[keep]], axis=1)  # [n, 2]
+    if len(pairs) < 3:
+        raise ValueError(f"the agreement needs at least 3 units that fire on a test image, got {len(pairs)}")
+    out = {"n_units": int(len(pairs))}
+    for name, corr in (("pearson", _rowwise_pearson), ("spearman", rowwise_spearman)):
+        value = float(corr(pairs[None, :, 0], pairs[None, :, 1])[0])
+        lo, hi = bootstrap_ci(pairs, seed=seed, statistic=lambda r, corr=corr: corr(r[..., 0], r[..., 1]))
+        out[name] = {"value": value, "ci95": [lo, hi]}
+    out["same_sign"] = float(np.mean(np.sign(pairs[:, 0]) == np.sign(pairs[:, 1])))
+    return out
+
 
 # =====================================================================================================
 # 10. Plotting
@@ -3931,6 +4205,194 @@ def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
     return _finish(fig, save)
 
 
+# --- the unit atlas ------------------------------------------------------------------------------------
+
+DENSITY_BINS = 40  # log-spaced bins of the firing-density histogram
+DASHBOARD_TOP_COLUMNS = 8  # top-activating images per row of a dashboard's mosaic
+MOSAIC_GAP = 1  # pixels between the images of a mosaic
+MOSAIC_GAP_COLOR = "white"
+DASHBOARD_ROW_INCHES = 3.1  # height of one unit's row in the dashboard
+
+
+def _check_stats(stats) -> UnitStats:
+    if not isinstance(stats, UnitStats):
+        raise ValueError(f"stats must be the UnitStats of unit_statistics, got {type(stats).__name__}")
+    return stats
+
+
+@_styled
+def plot_firing_density(stats: UnitStats, save: str | None = None) -> Figure:
+    """Histogram of every unit's firing frequency (log-spaced bins; train and test overlaid), the standard
+    'feature density' view of a sparse autoencoder. Units that never fire are counted in the title."""
+    stats = _check_stats(stats)
+    fig = _new_figure(8, 3.6)
+    ax = fig.add_subplot()
+    live = np.concatenate([stats.freq_train, stats.freq_test])
+    live = live[live > 0]
+    if live.size == 0:
+        return _finish(_message_figure("Firing density", "no unit fires on any image"), save)
+    bins = np.geomspace(live.min(), live.max() * (1 + LOG_BIN_MARGIN), DENSITY_BINS + 1)
+    for name, freq, color in (("train", stats.freq_train, sns.color_palette()[0]),
+                              ("test", stats.freq_test, sns.color_palette()[1])):
+        ax.hist(freq[freq > 0], bins=bins, histtype="step", lw=1.8, color=color,
+                label=f"{name} ({int((freq == 0).sum())} units never fire)")
+    _log_axis(ax, "x")
+    ax.axvline(np.median(stats.freq_test), color="0.3", ls=":", label="median (test)")
+    ax.set(xlabel="firing frequency: fraction of images on which the unit fires (log scale)", ylabel="units")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(f"Firing density of all {len(stats.freq_test)} units ({int(stats.dead.sum())} dead: "
+                 "never fire on a training or test image)")
+    return _finish(fig, save)
+
+
+def _mosaic(images: np.ndarray, columns: int) -> np.ndarray:
+    """``images: [n, 784]`` (NaN rows for empty cells) -> one ``[rows * 29 - 1, columns * 29 - 1]`` array
+    with NaN gaps (drawn in ``MOSAIC_GAP_COLOR``)."""
+    rows = -(-len(images) // columns)
+    cell = IMAGE_SIDE + MOSAIC_GAP
+    out = np.full((rows * cell - MOSAIC_GAP, columns * cell - MOSAIC_GAP), np.nan)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        out[r * cell:r * cell + IMAGE_SIDE, c * cell:c * cell + IMAGE_SIDE] = image.reshape(IMAGE_SIDE, IMAGE_SIDE)
+    return out
+
+
+def _test_images(data: FashionMNIST, ids: np.ndarray) -> np.ndarray:
+    """``ids: [n]`` test ids (-1 = empty) -> ``[n, 784]`` images with NaN rows for the empty ones."""
+    images = np.full((len(ids), IMAGE_SIDE**2), np.nan)
+    valid = ids >= 0
+    images[valid] = _numpy(data.x_test[torch.from_numpy(ids[valid])])
+    return images
+
+
+def _show_mosaic(ax, mosaic: np.ndarray, title: str) -> None:
+    cmap = plt.get_cmap(IMAGE_CMAP).with_extremes(bad=MOSAIC_GAP_COLOR)
+    ax.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0)
+    _image_axis(ax)
+    ax.set_title(title, fontsize="small")
+
+
+def _dashboard_bars(ax_cls, ax_eff, stats: UnitStats, unit: int, legend: bool) -> None:
+    """Class distribution of the images ``unit`` fires on; its mean contribution to and the logit drop
+    when zeroed, per class."""
+    y = np.arange(len(stats.classes))
+    ax_cls.barh(y, stats.class_counts[unit], color=sns.color_palette()[0])
+    ax_cls.set_yticks(y, stats.classes, fontsize="small")
+    ax_cls.invert_yaxis()
+    ax_cls.set(xlabel="test images it fires on", title=f"purity {stats.purity[unit]:.0%}, "
+               f"recall {stats.recall[unit]:.0%}")
+    height = 0.4
+    ax_eff.barh(y - height / 2, stats.contribution[unit], height, label="mean contribution", color=_color("decoder"))
+    ax_eff.barh(y + height / 2, -stats.ablation[unit], height, label="logit drop when zeroed", color="0.45")
+    ax_eff.axvline(0, color="0.2", lw=0.8)
+    ax_eff.set_yticks(y, [])
+    ax_eff.invert_yaxis()
+    ax_eff.set(xlabel="class logit", title="contribution vs ablation")
+    if legend:
+        ax_eff.legend(fontsize="x-small", loc="lower right")
+
+
+def _dashboard_row(fig, cells, stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST, unit: int,
+                   legend: bool):
+    """One unit's dashboard in ``cells`` (a row of 7 gridspec cells); returns the encoder row's image artist."""
+    atoms = [_numpy(sae.W_dec[unit]), _numpy(sae.W_enc[unit])]
+    for col, (values, name) in enumerate(zip(atoms, ("decoder atom", "encoder row"))):
+        limit = _symmetric_limit(values)  # each drawn on its own scale, +-limit -> +-1 (one shared colour bar)
+        im = _show_signed(fig.add_subplot(cells[col]), values.reshape(IMAGE_SIDE, IMAGE_SIDE) / limit, 1.0,
+                          f"{name} (±{limit:.2g})")
+    ax = fig.add_subplot(cells[2])
+    _show_mosaic(ax, _mosaic(_test_images(data, stats.top_images[unit]), DASHBOARD_TOP_COLUMNS),
+                 f"top {UNIT_TOP_IMAGES} test images (largest activation {stats.hist_max[unit]:.2f})")
+    ax.set_ylabel(f"unit {unit}", fontsize="large", fontweight="bold")
+    _show_mosaic(fig.add_subplot(cells[3]), _mosaic(_test_images(data, stats.band_images[unit][::-1].ravel()),
+                                                   UNIT_BAND_SAMPLES),
+                 "random per quantile band: " + " / ".join(f"{100 * lo:.0f}–{100 * hi:.0f}" for lo, hi
+                                                           in UNIT_QUANTILE_BANDS[::-1]) + " %")
+    ax = fig.add_subplot(cells[4])
+    edges = np.linspace(0, stats.hist_max[unit], UNIT_HIST_BINS + 1)
+    ax.stairs(stats.hist[unit], edges, fill=True, color=sns.color_palette()[0])
+    ax.set(xlabel="activation", ylabel="test images", title=f"fires on {_percent(stats.freq_test[unit])} of test")
+    _dashboard_bars(fig.add_subplot(cells[5]), fig.add_subplot(cells[6]), stats, unit, legend)
+    return im
+
+
+@_styled
+def plot_unit_dashboard(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST, units: Sequence[int],
+                        save: str | None = None) -> Figure:
+    """A dashboard row per unit of ``units``: decoder atom and encoder row (diverging, centred at 0), its 16
+    top-activating test images, 4 random test images from each activation quantile band (top band first),
+    activation histogram, class distribution, and mean contribution against ablation per class logit.
+    The unit's one-line description heads its row."""
+    stats = _check_stats(stats)
+    units = [units] if isinstance(units, (int, np.integer)) else list(units)
+    if not units:
+        raise ValueError("units is empty: pass the ids of the units to show")
+    for j in units:
+        _check_int("unit", j, low=0, high=len(stats.freq_test) - 1, high_name="the last unit id")
+    # a fixed grid, not constrained layout: laying out ~7 axes per unit was most of the figure's time
+    fig = plt.figure(figsize=(24, DASHBOARD_ROW_INCHES * len(units)))
+    grid = fig.add_gridspec(len(units), 7, width_ratios=[1, 1, 3.3, 1.7, 1.5, 1.6, 1.6], left=0.07, right=0.99,
+                            bottom=0.9 / (DASHBOARD_ROW_INCHES * len(units)),
+                            top=1 - 0.75 / (DASHBOARD_ROW_INCHES * len(units)), wspace=0.45, hspace=0.95)
+    for row, j in enumerate(units):
+        im = _dashboard_row(fig, [grid[row, col] for col in range(7)], stats, sae, data, int(j), legend=row == 0)
+        top = grid[row, 0].get_position(fig).y1
+        fig.text(0.07, top + 0.42 / fig.get_figheight(), f"unit {j}: {stats.descriptions[j]}", fontsize="medium",
+                 fontweight="bold")
+    # one colour bar: every atom and encoder row is drawn on the same relative scale
+    first = grid[0, 0].get_position(fig)
+    fig.colorbar(im, cax=fig.add_axes([0.02, first.y0, 0.006, first.height]), label="weight ÷ its max |weight|")
+    return _finish(fig, save)
+
+
+@_styled
+def plot_contribution_vs_ablation(stats: UnitStats, agreement: dict | None = None,
+                                  save: str | None = None) -> Figure:
+    """Every unit that fires on a test image: its mean decoder-weighted contribution to its majority class's
+    logit against the drop of that logit when it is zeroed, coloured by that class, with the y = x line and
+    the correlations (bootstrap 95 % CIs) of ``contribution_ablation_agreement`` (computed if not given)."""
+    stats = _check_stats(stats)
+    agreement = agreement or contribution_ablation_agreement(stats)
+    x, y = stats.majority_value(stats.contribution), -stats.majority_value(stats.ablation)
+    fig = _new_figure(7.5, 5.5)
+    ax = fig.add_subplot()
+    palette = sns.color_palette("tab10", len(stats.classes))
+    for c, name in enumerate(stats.classes):
+        mine = stats.majority == c
+        if mine.any():
+            ax.scatter(x[mine], y[mine], s=10, alpha=0.7, color=palette[c], label=f"{name} ({mine.sum()})")
+    finite = np.isfinite(x) & np.isfinite(y)
+    lo, hi = min(x[finite].min(), y[finite].min()), max(x[finite].max(), y[finite].max())
+    ax.plot([lo, hi], [lo, hi], color="0.3", ls="--", lw=1, label="y = x")
+    ax.axhline(0, color="0.6", lw=0.6)
+    ax.axvline(0, color="0.6", lw=0.6)
+    ax.set(xlabel="mean contribution to its majority class's logit (Rescale share, where it fires)",
+           ylabel="drop of that logit when the unit is zeroed")
+    ax.legend(title="majority class (units)", fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    p, s = agreement["pearson"], agreement["spearman"]
+    ax.set_title(f"Contribution vs ablation, {agreement['n_units']} units: Pearson {p['value']:.3f} "
+                 f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}], Spearman {s['value']:.3f} "
+                 f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]\nsame sign for {agreement['same_sign']:.0%} of units",
+                 fontsize="small")
+    return _finish(fig, save)
+
+
+def top_units_of_classes(stats: UnitStats, classes: Sequence[str], n: int = 1) -> list[int]:
+    """For each class name, the ``n`` units with that majority class that carry most of its logit: largest
+    mean contribution times the number of test images they fire on (a rare unit with a large mean does not
+    win). The units a dashboard shows first."""
+    stats = _check_stats(stats)
+    _check_int("n", n, low=1)
+    contribution = stats.majority_value(stats.contribution) * stats.n_fire
+    units = []
+    for name in classes:
+        if name not in stats.classes:
+            raise ValueError(f"unknown class {name!r}; classes are {stats.classes}")
+        mine = np.flatnonzero(stats.majority == stats.classes.index(name))
+        units += mine[np.argsort(-contribution[mine], kind="stable")[:n]].tolist()
+    return units
+
+
 # =====================================================================================================
 # 11. Summary: results/summary.json
 # =====================================================================================================
@@ -3941,7 +4403,9 @@ def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
 #   selection{n_images, n_per_class, threshold, candidates_per_class, selected_per_class, n_fallback,
 #             shortfalls{class: {passing, selected, fallback}}, skipped_classes, warning},
 #   validation{n_images, cross_method, faithfulness, object_focus, completeness, randomization, unit_deletion,
-#              seconds{check: s}}, verdicts[{ordering, method, ranking, test, passes, rank, value}]
+#              seconds{check: s}}, verdicts[{ordering, method, ranking, test, passes, rank, value}],
+#   units{table[{unit, freq_train, freq_test, majority_class, purity, recall, mean_contribution, ablation_effect,
+#         ablation_accuracy, dead}], agreement{n_units, pearson, spearman, same_sign}, seconds} (passed as extra)
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -4232,4 +4696,154 @@ def randomization_table(rand: dict) -> list[tuple[str, str]]:
         ref = [rand["reference"][m][p]["mean"] for p in PIXEL_SETS]
         rows.append((METHOD_LABELS.get(m, m), f"{cells[0]:.3f} / {cells[1]:.3f} | {cells[2]:.3f} / {cells[3]:.3f} | "
                      f"{ref[0]:.3f} / {ref[1]:.3f}"))
+    return rows
+
+
+# --- the unit atlas: per-unit table and the HTML unit browser ---------------------------------------------
+
+UNIT_TABLE_DIGITS = 4  # significant digits of the floats in the per-unit table and the browser's data
+UNIT_BROWSER_TEMPLATE = Path(__file__).resolve().parent / "templates" / "unit_browser.html"
+SIGNED_TILE_ZERO = 127  # grey level of 0 in a signed (atom, encoder-row) sprite tile; +-scale maps to 254 / 0
+
+
+def _rounded(values):
+    """Floats (scalar or nested arrays) to ``UNIT_TABLE_DIGITS`` significant digits; NaN -> None."""
+    if isinstance(values, (np.ndarray, list, tuple)):
+        return [_rounded(v) for v in values]
+    value = float(values)
+    return float(f"{value:.{UNIT_TABLE_DIGITS}g}") if math.isfinite(value) else None
+
+
+def unit_table(stats: UnitStats) -> list[dict]:
+    """One compact row per unit for ``results/summary.json``: frequencies, majority class (name, None if it
+    fires on no test image), purity, recall, mean contribution to and ablation change of its majority class's
+    logit, change of accuracy on the images where it fires, dead flag."""
+    contribution, ablation = stats.majority_value(stats.contribution), stats.majority_value(stats.ablation)
+    return [{"unit": j, "freq_train": _rounded(stats.freq_train[j]), "freq_test": _rounded(stats.freq_test[j]),
+             "majority_class": stats.classes[stats.majority[j]] if stats.majority[j] >= 0 else None,
+             "purity": _rounded(stats.purity[j]), "recall": _rounded(stats.recall[j]),
+             "mean_contribution": _rounded(contribution[j]), "ablation_effect": _rounded(ablation[j]),
+             "ablation_accuracy": _rounded(stats.ablation_accuracy[j]), "dead": bool(stats.dead[j])}
+            for j in range(len(stats.freq_test))]
+
+
+def _png_sprite(tiles: np.ndarray) -> tuple[str, int]:
+    """``tiles: [n, 784]`` uint8 grey images -> (base64 PNG of a near-square sheet of 28 x 28 tiles, columns)."""
+    from PIL import Image  # Pillow: installed with matplotlib
+
+    n = max(len(tiles), 1)
+    columns = math.ceil(math.sqrt(n))
+    sheet = np.zeros((math.ceil(n / columns) * columns, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    sheet[:len(tiles)] = tiles.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    sheet = sheet.reshape(-1, columns, IMAGE_SIDE, IMAGE_SIDE).transpose(0, 2, 1, 3).reshape(-1, columns * IMAGE_SIDE)
+    buffer = io.BytesIO()
+    Image.fromarray(sheet, mode="L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii"), columns
+
+
+def _signed_tiles(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rows: [n, 784]`` signed -> (uint8 tiles with 0 at ``SIGNED_TILE_ZERO``, each row scaled by its own
+    max |value|; those scales ``[n]``)."""
+    scale = np.abs(rows).max(1)
+    scale = np.where(scale > 0, scale, 1.0)
+    return np.round(SIGNED_TILE_ZERO * (1 + rows / scale[:, None])).astype(np.uint8), scale
+
+
+def _diverging_lut() -> list[list[int]]:
+    """RGB of the diverging colour map for every grey level of a signed tile (``SIGNED_TILE_ZERO`` = white)."""
+    t = np.clip((np.arange(256) - SIGNED_TILE_ZERO) / SIGNED_TILE_ZERO, -1, 1)
+    return np.round(255 * plt.get_cmap(DIVERGING_CMAP)((t + 1) / 2)[:, :3]).astype(int).tolist()
+
+
+def _hex(rgb) -> str:
+    return "#" + "".join(f"{round(255 * c):02x}" for c in rgb[:3])
+
+
+def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST) -> tuple[dict, str, str]:
+    """The browser's data (``unit_table`` rows plus every per-unit detail; image ids index the test set) and
+    its two base64 PNG sprites: the test images it shows, and every unit's atom then encoder row."""
+    image_ids = np.unique(np.concatenate([stats.top_images.ravel(), stats.band_images.ravel()]))
+    image_ids = image_ids[image_ids >= 0]
+    images = np.round(255 * _numpy(data.x_test[torch.from_numpy(image_ids)]).reshape(len(image_ids), -1))
+    image_sprite, image_columns = _png_sprite(images.astype(np.uint8))
+    tiles, scales = _signed_tiles(np.concatenate([_numpy(sae.W_dec), _numpy(sae.W_enc)]))
+    atom_sprite, atom_columns = _png_sprite(tiles)
+    n_units = len(stats.freq_test)
+    units = []
+    for row in unit_table(stats):
+        j = row["unit"]
+        top = stats.top_images[j] >= 0
+        row.update(n_fire=int(stats.n_fire[j]), description=stats.descriptions[j],
+                   top_images=stats.top_images[j][top].tolist(), top_values=_rounded(stats.top_values[j][top]),
+                   band_images=[band[band >= 0].tolist() for band in stats.band_images[j]],
+                   hist=stats.hist[j].tolist(), hist_max=_rounded(stats.hist_max[j]),
+                   class_counts=stats.class_counts[j].tolist(), contribution=_rounded(stats.contribution[j]),
+                   ablation=_rounded(stats.ablation[j]), cofiring=[int(u) for u in stats.cofiring[j] if u >= 0],
+                   cofiring_jaccard=_rounded(stats.cofiring_jaccard[j][stats.cofiring[j] >= 0]),
+                   atom_scale=_rounded(scales[j]), encoder_scale=_rounded(scales[n_units + j]))
+        units.append(row)
+    cmap = plt.get_cmap(DIVERGING_CMAP)
+    payload = {"classes": stats.classes, "tile": IMAGE_SIDE, "units": units, "image_ids": image_ids.tolist(),
+               "image_columns": image_columns, "atom_columns": atom_columns, "cmap": _diverging_lut(),
+               "positive_color": _hex(cmap(0.85)), "negative_color": _hex(cmap(0.15)),
+               "band_samples": UNIT_BAND_SAMPLES, "band_labels": [
+                   f"activation quantiles {100 * lo:.0f}–{100 * hi:.0f} %" for lo, hi in UNIT_QUANTILE_BANDS]}
+    return payload, image_sprite, atom_sprite
+
+
+def write_unit_browser(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST,
+                       path: str | os.PathLike) -> Path:
+    """Write the self-contained HTML unit browser (``templates/unit_browser.html`` filled with the data of
+    ``unit_browser_data``: no server, no network access). Returns the path."""
+    if not isinstance(stats, UnitStats):
+        raise ValueError(f"stats must be the UnitStats of unit_statistics, got {type(stats).__name__}")
+    if sae.d_hidden != len(stats.freq_test):
+        raise ValueError(f"stats describe {len(stats.freq_test)} units but the autoencoder has {sae.d_hidden}")
+    payload, image_sprite, atom_sprite = unit_browser_data(stats, sae, data)
+    text = json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    html = UNIT_BROWSER_TEMPLATE.read_text(encoding="utf-8")
+    for placeholder, value in (("{{IMAGE_SPRITE}}", image_sprite), ("{{ATOM_SPRITE}}", atom_sprite),
+                               ("{{UNIT_DATA}}", text)):
+        assert html.count(placeholder) == 1, f"the template must hold {placeholder} once"
+        html = html.replace(placeholder, value)
+    return atomic_write_bytes(path, html.encode("utf-8"))
+
+
+def read_unit_browser_data(path: str | os.PathLike) -> dict:
+    """The JSON data embedded in a page written by ``write_unit_browser`` (for checks and other tools)."""
+    html = Path(path).read_text(encoding="utf-8")
+    match = re.search(r'<script type="application/json" id="unit-data">(.*?)</script>', html, re.S)
+    if match is None:
+        raise ValueError(f"{path} holds no unit-data script: not a page written by write_unit_browser")
+    return json.loads(match.group(1))
+
+
+UNIT_PURE = 0.9  # a unit is "class-pure" in the summary when at least this share of its firing images is one class
+
+
+def unit_table_summary(units: dict) -> list[tuple[str, str]]:
+    """(name, value) rows about the units from ``summary["units"]`` (``{"table": unit_table(...),
+    "agreement": contribution_ablation_agreement(...)}``), for the notebook's text about the units."""
+    if not isinstance(units, dict) or not isinstance(units.get("table"), list) or not units["table"]:
+        raise ValueError(f"units must be a dict with a non-empty 'table' (rows of unit_table), got {units!r:.80}")
+    table = units["table"]
+    live = [row for row in table if row["majority_class"] is not None]
+    freq = np.array([row["freq_test"] for row in table])
+    pure = [row for row in live if row["purity"] >= UNIT_PURE]
+    lowers = [row for row in live if row["ablation_effect"] < 0]
+    rows = [("units", f"{len(table)}"), ("dead (no training or test image)", f"{sum(r['dead'] for r in table)}"),
+            ("fire on no test image", f"{len(table) - len(live)}"),
+            ("median firing frequency (test)", _percent(float(np.median(freq)))),
+            (f"class-pure units (purity >= {UNIT_PURE:.0%})", f"{len(pure)} of {len(live)}"),
+            ("zeroing lowers its class logit", f"{len(lowers)} of {len(live)}")]
+    counts: dict[str, int] = {}
+    for row in live:
+        counts[row["majority_class"]] = counts.get(row["majority_class"], 0) + 1
+    rows += [(f"units whose majority class is {name}", f"{n}") for name, n in sorted(counts.items())]
+    agreement = units.get("agreement")
+    if agreement:
+        for name in ("pearson", "spearman"):
+            lo, hi = agreement[name]["ci95"]
+            rows.append((f"contribution vs ablation: {name}", f"{agreement[name]['value']:.3f} [{lo:.3f}, {hi:.3f}]"))
+        rows.append(("contribution and ablation drop of the same sign", f"{agreement['same_sign']:.0%} of units"))
     return rows

@@ -1,0 +1,149 @@
+"""The HTML unit browser: its embedded data against ``unit_table`` (what summary.json holds), and the page
+in a real headless Chromium (Selenium with the system chromedriver): every unit listed, the class filter,
+a unit's detail panel and its images."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_units import PLANTED_CLASS, UNIT_A, UNIT_B, _planted_data, _planted_pipeline
+
+import ksae_helpers as kh
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+MAX_BYTES = 15 * 2**20  # the issue's size limit for the page
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    data = _planted_data()
+    pipeline = _planted_pipeline()
+    stats = kh.unit_statistics(pipeline, data, torch.device("cpu"))
+    path = kh.write_unit_browser(stats, pipeline.sae, data, tmp_path_factory.mktemp("browser") / "units.html")
+    return path, stats, data, pipeline
+
+
+def test_embedded_data_matches_the_summary_table(page):
+    path, stats, _, _ = page
+    embedded = kh.read_unit_browser_data(path)
+    table = kh.unit_table(stats)
+    assert [u["unit"] for u in embedded["units"]] == list(range(len(table)))
+    for row, unit in zip(table, embedded["units"]):
+        assert {key: unit[key] for key in row} == row
+    a, b = table[UNIT_A], table[UNIT_B]
+    assert a["majority_class"] == kh.CLASS_NAMES[PLANTED_CLASS] and a["purity"] == 1.0 and a["ablation_effect"] < 0
+    assert b["dead"] and b["majority_class"] is None and b["purity"] is None
+    assert path.stat().st_size < MAX_BYTES
+
+
+def test_embedded_images_and_tiles_are_the_data(page):
+    """The sprites decode (Pillow) to the test images the data names and to the atoms, tile by tile."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    path, stats, data, pipeline = page
+    html = path.read_text()
+    sprites = re.findall(r'id="(\w+)-sprite" alt="" hidden src="data:image/png;base64,([^"]+)"', html)
+    embedded = kh.read_unit_browser_data(path)
+    decoded = {name: np.asarray(Image.open(io.BytesIO(base64.b64decode(b64)))) for name, b64 in sprites}
+
+    def tile(sheet, i, columns):
+        r, c = divmod(i, columns)
+        return sheet[28 * r:28 * (r + 1), 28 * c:28 * (c + 1)].astype(float)
+
+    ids = embedded["image_ids"]
+    assert set(ids) == set(stats.top_images[stats.top_images >= 0]) | set(stats.band_images[stats.band_images >= 0])
+    for i in (0, len(ids) - 1):
+        expected = np.round(255 * data.x_test[ids[i]].numpy().reshape(28, 28))
+        np.testing.assert_array_equal(tile(decoded["image"], i, embedded["image_columns"]), expected)
+    atom = pipeline.sae.W_dec[UNIT_A].detach().numpy().reshape(28, 28)
+    scale = embedded["units"][UNIT_A]["atom_scale"]
+    restored = (tile(decoded["atom"], UNIT_A, embedded["atom_columns"]) / kh.SIGNED_TILE_ZERO - 1) * scale
+    np.testing.assert_allclose(restored, atom, atol=scale / kh.SIGNED_TILE_ZERO)
+
+
+def test_write_unit_browser_rejects_mismatched_inputs(page, tmp_path):
+    path, stats, data, _ = page
+    with pytest.raises(ValueError, match="UnitStats"):
+        kh.write_unit_browser({}, kh.KSparseAutoencoder(k=3, d_hidden=12), data, tmp_path / "x.html")
+    with pytest.raises(ValueError, match="12 units but the autoencoder has 20"):
+        kh.write_unit_browser(stats, kh.KSparseAutoencoder(k=3, d_hidden=20), data, tmp_path / "x.html")
+    with pytest.raises(ValueError, match="no unit-data"):
+        kh.read_unit_browser_data(kh.UNIT_BROWSER_TEMPLATE.parent.parent / "LICENSE")
+
+
+def _require_browser(chromium: str | None, chromedriver: str | None) -> None:
+    """Skip, saying why, unless both the browser and its driver are installed (never pass silently)."""
+    if chromium is None or chromedriver is None:
+        pytest.skip("no browser: the unit-browser test needs Debian's `chromium` and `chromium-driver` "
+                    f"(found chromium={chromium}, chromedriver={chromedriver}); CI installs them with apt")
+
+
+def test_a_missing_browser_skips_with_a_message():
+    with pytest.raises(pytest.skip.Exception, match="no browser: .*chromium-driver.*chromedriver=None"):
+        _require_browser("/usr/bin/chromium", None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _require_browser(CHROMIUM, CHROMEDRIVER)
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the unit-browser test needs selenium "
+                                    "(requirements-test.txt)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _wait(driver, script: str, timeout: float = 10.0):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: d.execute_script(script))
+
+
+def _listed(driver) -> list[int]:
+    return [int(u) for u in driver.execute_script(
+        "return [...document.querySelectorAll('#unit-list .unit-row')].map(r => r.dataset.unit)")]
+
+
+def test_page_in_a_real_browser(page, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    path, stats, _, _ = page
+    browser.get(path.resolve().as_uri())
+    _wait(browser, "return document.body.dataset.ready === '1'")
+    assert browser.execute_script("return window.__errors || []") == []
+    assert sorted(_listed(browser)) == list(range(len(stats.freq_test)))  # every unit listed
+    name = kh.CLASS_NAMES[PLANTED_CLASS]
+    Select(browser.find_element(By.ID, "class-filter")).select_by_value(name)
+    expected = [j for j, row in enumerate(kh.unit_table(stats)) if row["majority_class"] == name]
+    assert sorted(_listed(browser)) == expected and UNIT_A in expected
+    Select(browser.find_element(By.ID, "class-filter")).select_by_value("__dead__")
+    assert _listed(browser) == [UNIT_B]
+    Select(browser.find_element(By.ID, "class-filter")).select_by_value("")
+    browser.find_element(By.ID, "search").send_keys(str(UNIT_A))  # search by id ("0": the only id starting so)
+    _wait(browser, f"return document.getElementById('detail').dataset.unit === '{UNIT_A}'")
+    detail = browser.find_element(By.ID, "detail").text
+    assert stats.descriptions[UNIT_A] in detail
+    # every drawn image has pixels: test images are not all black, atoms have colour
+    sums = browser.execute_script("""
+        return [...document.querySelectorAll('#detail canvas.tile')].map(c =>
+            c.getContext('2d').getImageData(0, 0, c.width, c.height).data.reduce((s, v, i) =>
+                s + (i % 4 === 3 ? 0 : v), 0));""")
+    n_images = (stats.top_images[UNIT_A] >= 0).sum() + (stats.band_images[UNIT_A] >= 0).sum()
+    assert len(sums) == 2 + n_images and min(sums) > 0
+    natural = browser.execute_script("return ['image-sprite', 'atom-sprite'].map(i => "
+                                     "document.getElementById(i).naturalWidth)")
+    assert min(natural) > 0
