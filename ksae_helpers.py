@@ -3918,38 +3918,6 @@ def _completeness_histogram(ax, errors: np.ndarray, tolerance: float | None, met
                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
 
 
-def _decomposition_scatter(ax, dec: dict) -> None:
-    """Per image: IG's completeness error against minus the jump sum (both / |F(x) - F(0)|), coloured by
-    the number of discontinuous swaps, with the identity line."""
-    per = {k: _numpy(v) for k, v in dec["per_image"].items()}
-    scale = np.abs(per["gap"])
-    jumps, errors = -per["jump_sum"] / scale, per["ig_error"] / scale
-    points = ax.scatter(jumps, errors, c=per["switches"], cmap="viridis", s=14)
-    ends = [min(jumps.min(), errors.min()), max(jumps.max(), errors.max())]
-    ax.plot(ends, ends, color="0.3", ls="--", lw=1, label="IG error = − jump sum")
-    ax.figure.colorbar(points, ax=ax, label="discontinuous top-k swaps on the path")
-    rule = QUADRATURE_LABELS.get(dec["method"], dec["method"])
-    ax.set(xlabel="− jump sum / |F(x) − F(0)|", ylabel="IG completeness error / |F(x) − F(0)|",
-           title=f"IG's error vs the jumps ({dec['n_steps']} steps, {rule})")
-    ax.legend(fontsize="small", loc="upper left")
-
-
-def _mismatch_histogram(ax, dec: dict) -> None:
-    """Histogram of |IG error + jump sum| / |F(x) - F(0)| per image (log bins) with the tolerance line."""
-    mismatch = np.clip(_numpy(dec["per_image"]["mismatch"]), LOG_FLOOR, None)
-    tol = dec["tolerance"]
-    bins = np.logspace(np.log10(min(mismatch.min(), tol)), np.log10(max(mismatch.max(), tol)) + LOG_BIN_MARGIN,
-                       ERROR_BINS)
-    ax.hist(mismatch, bins=bins, color=sns.color_palette()[0])
-    _log_axis(ax, "x")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.axvline(tol, color="0.3", ls="--", label=f"tolerance {tol:g}: {dec['share_within_tolerance']:.0%} within")
-    res = dec["relative"]["residual"]["mean"]
-    ax.set(xlabel="|IG error + jump sum| / |F(x) − F(0)|", ylabel="images",
-           title=f"Mismatch per image ({dec['n_points']}-interval scan; residual {res:.1e})")
-    ax.legend(fontsize="small")
-
-
 def _decomposition_steps(ax_err, ax_share, dec: dict) -> None:
     """IG's median completeness error and its median mismatch with minus the jump sum against n_steps
     (log-log, with the median jump size as a line), and the share of images whose mismatch is within
@@ -4209,8 +4177,7 @@ def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
 
 DENSITY_BINS = 40  # log-spaced bins of the firing-density histogram
 DASHBOARD_TOP_COLUMNS = 8  # top-activating images per row of a dashboard's mosaic
-MOSAIC_GAP = 1  # pixels between the images of a mosaic
-MOSAIC_GAP_COLOR = "white"
+MOSAIC_GAP_COLOR = "white"  # gaps between the images of a unit's mosaic
 DASHBOARD_ROW_INCHES = 3.1  # height of one unit's row in the dashboard
 
 
@@ -4245,16 +4212,13 @@ def plot_firing_density(stats: UnitStats, save: str | None = None) -> Figure:
     return _finish(fig, save)
 
 
-def _mosaic(images: np.ndarray, columns: int) -> np.ndarray:
-    """``images: [n, 784]`` (NaN rows for empty cells) -> one ``[rows * 29 - 1, columns * 29 - 1]`` array
-    with NaN gaps (drawn in ``MOSAIC_GAP_COLOR``)."""
+def _unit_mosaic(images: np.ndarray, columns: int) -> np.ndarray:
+    """``images: [n, 784]`` (NaN rows for empty cells) -> one ``[rows * 29 - 1, columns * 29 - 1]`` array,
+    ``columns`` images a row, with NaN gaps (``_mosaic`` without its title room above the first row)."""
     rows = -(-len(images) // columns)
-    cell = IMAGE_SIDE + MOSAIC_GAP
-    out = np.full((rows * cell - MOSAIC_GAP, columns * cell - MOSAIC_GAP), np.nan)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        out[r * cell:r * cell + IMAGE_SIDE, c * cell:c * cell + IMAGE_SIDE] = image.reshape(IMAGE_SIDE, IMAGE_SIDE)
-    return out
+    grid = np.full((rows * columns, IMAGE_SIDE, IMAGE_SIDE), np.nan)
+    grid[:len(images)] = images.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    return _mosaic(grid.reshape(rows, columns, IMAGE_SIDE, IMAGE_SIDE))[MOSAIC_GAP:, :-MOSAIC_GAP]
 
 
 def _test_images(data: FashionMNIST, ids: np.ndarray) -> np.ndarray:
@@ -4265,7 +4229,8 @@ def _test_images(data: FashionMNIST, ids: np.ndarray) -> np.ndarray:
     return images
 
 
-def _show_mosaic(ax, mosaic: np.ndarray, title: str) -> None:
+def _show_unit_mosaic(ax, mosaic: np.ndarray, title: str) -> None:
+    """A grey-scale ``_unit_mosaic`` on ``ax``, gaps in ``MOSAIC_GAP_COLOR``."""
     cmap = plt.get_cmap(IMAGE_CMAP).with_extremes(bad=MOSAIC_GAP_COLOR)
     ax.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0)
     _image_axis(ax)
@@ -4301,10 +4266,10 @@ def _dashboard_row(fig, cells, stats: UnitStats, sae: KSparseAutoencoder, data: 
         im = _show_signed(fig.add_subplot(cells[col]), values.reshape(IMAGE_SIDE, IMAGE_SIDE) / limit, 1.0,
                           f"{name} (±{limit:.2g})")
     ax = fig.add_subplot(cells[2])
-    _show_mosaic(ax, _mosaic(_test_images(data, stats.top_images[unit]), DASHBOARD_TOP_COLUMNS),
+    _show_unit_mosaic(ax, _unit_mosaic(_test_images(data, stats.top_images[unit]), DASHBOARD_TOP_COLUMNS),
                  f"top {UNIT_TOP_IMAGES} test images (largest activation {stats.hist_max[unit]:.2f})")
     ax.set_ylabel(f"unit {unit}", fontsize="large", fontweight="bold")
-    _show_mosaic(fig.add_subplot(cells[3]), _mosaic(_test_images(data, stats.band_images[unit][::-1].ravel()),
+    _show_unit_mosaic(fig.add_subplot(cells[3]), _unit_mosaic(_test_images(data, stats.band_images[unit][::-1].ravel()),
                                                    UNIT_BAND_SAMPLES),
                  "random per quantile band: " + " / ".join(f"{100 * lo:.0f}–{100 * hi:.0f}" for lo, hi
                                                            in UNIT_QUANTILE_BANDS[::-1]) + " %")
