@@ -1897,8 +1897,8 @@ ROAD_DIRECT_WEIGHT = 1 / 6  # ROAD's weight of each of the 4 direct neighbours
 ROAD_DIAGONAL_WEIGHT = 1 / 12  # ROAD's weight of each of the 4 diagonal neighbours
 # ROAD solver stops when every removed pixel is within ROAD_TOL of its neighbours' weighted mean. Measured on
 # the trained model (30 images, 32 orderings, 98 pixels per step) against a 1e-7 solve: imputed pixels off
-# by 3e-5 on average (max 3e-3), per-curve AUCs by 6e-4 rms (bias 1e-5), while redrawing ROAD's own noise
-# (std ROAD_NOISE) moves them by 1e-2 rms. 1e-3 would be ~10 % faster but off by 4e-2 at worst (max).
+# by 2e-5 on average (max 3e-3), per-curve AUCs by 6e-4 rms (bias 1e-5), while redrawing ROAD's own noise
+# (std ROAD_NOISE) moves them by 1e-2 rms. 1e-3 would be 10-20 % faster but AUCs off by up to 3e-2.
 ROAD_TOL = 1e-4
 ROAD_MAX_ITER = 1000  # ROAD solver: conjugate-gradient iterations at most (a cap; convergence is checked)
 ROAD_COMPACT = 4  # ROAD solver: converged rows are dropped once they are 1 / this of those left
