@@ -272,7 +272,9 @@ def test_true_contributions_beat_random_and_their_negation_loses_on_every_substr
         assert e["random"]["gap"]["mean"] == pytest.approx(0.0, abs=0.05)  # the null: no order, no gap
         assert e["random"]["vs_random"]["p_value"] == 1.0
         assert good["insertion_auc"] == good["lerf_auc"]
-        assert len(good["mean_curves"]["morf"]) == D // 28 + 1
+        step = 28 if sub != "road" else kh.ROAD_PIXELS_PER_STEP
+        assert res["substrates"][sub]["pixels_per_step"] == step
+        assert len(good["mean_curves"]["morf"]) == D // step + 1
     fig = kh.plot_faithfulness(res)
     assert len(fig.axes) == 3 * len(kh.SUBSTRATES)
     assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes[::3])
