@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,13 +31,8 @@ import ksae_helpers as kh  # noqa: E402
 
 def measure(cfg: kh.Config, data: kh.FashionMNIST, device: torch.device) -> dict:
     """Train one autoencoder with ``cfg`` and return its test metrics and training seconds."""
-    x_train, _, x_val, _ = kh.train_val_split(data, cfg)
-    torch.manual_seed(cfg.seed)
-    sae = kh.KSparseAutoencoder(config=cfg)
-    t0 = time.perf_counter()
-    kh.train_autoencoder(sae, x_train, cfg, device)
-    kh.synchronize(device)
-    seconds = time.perf_counter() - t0
+    sae, seconds = kh.train_autoencoder_on_split(cfg, data, device)
+    x_val = kh.train_val_split(data, cfg)[2]
     metrics = kh.evaluate_autoencoder(sae, data, device)
     return {"ae_epochs": cfg.ae_epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "val_fvu": kh.dataset_fvu(sae, x_val, device), "fvu": metrics["fvu"],

@@ -35,14 +35,10 @@ CHECKS = [
 
 def train_ae(cfg: kh.Config, data: kh.FashionMNIST, device: torch.device) -> tuple[kh.KSparseAutoencoder, dict]:
     """Train one autoencoder on the training split; validation FVU, dead units (on the training split), seconds."""
+    sae, seconds = kh.train_autoencoder_on_split(cfg, data, device)
     x_train, _, x_val, _ = kh.train_val_split(data, cfg)
-    torch.manual_seed(cfg.seed)
-    sae = kh.KSparseAutoencoder(config=cfg)
-    t0 = time.perf_counter()
-    kh.train_autoencoder(sae, x_train, cfg, device)
-    kh.synchronize(device)
     return sae, {"val_fvu": kh.dataset_fvu(sae, x_val, device), "dead_units": dead_units(sae, x_train, device),
-                 "seconds": time.perf_counter() - t0}
+                 "seconds": seconds}
 
 
 def dead_units(sae: kh.KSparseAutoencoder, x: torch.Tensor, device: torch.device) -> int:
