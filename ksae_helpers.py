@@ -2575,7 +2575,9 @@ VERDICT_TESTS = {  # test -> what passing means
     "faithful_zero": "MoRF-LeRF gap larger than the random order's (paired Wilcoxon p < alpha), zero substrate",
     "faithful_blur": "the same, blurred-copy substrate",
     "faithful_road": "the same, ROAD noisy-linear-imputation substrate",
-    "beats_object_random": "gap larger than a random order over object pixels, on every substrate",
+    "object_zero": "gap larger than a random order over object pixels (paired Wilcoxon p < alpha), zero substrate",
+    "object_blur": "the same, blurred-copy substrate",
+    "object_road": "the same, ROAD substrate",
     "randomization_cascading": "after the whole model is re-initialised, |map| similarity (all and object pixels) "
                                "is not above the different-class reference (CI lower bound <= reference CI upper)",
     "randomization_independent": "the same after re-initialising each layer alone (every layer the method reads)",
@@ -2586,7 +2588,8 @@ VERDICT_TESTS = {  # test -> what passing means
 
 
 VERDICT_NAMES = {"faithful_zero": "deletion, zero substrate", "faithful_blur": "deletion, blur substrate",
-                 "faithful_road": "deletion, ROAD substrate", "beats_object_random": "the object-pixel random control",
+                 "faithful_road": "deletion, ROAD substrate", "object_zero": "object-pixel control, zero",
+                 "object_blur": "object-pixel control, blur", "object_road": "object-pixel control, ROAD",
                  "randomization_cascading": "the cascading randomization check",
                  "randomization_independent": "the layer-by-layer randomization check",
                  "completeness": "completeness", "unit_causality": "unit-level causality"}
@@ -2630,8 +2633,9 @@ def verdict_table(validation: dict) -> list[dict]:
             gap = faith["substrates"][sub]["orderings"][key]["gap"]["mean"]
             rows.append({**base, "test": f"faithful_{sub}", "passes": bool(v["beats_random"][sub]),
                          "rank": v["rank"][sub], "value": gap})
-        rows.append({**base, "test": "beats_object_random", "passes": bool(v["beats_random_object_everywhere"]),
-                     "rank": None, "value": None})
+        rows += [{**base, "test": f"object_{sub}", "passes": bool(v["beats_random_object"][sub]), "rank": None,
+                  "value": faith["substrates"][sub]["orderings"][key]["vs_random_object"]["mean_diff"]}
+                 for sub in faith["substrates"]]
         rand = validation.get("randomization")
         if rand and method in rand["reference"]:
             rows += [{**base, "test": t, "passes": p, "rank": None, "value": None}
@@ -2648,9 +2652,13 @@ def verdict_table(validation: dict) -> list[dict]:
     return rows
 
 
+VERDICT_FAMILIES = {"faithful_": "the random order", "object_": "a random order over object pixels"}  # per substrate
+
+
 def verdict_statements(rows_per_seed: dict[str, list[dict]]) -> dict[str, list[str]]:
     """Plain sentences from ``{seed: verdict_table rows}``: ``holds`` (passes in every seed and substrate),
-    ``fails`` (fails everywhere) and ``flips`` (where it flips: which substrates or seeds)."""
+    ``fails`` (fails everywhere) and ``flips`` (where it flips: which substrates or seeds). Per-substrate
+    tests (``VERDICT_FAMILIES``) are stated together, naming the substrates where they hold."""
     seeds = list(rows_per_seed)
     by_key: dict[tuple, dict] = {}
     for seed, rows in rows_per_seed.items():
@@ -2659,21 +2667,22 @@ def verdict_statements(rows_per_seed: dict[str, list[dict]]) -> dict[str, list[s
     out = {"holds": [], "fails": [], "flips": []}
     for ordering in dict.fromkeys(k[0] for k in by_key):
         label = _verdict_label(ordering)
-        faithful = {t: by_key[(ordering, t)] for (o, t) in by_key if o == ordering and t.startswith("faithful_")}
-        passed = [t[len("faithful_"):] for t, per in faithful.items() if all(per.values())]
-        failed = [t[len("faithful_"):] for t, per in faithful.items() if not any(per.values())]
-        mixed = [t[len("faithful_"):] for t, per in faithful.items() if 0 < sum(per.values()) < len(per)]
-        if len(passed) == len(faithful):
-            out["holds"].append(f"{label} beats the random order on every substrate, in every seed ({len(seeds)}).")
-        elif len(failed) == len(faithful):
-            out["fails"].append(f"{label} does not beat the random order on any substrate.")
-        else:
-            parts = [f"beats random on {', '.join(passed)}" if passed else "",
-                     f"not on {', '.join(failed)}" if failed else "",
-                     f"depends on the seed on {', '.join(mixed)}" if mixed else ""]
-            out["flips"].append(f"{label}: " + "; ".join(p for p in parts if p) + ".")
+        for prefix, against in VERDICT_FAMILIES.items():
+            family = {t[len(prefix):]: per for (o, t), per in by_key.items() if o == ordering and t.startswith(prefix)}
+            passed = [s for s, per in family.items() if all(per.values())]
+            failed = [s for s, per in family.items() if not any(per.values())]
+            mixed = [s for s in family if s not in passed and s not in failed]
+            if len(passed) == len(family):
+                out["holds"].append(f"{label} beats {against} on every substrate, in every seed ({len(seeds)}).")
+            elif len(failed) == len(family):
+                out["fails"].append(f"{label} does not beat {against} on any substrate.")
+            else:
+                parts = [f"beats {against} on {', '.join(passed)}" if passed else "",
+                         f"not on {', '.join(failed)}" if failed else "",
+                         f"depends on the seed on {', '.join(mixed)}" if mixed else ""]
+                out["flips"].append(f"{label}: " + "; ".join(p for p in parts if p) + ".")
         for (o, t), per in by_key.items():
-            if o != ordering or t.startswith("faithful_"):
+            if o != ordering or t.startswith(tuple(VERDICT_FAMILIES)):
                 continue
             if all(per.values()):
                 out["holds"].append(f"{label} passes {VERDICT_NAMES[t]} in every seed.")
