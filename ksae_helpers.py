@@ -891,13 +891,17 @@ def save_checkpoint(path: str | os.PathLike, cfg: Config, sae: KSparseAutoencode
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temp file in the same folder and a rename: readers see the old
-    file or the new one, never half of one. Parent folders are created."""
+    file or the new one, never half of one. Parent folders are created. The file gets the permissions a
+    plain ``open(path, "w")`` would give (``mkstemp``'s own are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

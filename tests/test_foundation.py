@@ -737,3 +737,15 @@ def test_forward_sparse_equals_forward_untrained_random_codes():
     assert torch.allclose(out, clf(z), atol=1e-5)
     # eval mode is deterministic (dropout off)
     assert torch.equal(out, clf.forward_sparse(values, indices))
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
+    """Results and figures must be readable like any file the user writes (mkstemp alone makes them 0600)."""
+    import os
+
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"x")
+    written = kh.atomic_write_bytes(tmp_path / "sub" / "atomic.txt", b"payload")
+    assert written.read_bytes() == b"payload"
+    assert os.stat(written).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+    assert [p.name for p in written.parent.iterdir()] == ["atomic.txt"]  # no temp file left behind
