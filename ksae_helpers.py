@@ -3003,7 +3003,7 @@ def contribution_ablation_agreement(stats: UnitStats, seed: int = 0) -> dict:
 # passed to ``display`` (``fig = plot_...(...)`` shows nothing), and dropping it frees it. Signed
 # quantities use a diverging colour map centred at 0 with a symmetric scale.
 
-DPI = 110  # resolution of saved PNGs
+DPI = 90  # resolution of saved PNGs (what the notebook shows: keeps the committed notebook under 2 MB)
 PNG_COLORS = 256  # saved PNGs are palette images with at most this many colours (``png_bytes``)
 PNG_EXACT_COLORS = 8  # of which this many are kept for rare colours the palette would shift (``palette_png``)
 PNG_TOLERANCE = 24  # colour levels (of 255) a palette may shift a pixel before its colour gets an exact entry
@@ -3898,8 +3898,7 @@ def plot_correlation_summary(cross_stats: dict, methods, save: str | None = None
 
 FAITH_CURVE_TITLES = {"morf": "MoRF: most relevant removed first (lower = better)",
                       "lerf": "LeRF: least relevant removed first (higher = better)"}
-SUBSTRATE_LABELS = {"zero": "removed pixels set to 0", "blur": "removed pixels blurred",
-                    "road": "removed pixels imputed (ROAD)"}
+SUBSTRATE_LABELS = {"zero": "set to 0", "blur": "blurred", "road": "imputed (ROAD)"}  # what removed pixels become
 ABS_HATCH = "//"  # bars of methods ranked by |value|
 
 
@@ -3917,7 +3916,8 @@ def _faithfulness_curves(ax, entries: dict, which: str, substrate: str, n: int) 
         color, dashes = CONTROL_STYLES.get(entry["name"], (_color(entry["name"]), "-"))
         ax.plot(np.linspace(0, 1, len(y)), y, color=color, ls=dashes, lw=1.8 if dashes == "-" else 1.4,
                 label=_ordering_label(entry))
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"fraction of pixels {SUBSTRATE_LABELS.get(substrate, substrate)}",
+    removed = SUBSTRATE_LABELS.get(substrate, substrate)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"fraction of pixels removed ({removed})",
            ylabel="target-class probability (mean)", title=f"{substrate}, {n} images — {FAITH_CURVE_TITLES[which]}")
 
 
@@ -3957,8 +3957,10 @@ def plot_faithfulness(result: dict, save: str | None = None) -> Figure:
         _faithfulness_gap_bars(row[2], res["orderings"], sub)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)), fontsize="small")
-    fig.suptitle(f"Faithfulness: deletion in both orders under {len(subs)} substrate(s), "
-                 f"{result.get('pixels_per_step', '?')} pixels per step")
+    steps = ", ".join(f"{sub} {res.get('pixels_per_step', result.get('pixels_per_step', '?'))}"
+                      for sub, res in subs.items())
+    fig.suptitle(f"Faithfulness: deletion in both orders under {len(subs)} substrate(s); "
+                 f"pixels per step: {steps}")
     return _finish(fig, save)
 
 
