@@ -2627,7 +2627,8 @@ def verdict_table(validation: dict) -> list[dict]:
     """Rows ``{"ordering", "method", "ranking", "test", "passes", "rank", "value"}`` from ``run_validation``'s
     result: every attribution ordering (``"<method>/signed"`` or ``"/abs"``) against every test of
     ``VERDICT_TESTS`` that applies to it (completeness: integrated gradients; unit causality:
-    decoder-weighted). ``rank``: position among all orderings and controls by MoRF-LeRF gap (1 = best)."""
+    decoder-weighted). ``rank``: position by LeRF-MoRF gap among the orderings of the same ranking (signed or |value|)
+    and the controls (1 = best)."""
     faith = validation["faithfulness"]
     rows = []
     for key, v in faith["verdicts"].items():
