@@ -4571,8 +4571,8 @@ def verdict_markdown(rows: list[dict], seeds: dict | None = None) -> str:
         table.setdefault(r["ordering"], {})[r["test"]] = cell
     lines = ["| ordering | " + " | ".join(VERDICT_NAMES[t] for t in tests) + " |",
              "|---" * (len(tests) + 1) + "|"]
-    lines += [f"| {_verdict_label(o)} | " + " | ".join(cells.get(t, "—") for t in tests) + " |"
-              for o, cells in table.items()]
+    lines += [f"| {_verdict_label(o).replace('|', '&#124;')} | " + " | ".join(cells.get(t, "—") for t in tests) + " |"
+              for o, cells in table.items()]  # a literal | would split the cell
     statements = seeds["statements"] if seeds else verdict_statements({"this run": rows})
     where = f"{len(seeds['seeds'])} training seeds" if seeds else "this run only (no seed file for this configuration)"
     for kind, title in (("holds", "Holds on every substrate"), ("fails", "Fails everywhere"),
@@ -4634,7 +4634,8 @@ def run_name(cfg: Config, **run_params) -> str:
         raise ValueError(f"unknown run parameter(s) {unknown}; expected some of {sorted(RUN_DEFAULTS)}")
     default = Config().to_dict()
     settings = {**{n: v for n, v in cfg.to_dict().items() if v != default[n]},
-                **{n: v for n, v in run_params.items() if _plain(v) != _plain(RUN_DEFAULTS[n])}}
+                **{n: run_params[n] for n in RUN_DEFAULTS  # in RUN_DEFAULTS' order: the name ignores argument order
+                   if n in run_params and _plain(run_params[n]) != _plain(RUN_DEFAULTS[n])}}
     if not settings:
         return "default"
     name = "_".join(_name_part(n, v) for n, v in settings.items())

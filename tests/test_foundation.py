@@ -443,8 +443,8 @@ def test_load_or_train_trains_once_then_loads_and_retrains_when_needed(tmp_path,
     # what is tested is *whether* load_or_train retrains, and what it writes.
     calls.clear()
     monkeypatch.setattr(kh, "train_models", lambda c, d, dev: (calls.append(c), (sae, clf, history))[1])
-    monkeypatch.setattr(kh, "evaluate_autoencoder", lambda *a, **k: {"fvu": 0.5})
-    monkeypatch.setattr(kh, "evaluate_classifier", lambda *a, **k: {"test_accuracy": 0.5})
+    monkeypatch.setattr(kh, "evaluate_models",
+                        lambda *a, **k: {"autoencoder": {"fvu": 0.5}, "classifier": {"test_accuracy": 0.5}})
 
     # a checkpoint stored under cfg's name but trained with another training field is never used
     other = kh.Config(**{**TINY, "lr": 5e-3})

@@ -117,6 +117,8 @@ def test_other_configurations_write_under_runs(tmp_path, monkeypatch):
     assert kh.run_name(cfg, samples_per_class=3, n_subset=20) == (
         name[:71] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8])
     assert kh.run_name(kh.Config(seed=2), samples_per_class=3) == "seed2_samples_per_class3"
+    assert kh.run_name(kh.Config(), n_subset=9, samples_per_class=3) == kh.run_name(
+        kh.Config(), samples_per_class=3, n_subset=9)  # the notebook and the tests may name them in any order
     # paths the user chose are kept; "" (save no figures) stays ""
     assert kh.output_paths(kh.Config(k=20), "figs", "out/s.json") == ("figs", "out/s.json")
     assert kh.output_paths(kh.Config(k=20), "", runs_dir="elsewhere") == ("", "elsewhere/k20/summary.json")

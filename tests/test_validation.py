@@ -301,6 +301,8 @@ def test_verdict_markdown_marks_passes_ranks_and_seeds(tmp_path):
     cells = [c.strip() for c in ig_line.strip("|").split("|")]
     assert cells[1:4] == ["✓ (rank 1)", "✓ (rank 1)", "✗ (rank 1)"] and cells[-1] == "—"  # no unit causality
     assert "this run only" in text
+    assert "| Integrated gradients (&#124;value&#124;) |" in kh.verdict_markdown(
+        [{**r, "ordering": "integrated/abs"} for r in rows])  # no bare | inside a table cell
     seeds = {"seeds": [0, 1], "stability": [{"ordering": "integrated/signed", "test": "faithful_zero",
                                              "passes": {"0": True, "1": False}}],
              "statements": {"holds": [], "fails": ["X fails."], "flips": []}}
