@@ -213,18 +213,24 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+def _jupyter_display():
+    """IPython's ``(display, module of display classes)`` inside a Jupyter kernel, else None (plain script)."""
+    try:
+        import IPython.display as ipd
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return (ipd.display, ipd) if get_ipython() is not None else None
+
+
 def show(fig) -> None:
     """Display ``fig`` inline when running under Jupyter, then close it (a no-op display elsewhere,
     so the notebook also runs as a plain script)."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-
-        if get_ipython() is not None:
-            saved = getattr(fig, "saved_png", None)  # already rendered when it was saved: no second render
-            display(fig if saved is None else Image(data=saved))
-    except ImportError:
-        pass
+    jupyter = _jupyter_display()
+    if jupyter is not None:
+        display, ipd = jupyter
+        saved = getattr(fig, "saved_png", None)  # already rendered when it was saved: no second render
+        display(fig if saved is None else ipd.Image(data=saved))
     plt.close(fig)
 
 
@@ -1949,32 +1955,21 @@ def removal_order(scores: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 def perturbation_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, scores: torch.Tensor,
-                        mode: str = "deletion", pixels_per_step: int = 28, batch_size: int = 8192,
-                        seed: int = 0) -> torch.Tensor:
+                        mode: str = "deletion", pixels_per_step: int = 28, seed: int = 0) -> torch.Tensor:
     """Target-class probability as pixels are removed (``deletion``: set to 0, most important first)
-    or added to a zero image (``insertion``), ``pixels_per_step`` at a time.
+    or added to a zero image (``insertion``), ``pixels_per_step`` at a time: ``removal_curves`` on the zero
+    substrate for one ordering (insertion = deletion least-relevant-first, read backwards).
 
     ``x, scores: [N, 784]``, ``target: [N]`` -> ``[N, n_points]`` with ``n_points = 784/pixels_per_step + 1``
     (the first point is the untouched image for deletion, the zero image for insertion).
     """
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
-    n_pix = x.shape[1]
-    _check_int("pixels_per_step", pixels_per_step, low=1, high=n_pix, high_name="the number of pixels")
-    if n_pix % pixels_per_step:
-        raise ValueError(f"pixels_per_step must divide the {n_pix} pixels (even steps for the AUC), "
-                         f"got {pixels_per_step}")
     order = removal_order(scores.to(x.device), seed)
-    rank = torch.empty_like(scores, dtype=torch.long)
-    rank.scatter_(1, order, torch.arange(n_pix, device=x.device).expand_as(scores).contiguous())
-    counts = list(range(0, n_pix, pixels_per_step)) + [n_pix]
-    curves = []
-    for c in counts:
-        keep = rank >= c if mode == "deletion" else rank < c
-        xs = x * keep
-        probs = torch.cat([model(xs[i:i + batch_size]).softmax(1) for i in range(0, len(xs), batch_size)])
-        curves.append(probs.gather(1, target[:, None])[:, 0])
-    return torch.stack(curves, dim=1)
+    if mode == "insertion":
+        order = order.flip(1)
+    curves = removal_curves(model, x, target, order[None], "zero", pixels_per_step, seed)[0]
+    return curves if mode == "deletion" else curves.flip(1)
 
 
 def curve_auc(curves: torch.Tensor) -> np.ndarray:
@@ -2516,19 +2511,6 @@ def unit_deletion_curves(pipeline: SparseCodePipeline, x: torch.Tensor, target, 
                 f"vs_{o}": {"mean_diff": float((aucs[score, UNIT_ORDERS[0]] - aucs[score, o]).mean()),
                             "p_value": _wilcoxon_p(aucs[score, UNIT_ORDERS[0]] - aucs[score, o])}
                 for o in UNIT_ORDERS[1:]}
-    return result
-
-
-def path_switch_summary(sae: KSparseAutoencoder, x: torch.Tensor, errors: Sequence[float] | None,
-                        seed: int = 0) -> dict:
-    """Discontinuous top-k swaps along each image's IG path (``count_path_switches``), and their rank
-    correlation with IG's completeness errors ``errors: [N]`` (None to skip the correlation)."""
-    from scipy.stats import spearmanr
-
-    switches = count_path_switches(sae, x).numpy()
-    result = {**summarize(switches, seed), "share_with_switches": float((switches > 0).mean())}
-    if errors is not None and switches.std() > 0 and np.std(errors) > 0:
-        result["spearman_with_error_50"] = float(spearmanr(switches, np.asarray(errors)).statistic)
     return result
 
 
@@ -4531,16 +4513,12 @@ def headline_table(summary: dict) -> list[tuple[str, str]]:
 
 def show_markdown(text: str) -> None:
     """Render ``text`` as Markdown under Jupyter; print it elsewhere (the notebook also runs as a script)."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Markdown, display
-
-        if get_ipython() is not None:
-            display(Markdown(text))
-            return
-    except ImportError:
-        pass
-    print(text)
+    jupyter = _jupyter_display()
+    if jupyter is None:
+        print(text)
+    else:
+        display, ipd = jupyter
+        display(ipd.Markdown(text))
 
 
 def seeds_for_config(path: str | os.PathLike, cfg: Config) -> dict | None:

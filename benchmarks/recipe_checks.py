@@ -43,8 +43,7 @@ def train_ae(cfg: kh.Config, data: kh.FashionMNIST, device: torch.device) -> tup
 
 def dead_units(sae: kh.KSparseAutoencoder, x: torch.Tensor, device: torch.device) -> int:
     """Units that fire on none of the images ``x: [N, 784]``."""
-    values, indices = kh.encode_dataset(sae, x, device)
-    return int(sae.d_hidden - torch.unique(indices[values > 0]).numel())
+    return int((kh.firing_frequency(*kh.encode_dataset(sae, x, device), sae.d_hidden) == 0).sum())
 
 
 def train_clf(cfg: kh.Config, sae: kh.KSparseAutoencoder, data: kh.FashionMNIST, device: torch.device) -> dict:
