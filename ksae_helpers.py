@@ -6,7 +6,8 @@ Sections
 2. Device          -- chosen once (CUDA, then Apple MPS, then CPU).
 3. Data            -- offline Fashion-MNIST loader with SHA-256 checks.
 4. Models          -- top-k sparse autoencoder, classifier on its codes, the end-to-end pipeline.
-5. Training        -- flat loops over on-device tensors, seeded, with tqdm bars.
+5. Training        -- flat loops over on-device tensors, seeded, with tqdm bars; on CUDA every step replays one
+                      captured CUDA graph (``GraphedStep``).
 6. Checkpoints     -- atomic save, safe load, ``load_or_train``.
 7. Metrics         -- reconstruction, sparsity, dead units, accuracy.
 8. Attribution     -- integrated gradients, simple gradients, SmoothGrad, decoder-weighted, input x gradient,
@@ -27,6 +28,7 @@ Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -95,10 +97,14 @@ class Config:
     smoothgrad_samples: int = 25  # SmoothGrad noisy copies per image
     smoothgrad_noise: float = 0.1  # SmoothGrad noise std (pixels are in [0, 1])
     confidence_threshold: float = 0.8  # explain only correct predictions above this softmax confidence
+    # --- execution ---
+    cuda_graphs: bool = True  # on CUDA, replay each training step as one captured CUDA graph (same maths, no
+    # per-kernel launch cost; ``GraphedStep``); ignored on other devices
 
     # The fields above "attribution" change the trained weights: a checkpoint is reused only if all of them
-    # match (``training_key``). These do not:
+    # match (``training_key``). The attribution and execution fields do not:
     ATTRIBUTION_FIELDS = ("ig_steps", "ig_method", "smoothgrad_samples", "smoothgrad_noise", "confidence_threshold")
+    NON_TRAINING_FIELDS = ATTRIBUTION_FIELDS + ("cuda_graphs",)
 
     def __post_init__(self):
         if not isinstance(self.clf_hidden, (tuple, list)) or not self.clf_hidden:
@@ -121,7 +127,7 @@ class Config:
         _check_float("smoothgrad_noise", self.smoothgrad_noise, low=0.0)
         _check_float("aux_coef", self.aux_coef, low=0.0)
         _check_float("confidence_threshold", self.confidence_threshold, low=0.0, high=1.0, high_open=True)
-        for name in ("clf_hflip", "ae_hflip"):
+        for name in ("clf_hflip", "ae_hflip", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("ae_lr_schedule", "clf_lr_schedule"):
@@ -144,7 +150,7 @@ class Config:
     def training_key(self) -> dict:
         """The fields that determine the trained weights."""
         d = self.to_dict()
-        return {name: value for name, value in d.items() if name not in self.ATTRIBUTION_FIELDS}
+        return {name: value for name, value in d.items() if name not in self.NON_TRAINING_FIELDS}
 
     def checkpoint_name(self) -> str:
         """A file name that says what was trained, plus a short hash of every training field."""
@@ -596,9 +602,19 @@ def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.
     return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def make_adam(params, lr: float) -> torch.optim.Optimizer:
-    """Adam, fused where this PyTorch supports it (on this CPU: 0.5 ms against 8 ms per step)."""
+def make_adam(params, lr: float, capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam, fused where this PyTorch supports it (on this CPU: 0.5 ms against 8 ms per step).
+
+    ``capturable=True`` (CUDA graphs): the learning rate is a device tensor (``set_lr_`` fills it without a
+    host sync) and the step count lives on the device, so ``step()`` can be replayed inside a graph.
+    """
     params = list(params)
+    if capturable:
+        lr_tensor = torch.tensor(lr, device=params[0].device)
+        try:
+            return torch.optim.Adam(params, lr=lr_tensor, fused=True, capturable=True)
+        except (RuntimeError, TypeError, ValueError):  # PyTorch without fused capturable Adam
+            return torch.optim.Adam(params, lr=lr_tensor, capturable=True)
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):  # older PyTorch, or a device without a fused kernel
@@ -620,8 +636,19 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
 
 
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
-    """Per-step learning-rate schedule (see ``lr_factor``)."""
+    """Per-step learning-rate schedule (see ``lr_factor``) as a PyTorch scheduler (the benchmarks' reference
+    loops; ours call ``set_lr_`` before every step, which also works for a capturable optimiser's tensor lr)."""
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(schedule, step, total_steps))
+
+
+def set_lr_(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate to ``lr`` (a tensor learning rate is filled in place, with no
+    host sync: what a CUDA graph's captured ``opt.step()`` reads)."""
+    for group in opt.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
@@ -659,28 +686,141 @@ def _progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
 
 
+GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before a CUDA graph is captured (PyTorch's recipe)
+
+
+class CudaGraphBackend:
+    """One ``torch.cuda.CUDAGraph``: capture, replay, and the side stream that warm-up steps run on."""
+
+    def __init__(self):
+        self.graph, self.stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+
+    @contextlib.contextmanager
+    def side_stream(self):
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            yield
+        torch.cuda.current_stream().wait_stream(self.stream)
+
+    def capture(self, fn: Callable[[], None]) -> None:
+        torch.cuda.synchronize()
+        with torch.cuda.graph(self.graph):
+            fn()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def graph_backend(cfg: Config, device: torch.device) -> CudaGraphBackend | None:
+    """A fresh ``CudaGraphBackend`` if ``cfg.cuda_graphs`` and ``device`` is CUDA, else ``None`` (eager)."""
+    return CudaGraphBackend() if cfg.cuda_graphs and torch.device(device).type == "cuda" else None
+
+
+class GraphedStep:
+    """A training step ``step(*batch)``, run eagerly or captured once and replayed as one CUDA graph.
+
+    ``step`` does all its work in place (parameters, optimiser state, running sums) and returns nothing; it
+    reads only its ``batch`` tensors and tensors that outlive the loop. With a ``backend``: the first
+    ``warmup`` batches of ``rows`` rows run eagerly on the backend's side stream, the next is captured into
+    static copies of its tensors, and every later batch of that shape is copied into them and replayed. A
+    batch of another shape (an epoch's short last batch) runs eagerly. If capture fails, one warning says why
+    and every later step runs eagerly. Without a backend, calling it is calling ``step``. ``replays`` counts
+    the graph's replays.
+    """
+
+    def __init__(self, step: Callable[..., None], rows: int, backend=None, warmup: int = GRAPH_WARMUP_STEPS):
+        self.step, self.rows, self.backend, self.warmup = step, rows, backend, warmup
+        self.static: list[torch.Tensor] | None = None
+        self.warmed = self.replays = 0
+
+    def __call__(self, *batch: torch.Tensor) -> None:
+        if self.backend is None or batch[0].shape[0] != self.rows:
+            return self.step(*batch)
+        if self.warmed < self.warmup:
+            self.warmed += 1
+            with self.backend.side_stream():
+                return self.step(*batch)
+        if self.static is None and not self._capture(batch):
+            return self.step(*batch)
+        for buffer, b in zip(self.static, batch):
+            buffer.copy_(b)
+        self.backend.replay()
+        self.replays += 1
+
+    def _capture(self, batch: Sequence[torch.Tensor]) -> bool:
+        self.static = [b.clone() for b in batch]
+        try:
+            self.backend.capture(lambda: self.step(*self.static))
+            return True
+        except RuntimeError as exc:
+            warnings.warn(f"CUDA graph capture failed, training continues eagerly: {exc}", RuntimeWarning,
+                          stacklevel=3)
+            self.backend = self.static = None
+            return False
+
+
 def auxk_loss(sae: KSparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor,
-              aux_k: int) -> torch.Tensor:
+              aux_k: int, static: bool = False) -> torch.Tensor:
     """AuxK loss (Gao et al. 2024): the top ``aux_k`` *dead* units must reconstruct the residual.
 
     ``pre: [B, H]`` encoder pre-activations, ``residual: [B, D]`` = x - x_hat (treated as a target),
     ``dead: [H]`` bool. Gives dead units a gradient that points them at what the live units miss.
+    ``static=True`` computes the same loss with fixed shapes and no host sync (for a CUDA graph): it always
+    takes ``aux_k`` units, live ones at weight 0, and multiplies the loss by "any unit dead".
     """
-    n_dead = int(dead.sum())
-    if n_dead == 0 or aux_k == 0:
+    if aux_k == 0:
         return pre.new_zeros(())
+    n_take = min(aux_k, pre.shape[1])
+    if not static:
+        n_take = min(n_take, int(dead.sum()))
+        if n_take == 0:
+            return pre.new_zeros(())
     masked = pre.masked_fill(~dead, float("-inf"))
-    values, indices = torch.topk(masked, min(aux_k, n_dead), dim=1, sorted=False)
+    values, indices = torch.topk(masked, n_take, dim=1, sorted=False)
     residual_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=F.relu(values), mode="sum")
-    return normalized_mse(residual_hat, residual.detach())
+    loss = normalized_mse(residual_hat, residual.detach())
+    return loss * dead.any() if static else loss
+
+
+def autoencoder_losses(sae: KSparseAutoencoder, xb: torch.Tensor, dead: torch.Tensor, cfg: Config,
+                       static: bool = False) -> tuple[torch.Tensor, ...]:
+    """Forward pass of a training step on ``xb: [B, D]`` with dead units ``dead: [H]``: ``(loss, fvu, aux,
+    values, indices)`` with loss = batch FVU + ``aux_coef`` * AuxK and the batch's codes ``values, indices:
+    [B, k]``. ``static``: fixed-shape AuxK (``auxk_loss``), so the whole pass can be captured in a graph."""
+    pre = sae.pre_activations(xb)
+    values, indices = sae.top_k(pre)
+    x_hat = sae.decode_sparse(values, indices)
+    fvu = normalized_mse(x_hat, xb)
+    aux = auxk_loss(sae, pre, xb - x_hat, dead, cfg.aux_k, static=static)
+    return fvu + cfg.aux_coef * aux, fvu, aux, values, indices
+
+
+def autoencoder_step(sae: KSparseAutoencoder, opt: torch.optim.Optimizer, cfg: Config, since_fired: torch.Tensor,
+                     sums: torch.Tensor, static: bool = False) -> Callable[[torch.Tensor], None]:
+    """The autoencoder's training step for ``GraphedStep``: ``step(xb: [B, D])`` takes one Adam step on
+    ``autoencoder_losses``, keeps the atoms at unit norm, and updates in place ``since_fired: [H]`` (images
+    since each unit last fired) and ``sums: [3]`` (loss, FVU and AuxK loss, each summed over images)."""
+    def step(xb: torch.Tensor) -> None:
+        loss, fvu, aux, values, indices = autoencoder_losses(sae, xb, since_fired >= cfg.dead_after, cfg, static)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_grad_()
+        opt.step()
+        sae.unit_norm_decoder_()
+        since_fired.add_(len(xb)).masked_fill_(firing_counts(values, indices, sae.d_hidden) > 0, 0)
+        sums.add_(torch.stack([loss.detach(), fvu.detach(), aux.detach()]) * len(xb))
+    return step
 
 
 def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Config,
-                      device: torch.device, x_val: torch.Tensor | None = None) -> dict[str, list[float]]:
+                      device: torch.device, x_val: torch.Tensor | None = None,
+                      backend: CudaGraphBackend | None = None) -> dict[str, list[float]]:
     """Train ``sae`` on ``x_train: [N, D]`` with Adam, unit-norm atoms and AuxK. Returns per-epoch history,
     with the FVU of the validation images ``x_val: [M, D]`` after every epoch if they are given.
 
-    Loss = batch FVU + ``aux_coef`` * AuxK. Deterministic on CPU for a fixed ``cfg.seed``.
+    Loss = batch FVU + ``aux_coef`` * AuxK (``autoencoder_step``). On CUDA with ``cfg.cuda_graphs`` every
+    full batch replays one CUDA graph (``GraphedStep``; ``backend`` overrides ``graph_backend``, for tests).
+    Deterministic on CPU for a fixed ``cfg.seed``.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -688,35 +828,24 @@ def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Confi
     sae.to(device).train()
     sae.init_pre_bias_(x)
     sae.unit_norm_decoder_()
-    opt = make_adam(sae.parameters(), cfg.lr)
+    backend = backend or graph_backend(cfg, device)
+    opt = make_adam(sae.parameters(), cfg.lr, capturable=backend is not None and x.is_cuda)
     steps = math.ceil(len(x) / cfg.batch_size)
-    sched = make_scheduler(opt, cfg.ae_lr_schedule, cfg.ae_epochs * steps)
     since_fired = torch.zeros(sae.d_hidden, dtype=torch.long, device=device)  # images since last active
+    sums = torch.zeros(3, device=device)
+    step = GraphedStep(autoencoder_step(sae, opt, cfg, since_fired, sums, static=backend is not None),
+                       cfg.batch_size, backend)
     history = {"loss": [], "fvu": [], "aux_loss": [], "dead_fraction": [], "val_fvu": []}
     bar = _progress(cfg.ae_epochs * steps, "autoencoder")
     for epoch in range(cfg.ae_epochs):
-        sums = torch.zeros(3, device=device)
-        for idx in _batches(len(x), cfg.batch_size, gen, device):
+        sums.zero_()
+        for i, idx in enumerate(_batches(len(x), cfg.batch_size, gen, device)):
+            set_lr_(opt, cfg.lr * lr_factor(cfg.ae_lr_schedule, epoch * steps + i, cfg.ae_epochs * steps))
             xb = x[idx]
             if cfg.ae_hflip:
                 flip = torch.rand(len(idx), generator=gen).to(device) < 0.5
                 xb = torch.where(flip[:, None], hflip(xb), xb)
-            pre = sae.pre_activations(xb)
-            values, indices = sae.top_k(pre)
-            x_hat = sae.decode_sparse(values, indices)
-            fvu = normalized_mse(x_hat, xb)
-            dead = since_fired >= cfg.dead_after
-            aux = auxk_loss(sae, pre, xb - x_hat, dead, cfg.aux_k)
-            loss = fvu + cfg.aux_coef * aux
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            sae.remove_parallel_grad_()
-            opt.step()
-            sched.step()
-            sae.unit_norm_decoder_()
-            fired = torch.zeros_like(dead).index_fill_(0, indices[values > 0], True)
-            since_fired = torch.where(fired, 0, since_fired + len(xb))
-            sums += torch.stack([loss.detach(), fvu.detach(), aux.detach()]) * len(xb)
+            step(xb)
             bar.update()
         mean = (sums / len(x)).tolist()
         dead_fraction = float((since_fired >= cfg.dead_after).float().mean())
@@ -819,15 +948,32 @@ def _accuracy_sparse(clf: SparseCodeClassifier, values, indices, y, batch_size: 
     return correct / len(y)
 
 
+def classifier_step(clf: SparseCodeClassifier, opt: torch.optim.Optimizer,
+                    sums: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
+    """The classifier's training step for ``GraphedStep``: ``step(values, indices: [B, k], yb: [B])`` takes one
+    Adam step on the cross-entropy of the sparse codes' logits and adds (loss summed over images, correct
+    predictions) to ``sums: [2]`` in place."""
+    def step(values: torch.Tensor, indices: torch.Tensor, yb: torch.Tensor) -> None:
+        logits = clf.forward_sparse(values, indices)
+        loss = F.cross_entropy(logits, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sums.add_(torch.stack([loss.detach() * len(yb), (logits.argmax(1) == yb).sum()]))
+    return step
+
+
 def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train: torch.Tensor,
                      y_train: torch.Tensor, cfg: Config, device: torch.device,
-                     x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None) -> dict[str, list]:
+                     x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
+                     backend: CudaGraphBackend | None = None) -> dict[str, list]:
     """Train ``clf`` on the frozen autoencoder's codes of ``x_train: [N, D]`` (labels ``y_train: [N]``).
 
     Codes are kept sparse (``ViewCodes``: ``[V, N, k]`` values and indices for the ``V`` views of
     ``classifier_views``, mirror images and shifted copies, computed once, or per batch when they would
     exceed ``CODE_MEMORY_BUDGET``); each step takes a random view per image and
-    touches only the k active rows of the first layer. Returns per-epoch loss, train accuracy and (if
+    touches only the k active rows of the first layer (``classifier_step``; a CUDA graph as in
+    ``train_autoencoder``). Returns per-epoch loss, train accuracy and (if
     given) accuracy on the validation images ``x_val: [M, D]`` (never the test set).
     """
     torch.manual_seed(cfg.seed)
@@ -836,23 +982,20 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
     y = y_train.to(device)
     val = None if x_val is None else (*encode_dataset(sae, x_val, device), y_val.to(device))
     clf.to(device)
-    opt = make_adam(clf.parameters(), cfg.lr)
+    backend = backend or graph_backend(cfg, device)
+    opt = make_adam(clf.parameters(), cfg.lr, capturable=backend is not None and y.is_cuda)
     steps = math.ceil(len(y) / cfg.batch_size)
-    sched = make_scheduler(opt, cfg.clf_lr_schedule, cfg.clf_epochs * steps)
+    sums = torch.zeros(2, device=device)
+    step = GraphedStep(classifier_step(clf, opt, sums), cfg.batch_size, backend)
     history = {"loss": [], "train_acc": [], "val_acc": []}
     bar = _progress(cfg.clf_epochs * steps, "classifier")
     for epoch in range(cfg.clf_epochs):
         clf.train()
-        sums = torch.zeros(2, device=device)
-        for idx in _batches(len(y), cfg.batch_size, gen, device):
+        sums.zero_()
+        for i, idx in enumerate(_batches(len(y), cfg.batch_size, gen, device)):
+            set_lr_(opt, cfg.lr * lr_factor(cfg.clf_lr_schedule, epoch * steps + i, cfg.clf_epochs * steps))
             view = torch.randint(codes.n_views, (len(idx),), generator=gen).to(device)
-            logits = clf.forward_sparse(*codes.batch(view, idx))
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            sums += torch.stack([loss.detach() * len(idx), (logits.argmax(1) == y[idx]).sum()])
+            step(*codes.batch(view, idx), y[idx])
             bar.update()
         loss_mean, acc = (sums / len(y)).tolist()
         history["loss"].append(loss_mean)
@@ -1036,9 +1179,16 @@ def evaluate_models(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: Fa
     return metrics
 
 
+def firing_counts(values: torch.Tensor, indices: torch.Tensor, d_hidden: int) -> torch.Tensor:
+    """Number ``[H]`` (float) of images on which each unit fires (value > 0); ``values, indices: [N, k]`` sparse
+    codes. Fixed shapes, no boolean indexing: it runs inside a CUDA graph (``autoencoder_step``)."""
+    fired = (values.detach() > 0).reshape(-1).to(torch.float32)
+    return torch.zeros(d_hidden, device=values.device).index_add_(0, indices.reshape(-1), fired)
+
+
 def firing_frequency(values: torch.Tensor, indices: torch.Tensor, d_hidden: int) -> torch.Tensor:
     """Fraction ``[H]`` of images on which each unit fires (value > 0); ``values, indices: [N, k]`` sparse codes."""
-    return torch.bincount(indices[values > 0], minlength=d_hidden).float() / len(values)
+    return firing_counts(values, indices, d_hidden) / len(values)
 
 
 @torch.no_grad()

@@ -5,6 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+
+import ksae_helpers as kh
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,3 +75,21 @@ def test_verdicts_across_seeds_on_two_tiny_seeds(tmp_path):
     assert set(saved["statements"]) == {"holds", "fails", "flips"}
     with pytest.raises(SystemExit):
         bench.main(["--seeds", "0"])
+
+
+def test_cuda_graph_benchmark_on_cpu_runs_the_eager_mode(tmp_path, data):
+    """On a CPU the benchmark trains once (eager; no graphs mode without CUDA) and reports honest numbers:
+    the validation FVU and accuracy it prints are the ones the same training gives through ``train_models``."""
+    bench = _load("cuda_graph_training")
+    out = tmp_path / "g.json"
+    result = bench.main(["--epochs", "1", "1", "--train-subset", "1500", "--device", "cpu", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert list(saved["modes"]) == ["eager"] and "graphs_vs_eager" not in saved
+    row = saved["modes"]["eager"]
+    assert row["cuda_graphs"] is False and saved["epochs"] == [1, 1]
+    assert row["ae_seconds"] > 0 and row["clf_seconds"] > 0
+    _, _, history = kh.train_models(kh.Config(train_subset=1500, ae_epochs=1, clf_epochs=1), data, torch.device("cpu"))
+    assert row["val_fvu"] == history["ae"]["val_fvu"][-1] and row["val_accuracy"] == history["clf"]["val_acc"][-1]
+    steps = -(-1500 // 256)  # train_subset images per epoch, in batches of 256
+    assert row["ae_ms_per_step"] == pytest.approx(1e3 * row["ae_seconds"] / steps)
+    assert result["modes"] == saved["modes"]

@@ -479,6 +479,9 @@ def test_checkpoint_name_tracks_training_fields():
                    {"clf_shift": 2}, {"clf_hflip": False}):
         assert kh.Config(**{**TINY, **change}).checkpoint_name() != base.checkpoint_name(), change
     assert kh.Config(**TINY, smoothgrad_samples=3).checkpoint_name() == base.checkpoint_name()
+    # how a step is launched is not part of the recipe: a checkpoint trained with CUDA graphs serves without
+    assert kh.Config(**TINY, cuda_graphs=False).checkpoint_name() == base.checkpoint_name()
+    assert kh.Config(**TINY, cuda_graphs=False).training_key() == base.training_key()
     assert kh.Config.from_dict(base.to_dict()) == base
 
 
@@ -571,7 +574,7 @@ BAD_CONFIGS = [
     {"confidence_threshold": math.nan},
     {"train_subset": -1}, {"aux_k": -1}, {"dead_after": 0},
     {"clf_shift": -1}, {"clf_shift": 28}, {"clf_shift": 1.0}, {"clf_shift": True},
-    {"ae_lr_schedule": "linear"}, {"clf_lr_schedule": "linear"},
+    {"ae_lr_schedule": "linear"}, {"clf_lr_schedule": "linear"}, {"cuda_graphs": 1}, {"cuda_graphs": "yes"},
 ]
 
 
