@@ -428,6 +428,12 @@ def as_flat_images(x: torch.Tensor, name: str = "inputs") -> tuple[torch.Tensor,
 # =====================================================================================================
 
 
+def densify(values: torch.Tensor, indices: torch.Tensor, d_hidden: int) -> torch.Tensor:
+    """Sparse codes ``values, indices: [B, k]`` (distinct indices per row) -> dense ``z: [B, H]``."""
+    return torch.zeros(len(values), d_hidden, dtype=values.dtype, device=values.device).scatter(
+        1, indices.long(), values)
+
+
 class KSparseAutoencoder(nn.Module):
     """Top-k sparse autoencoder (Makhzani & Frey 2013; training recipe of Gao et al. 2024).
 
@@ -505,9 +511,7 @@ class KSparseAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B, D]`` -> dense code ``z: [B, H]`` with at most k non-zeros per row."""
-        values, indices = self.encode_sparse(x)
-        return torch.zeros(x.shape[0], self.d_hidden, dtype=values.dtype, device=x.device).scatter(
-            1, indices, values)
+        return densify(*self.encode_sparse(x), self.d_hidden)
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """``values, indices: [B, k]`` -> ``x_hat: [B, D]``, summing only the active atoms."""
@@ -766,7 +770,8 @@ def auxk_loss(sae: KSparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor
     ``pre: [B, H]`` encoder pre-activations, ``residual: [B, D]`` = x - x_hat (treated as a target),
     ``dead: [H]`` bool. Gives dead units a gradient that points them at what the live units miss.
     ``static=True`` computes the same loss with fixed shapes and no host sync (for a CUDA graph): it always
-    takes ``aux_k`` units, live ones at weight 0, and multiplies the loss by "any unit dead".
+    takes ``aux_k`` units, live ones at weight 0, multiplies the loss by "any unit dead", and decodes densely
+    (``embedding_bag``'s CUDA backward may sync with the host, which a capture forbids).
     """
     if aux_k == 0:
         return pre.new_zeros(())
@@ -777,7 +782,10 @@ def auxk_loss(sae: KSparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor
             return pre.new_zeros(())
     masked = pre.masked_fill(~dead, float("-inf"))
     values, indices = torch.topk(masked, n_take, dim=1, sorted=False)
-    residual_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=F.relu(values), mode="sum")
+    if static:
+        residual_hat = densify(F.relu(values), indices, sae.d_hidden) @ sae.W_dec
+    else:
+        residual_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=F.relu(values), mode="sum")
     loss = normalized_mse(residual_hat, residual.detach())
     return loss * dead.any() if static else loss
 
@@ -786,10 +794,11 @@ def autoencoder_losses(sae: KSparseAutoencoder, xb: torch.Tensor, dead: torch.Te
                        static: bool = False) -> tuple[torch.Tensor, ...]:
     """Forward pass of a training step on ``xb: [B, D]`` with dead units ``dead: [H]``: ``(loss, fvu, aux,
     values, indices)`` with loss = batch FVU + ``aux_coef`` * AuxK and the batch's codes ``values, indices:
-    [B, k]``. ``static``: fixed-shape AuxK (``auxk_loss``), so the whole pass can be captured in a graph."""
+    [B, k]``. ``static``: fixed-shape AuxK (``auxk_loss``) and a dense decode, so the whole pass can be
+    captured in a CUDA graph (``embedding_bag``'s CUDA backward may sync with the host)."""
     pre = sae.pre_activations(xb)
     values, indices = sae.top_k(pre)
-    x_hat = sae.decode_sparse(values, indices)
+    x_hat = sae.decode(densify(values, indices, sae.d_hidden)) if static else sae.decode_sparse(values, indices)
     fvu = normalized_mse(x_hat, xb)
     aux = auxk_loss(sae, pre, xb - x_hat, dead, cfg.aux_k, static=static)
     return fvu + cfg.aux_coef * aux, fvu, aux, values, indices
@@ -948,13 +957,13 @@ def _accuracy_sparse(clf: SparseCodeClassifier, values, indices, y, batch_size: 
     return correct / len(y)
 
 
-def classifier_step(clf: SparseCodeClassifier, opt: torch.optim.Optimizer,
-                    sums: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
+def classifier_step(clf: SparseCodeClassifier, opt: torch.optim.Optimizer, sums: torch.Tensor,
+                    static: bool = False) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
     """The classifier's training step for ``GraphedStep``: ``step(values, indices: [B, k], yb: [B])`` takes one
     Adam step on the cross-entropy of the sparse codes' logits and adds (loss summed over images, correct
-    predictions) to ``sums: [2]`` in place."""
+    predictions) to ``sums: [2]`` in place. ``static``: the first layer on the dense code (graph-safe)."""
     def step(values: torch.Tensor, indices: torch.Tensor, yb: torch.Tensor) -> None:
-        logits = clf.forward_sparse(values, indices)
+        logits = clf(densify(values, indices, clf.W1.shape[0])) if static else clf.forward_sparse(values, indices)
         loss = F.cross_entropy(logits, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -986,7 +995,7 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
     opt = make_adam(clf.parameters(), cfg.lr, capturable=backend is not None and y.is_cuda)
     steps = math.ceil(len(y) / cfg.batch_size)
     sums = torch.zeros(2, device=device)
-    step = GraphedStep(classifier_step(clf, opt, sums), cfg.batch_size, backend)
+    step = GraphedStep(classifier_step(clf, opt, sums, static=backend is not None), cfg.batch_size, backend)
     history = {"loss": [], "train_acc": [], "val_acc": []}
     bar = _progress(cfg.clf_epochs * steps, "classifier")
     for epoch in range(cfg.clf_epochs):
@@ -3000,7 +3009,7 @@ def unit_contribution_sums(clf: SparseCodeClassifier, values: torch.Tensor, indi
     sums = torch.zeros(d_hidden, n_classes, device=values.device)
     for i in range(0, len(values), UNIT_CONTRIBUTION_ROWS):
         v, idx = values[i:i + UNIT_CONTRIBUTION_ROWS], indices[i:i + UNIT_CONTRIBUTION_ROWS]
-        z = torch.zeros(len(v), d_hidden, device=v.device).scatter(1, idx, v)
+        z = densify(v, idx, d_hidden)
         for c in range(n_classes):
             target = torch.full((len(v),), c, dtype=torch.long, device=v.device)
             sums[:, c] += rescale_contributions(clf, z, target).sum(0)
