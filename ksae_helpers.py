@@ -17,9 +17,9 @@ Sections
                       decomposition; randomization; unit-level causality), verdicts, the k sweep, statistics of
                       every code unit (the unit atlas: ``unit_statistics``).
 10. Plotting       -- every figure of the notebook.
-11. Summary        -- ``results/summary.json`` (with the per-unit ``unit_table``), the HTML unit browser
-                      (``write_unit_browser``, from ``templates/unit_browser.html``), output folders per
-                      configuration (``runs/<name>/``), ``compact_notebook``.
+11. Summary        -- ``results/summary.json`` (with the per-unit ``unit_table`` and ``figure_timings``), the
+                      HTML unit browser (``write_unit_browser``, from ``templates/unit_browser.html``), output
+                      folders per configuration (``runs/<name>/``), ``compact_notebook``.
 
 Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` the code size (1024),
 ``C`` the number of classes (10).
@@ -1833,6 +1833,8 @@ def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0, x: tor
     CI and a paired Wilcoxon p-value against the null (not against 0). The null keeps what the two
     methods share regardless of the image (their smoothness, their background handling, the class's
     typical shape) and removes only "the same image": the excess is what A and B agree on about *this* image.
+    An image that is the only one of its class here has no partner: value and null alike are measured on the
+    others (``null_n_images`` counts them); with none left, ``vs_null`` is left out.
     """
     if not isinstance(maps, dict) or len(maps) < 2:
         raise ValueError(f"maps must be a dict of at least two methods' maps, got {type(maps).__name__} "
@@ -1844,13 +1846,18 @@ def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0, x: tor
     if (x is None) != (labels is None):
         raise ValueError("pass both x and labels (for the different-image null) or neither")
     ranks = {(m, kind): _row_ranks(f(v)) for m, v in arrays.items() for kind, f in AGREEMENT_KINDS.items()}
-    null = None
+    null, n_null = None, 0
     if x is not None:
-        obj = _as_maps(x, "x", n) > 0
-        partner = partner_images(_check_pairing_labels(labels, n), same_class=True, seed=seed)
-        null_ranks = {(m, kind): {"all": r, **_agreement_ranks(AGREEMENT_KINDS[kind](arrays[m]), obj, partner)}
-                      for (m, kind), r in ranks.items()}
-        null = (obj, partner, null_ranks)
+        lab = _check_pairing_labels(labels, n)
+        keep = np.isin(lab, [c for c, count in zip(*np.unique(lab, return_counts=True)) if count >= 2])
+        n_null = int(keep.sum())  # images with a same-class partner: value and null are both measured on them
+        if n_null:
+            obj = _as_maps(x, "x", n)[keep] > 0
+            partner = partner_images(lab[keep], same_class=True, seed=seed)
+            null_ranks = {(m, kind): {"all": r[keep], **_agreement_ranks(AGREEMENT_KINDS[kind](arrays[m][keep]),
+                                                                          obj, partner)}
+                          for (m, kind), r in ranks.items()}
+            null = (obj, partner, null_ranks)
     pairs = {}
     names = list(arrays)
     for i, a in enumerate(names):
@@ -1869,7 +1876,7 @@ def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0, x: tor
     per_method = {m: {"mean": float(v.mean(1).mean()), "max": float(v.max(1).mean()),
                       "std": float(v.std(1).mean()), "mean_abs": float(np.abs(v).mean(1).mean())}
                   for m, v in arrays.items()}
-    return {"pairs": pairs, "per_method": per_method}
+    return {"pairs": pairs, "per_method": per_method, **({"null_n_images": n_null} if x is not None else {})}
 
 
 def correlation_matrix(stats: dict, methods: Sequence[str], key: str = "spearman_abs",
@@ -3213,13 +3220,27 @@ K_SWEEP_PANELS = {  # panel title -> [(row key, line label)]; a panel with one l
 # --- shared helpers ----------------------------------------------------------------------------------
 
 
+FIGURE_SECONDS: dict[str, list[float]] = {}  # plot function -> seconds of each call (outermost calls only), this
+# process; the notebook clears it at the start and reports the sum (building, laying out and saving figures)
+_figure_depth = [0]  # plot functions running now (a grid calls a plot function per figure: counted once)
+
+
 def _styled(fn):
-    """Build (and save) a figure inside the module's seaborn style without changing global rcParams."""
+    """Build (and save) a figure inside the module's seaborn style without changing global rcParams; the time
+    of each outermost call is appended to ``FIGURE_SECONDS[fn.__name__]``."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with sns.axes_style(STYLE), sns.plotting_context(CONTEXT, font_scale=FONT_SCALE), plt.rc_context(RC_FAST):
-            return fn(*args, **kwargs)
+        t0 = time.perf_counter()
+        _figure_depth[0] += 1
+        try:
+            with sns.axes_style(STYLE), sns.plotting_context(CONTEXT, font_scale=FONT_SCALE), \
+                    plt.rc_context(RC_FAST):
+                return fn(*args, **kwargs)
+        finally:
+            _figure_depth[0] -= 1
+            if _figure_depth[0] == 0:
+                FIGURE_SECONDS.setdefault(fn.__name__, []).append(time.perf_counter() - t0)
 
     return wrapper
 
@@ -4640,6 +4661,16 @@ def build_summary(cfg: Config, device: torch.device, metrics: dict, timings: dic
     return _jsonable(summary)
 
 
+def figure_timings(seconds: dict[str, list[float]] | None = None) -> dict:
+    """Figure-drawing time (``FIGURE_SECONDS`` unless ``seconds`` is given) summed up, in seconds: ``{"total",
+    "n_figures", "slowest": [function, s], "per_function": {function: {"calls", "total", "max"}}}``."""
+    seconds = FIGURE_SECONDS if seconds is None else seconds
+    per = {name: {"calls": len(t), "total": sum(t), "max": max(t)} for name, t in seconds.items() if t}
+    slowest = max(per, key=lambda name: per[name]["max"], default=None)
+    return {"total": sum(p["total"] for p in per.values()), "n_figures": sum(p["calls"] for p in per.values()),
+            "slowest": [slowest, per[slowest]["max"] if slowest else 0.0], "per_function": per}
+
+
 def write_summary(summary: dict, path: str | os.PathLike = "results/summary.json") -> Path:
     """Write ``summary`` as indented JSON, atomically."""
     return atomic_write_bytes(path, json.dumps(summary, indent=1, allow_nan=False).encode())
@@ -4666,6 +4697,10 @@ def headline_table(summary: dict) -> list[tuple[str, str]]:
         rows.append((f"IG completeness error = jump sum within {100 * comp['tolerance']:.0f} % "
                      f"({comp['n_steps']} steps)", f"{100 * comp['share_within_tolerance']:.0f} % of images"))
     rows += [(f"time: {k}", f"{v:.1f} s") for k, v in summary.get("timings_s", {}).items()]
+    figures = summary.get("figures")
+    if figures and figures["n_figures"]:
+        rows.append((f"time: {figures['n_figures']} figures (drawn and saved)",
+                     f"{figures['total']:.1f} s, slowest {figures['slowest'][1]:.2f} s ({figures['slowest'][0]})"))
     return rows
 
 

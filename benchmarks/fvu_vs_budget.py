@@ -12,7 +12,7 @@ training the FVU target needs, so the trade-off is a number rather than an opini
 repository root:
 
     .venv/bin/python benchmarks/fvu_vs_budget.py                        # 30 and 60 epochs: ~6 min on 2 CPU cores
-    .venv/bin/python benchmarks/fvu_vs_budget.py --epochs 30 60 90 120 --device cuda
+    .venv/bin/python benchmarks/fvu_vs_budget.py --epochs 30 60 75 120 --device cuda --out fvu.json
     .venv/bin/python benchmarks/fvu_vs_budget.py --epochs 30 --batch-sizes 256 128 --lrs 1e-3 2e-3
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: ksae_helpers.pick_device())")
     parser.add_argument("--train-subset", type=int, default=0, help="first N training images (0 = all)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=None, help="also write the rows (and the device) to this JSON file")
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -74,6 +76,9 @@ def main(argv=None) -> list[dict]:
         print(f"epochs {cfg.ae_epochs}, batch {cfg.batch_size}, lr {cfg.lr:g}: val FVU {rows[-1]['val_fvu']:.4f}, "
               f"{rows[-1]['seconds']:.1f} s", flush=True)
     print_table(rows, args.target)
+    if args.out:
+        record = {"device": kh.device_name(device), "torch": torch.__version__, "rows": rows}
+        kh.atomic_write_bytes(args.out, (json.dumps(record, indent=1) + "\n").encode())
     return rows
 
 

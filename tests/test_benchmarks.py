@@ -19,10 +19,12 @@ def _load(name: str):
     return module
 
 
-def test_fvu_vs_budget_rows_follow_the_grid(capsys):
+def test_fvu_vs_budget_rows_follow_the_grid(capsys, tmp_path):
     fvu_vs_budget = _load("fvu_vs_budget")
     rows = fvu_vs_budget.main(["--epochs", "1", "3", "--batch-sizes", "64", "--train-subset", "512",
-                               "--device", "cpu", "--threads", "1"])
+                               "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "fvu.json")])
+    record = json.loads((tmp_path / "fvu.json").read_text())
+    assert record["rows"] == rows and record["device"].startswith("CPU")
     assert [(r["ae_epochs"], r["batch_size"], r["lr"]) for r in rows] == [(1, 64, 1e-3), (3, 64, 1e-3)]
     for r in rows:
         assert 0.0 < r["fvu"] < 1.0 and 0.0 < r["val_fvu"] < 1.0

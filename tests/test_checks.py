@@ -233,6 +233,25 @@ def test_agreement_excess_over_the_same_class_null():
     assert mat[0, 1] == mat[1, 0] == pytest.approx(shared["excess"]["mean"]) and np.isnan(mat[0, 0])
 
 
+def test_agreement_null_leaves_out_images_alone_in_their_class():
+    # a class with one selected image (a selection fallback) has no same-class partner: value and null are
+    # measured on the other images only, so both sides of the comparison see the same images
+    g = torch.Generator().manual_seed(2)
+    n, labels = 61, torch.cat([torch.arange(60) % 3, torch.tensor([3])])
+    maps = {"a": torch.randn(n, 784, generator=g), "b": torch.randn(n, 784, generator=g)}
+    maps["b"][-1] = maps["a"][-1]  # the lone image's maps agree perfectly: it must not enter the value
+    x = torch.rand(n, 784, generator=g) + 0.01
+    stats = kh.cross_method_statistics(maps, seed=0, x=x, labels=labels)
+    assert stats["null_n_images"] == 60
+    value = stats["pairs"]["a|b"]["vs_null"]["spearman_signed_all"]["value"]["mean"]
+    reference = kh.cross_method_statistics({m: v[:60] for m, v in maps.items()}, seed=0, x=x[:60], labels=labels[:60])
+    assert value == pytest.approx(reference["pairs"]["a|b"]["vs_null"]["spearman_signed_all"]["value"]["mean"])
+    assert abs(value) < 0.05  # independent maps; with the lone image it would be about 1/61 higher
+    alone = kh.cross_method_statistics(maps, seed=0, x=x, labels=torch.arange(n))  # every class has one image
+    assert alone["null_n_images"] == 0 and "vs_null" not in alone["pairs"]["a|b"]
+    assert alone["pairs"]["a|b"]["spearman_signed"]["mean"] > value  # the plain statistic still uses all images
+
+
 def test_agreement_null_uses_pixels_that_are_object_in_both_images():
     # method maps equal the image itself: on object pixels only the ranks of intensities remain
     g = torch.Generator().manual_seed(1)

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 import warnings
 
 import numpy as np
@@ -311,3 +312,29 @@ def test_mosaic_places_each_image_with_a_gap():
     assert titled.shape == (2 * 33, 3 * 31) and np.isnan(titled[33:38]).all()
     np.testing.assert_array_equal(titled[38:66, 31:59], images[1, 1])
     assert np.isfinite(out).sum() == images.size
+
+
+def test_figure_seconds_count_each_outermost_plot_call_once(uneven, monkeypatch):
+    """``FIGURE_SECONDS`` gets one entry per figure a user asked for: a plot function called from inside
+    another (a styled helper) is not counted again, and the times are real (a slowed figure shows it)."""
+    sel, maps = uneven
+    monkeypatch.setattr(kh, "FIGURE_SECONDS", {})
+    kh.plot_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2)
+    inner = kh.plot_class_average_maps
+
+    @kh._styled
+    def outer():
+        return inner(maps, sel.y, ["a", "b", "c"])
+
+    monkeypatch.setattr(kh, "_finish", lambda fig, save, slow=kh._finish: (time.sleep(0.2), slow(fig, save))[1])
+    outer()
+    assert sorted(kh.FIGURE_SECONDS) == ["outer", "plot_attribution_comparison"]
+    assert len(kh.FIGURE_SECONDS["plot_attribution_comparison"]) == 3 and len(kh.FIGURE_SECONDS["outer"]) == 1
+    assert kh.FIGURE_SECONDS["outer"][0] >= 0.2 and all(t > 0 for t in kh.FIGURE_SECONDS["plot_attribution_comparison"])
+
+
+def test_figure_timings_sum_up_the_calls():
+    t = kh.figure_timings({"plot_a": [0.5, 0.25], "plot_b": [1.0], "plot_c": []})
+    assert t["total"] == pytest.approx(1.75) and t["n_figures"] == 3 and t["slowest"] == ["plot_b", 1.0]
+    assert t["per_function"]["plot_a"] == {"calls": 2, "total": 0.75, "max": 0.5} and "plot_c" not in t["per_function"]
+    assert kh.figure_timings({}) == {"total": 0, "n_figures": 0, "slowest": [None, 0.0], "per_function": {}}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU check in one call: every GPU number README reports, measured in one run on a lent device machine.
+#
+# Here (once):   bash benchmarks/device_check.sh --prepare
+#                  converts the notebook to .devdata/fashion_mnist_interpretability.py and copies the dataset's
+#                  four .gz files into .devdata/ (git-ignored; carry it to the device)
+# There:         bash benchmarks/device_check.sh          (from the repository root; results under $OUT)
+#
+# Phases, each under its own time limit, in order of importance (a phase that fails does not stop the next):
+#   graphs   benchmarks/cuda_graph_training.py: eager against CUDA-graph training, default recipe
+#   scratch  the notebook as a script, no checkpoint: Run All from scratch
+#   cached   the same again: Run All with the cached checkpoint
+#   budget   benchmarks/fvu_vs_budget.py: validation and test FVU against autoencoder epochs 30, 60, 75, 120
+#   sweep    benchmarks/k_sweep.py: k = 5 ... 200 at default epochs
+# Seconds per phase go to $OUT/phases.txt, all output to $OUT/log.txt, JSON results beside them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ "${1:-}" = --prepare ]; then
+  mkdir -p .devdata
+  .venv/bin/jupyter nbconvert --to script fashion_mnist_interpretability.ipynb --output-dir .devdata --log-level WARN
+  src=data/FashionMNIST/raw
+  [ -f $src/train-images-idx3-ubyte.gz ] || src=/usr/share/datasets/fashion-mnist
+  cp "$src"/*-ubyte.gz .devdata/
+  ls -la .devdata
+  exit 0
+fi
+OUT=${OUT:-/tmp/device_check}
+mkdir -p "$OUT" data/FashionMNIST/raw
+cp .devdata/*-ubyte.gz data/FashionMNIST/raw/
+export PYTHONUNBUFFERED=1 PYTHONPATH=.
+
+phase() {  # phase NAME LIMIT_SECONDS COMMAND...: run, log, and record its wall seconds and exit status
+  local name=$1 limit=$2 start=$EPOCHREALTIME rc
+  shift 2
+  echo "== $name: $*" >>"$OUT/log.txt"
+  timeout "$limit" "$@" >>"$OUT/log.txt" 2>&1
+  rc=$?
+  awk -v n="$name" -v r="$rc" -v s="$start" -v e="$EPOCHREALTIME" \
+    'BEGIN {printf "%-8s rc=%d  %.1f s\n", n, r, e - s}' | tee -a "$OUT/phases.txt"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/phases.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/phases.txt"
+phase graphs 170 $PY benchmarks/cuda_graph_training.py --device cuda --out "$OUT/cuda_graph_training.json"
+phase scratch 130 $PY .devdata/fashion_mnist_interpretability.py
+cp results/summary.json "$OUT/summary_scratch.json"
+phase cached 90 $PY .devdata/fashion_mnist_interpretability.py
+cp results/summary.json "$OUT/summary_cached.json"
+phase budget 100 $PY benchmarks/fvu_vs_budget.py --epochs 30 60 75 120 --device cuda --out "$OUT/fvu_vs_budget.json"
+phase sweep 100 $PY benchmarks/k_sweep.py --device cuda --out "$OUT/k_sweep.json"
+grep -E "^ *(eager|graphs):|ae_speedup|clf_speedup|difference|^ *[0-9]+ +256" "$OUT/log.txt"
+cat "$OUT/phases.txt"
