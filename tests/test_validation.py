@@ -152,6 +152,21 @@ def test_bootstrap_ci_contains_the_true_mean_at_the_nominal_rate():
         kh.bootstrap_ci([])
 
 
+def test_bootstrap_ci_of_the_mean_is_the_mean_of_the_seeded_resamples():
+    # the mean's fast path (cached draw counts times the values) is the index resampling it replaces
+    rng = np.random.default_rng(1)
+    for n, seed in [(1, 0), (7, 3), (300, 5), (300, 5), (1000, 2)]:
+        values = rng.normal(size=n)
+        draws = np.random.default_rng(seed).integers(0, n, size=(500, n))
+        means = values[draws].mean(1)
+        expected = np.quantile(means, 0.05), np.quantile(means, 0.95)
+        np.testing.assert_allclose(kh.bootstrap_ci(values, n_boot=500, level=0.9, seed=seed), expected, rtol=1e-12)
+        both = np.stack([values, values], 1)  # [N, 2] rows: the general path, same draws
+        np.testing.assert_allclose(kh.bootstrap_ci(both, n_boot=500, level=0.9, seed=seed,
+                                                   statistic=lambda r: r[..., 0].mean(1)), expected, rtol=1e-12)
+    assert not kh._bootstrap_counts(7, 500, 3).flags.writeable
+
+
 def test_rowwise_correlations_match_scipy():
     from scipy.stats import pearsonr, spearmanr
 
