@@ -1001,9 +1001,12 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
     for epoch in range(cfg.clf_epochs):
         clf.train()
         sums.zero_()
-        for i, idx in enumerate(_batches(len(y), cfg.batch_size, gen, device)):
+        batches = _batches(len(y), cfg.batch_size, gen, device)
+        # one view per image, drawn for the whole epoch (the same numbers as a draw per step): one host-to-device
+        # copy per epoch, none per step, so the host never waits for the GPU inside the epoch
+        views = torch.randint(codes.n_views, (len(y),), generator=gen).to(device).split(cfg.batch_size)
+        for i, (idx, view) in enumerate(zip(batches, views)):
             set_lr_(opt, cfg.lr * lr_factor(cfg.clf_lr_schedule, epoch * steps + i, cfg.clf_epochs * steps))
-            view = torch.randint(codes.n_views, (len(idx),), generator=gen).to(device)
             step(*codes.batch(view, idx), y[idx])
             bar.update()
         loss_mean, acc = (sums / len(y)).tolist()
