@@ -2198,6 +2198,7 @@ ROAD_DIAGONAL_WEIGHT = 1 / 12  # ROAD's weight of each of the 4 diagonal neighbo
 ROAD_TOL = 1e-4
 ROAD_MAX_ITER = 1000  # ROAD solver: conjugate-gradient iterations at most (a cap; convergence is checked)
 ROAD_COMPACT = 4  # ROAD solver: converged rows are dropped once they are 1 / this of those left
+ROAD_CHECK_EVERY_CUDA = 8  # ROAD solver on CUDA: convergence is read (a host sync) every this many iterations
 ROAD_GRID = IMAGE_SIDE + 2  # ROAD solver: side of its zero-bordered grids
 ROAD_CHUNK = 256  # ROAD solver: images solved together (~0.8 MB per [R, 28, 28] array: the solve stays in cache)
 ROAD_PIXELS_PER_STEP = 98  # faithfulness_suite's ROAD step: 12.5 % of the pixels (ROAD evaluates ~10 % steps)
@@ -2251,11 +2252,15 @@ def _check_removed(removed, x: torch.Tensor) -> torch.Tensor:
     return removed.to(x.device)
 
 
-def _road_cg(kept: torch.Tensor, free: torch.Tensor, v: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+def _road_cg(kept: torch.Tensor, free: torch.Tensor, v: torch.Tensor, tol: float, max_iter: int,
+             check_every: int | None = None) -> torch.Tensor:
     """Jacobi-preconditioned conjugate gradients for ROAD's system ``D v - free * W v = free * W kept``
     (``kept, free, v: [R, 784]``: kept pixels (0 where removed), 1 on the removed pixels, the start (0
     off ``free``)) -> ``v: [R, 784]``. A row leaves the iteration once every pixel's residual over its
-    degree is at most ``tol``, so one slow row does not keep the others iterating."""
+    degree is at most ``tol``, so one slow row does not keep the others iterating. Convergence is read every
+    ``check_every`` iterations (default: each on the CPU, ``ROAD_CHECK_EVERY_CUDA`` on CUDA, where each read
+    waits for the GPU; a converged row iterating on only moves closer to the solution)."""
+    check_every = check_every or (ROAD_CHECK_EVERY_CUDA if v.is_cuda else 1)
     interior = _road_pad(torch.ones_like(v[:1]))
     degree = _road_neighbour_sum(interior)  # total in-image neighbour weight of each pixel
     inv_degree = torch.where(interior > 0, 1 / degree, 0)
@@ -2264,9 +2269,9 @@ def _road_cg(kept: torch.Tensor, free: torch.Tensor, v: torch.Tensor, tol: float
     r = free * _road_neighbour_sum(kept) - (degree * v - free * _road_neighbour_sum(v))
     z = r * inv_degree
     p, rz = z, torch.linalg.vecdot(r, z)
-    for _ in range(max_iter):
-        done = z.abs().amax(1) <= tol
-        if done.sum() * ROAD_COMPACT >= len(rows):  # drop converged rows once they are a fair share
+    for iteration in range(max_iter):
+        done = z.abs().amax(1) <= tol if iteration % check_every == 0 else None
+        if done is not None and done.sum() * ROAD_COMPACT >= len(rows):  # drop converged rows: a fair share
             out[rows[done]] = v[done]
             left = ~done
             rows, free, v, r, z, p, rz = rows[left], free[left], v[left], r[left], z[left], p[left], rz[left]

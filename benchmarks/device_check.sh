@@ -6,7 +6,9 @@
 #                  four .gz files into .devdata/ (git-ignored; carry it to the device)
 # There:         bash benchmarks/device_check.sh          (from the repository root; results under $OUT)
 #
-# Phases, each under its own time limit, in order of importance (a phase that fails does not stop the next):
+# Phases, each under its own time limit, in order of importance (a phase that fails does not stop the next;
+# PHASES="graphs scratch" runs only those):
+#   startup  seconds of imports, CUDA start-up and a first against a second small training in one process
 #   graphs   benchmarks/cuda_graph_training.py: eager against CUDA-graph training, default recipe
 #   scratch  the notebook as a script, no checkpoint: Run All from scratch
 #   cached   the same again: Run All with the cached checkpoint
@@ -30,24 +32,37 @@ mkdir -p "$OUT" data/FashionMNIST/raw
 cp .devdata/*-ubyte.gz data/FashionMNIST/raw/
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 
+PHASES=${PHASES:-startup graphs scratch cached budget sweep}
 phase() {  # phase NAME LIMIT_SECONDS COMMAND...: run, log, and record its wall seconds and exit status
   local name=$1 limit=$2 start=$EPOCHREALTIME rc
   shift 2
+  [[ " $PHASES " == *" $name "* ]] || return 1
   echo "== $name: $*" >>"$OUT/log.txt"
   timeout "$limit" "$@" >>"$OUT/log.txt" 2>&1
   rc=$?
   awk -v n="$name" -v r="$rc" -v s="$start" -v e="$EPOCHREALTIME" \
     'BEGIN {printf "%-8s rc=%d  %.1f s\n", n, r, e - s}' | tee -a "$OUT/phases.txt"
+  return $rc
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/phases.txt"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/phases.txt"
+phase startup 60 $PY -c '
+import time; t0 = time.perf_counter()
+import torch, ksae_helpers as kh; t1 = time.perf_counter()
+torch.zeros(1, device="cuda"); torch.cuda.synchronize(); t2 = time.perf_counter()
+data = kh.load_fashion_mnist("data", verbose=False); t3 = time.perf_counter()
+print(f"startup: imports {t1 - t0:.1f} s, CUDA context {t2 - t1:.1f} s, data {t3 - t2:.1f} s")
+for run in ("first", "second"):
+    t = time.perf_counter()
+    history = kh.train_models(kh.Config(train_subset=5120, ae_epochs=2, clf_epochs=2), data, torch.device("cuda"))[2]
+    ae = history["seconds"]["ae"]
+    print(f"startup: {run} small training {time.perf_counter() - t:.1f} s (autoencoder {ae:.1f} s)")
+'
 phase graphs 170 $PY benchmarks/cuda_graph_training.py --device cuda --out "$OUT/cuda_graph_training.json"
-phase scratch 130 $PY .devdata/fashion_mnist_interpretability.py
-cp results/summary.json "$OUT/summary_scratch.json"
-phase cached 90 $PY .devdata/fashion_mnist_interpretability.py
-cp results/summary.json "$OUT/summary_cached.json"
+phase scratch 130 $PY .devdata/fashion_mnist_interpretability.py && cp results/summary.json "$OUT/summary_scratch.json"
+phase cached 90 $PY .devdata/fashion_mnist_interpretability.py && cp results/summary.json "$OUT/summary_cached.json"
 phase budget 100 $PY benchmarks/fvu_vs_budget.py --epochs 30 60 75 120 --device cuda --out "$OUT/fvu_vs_budget.json"
 phase sweep 100 $PY benchmarks/k_sweep.py --device cuda --out "$OUT/k_sweep.json"
-grep -E "^ *(eager|graphs):|ae_speedup|clf_speedup|difference|^ *[0-9]+ +256" "$OUT/log.txt"
+grep -E "^startup:|^ *(eager|graphs):|ae_speedup|clf_speedup|difference|^ *[0-9]+ +256" "$OUT/log.txt"
 cat "$OUT/phases.txt"

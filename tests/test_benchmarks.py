@@ -95,3 +95,14 @@ def test_cuda_graph_benchmark_on_cpu_runs_the_eager_mode(tmp_path, data):
     steps = -(-1500 // 256)  # train_subset images per epoch, in batches of 256
     assert row["ae_ms_per_step"] == pytest.approx(1e3 * row["ae_seconds"] / steps)
     assert result["modes"] == saved["modes"]
+
+
+def test_bench_figures_times_every_figure_the_notebook_draws():
+    import re
+
+    notebook = json.loads((ROOT / "fashion_mnist_interpretability.ipynb").read_text())
+    drawn = {name for cell in notebook["cells"] if cell["cell_type"] == "code"
+             for name in re.findall(r"kh\.(plot_\w+)", "".join(cell["source"]))}
+    timed = set(re.findall(r"kh_mod\.(plot_\w+)", (ROOT / "benchmarks" / "bench_figures.py").read_text()))
+    assert drawn and drawn == timed, f"notebook only: {drawn - timed}; benchmark only: {timed - drawn}"
+    assert all(callable(getattr(kh, name, None)) for name in timed)
