@@ -16,7 +16,8 @@ Sections
                       (deletion/insertion under zero, blur and ROAD substrates, MoRF and LeRF; completeness
                       decomposition; randomization; unit-level causality), verdicts, the k sweep, statistics of
                       every code unit (the unit atlas: ``unit_statistics``).
-10. Plotting       -- every figure of the notebook.
+10. Plotting       -- every figure of the notebook; the ten comparison figures are drawn side by side in forked
+                      worker processes (``render_comparison_grid``).
 11. Summary        -- ``results/summary.json`` (with the per-unit ``unit_table`` and ``figure_timings``), the
                       HTML unit browser (``write_unit_browser``, from ``templates/unit_browser.html``), output
                       folders per configuration (``runs/<name>/``), ``compact_notebook``.
@@ -35,8 +36,10 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import re
+import sys
 import tempfile
 import time
 import warnings
@@ -52,7 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator, StrMethodFormatter
 from tqdm import tqdm
 
 # =====================================================================================================
@@ -230,14 +233,15 @@ def _jupyter_display():
 
 
 def show(fig) -> None:
-    """Display ``fig`` inline when running under Jupyter, then close it (a no-op display elsewhere,
-    so the notebook also runs as a plain script)."""
+    """Display ``fig`` (a figure, or PNG bytes such as ``render_comparison_grid``'s) inline when running under
+    Jupyter, then close it (a no-op display elsewhere, so the notebook also runs as a plain script)."""
     jupyter = _jupyter_display()
+    png = fig if isinstance(fig, bytes) else getattr(fig, "saved_png", None)  # rendered already: no second render
     if jupyter is not None:
         display, ipd = jupyter
-        saved = getattr(fig, "saved_png", None)  # already rendered when it was saved: no second render
-        display(fig if saved is None else ipd.Image(data=saved))
-    plt.close(fig)
+        display(fig if png is None else ipd.Image(data=png))
+    if not isinstance(fig, bytes):
+        plt.close(fig)
 
 
 def seed_everything(seed: int) -> None:
@@ -3214,6 +3218,7 @@ FONT_SCALE = 0.85  # seaborn font scale
 # Titles at a fixed height above the axes: matplotlib's automatic placement (clearing top tick labels, which
 # no figure here has) measured every axis of a figure again at each draw, a third of a comparison's time
 RC_FAST = {"axes.titley": 1.0}
+FIGURE_WORKERS = 8  # most processes that draw the comparison figures side by side (render_comparison_grid)
 HEATMAP_DARK = 0.408  # heatmap cells darker than this relative luminance get white text (seaborn's rule)
 METHOD_COLORS = dict(zip(METHOD_LABELS, sns.color_palette("colorblind", len(METHOD_LABELS))))
 CONTROL_STYLES = {"random": ("0.3", ":"), "random_object": ("0.15", (0, (1, 1))), "intensity": ("0.5", "--"),
@@ -3250,6 +3255,13 @@ FIGURE_SECONDS: dict[str, list[float]] = {}  # plot function -> seconds of each 
 _figure_depth = [0]  # plot functions running now (a grid calls a plot function per figure: counted once)
 
 
+@contextlib.contextmanager
+def _figure_style():
+    """The module's seaborn style and plotting context (and ``RC_FAST``), for building and drawing a figure."""
+    with sns.axes_style(STYLE), sns.plotting_context(CONTEXT, font_scale=FONT_SCALE), plt.rc_context(RC_FAST):
+        yield
+
+
 def _styled(fn):
     """Build (and save) a figure inside the module's seaborn style without changing global rcParams; the time
     of each outermost call is appended to ``FIGURE_SECONDS[fn.__name__]``."""
@@ -3259,8 +3271,7 @@ def _styled(fn):
         t0 = time.perf_counter()
         _figure_depth[0] += 1
         try:
-            with sns.axes_style(STYLE), sns.plotting_context(CONTEXT, font_scale=FONT_SCALE), \
-                    plt.rc_context(RC_FAST):
+            with _figure_style():
                 return fn(*args, **kwargs)
         finally:
             _figure_depth[0] -= 1
@@ -3441,8 +3452,8 @@ def _log_axis(ax, which: str = "y") -> None:
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     axis.set_major_locator(LogLocator(base=10))
     axis.set_minor_locator(LogLocator(base=10, subs=LOG_MINOR_SUBS))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_major_formatter(StrMethodFormatter("{x:g}"))  # plain numbers; picklable (figures drawn in workers)
+    axis.set_minor_formatter(StrMethodFormatter("{x:g}"))
 
 
 def _image_axis(ax) -> None:
@@ -3945,6 +3956,26 @@ def plot_attribution_comparison(image: torch.Tensor, maps: dict, label: str, con
     return _finish(fig, save)
 
 
+def _comparison_jobs(selection: Selection, maps: dict, classes, methods, max_samples_per_class: int,
+                     save_dir: str | None) -> list[dict]:
+    """Keyword arguments of ``plot_attribution_comparison`` for the first ``max_samples_per_class`` selected
+    images of each class (numpy arrays only: a job can be drawn in another process)."""
+    classes = _check_classes(classes)
+    _check_int("max_samples_per_class", max_samples_per_class, low=1)
+    methods = _resolve_methods(methods, maps)
+    arrays = {m: _as_maps(maps[m], f"maps[{m!r}]", len(selection.x)) for m in methods}
+    labels = _check_labels(selection.y, len(selection.x), len(classes))
+    jobs = []
+    for c, name in enumerate(classes):
+        for i, idx in enumerate(np.flatnonzero(labels == c)[:max_samples_per_class]):
+            fallback = selection.fallback is not None and bool(selection.fallback[idx])
+            jobs.append({"image": _numpy(selection.x[idx]), "maps": {m: a[idx] for m, a in arrays.items()},
+                         "label": name + FALLBACK_NOTE * fallback, "confidence": float(selection.confidence[idx]),
+                         "methods": methods,
+                         "save": None if save_dir is None else Path(save_dir) / f"comparison_{_slug(name)}_{i}.png"})
+    return jobs
+
+
 def plot_comparison_grid(selection: Selection, maps: dict, classes, methods=None,
                          max_samples_per_class: int = 1, save_dir: str | None = None) -> list[Figure]:
     """``plot_attribution_comparison`` for the first ``max_samples_per_class`` selected images of each class.
@@ -3952,22 +3983,55 @@ def plot_comparison_grid(selection: Selection, maps: dict, classes, methods=None
     ``selection``: ``Selection`` (``x: [N, 784]``, ``y: [N]``, ``confidence: [N]``); ``maps``: method ->
     ``[N, 784]``; ``classes: [C]`` names. A fallback image (``Selection.fallback``) says so in its title.
     With ``save_dir`` each figure is saved as
-    ``{save_dir}/comparison_{class-slug}_{i}.png``. Returns the figures (class order).
+    ``{save_dir}/comparison_{class-slug}_{i}.png``. Returns the figures (class order);
+    ``render_comparison_grid`` draws the same figures side by side in several processes.
     """
-    classes = _check_classes(classes)
-    _check_int("max_samples_per_class", max_samples_per_class, low=1)
-    methods = _resolve_methods(methods, maps)
-    arrays = {m: _as_maps(maps[m], f"maps[{m!r}]", len(selection.x)) for m in methods}
-    labels = _check_labels(selection.y, len(selection.x), len(classes))
-    figures = []
-    for c, name in enumerate(classes):
-        for i, idx in enumerate(np.flatnonzero(labels == c)[:max_samples_per_class]):
-            save = None if save_dir is None else Path(save_dir) / f"comparison_{_slug(name)}_{i}.png"
-            fallback = selection.fallback is not None and bool(selection.fallback[idx])
-            figures.append(plot_attribution_comparison(
-                selection.x[idx], {m: a[idx] for m, a in arrays.items()}, name + FALLBACK_NOTE * fallback,
-                float(selection.confidence[idx]), methods=methods, save=save))
-    return figures
+    return [plot_attribution_comparison(**job)
+            for job in _comparison_jobs(selection, maps, classes, methods, max_samples_per_class, save_dir)]
+
+
+def _comparison_png(job: dict) -> bytes:
+    """One ``_comparison_jobs`` job drawn as PNG bytes (saved too if the job names a file)."""
+    fig = plot_attribution_comparison(**job)
+    if job["save"] is not None:
+        return fig.saved_png
+    with _figure_style():  # drawn in the style it was built in, as a saved figure is
+        return png_bytes(fig)
+
+
+def figure_workers(n_jobs: int) -> int:
+    """Processes to draw ``n_jobs`` figures with: one per usable core, at most ``FIGURE_WORKERS`` and
+    ``n_jobs``; 1 (draw here) where the platform cannot fork (forking is safe on Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n_jobs, cores, FIGURE_WORKERS))
+
+
+def _map_in_workers(fn: Callable, jobs: list, workers: int) -> list:
+    """``[fn(job) for job in jobs]``, in ``workers`` forked processes if more than 1 (``fn`` and the jobs use
+    numpy and matplotlib only: a forked child must not run torch's thread pools)."""
+    if workers <= 1:
+        return [fn(job) for job in jobs]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(fn, jobs, chunksize=1)
+
+
+def render_comparison_grid(selection: Selection, maps: dict, classes, methods=None, max_samples_per_class: int = 1,
+                           save_dir: str | None = None, workers: int | None = None) -> list[bytes]:
+    """The figures of ``plot_comparison_grid`` (same arguments), drawn side by side in ``workers`` processes
+    (default ``figure_workers``) and returned as PNG bytes for ``show`` (saved under ``save_dir`` too). In
+    workers, their wall time goes to ``FIGURE_SECONDS["render_comparison_grid"]``, an equal share per figure
+    (drawn here, each figure's own time to ``FIGURE_SECONDS["plot_attribution_comparison"]``)."""
+    t0 = time.perf_counter()
+    jobs = _comparison_jobs(selection, maps, classes, methods, max_samples_per_class, save_dir)
+    workers = figure_workers(len(jobs)) if workers is None else workers
+    _check_int("workers", workers, low=1)
+    pngs = _map_in_workers(_comparison_png, jobs, workers)
+    if workers > 1 and jobs:  # the wall time, shared among the figures (drawn here, each counted itself)
+        FIGURE_SECONDS.setdefault("render_comparison_grid", []).extend([(time.perf_counter() - t0) / len(jobs)]
+                                                                        * len(jobs))
+    return pngs
 
 
 # --- attribution maps: many images ----------------------------------------------------------------------

@@ -102,7 +102,7 @@ def test_bench_figures_times_every_figure_the_notebook_draws():
 
     notebook = json.loads((ROOT / "fashion_mnist_interpretability.ipynb").read_text())
     drawn = {name for cell in notebook["cells"] if cell["cell_type"] == "code"
-             for name in re.findall(r"kh\.(plot_\w+)", "".join(cell["source"]))}
-    timed = set(re.findall(r"kh_mod\.(plot_\w+)", (ROOT / "benchmarks" / "bench_figures.py").read_text()))
+             for name in re.findall(r"kh\.((?:plot|render)_\w+)", "".join(cell["source"]))}
+    timed = set(re.findall(r"kh_mod\.((?:plot|render)_\w+)", (ROOT / "benchmarks" / "bench_figures.py").read_text()))
     assert drawn and drawn == timed, f"notebook only: {drawn - timed}; benchmark only: {timed - drawn}"
     assert all(callable(getattr(kh, name, None)) for name in timed)

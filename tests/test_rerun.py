@@ -333,6 +333,32 @@ def test_figure_seconds_count_each_outermost_plot_call_once(uneven, monkeypatch)
     assert kh.FIGURE_SECONDS["outer"][0] >= 0.2 and all(t > 0 for t in kh.FIGURE_SECONDS["plot_attribution_comparison"])
 
 
+def test_render_comparison_grid_draws_the_same_pngs_in_worker_processes(uneven, tmp_path, monkeypatch):
+    sel, maps = uneven
+    monkeypatch.setattr(kh, "FIGURE_SECONDS", {})
+    figs = kh.plot_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2, save_dir=str(tmp_path / "here"))
+    kh.FIGURE_SECONDS.clear()
+    pngs = kh.render_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2,
+                                     save_dir=str(tmp_path / "workers"), workers=2)
+    assert len(pngs) == 3 and pngs == [f.saved_png for f in figs]  # byte for byte what one process draws
+    for name in ("comparison_a_0.png", "comparison_a_1.png", "comparison_c_0.png"):
+        assert (tmp_path / "workers" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
+    assert list(kh.FIGURE_SECONDS) == ["render_comparison_grid"]
+    assert len(kh.FIGURE_SECONDS["render_comparison_grid"]) == 3
+    assert kh.render_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2, workers=1) == pngs  # unsaved
+    assert len(kh.FIGURE_SECONDS["plot_attribution_comparison"]) == 3  # drawn here: counted per figure, once
+    assert 1 <= kh.figure_workers(10) <= kh.FIGURE_WORKERS and kh.figure_workers(1) == 1
+    with pytest.raises(ValueError, match="workers"):
+        kh.render_comparison_grid(sel, maps, ["a", "b", "c"], workers=0)
+
+
+def test_show_displays_png_bytes_once(monkeypatch):
+    shown = []
+    monkeypatch.setattr(kh, "_jupyter_display", lambda: (shown.append, type("ipd", (), {"Image": dict})))
+    kh.show(b"\x89PNG fake")
+    assert shown == [{"data": b"\x89PNG fake"}]
+
+
 def test_figure_timings_sum_up_the_calls():
     t = kh.figure_timings({"plot_a": [0.5, 0.25], "plot_b": [1.0], "plot_c": []})
     assert t["total"] == pytest.approx(1.75) and t["n_figures"] == 3 and t["slowest"] == ["plot_b", 1.0]
