@@ -55,7 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator, StrMethodFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from tqdm import tqdm
 
 # =====================================================================================================
@@ -3446,14 +3446,19 @@ def _symmetric_limit(values, percentile: float = 100.0) -> float:
     return limit if limit > 0 else 1.0
 
 
+def _plain_number(value: float, _position=None) -> str:
+    """A tick label as plain ``{value:g}`` text (a hyphen minus, as ``f"{value:g}"`` writes it)."""
+    return f"{value:g}"
+
+
 def _log_axis(ax, which: str = "y") -> None:
     """Log scale on ``ax``'s ``which`` axis ('x' or 'y') with plain-number labels at 1-2-5 steps."""
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     axis.set_major_locator(LogLocator(base=10))
     axis.set_minor_locator(LogLocator(base=10, subs=LOG_MINOR_SUBS))
-    axis.set_major_formatter(StrMethodFormatter("{x:g}"))  # plain numbers; picklable (figures drawn in workers)
-    axis.set_minor_formatter(StrMethodFormatter("{x:g}"))
+    axis.set_major_formatter(FuncFormatter(_plain_number))
+    axis.set_minor_formatter(FuncFormatter(_plain_number))
 
 
 def _image_axis(ax) -> None:
