@@ -16,8 +16,8 @@ Sections
                       (deletion/insertion under zero, blur and ROAD substrates, MoRF and LeRF; completeness
                       decomposition; randomization; unit-level causality), verdicts, the k sweep, statistics of
                       every code unit (the unit atlas: ``unit_statistics``).
-10. Plotting       -- every figure of the notebook; the ten comparison figures are drawn side by side in forked
-                      worker processes (``render_comparison_grid``).
+10. Plotting       -- every figure of the notebook; figures shown together are drawn side by side in forked
+                      worker processes (``render_figures``, ``render_comparison_grid``).
 11. Summary        -- ``results/summary.json`` (with the per-unit ``unit_table`` and ``figure_timings``), the
                       HTML unit browser (``write_unit_browser``, from ``templates/unit_browser.html``), output
                       folders per configuration (``runs/<name>/``), ``compact_notebook``.
@@ -3218,7 +3218,7 @@ FONT_SCALE = 0.85  # seaborn font scale
 # Titles at a fixed height above the axes: matplotlib's automatic placement (clearing top tick labels, which
 # no figure here has) measured every axis of a figure again at each draw, a third of a comparison's time
 RC_FAST = {"axes.titley": 1.0}
-FIGURE_WORKERS = 8  # most processes that draw the comparison figures side by side (render_comparison_grid)
+FIGURE_WORKERS = 8  # most processes that draw figures side by side (render_figures)
 HEATMAP_DARK = 0.408  # heatmap cells darker than this relative luminance get white text (seaborn's rule)
 METHOD_COLORS = dict(zip(METHOD_LABELS, sns.color_palette("colorblind", len(METHOD_LABELS))))
 CONTROL_STYLES = {"random": ("0.3", ":"), "random_object": ("0.15", (0, (1, 1))), "intensity": ("0.5", "--"),
@@ -3400,6 +3400,64 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
         fig.draw_without_rendering()
     plt.close(fig)
     return fig
+
+
+_FORKED_CALLS: list[Callable[[], Figure]] = []  # render_figures' calls, set just before its workers fork
+
+
+def _figure_png(call: Callable[[], Figure]) -> bytes:
+    """``call()``'s figure as PNG bytes: the bytes it was saved as, else drawn now in the module's style."""
+    fig = call()
+    png = getattr(fig, "saved_png", None)
+    if png is None:
+        with _figure_style():  # the style it was built in, as a saved figure is drawn
+            png = png_bytes(fig)
+    plt.close(fig)
+    return png
+
+
+def _forked_figure(i: int) -> tuple[bytes, str, float]:
+    """In a worker: ``_FORKED_CALLS[i]`` drawn -> (PNG bytes, plot function's name, seconds). Torch runs on
+    one thread here: a forked child must not use the parent's thread pools."""
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    call = _FORKED_CALLS[i]
+    png = _figure_png(call)
+    return png, getattr(getattr(call, "func", call), "__name__", "figure"), time.perf_counter() - t0
+
+
+def figure_workers(n_jobs: int) -> int:
+    """Processes to draw ``n_jobs`` figures with: one per usable core, at most ``FIGURE_WORKERS`` and
+    ``n_jobs``; 1 (draw here) where the platform cannot fork safely (anything but Linux)."""
+    if not sys.platform.startswith("linux"):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n_jobs, cores, FIGURE_WORKERS))
+
+
+def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = None) -> list[bytes]:
+    """Draw figures side by side. Each of ``calls`` builds one figure (e.g. ``functools.partial(
+    kh.plot_completeness, result, save=path)``); they run in ``workers`` forked processes (default
+    ``figure_workers``; 1: here, one after another) and come back, in order, as PNG bytes for ``show`` -- byte
+    for byte what drawing them here gives. Workers inherit the calls (nothing is sent to them), so any inputs
+    work. ``FIGURE_SECONDS`` gets each figure's share of the wall time (in proportion to its drawing time in
+    its worker) under its plot function's name."""
+    calls = list(calls)
+    workers = figure_workers(len(calls)) if workers is None else workers
+    _check_int("workers", workers, low=1)
+    if workers == 1 or len(calls) < 2 or not sys.platform.startswith("linux"):
+        return [_figure_png(call) for call in calls]
+    t0 = time.perf_counter()
+    _FORKED_CALLS[:] = calls
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(calls))) as pool:
+            results = pool.map(_forked_figure, range(len(calls)), chunksize=1)
+    finally:
+        _FORKED_CALLS.clear()
+    wall, drawing = time.perf_counter() - t0, sum(seconds for _, _, seconds in results) or 1.0
+    for _, name, seconds in results:
+        FIGURE_SECONDS.setdefault(name, []).append(wall * seconds / drawing)
+    return [png for png, _, _ in results]
 
 
 def _message_figure(title: str, message: str) -> Figure:
@@ -3964,7 +4022,7 @@ def plot_attribution_comparison(image: torch.Tensor, maps: dict, label: str, con
 def _comparison_jobs(selection: Selection, maps: dict, classes, methods, max_samples_per_class: int,
                      save_dir: str | None) -> list[dict]:
     """Keyword arguments of ``plot_attribution_comparison`` for the first ``max_samples_per_class`` selected
-    images of each class (numpy arrays only: a job can be drawn in another process)."""
+    images of each class."""
     classes = _check_classes(classes)
     _check_int("max_samples_per_class", max_samples_per_class, low=1)
     methods = _resolve_methods(methods, maps)
@@ -3995,48 +4053,13 @@ def plot_comparison_grid(selection: Selection, maps: dict, classes, methods=None
             for job in _comparison_jobs(selection, maps, classes, methods, max_samples_per_class, save_dir)]
 
 
-def _comparison_png(job: dict) -> bytes:
-    """One ``_comparison_jobs`` job drawn as PNG bytes (saved too if the job names a file)."""
-    fig = plot_attribution_comparison(**job)
-    if job["save"] is not None:
-        return fig.saved_png
-    with _figure_style():  # drawn in the style it was built in, as a saved figure is
-        return png_bytes(fig)
-
-
-def figure_workers(n_jobs: int) -> int:
-    """Processes to draw ``n_jobs`` figures with: one per usable core, at most ``FIGURE_WORKERS`` and
-    ``n_jobs``; 1 (draw here) where the platform cannot fork (forking is safe on Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(n_jobs, cores, FIGURE_WORKERS))
-
-
-def _map_in_workers(fn: Callable, jobs: list, workers: int) -> list:
-    """``[fn(job) for job in jobs]``, in ``workers`` forked processes if more than 1 (``fn`` and the jobs use
-    numpy and matplotlib only: a forked child must not run torch's thread pools)."""
-    if workers <= 1:
-        return [fn(job) for job in jobs]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return pool.map(fn, jobs, chunksize=1)
-
-
 def render_comparison_grid(selection: Selection, maps: dict, classes, methods=None, max_samples_per_class: int = 1,
                            save_dir: str | None = None, workers: int | None = None) -> list[bytes]:
-    """The figures of ``plot_comparison_grid`` (same arguments), drawn side by side in ``workers`` processes
-    (default ``figure_workers``) and returned as PNG bytes for ``show`` (saved under ``save_dir`` too). In
-    workers, their wall time goes to ``FIGURE_SECONDS["render_comparison_grid"]``, an equal share per figure
-    (drawn here, each figure's own time to ``FIGURE_SECONDS["plot_attribution_comparison"]``)."""
-    t0 = time.perf_counter()
+    """The figures of ``plot_comparison_grid`` (same arguments), drawn side by side by ``render_figures``
+    (``workers`` processes, default ``figure_workers``) and returned as PNG bytes for ``show`` (saved under
+    ``save_dir`` too)."""
     jobs = _comparison_jobs(selection, maps, classes, methods, max_samples_per_class, save_dir)
-    workers = figure_workers(len(jobs)) if workers is None else workers
-    _check_int("workers", workers, low=1)
-    pngs = _map_in_workers(_comparison_png, jobs, workers)
-    if workers > 1 and jobs:  # the wall time, shared among the figures (drawn here, each counted itself)
-        FIGURE_SECONDS.setdefault("render_comparison_grid", []).extend([(time.perf_counter() - t0) / len(jobs)]
-                                                                        * len(jobs))
-    return pngs
+    return render_figures([functools.partial(plot_attribution_comparison, **job) for job in jobs], workers)
 
 
 # --- attribution maps: many images ----------------------------------------------------------------------

@@ -104,5 +104,6 @@ def test_bench_figures_times_every_figure_the_notebook_draws():
     drawn = {name for cell in notebook["cells"] if cell["cell_type"] == "code"
              for name in re.findall(r"kh\.((?:plot|render)_\w+)", "".join(cell["source"]))}
     timed = set(re.findall(r"kh_mod\.((?:plot|render)_\w+)", (ROOT / "benchmarks" / "bench_figures.py").read_text()))
+    drawn.discard("render_figures")  # draws plot functions the notebook names, each timed on its own here
     assert drawn and drawn == timed, f"notebook only: {drawn - timed}; benchmark only: {timed - drawn}"
     assert all(callable(getattr(kh, name, None)) for name in timed)

@@ -1,5 +1,6 @@
 """The "change k and rerun" loop: selection shortfalls, output folders per configuration, compact notebooks."""
 
+import functools
 import hashlib
 import json
 import time
@@ -343,13 +344,35 @@ def test_render_comparison_grid_draws_the_same_pngs_in_worker_processes(uneven, 
     assert len(pngs) == 3 and pngs == [f.saved_png for f in figs]  # byte for byte what one process draws
     for name in ("comparison_a_0.png", "comparison_a_1.png", "comparison_c_0.png"):
         assert (tmp_path / "workers" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
-    assert list(kh.FIGURE_SECONDS) == ["render_comparison_grid"]
-    assert len(kh.FIGURE_SECONDS["render_comparison_grid"]) == 3
+    assert list(kh.FIGURE_SECONDS) == ["plot_attribution_comparison"]  # in the parent, from the workers' times
+    assert len(kh.FIGURE_SECONDS["plot_attribution_comparison"]) == 3
+    kh.FIGURE_SECONDS.clear()
     assert kh.render_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2, workers=1) == pngs  # unsaved
     assert len(kh.FIGURE_SECONDS["plot_attribution_comparison"]) == 3  # drawn here: counted per figure, once
     assert 1 <= kh.figure_workers(10) <= kh.FIGURE_WORKERS and kh.figure_workers(1) == 1
     with pytest.raises(ValueError, match="workers"):
         kh.render_comparison_grid(sel, maps, ["a", "b", "c"], workers=0)
+
+
+def test_render_figures_in_workers_any_inputs_same_bytes_and_wall_time(uneven, tmp_path, monkeypatch):
+    # inputs with torch tensors and a module (inherited by the forked workers, never pickled), order kept,
+    # errors raised in the parent, and FIGURE_SECONDS gets the wall time split among the figures
+    sel, maps = uneven
+    sae = kh.KSparseAutoencoder(4, 784, 16)
+    calls = [functools.partial(kh.plot_class_average_maps, maps, sel.y, ["a", "b", "c"]),
+             functools.partial(kh.plot_feature_atlas, sae, torch.rand(16), n_units=8, save=tmp_path / "atlas.png"),
+             functools.partial(kh.plot_class_average_maps, maps, sel.y, ["a", "b", "c"], methods=["decoder"])]
+    here = kh.render_figures(calls, workers=1)
+    monkeypatch.setattr(kh, "FIGURE_SECONDS", {})
+    t0 = time.perf_counter()
+    forked = kh.render_figures(calls, workers=2)
+    wall = time.perf_counter() - t0
+    assert forked == here and len(set(forked)) == 3 and (tmp_path / "atlas.png").read_bytes() == forked[1]
+    assert sorted(kh.FIGURE_SECONDS) == ["plot_class_average_maps", "plot_feature_atlas"]
+    assert 0 < sum(sum(v) for v in kh.FIGURE_SECONDS.values()) <= wall
+    with pytest.raises(ValueError, match="not in the cross-method statistics"):  # raised in a worker
+        kh.render_figures([calls[0], functools.partial(kh.plot_correlation_summary, {"pairs": {}}, ["simple"])],
+                          workers=2)
 
 
 def test_show_displays_png_bytes_once(monkeypatch):
