@@ -3435,17 +3435,23 @@ def figure_workers(n_jobs: int) -> int:
     return max(1, min(n_jobs, cores, FIGURE_WORKERS))
 
 
-def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = None) -> list[bytes]:
+def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = None,
+                   cuda_free: bool = False) -> list[bytes]:
     """Draw figures side by side. Each of ``calls`` builds one figure (e.g. ``functools.partial(
     kh.plot_completeness, result, save=path)``); they run in ``workers`` forked processes (default
     ``figure_workers``; 1: here, one after another) and come back, in order, as PNG bytes for ``show`` -- byte
     for byte what drawing them here gives. Workers inherit the calls (nothing is sent to them), so any inputs
-    work. ``FIGURE_SECONDS`` gets each figure's share of the wall time (in proportion to its drawing time in
-    its worker) under its plot function's name."""
+    work, except that a forked child cannot use this process's CUDA context: once CUDA is in use here, the
+    figures are drawn here unless ``cuda_free`` promises that the calls touch no CUDA tensor.
+    ``FIGURE_SECONDS`` gets each figure's share of the wall time (in proportion to its drawing time in its
+    worker) under its plot function's name."""
     calls = list(calls)
     workers = figure_workers(len(calls)) if workers is None else workers
     _check_int("workers", workers, low=1)
-    if workers == 1 or len(calls) < 2 or not sys.platform.startswith("linux"):
+    if not isinstance(cuda_free, bool):
+        raise ValueError(f"cuda_free must be True or False, got {cuda_free!r}")
+    cuda_in_use = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if workers == 1 or len(calls) < 2 or not sys.platform.startswith("linux") or (cuda_in_use and not cuda_free):
         return [_figure_png(call) for call in calls]
     t0 = time.perf_counter()
     _FORKED_CALLS[:] = calls
@@ -4022,7 +4028,7 @@ def plot_attribution_comparison(image: torch.Tensor, maps: dict, label: str, con
 def _comparison_jobs(selection: Selection, maps: dict, classes, methods, max_samples_per_class: int,
                      save_dir: str | None) -> list[dict]:
     """Keyword arguments of ``plot_attribution_comparison`` for the first ``max_samples_per_class`` selected
-    images of each class."""
+    images of each class (numpy arrays: drawing them needs no CUDA tensor)."""
     classes = _check_classes(classes)
     _check_int("max_samples_per_class", max_samples_per_class, low=1)
     methods = _resolve_methods(methods, maps)
@@ -4058,8 +4064,9 @@ def render_comparison_grid(selection: Selection, maps: dict, classes, methods=No
     """The figures of ``plot_comparison_grid`` (same arguments), drawn side by side by ``render_figures``
     (``workers`` processes, default ``figure_workers``) and returned as PNG bytes for ``show`` (saved under
     ``save_dir`` too)."""
-    jobs = _comparison_jobs(selection, maps, classes, methods, max_samples_per_class, save_dir)
-    return render_figures([functools.partial(plot_attribution_comparison, **job) for job in jobs], workers)
+    jobs = _comparison_jobs(selection, maps, classes, methods, max_samples_per_class, save_dir)  # numpy only
+    return render_figures([functools.partial(plot_attribution_comparison, **job) for job in jobs], workers,
+                          cuda_free=True)
 
 
 # --- attribution maps: many images ----------------------------------------------------------------------

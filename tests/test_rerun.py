@@ -370,6 +370,19 @@ def test_render_figures_in_workers_any_inputs_same_bytes_and_wall_time(uneven, t
     assert forked == here and len(set(forked)) == 3 and (tmp_path / "atlas.png").read_bytes() == forked[1]
     assert sorted(kh.FIGURE_SECONDS) == ["plot_class_average_maps", "plot_feature_atlas"]
     assert 0 < sum(sum(v) for v in kh.FIGURE_SECONDS.values()) <= wall
+    # a forked child cannot use CUDA: with CUDA in use here, figures are drawn here unless promised CUDA-free
+    ran_here = []
+
+    def noted(call):
+        return lambda: (ran_here.append(call), call())[1]
+
+    assert kh.render_figures([noted(c) for c in calls], workers=2) == here and ran_here == []  # in workers
+    monkeypatch.setattr(kh.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(kh.torch.cuda, "is_initialized", lambda: True)
+    assert kh.render_figures([noted(c) for c in calls], workers=2) == here and len(ran_here) == 3  # here
+    assert kh.render_figures([noted(c) for c in calls], workers=2, cuda_free=True) == here and len(ran_here) == 3
+    with pytest.raises(ValueError, match="cuda_free"):
+        kh.render_figures(calls, cuda_free="yes")
     with pytest.raises(ValueError, match="not in the cross-method statistics"):  # raised in a worker
         kh.render_figures([calls[0], functools.partial(kh.plot_correlation_summary, {"pairs": {}}, ["simple"])],
                           workers=2)
