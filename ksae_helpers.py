@@ -233,7 +233,7 @@ def _jupyter_display():
 
 
 def show(fig) -> None:
-    """Display ``fig`` (a figure, or PNG bytes such as ``render_comparison_grid``'s) inline when running under
+    """Display ``fig`` (a figure, or PNG bytes such as ``render_figures``') inline when running under
     Jupyter, then close it (a no-op display elsewhere, so the notebook also runs as a plain script)."""
     jupyter = _jupyter_display()
     png = fig if isinstance(fig, bytes) else getattr(fig, "saved_png", None)  # rendered already: no second render
@@ -1873,7 +1873,8 @@ def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0, x: tor
     null, n_null = None, 0
     if x is not None:
         lab = _check_pairing_labels(labels, n)
-        keep = np.isin(lab, [c for c, count in zip(*np.unique(lab, return_counts=True)) if count >= 2])
+        _, cls, class_size = np.unique(lab, return_inverse=True, return_counts=True)
+        keep = class_size[cls] >= 2
         n_null = int(keep.sum())  # images with a same-class partner: value and null are both measured on them
         if n_null:
             obj = _as_maps(x, "x", n)[keep] > 0
@@ -3219,6 +3220,7 @@ FONT_SCALE = 0.85  # seaborn font scale
 # no figure here has) measured every axis of a figure again at each draw, a third of a comparison's time
 RC_FAST = {"axes.titley": 1.0}
 FIGURE_WORKERS = 8  # most processes that draw figures side by side (render_figures)
+CAN_FORK = sys.platform.startswith("linux")  # forked figure workers are safe here (elsewhere: drawn in-process)
 HEATMAP_DARK = 0.408  # heatmap cells darker than this relative luminance get white text (seaborn's rule)
 METHOD_COLORS = dict(zip(METHOD_LABELS, sns.color_palette("colorblind", len(METHOD_LABELS))))
 CONTROL_STYLES = {"random": ("0.3", ":"), "random_object": ("0.15", (0, (1, 1))), "intensity": ("0.5", "--"),
@@ -3428,8 +3430,8 @@ def _forked_figure(i: int) -> tuple[bytes, str, float]:
 
 def figure_workers(n_jobs: int) -> int:
     """Processes to draw ``n_jobs`` figures with: one per usable core, at most ``FIGURE_WORKERS`` and
-    ``n_jobs``; 1 (draw here) where the platform cannot fork safely (anything but Linux)."""
-    if not sys.platform.startswith("linux"):
+    ``n_jobs``; 1 (draw here) where the platform cannot fork safely (``CAN_FORK``: Linux only)."""
+    if not CAN_FORK:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(n_jobs, cores, FIGURE_WORKERS))
@@ -3451,7 +3453,7 @@ def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = 
     if not isinstance(cuda_free, bool):
         raise ValueError(f"cuda_free must be True or False, got {cuda_free!r}")
     cuda_in_use = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if workers == 1 or len(calls) < 2 or not sys.platform.startswith("linux") or (cuda_in_use and not cuda_free):
+    if workers == 1 or len(calls) < 2 or not CAN_FORK or (cuda_in_use and not cuda_free):
         return [_figure_png(call) for call in calls]
     t0 = time.perf_counter()
     _FORKED_CALLS[:] = calls
