@@ -1927,8 +1927,11 @@ GAP_FLOOR = 1e-12  # |F(x) - F(0)| is clamped to at least this where it divides
 MIN_SUBGRID_STEPS = 17  # smallest trapezoid rule read off the dense scan (its points are a subset of the scan's)
 
 
-def _topk_changes(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k set changes between consecutive path points: ``pre: [B, S, H]`` -> ``(swaps, jumps): [B, S-1]``.
+def _topk_changes(indices: torch.Tensor, kth_positive: torch.Tensor,
+                  d_hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k set changes between consecutive path points: ``indices: [B, S, k]`` (the top-k units at each
+    point, any order) and ``kth_positive: [B, S]`` (the k-th largest pre-activation is > 0) ->
+    ``(swaps, jumps): [B, S-1]``.
 
     ``swaps`` counts the units that enter the top-k set in each interval (as many leave), so several swaps
     inside one interval all count. A swap exchanges two units where their pre-activations are equal; the code
@@ -1936,11 +1939,18 @@ def _topk_changes(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     where the k-th largest pre-activation (the value at which units swap) is > 0 at both ends; a swap at or
     below 0 exchanges two zeros (continuous), and a ReLU zero-crossing changes no top-k set at all.
     """
-    values, indices = torch.topk(pre, k, dim=-1)
-    member = torch.zeros(pre.shape, dtype=torch.bool, device=pre.device).scatter_(-1, indices, True)
+    member = torch.zeros((*indices.shape[:-1], d_hidden), dtype=torch.bool, device=indices.device)
+    member.scatter_(-1, indices, True)
     swaps = (member[:, 1:] & ~member[:, :-1]).sum(-1)
-    kth = values.min(-1).values  # [B, S]
-    return swaps, (swaps > 0) & (kth[:, 1:] > 0) & (kth[:, :-1] > 0)
+    return swaps, (swaps > 0) & kth_positive[:, 1:] & kth_positive[:, :-1]
+
+
+def _top_k_of(sae: KSparseAutoencoder, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sae.top_k`` of ``pre: [..., H]`` (any leading shape) -> ``(values, indices): [..., k]`` and whether the
+    k-th largest pre-activation is > 0, ``[...]`` (the smallest ReLU'd top-k value is > 0 exactly then)."""
+    values, indices = sae.top_k(pre.reshape(-1, pre.shape[-1]))
+    shape = (*pre.shape[:-1], -1)
+    return values.view(shape), indices.view(shape), values.detach().min(-1).values.view(shape[:-1]) > 0
 
 
 def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor, output: str,
@@ -1949,8 +1959,8 @@ def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: 
 
     For a model with an affine first layer (``affine_split() -> (A, c, head)``) the path is walked in that
     layer's output space, exactly: ``pre(alpha) = c + alpha x A^T`` and ``dF/dalpha = grad_pre F . x A^T``.
-    Returns ``(values, slopes): [B, S]``; with ``k`` (the top-k size) also ``(swaps, jumps): [B, S-1]``
-    from ``_topk_changes``.
+    Returns ``(values, slopes): [B, S]``; with ``k`` (the top-k size; ``model`` is then a
+    ``SparseCodePipeline``) also ``(swaps, jumps): [B, S-1]`` from ``_topk_changes``.
     """
     A, c, head = model.affine_split()
     with torch.no_grad():
@@ -1963,12 +1973,17 @@ def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: 
         pre = (c + alphas[None, :, None] * d[:, None]).reshape(-1, d.shape[1])  # [b * S, H]
         with torch.enable_grad():
             pre.requires_grad_(True)
-            score = _score(head(pre), t.repeat_interleave(len(alphas)), output)
+            if k is None:
+                logits = head(pre)
+            else:  # the pipeline's head, with its top-k sets kept for _topk_changes (one topk per point)
+                code, indices, positive = _top_k_of(model.sae, pre)
+                logits = model.clf.forward_sparse(code, indices)
+                changes.append(_topk_changes(indices.view(len(d), len(alphas), -1),
+                                             positive.view(len(d), len(alphas)), pre.shape[1]))
+            score = _score(logits, t.repeat_interleave(len(alphas)), output)
             grad = torch.autograd.grad(score.sum(), pre)[0]
         values.append(score.detach().view(len(d), -1))
         slopes.append((grad.view(len(d), len(alphas), -1) * d[:, None]).sum(-1))
-        if k is not None:
-            changes.append(_topk_changes(pre.detach().view(len(d), len(alphas), -1), k))
     out = (torch.cat(values), torch.cat(slopes))
     return out if k is None else out + tuple(torch.cat(part) for part in zip(*changes))
 
@@ -2002,8 +2017,8 @@ def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, n_points: int 
     with torch.no_grad():
         start, direction = sae.encoder_bias(), F.linear(x, sae.W_enc)
         counts = [(swaps * jumps).sum(1) for swaps, jumps in
-                  (_topk_changes(start + alphas[None, :, None] * direction[i:i + 1, None], sae.k)
-                   for i in range(len(x)))]
+                  (_topk_changes(*_top_k_of(sae, start + alphas[None, :, None] * direction[i:i + 1, None])[1:],
+                                 sae.d_hidden) for i in range(len(x)))]
     return torch.cat(counts).cpu()
 
 
@@ -2376,10 +2391,12 @@ def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orde
 
     Fixed substrates (zero, blur) on a model with an affine first layer (``affine_split``, our pipeline)
     run incrementally: a step changes ``pixels_per_step`` pixels, so the first layer's output moves by as
-    many columns of ``A`` (an embedding-bag sum) and only the head runs per step. ROAD imputes every
-    step's image (``road_impute``, warm-started from the previous step's solution). Its noise (std
-    ``ROAD_NOISE``, seeded by ``seed``) is one field per image and step, shared by every order: paired
-    comparisons between orders see the same noise (common random numbers).
+    many columns of ``A`` (an embedding-bag sum) and only the head runs per step, on the rows whose step
+    changed a pixel (removing a pixel that already equals the substrate, such as black background under the
+    zero substrate, leaves the image as it was); the fully removed image is the substrate itself, evaluated
+    once per image. ROAD imputes every step's image (``road_impute``, warm-started from the previous step's
+    solution). Its noise (std ``ROAD_NOISE``, seeded by ``seed``) is one field per image and step, shared by
+    every order: paired comparisons between orders see the same noise (common random numbers).
     """
     x, _ = as_flat_images(x, name="x")
     if substrate not in SUBSTRATES:
@@ -2415,12 +2432,15 @@ def _curves_chunk(model, x, target, orders, fill, step, gen) -> torch.Tensor:
         A, c = affine
         columns = A.T.contiguous()  # [P, H]: column j of A is pixel j's effect on the first layer
         pre, delta = F.linear(x, A, c).repeat(m, 1), (fill - x).repeat(m, 1)
-    for t in range(1, n_pix // step + 1):
+    n_steps = n_pix // step
+    for t in range(1, n_steps + 1):
         changed = order[:, (t - 1) * step:t * step]  # [R, step]
         removed.scatter_(1, changed, True)
+        if fill is not None and t == n_steps:  # every pixel removed: the substrate image, the same for all orders
+            points.append(_score(model(fill), target, "probability").repeat(m))
+            continue
         if incremental:
-            pre += F.embedding_bag(changed, columns, per_sample_weights=delta.gather(1, changed), mode="sum")
-            points.append(_score(head(pre), ts, "probability"))
+            points.append(_incremental_step(head, pre, columns, changed, delta.gather(1, changed), ts, points[-1]))
             continue
         if fill is not None:
             points.append(_score(model(torch.where(removed, fill.repeat(m, 1), xs)), ts, "probability"))
@@ -2429,6 +2449,23 @@ def _curves_chunk(model, x, target, orders, fill, step, gen) -> torch.Tensor:
         eps = torch.randn((n, n_pix), generator=gen, dtype=torch.float32).to(u).repeat(m, 1)
         points.append(_score(model(u + ROAD_NOISE * removed * eps), ts, "probability"))
     return torch.stack(points, dim=1)
+
+
+def _incremental_step(head, pre: torch.Tensor, columns: torch.Tensor, changed: torch.Tensor, weights: torch.Tensor,
+                      target: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """One step of ``_curves_chunk``'s incremental path: moves ``pre: [R, H]`` in place by ``weights: [R, step]``
+    times the ``columns: [P, H]`` of the ``changed: [R, step]`` pixels and returns the target probability
+    ``[R]``. Rows whose changed pixels all equal the substrate (``weights`` 0: e.g. background under the zero
+    substrate) keep their image and ``previous: [R]``: the head runs only on the others (a quarter of the rows
+    of the default run's zero-substrate curves)."""
+    pre += F.embedding_bag(changed, columns, per_sample_weights=weights, mode="sum")
+    moved = weights.ne(0).any(1)
+    if bool(moved.all()):
+        return _score(head(pre), target, "probability")
+    rows = moved.nonzero()[:, 0]
+    out = previous.clone()
+    out[rows] = _score(head(pre[rows]), target[rows], "probability")
+    return out
 
 
 def faithfulness_orderings(maps: dict[str, torch.Tensor], x: torch.Tensor, seed: int = 0) -> dict[str, dict]:
@@ -2594,7 +2631,8 @@ def _abs_map_similarity(a: np.ndarray, b: np.ndarray, obj: np.ndarray, seed: int
 
 
 def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: torch.Tensor, cfg: Config,
-                        methods: Sequence[str] = tuple(METHOD_LABELS), seed: int = 0, labels=None) -> dict:
+                        methods: Sequence[str] = tuple(METHOD_LABELS), seed: int = 0, labels=None,
+                        variants: Sequence[str] = RANDOMIZATION_VARIANTS) -> dict:
     """Model-parameter randomization (Adebayo et al. 2018), cascading and independent.
 
     Stages (``randomization_stages``): the classifier's layers from the logits down, the encoder, the
@@ -2606,10 +2644,13 @@ def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: t
     ``reference[method][pixels]``: the same statistic between the trained model's maps of two images of
     *different* classes (``labels: [N]``, default ``target``; seeded ``partner_images``), on all pixels and
     on the pixels that are object in both images. A faithful method's similarity should fall to about
-    this reference once the model is destroyed. ``x: [N, 784]``, ``target: [N]``.
+    this reference once the model is destroyed. ``x: [N, 784]``, ``target: [N]``. ``variants``: which of
+    ``RANDOMIZATION_VARIANTS`` to run (both by default).
     """
     import copy
 
+    if isinstance(variants, str) or not variants or any(v not in RANDOMIZATION_VARIANTS for v in variants):
+        raise ValueError(f"variants must be a non-empty sequence of {RANDOMIZATION_VARIANTS}, got {variants!r}")
     x, _ = as_flat_images(x)
     original = attribute_all(pipeline, x, target, cfg, methods, seed=seed)
     obj = x.cpu().numpy() > 0
@@ -2618,8 +2659,8 @@ def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: t
     stages = randomization_stages(pipeline.clf)
     result = {"stages": stages, "methods": list(methods), "n_images": len(x),
               "reference": {m: _abs_map_similarity(v, v[partner], obj & obj[partner], seed) for m, v in orig.items()},
-              "variants": {v: {p: {m: [] for m in methods} for p in PIXEL_SETS} for v in RANDOMIZATION_VARIANTS}}
-    for variant in RANDOMIZATION_VARIANTS:
+              "variants": {v: {p: {m: [] for m in methods} for p in PIXEL_SETS} for v in variants}}
+    for variant in variants:
         model, maps = copy.deepcopy(pipeline).eval(), original
         for stage in tqdm(range(len(stages)), desc=f"randomization ({variant})", mininterval=2.0):
             if variant == "independent":

@@ -107,3 +107,26 @@ def test_bench_figures_times_every_figure_the_notebook_draws():
     drawn.discard("render_figures")  # draws plot functions the notebook names, each timed on its own here
     assert drawn and drawn == timed, f"notebook only: {drawn - timed}; benchmark only: {timed - drawn}"
     assert all(callable(getattr(kh, name, None)) for name in timed)
+
+
+def test_bench_validation_times_the_suite_and_the_previous_content(tmp_path, data):
+    """Two images per class of a one-epoch default-size model; the reference is this commit's own code."""
+    bench = _load("bench_validation")
+    cfg = kh.Config(ae_epochs=1, clf_epochs=1, train_subset=600)
+    kh.load_or_train(cfg, data, torch.device("cpu"), tmp_path)
+    out = tmp_path / "times.json"
+    result = bench.main(["--checkpoint", str(tmp_path / cfg.checkpoint_name()), "--samples-per-class", "2",
+                         "--repeats", "1", "--reference", "HEAD", "--json", str(out)])
+    assert 1 <= result["n_images"] <= 20 and json.loads(out.read_text()) == result  # classes may fall short
+    assert set(result["suite"]) == {"cross_method", "faithfulness", "object_focus", "completeness", "randomization",
+                                    "unit_deletion", "total"}
+    assert set(result["previous_content"]) == {"deletion_insertion", "object_focus", "completeness",
+                                               "randomization", "total"}
+    for part in ("suite", "previous_content"):
+        times = result[part]
+        assert times["total"] == pytest.approx(sum(v for k, v in times.items() if k != "total"))
+        assert times["faithfulness" if part == "suite" else "deletion_insertion"] > 0
+    assert result["reference"]["revision"] == "HEAD" and result["reference"]["total"] > 0
+    assert result["ratio"] == pytest.approx(result["reference"]["total"] / result["previous_content"]["total"])
+    with pytest.raises(ValueError, match="repeats"):
+        bench.main(["--repeats", "0"])

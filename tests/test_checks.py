@@ -347,6 +347,19 @@ def test_figures_reject_results_that_do_not_fit(small):
         kh.plot_randomization(broken)
 
 
+def test_randomization_runs_only_the_variants_asked_for(small):
+    pipe, x, y, cfg = small["pipe"], small["x"], small["y"], small["cfg"]
+    only = kh.randomization_check(pipe, x, y, cfg, methods=("simple",), variants=("cascading",))
+    assert list(only["variants"]) == ["cascading"]
+    full = small["rand"]["variants"]["cascading"]
+    for pixels in ("all", "object"):  # the same cascade as the default run's
+        assert [s["mean"] for s in only["variants"]["cascading"][pixels]["simple"]] == pytest.approx(
+            [s["mean"] for s in full[pixels]["simple"]])
+    for bad in ("cascading", (), ("cascading", "shuffled")):
+        with pytest.raises(ValueError, match="variants must be a non-empty sequence"):
+            kh.randomization_check(pipe, x, y, cfg, methods=("simple",), variants=bad)
+
+
 def test_agreement_functions_reject_bad_input(small):
     maps, x, y = small["maps"], small["x"], small["y"]
     with pytest.raises(ValueError, match="at least two methods"):

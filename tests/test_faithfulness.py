@@ -231,6 +231,25 @@ def test_curves_match_images_built_by_hand(substrate):
     torch.testing.assert_close(curves, full, rtol=0, atol=2e-5)
 
 
+def test_incremental_curves_skip_unchanged_rows_exactly():
+    """Background-first orders (intensity LeRF) change nothing under the zero substrate for many steps: those
+    rows keep their previous point (the head skips them) and every point still equals a full forward pass."""
+    pipe = make_pipeline(1)
+    x, step = object_images(5, seed=3), 28
+    target = torch.arange(5)
+    background_first = kh.removal_order(x, seed=0).flip(-1)  # least intense first: black pixels lead
+    orders = torch.stack([background_first, kh.removal_order(x, seed=1)])  # with an order that moves every step
+    curves = kh.removal_curves(pipe, x, target, orders, "zero", pixels_per_step=step)
+    n_black = (x == 0).sum(1)
+    unchanged_steps = int(n_black.min()) // step
+    assert unchanged_steps >= 10  # the skip is exercised for at least ten steps of every image
+    assert torch.equal(curves[0, :, :unchanged_steps + 1],
+                       curves[0, :, :1].expand(-1, unchanged_steps + 1))  # exactly the image's point
+    full = kh.removal_curves(Wrapped(pipe).eval(), x, target, orders, "zero", pixels_per_step=step)
+    torch.testing.assert_close(curves, full, rtol=0, atol=2e-5)
+    assert not torch.allclose(curves[1, :, 1], curves[1, :, 0])  # the object-first order moved at step 1
+
+
 def test_road_curves_are_the_model_on_imputed_images(monkeypatch):
     monkeypatch.setattr(kh, "ROAD_NOISE", 0.0)
     monkeypatch.setattr(kh, "ROAD_TOL", 1e-9)
