@@ -1969,23 +1969,40 @@ def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: 
     per = max(1, rows // len(alphas))
     values, slopes, changes = [], [], []
     for i in range(0, len(x), per):
-        d, t = direction[i:i + per], target[i:i + per]
+        d, t = direction[i:i + per], target[i:i + per].repeat_interleave(len(alphas))
         pre = (c + alphas[None, :, None] * d[:, None]).reshape(-1, d.shape[1])  # [b * S, H]
-        with torch.enable_grad():
-            pre.requires_grad_(True)
-            if k is None:
-                logits = head(pre)
-            else:  # the pipeline's head, with its top-k sets kept for _topk_changes (one topk per point)
-                code, indices, positive = _top_k_of(model.sae, pre)
-                logits = model.clf.forward_sparse(code, indices)
+        if isinstance(model, SparseCodePipeline):
+            score, slope, indices, positive = _pipeline_slopes(model, pre, d, t, output)
+            if k is not None:
                 changes.append(_topk_changes(indices.view(len(d), len(alphas), -1),
                                              positive.view(len(d), len(alphas)), pre.shape[1]))
-            score = _score(logits, t.repeat_interleave(len(alphas)), output)
-            grad = torch.autograd.grad(score.sum(), pre)[0]
+        else:
+            with torch.enable_grad():
+                pre.requires_grad_(True)
+                score = _score(head(pre), t, output)
+                grad = torch.autograd.grad(score.sum(), pre)[0]
+            slope = (grad.view(len(d), len(alphas), -1) * d[:, None]).sum(-1)
         values.append(score.detach().view(len(d), -1))
-        slopes.append((grad.view(len(d), len(alphas), -1) * d[:, None]).sum(-1))
+        slopes.append(slope.view(len(d), -1))
     out = (torch.cat(values), torch.cat(slopes))
     return out if k is None else out + tuple(torch.cat(part) for part in zip(*changes))
+
+
+def _pipeline_slopes(pipeline: SparseCodePipeline, pre: torch.Tensor, direction: torch.Tensor, target: torch.Tensor,
+                     output: str) -> tuple[torch.Tensor, ...]:
+    """``_scan_path``'s points for the pipeline: ``pre: [b * S, H]`` (S points per image), ``direction: [b, H]``
+    -> F and dF/dalpha ``[b * S]``, the top-k ``indices: [b * S, k]`` and whether the k-th value is > 0.
+
+    F depends on ``pre`` only through the k active codes ``z_j = ReLU(pre_j)``, so ``dF/dalpha = sum_j dF/dz_j
+    [z_j > 0] direction_j`` over those k units: a ``[b * S, k]`` gradient instead of ``[b * S, H]``."""
+    code, indices, positive = _top_k_of(pipeline.sae, pre.detach())
+    with torch.enable_grad():
+        code.requires_grad_(True)
+        score = _score(pipeline.clf.forward_sparse(code, indices), target, output)
+        grad = torch.autograd.grad(score.sum(), code)[0]
+    image = torch.arange(len(direction), device=pre.device).repeat_interleave(len(pre) // len(direction))
+    slope = (grad * (code.detach() > 0) * direction[image[:, None], indices]).sum(-1)
+    return score.detach(), slope, indices, positive
 
 
 def _ig_sums(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rules: Sequence[tuple[str, int]],

@@ -10,8 +10,8 @@ times, in one process:
 * ``previous content``: the previous round's checks run by today's functions -- zero-substrate deletion and
   insertion (MoRF and LeRF; insertion is LeRF read backwards) of integrated gradients, gradient, SmoothGrad
   and decoder-weighted (signed) and the random, intensity and edge controls on every image; object focus of
-  those four maps; IG completeness at 16..500 steps (Gauss-Legendre and trapezoid) and the path switches on
-  ``N_COMPLETENESS`` images; the cascading randomization on ``N_RANDOMIZATION`` images;
+  those four maps; IG completeness at 16..500 steps (Gauss-Legendre and trapezoid) and the path switches (256
+  points) on ``N_COMPLETENESS`` images; the cascading randomization on ``N_RANDOMIZATION`` images;
 * with ``--reference REV`` (default ``13a4d9a``, the code issue 10 was filed against; ``none`` skips it):
   that revision's ``run_validation`` on the same weights, images and the same four maps.
 
@@ -42,6 +42,7 @@ import ksae_helpers as kh  # noqa: E402
 PREVIOUS_METHODS = ("integrated", "simple", "smoothgrad", "decoder")  # the maps the previous round validated
 PREVIOUS_CONTROLS = ("random", "intensity", "edges")  # its control orders
 PREVIOUS_STEPS = (16, 32, 50, 100, 200, 500)  # its IG completeness sweep
+PREVIOUS_SWITCH_POINTS = 256  # its path-switch scan (points on the straight path)
 N_COMPLETENESS, N_RANDOMIZATION = 200, 100  # the notebook's subsets (then and now)
 ISSUE_REVISION = "13a4d9a"  # the last commit before issue 10's round
 
@@ -100,7 +101,7 @@ def previous_content_seconds(inputs: dict) -> dict[str, float]:
         "deletion_insertion": deletion_insertion,
         "object_focus": lambda: kh.object_focus(maps, x, seed),
         "completeness": lambda: (kh.ig_completeness(pipeline, x[sub_c], y[sub_c], PREVIOUS_STEPS),
-                                 kh.count_path_switches(pipeline.sae, x[sub_c])),
+                                 kh.count_path_switches(pipeline.sae, x[sub_c], PREVIOUS_SWITCH_POINTS)),
         "randomization": lambda: kh.randomization_check(pipeline, x[sub_r], y[sub_r], cfg, PREVIOUS_METHODS, seed,
                                                         variants=("cascading",)),
     }
