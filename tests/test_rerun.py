@@ -334,6 +334,37 @@ def test_figure_seconds_count_each_outermost_plot_call_once(uneven, monkeypatch)
     assert kh.FIGURE_SECONDS["outer"][0] >= 0.2 and all(t > 0 for t in kh.FIGURE_SECONDS["plot_attribution_comparison"])
 
 
+def test_figures_pause_the_garbage_collector_and_leave_no_figure_behind(uneven):
+    import gc
+
+    sel, maps = uneven
+    seen = []
+
+    @kh._styled
+    def probe():
+        seen.append(gc.isenabled())
+        return kh.plot_class_average_maps(maps, sel.y, ["a", "b", "c"])
+
+    def figures_alive():
+        gc.collect()
+        return sum(isinstance(o, kh.Figure) for o in gc.get_objects())
+
+    alive = figures_alive()
+    for _ in range(3):
+        probe()
+    assert seen == [False] * 3 and gc.isenabled()  # paused inside, back on after
+    assert figures_alive() == alive  # every figure's cycles collected once the collector runs again
+    with pytest.raises(ValueError, match="lacks"):
+        kh.plot_unit_deletion({"curves": {}})
+    assert gc.isenabled()  # back on after an error too
+    gc.disable()
+    try:
+        probe()
+        assert not gc.isenabled()  # a caller's disabled collector stays disabled
+    finally:
+        gc.enable()
+
+
 def test_render_comparison_grid_draws_the_same_pngs_in_worker_processes(uneven, tmp_path, monkeypatch):
     sel, maps = uneven
     monkeypatch.setattr(kh, "FIGURE_SECONDS", {})
