@@ -3547,8 +3547,7 @@ def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = 
 
 def _message_figure(title: str, message: str) -> Figure:
     """A small figure that only says ``message`` (for inputs with nothing to plot)."""
-    fig, axes = _grid_figure(6, 2, MESSAGE_LAYOUT)
-    ax = axes[0, 0]
+    fig, ((ax,),) = _grid_figure(6, 2, MESSAGE_LAYOUT)
     ax.set_axis_off()
     ax.set_title(title)
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
