@@ -3277,6 +3277,27 @@ FONT_SCALE = 0.85  # seaborn font scale
 # Titles at a fixed height above the axes: matplotlib's automatic placement (clearing top tick labels, which
 # no figure here has) measured every axis of a figure again at each draw, a third of a comparison's time
 RC_FAST = {"axes.titley": 1.0}
+# Fixed layouts of the plot figures (``_grid_figure``), in inches: margins ``left``, ``right`` (room for tick and
+# axis labels, a twin axis, a legend outside the axes), ``top`` (suptitle and panel titles), ``bottom`` (x labels, a
+# figure legend); gaps ``wspace`` between columns and ``hspace`` between rows (one number, or one per gap). They are
+# the places constrained layout chose for the default run's labels (which it measured twice per figure: half of a
+# figure's time, e.g. 0.47 of plot_faithfulness' 1.1 s), widened where a y-axis may carry tick labels of up to six
+# characters ("0.0001", "−0.025"): tests/test_checks.py checks on other data that no label leaves the figure.
+TRAINING_LAYOUT = {"left": 0.7, "right": 0.1, "top": 0.5, "bottom": 0.52, "wspace": [1.45, 0.75, 0.8]}  # twin axis
+CONFUSION_LAYOUT = {"left": 3.2, "right": 0.04, "top": 0.25, "bottom": 0.91, "wspace": 0.72}
+CORRELATION_LAYOUT = {"left": 1.8, "right": 1.25, "top": 0.5, "bottom": 0.52, "wspace": [0.34, 1.65]}
+FAITHFULNESS_LAYOUT = {"left": 0.61, "right": 0.04, "top": 0.5, "bottom": 1.01, "wspace": [0.81, 2.54],
+                       "hspace": 0.77}  # gap bars' ordering names left of the third column, the legend below
+COMPLETENESS_LAYOUT = {"left": 0.87, "right": 0.07, "top": 0.5, "bottom": 0.52, "wspace": [0.75, 0.9, 1.6]}
+COMPLETENESS_SWEEP_LAYOUT = {"left": 0.87, "right": 0.07, "top": 0.5, "bottom": 0.52, "wspace": 0.8}
+RANDOMIZATION_LAYOUT = {"left": 0.65, "right": 2.97, "top": 0.5, "bottom": 1.3, "wspace": 0.39, "hspace": 1.57}
+UNIT_DELETION_LAYOUT = {"left": 0.8, "right": 0.04, "top": 0.5, "bottom": 0.52, "wspace": 1.0, "hspace": 0.78}
+OBJECT_FOCUS_LAYOUT = {"left": 0.72, "right": 0.04, "top": 0.25, "bottom": 0.79}
+K_SWEEP_LAYOUT = {"left": 0.68, "right": 0.04, "top": 0.5, "bottom": 0.52, "wspace": [0.52, 0.72, 0.64]}
+DENSITY_LAYOUT = {"left": 0.55, "right": 0.07, "top": 0.25, "bottom": 0.52}
+AGREEMENT_LAYOUT = {"left": 0.59, "right": 1.75, "top": 0.39, "bottom": 0.52}  # class legend right of the axes
+MESSAGE_LAYOUT = {"left": 0.1, "right": 0.1, "top": 0.4, "bottom": 0.1}
+SUPTITLE_PAD = 0.04  # inches between the top of a ``_grid_figure`` and its suptitle
 FIGURE_WORKERS = 8  # most processes that draw figures side by side (render_figures)
 CAN_FORK = sys.platform.startswith("linux")  # forked figure workers are safe here (elsewhere: drawn in-process)
 HEATMAP_DARK = 0.408  # heatmap cells darker than this relative luminance get white text (seaborn's rule)
@@ -3324,14 +3345,15 @@ def _figure_style():
 
 def _styled(fn):
     """Build (and save) a figure inside the module's seaborn style without changing global rcParams; the time
-    of each outermost call is appended to ``FIGURE_SECONDS[fn.__name__]``."""
+    of each outermost call is appended to ``FIGURE_SECONDS[fn.__name__]``. The garbage collector pauses while
+    an outermost call runs (``_gc_paused``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         t0 = time.perf_counter()
         _figure_depth[0] += 1
         try:
-            with _figure_style():
+            with _gc_paused(_figure_depth[0] == 1), _figure_style():
                 return fn(*args, **kwargs)
         finally:
             _figure_depth[0] -= 1
@@ -3341,9 +3363,56 @@ def _styled(fn):
     return wrapper
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    """An empty constrained-layout figure of ``width`` x ``height`` inches (``_finish`` closes it in pyplot)."""
-    return plt.figure(figsize=(width, height), layout="constrained")
+@contextlib.contextmanager
+def _gc_paused(pause: bool = True):
+    """Python's cyclic garbage collector off inside (if ``pause`` and it was on), back on after, even on an error.
+    Building and drawing a figure allocates many objects and frees them by reference counting, so collector
+    passes find next to nothing: they were ~15 % of a comparison figure's time. The figure's own cycles are
+    collected by the next pass after it (``_finish`` closes it in pyplot)."""
+    import gc
+
+    pause = pause and gc.isenabled()
+    if pause:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if pause:
+            gc.enable()
+
+
+def _panel_spans(total: float, start: float, end: float, gaps, ratios) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths (inches) of ``len(ratios)`` panels sharing ``total`` inches in ``ratios``, less the
+    margins ``start`` and ``end`` and the ``gaps`` between panels (one number, or one per gap)."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    gaps = np.broadcast_to(np.asarray(gaps, dtype=np.float64), (len(ratios) - 1,))
+    lengths = (total - start - end - gaps.sum()) * ratios / ratios.sum()
+    return start + np.concatenate([[0.0], np.cumsum(lengths[:-1] + gaps)]), lengths
+
+
+def _grid_figure(width: float, height: float, layout: dict, n_rows: int = 1, n_cols: int = 1, width_ratios=None,
+                 height_ratios=None, sharey: bool = False) -> tuple[Figure, np.ndarray]:
+    """A ``width`` x ``height`` inch figure with axes ``[n_rows, n_cols]`` at fixed positions: no layout engine,
+    so the figure is measured and drawn once (``_finish`` closes it in pyplot). ``layout``: inches, as in
+    ``TRAINING_LAYOUT``; the panels share what is left in ``width_ratios`` / ``height_ratios`` (default equal).
+    ``sharey``: every panel shares the first one's y-axis, whose tick labels only the first column shows."""
+    fig = plt.figure(figsize=(width, height))
+    xs, ws = _panel_spans(width, layout["left"], layout["right"], layout.get("wspace", 0.0),
+                          width_ratios or [1] * n_cols)
+    ys, hs = _panel_spans(height, layout["top"], layout["bottom"], layout.get("hspace", 0.0),
+                          height_ratios or [1] * n_rows)
+    axes = np.empty((n_rows, n_cols), dtype=object)
+    for r, c in np.ndindex(n_rows, n_cols):
+        box = (xs[c] / width, 1 - (ys[r] + hs[r]) / height, ws[c] / width, hs[r] / height)
+        axes[r, c] = fig.add_axes(box, sharey=axes[0, 0] if sharey and (r or c) else None)
+        if sharey and c:
+            axes[r, c].tick_params(labelleft=False)
+    return fig, axes
+
+
+def _suptitle(fig: Figure, title: str) -> None:
+    """``title`` above all panels of a ``_grid_figure``, ``SUPTITLE_PAD`` inches below its top edge."""
+    fig.suptitle(title, y=1 - SUPTITLE_PAD / fig.get_figheight())
 
 
 def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -3476,6 +3545,13 @@ def _figure_png(call: Callable[[], Figure]) -> bytes:
     return png
 
 
+def _freeze_inherited() -> None:
+    """In a new worker: move every object inherited from the parent to the collector's permanent generation."""
+    import gc
+
+    gc.freeze()
+
+
 def _forked_figure(i: int) -> tuple[bytes, str, float]:
     """In a worker: ``_FORKED_CALLS[i]`` drawn -> (PNG bytes, plot function's name, seconds). Torch runs on
     one thread here: a forked child must not use the parent's thread pools."""
@@ -3516,7 +3592,8 @@ def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = 
     t0 = time.perf_counter()
     _FORKED_CALLS[:] = calls
     try:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(calls))) as pool:
+        # each worker freezes what it inherits: the collector never walks (nor copies on write) the parent's objects
+        with multiprocessing.get_context("fork").Pool(min(workers, len(calls)), initializer=_freeze_inherited) as pool:
             results = pool.map(_forked_figure, range(len(calls)), chunksize=1)
     finally:
         _FORKED_CALLS.clear()
@@ -3528,8 +3605,7 @@ def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = 
 
 def _message_figure(title: str, message: str) -> Figure:
     """A small figure that only says ``message`` (for inputs with nothing to plot)."""
-    fig = _new_figure(6, 2)
-    ax = fig.add_subplot()
+    fig, ((ax,),) = _grid_figure(6, 2, MESSAGE_LAYOUT)
     ax.set_axis_off()
     ax.set_title(title)
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
@@ -3765,8 +3841,7 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
     if not any(ae.values()) and not any(clf.values()):
         note = "This run has no training history (e.g. the models came from a checkpoint saved without one)."
         return _finish(_message_figure("Training history", note), save)
-    fig = _new_figure(17, 3.6)
-    axes = fig.subplots(1, 4)
+    fig, (axes,) = _grid_figure(17, 3.6, TRAINING_LAYOUT, 1, 4)
     _plot_fvu_aux(axes[0], ae)
     _plot_epochs(axes[1], {"dead": ae.get("dead_fraction")}, "Dead units (AuxK criterion)", "fraction of units")
     _plot_epochs(axes[2], {"loss": clf.get("loss")}, "Classifier loss", "cross-entropy (train)")
@@ -3774,7 +3849,7 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
                  "Classifier accuracy", "accuracy")
     seconds = history.get("seconds") or {}
     timing = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
-    fig.suptitle("Training history" + (f" (wall time: {timing})" if timing else ""))
+    _suptitle(fig, "Training history" + (f" (wall time: {timing})" if timing else ""))
     return _finish(fig, save)
 
 
@@ -3926,8 +4001,7 @@ def plot_confusion_matrix(metrics_clf: dict, classes, save: str | None = None) -
         raise ValueError(f"confusion_matrix must be {len(classes)} x {len(classes)} (one row per class name), "
                          f"got {list(confusion.shape)}")
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    fig = _new_figure(15, 7)
-    ax_cm, ax_bar = fig.subplots(1, 2, width_ratios=[2.6, 1])
+    fig, ((ax_cm, ax_bar),) = _grid_figure(15, 7, CONFUSION_LAYOUT, 1, 2, width_ratios=[2.15, 1])
     _annotated_heatmap(ax_cm, rates, classes, classes, CONFUSION_CMAP, (0, 1), ".2f",
                        "share of the true class's test images", fontsize="x-small")
     ax_cm.set(xlabel="predicted class", ylabel="true class")
@@ -4221,8 +4295,8 @@ def plot_correlation_summary(cross_stats: dict, methods, save: str | None = None
         raise ValueError(f"plot_correlation_summary needs at least two methods, got {methods}")
     pairs = _pair_entries(cross_stats, methods)
     with_null = all("vs_null" in entry for _, entry in pairs)
-    fig = _new_figure(18, max(5.0, 1.0 * len(pairs) + 2))
-    ax_corr, ax_iou, ax_mat = fig.subplots(1, 3, width_ratios=[1.5, 0.8, 1.1])
+    fig, ((ax_corr, ax_iou, ax_mat),) = _grid_figure(18, max(5.0, 1.0 * len(pairs) + 2), CORRELATION_LAYOUT, 1, 3,
+                                                     width_ratios=[1.5, 0.8, 1.1])
     (_pair_excess_points if with_null else _pair_correlation_points)(ax_corr, pairs)
     means, err = _ci_errors([entry["top1pct_iou"] for _, entry in pairs])
     ax_iou.barh(np.arange(len(pairs)), means, xerr=err, capsize=3, color=sns.color_palette()[4])
@@ -4234,9 +4308,9 @@ def plot_correlation_summary(cross_stats: dict, methods, save: str | None = None
         title = "Signed Spearman ρ minus the null"
     else:
         matrix, title = correlation_matrix(cross_stats, methods, "spearman_abs"), "Mean Spearman ρ of |maps|"
-    _correlation_heatmap(ax_mat, matrix, methods, title)
+    _correlation_heatmap(ax_mat, matrix, methods, title, {"cax": _colorbar_axis(ax_mat)})
     n = pairs[0][1]["spearman_abs"].get("n")
-    fig.suptitle("Agreement between attribution methods" + (f" over {n} images" if n else ""))
+    _suptitle(fig, "Agreement between attribution methods" + (f" over {n} images" if n else ""))
     return _finish(fig, save)
 
 
@@ -4296,17 +4370,16 @@ def plot_faithfulness(result: dict, save: str | None = None) -> Figure:
     if not subs or any("orderings" not in s or "random" not in s["orderings"] for s in subs.values()):
         raise ValueError("result must be a faithfulness_suite result with at least one substrate (each with its "
                          f"orderings, the random control among them), got keys {list(subs or {})}")
-    fig = _new_figure(20, 4.6 * len(subs))
-    axes = fig.subplots(len(subs), 3, width_ratios=[1, 1, 1.05], squeeze=False)
+    fig, axes = _grid_figure(20, 4.6 * len(subs), FAITHFULNESS_LAYOUT, len(subs), 3, width_ratios=[1, 1, 1.05])
     for row, (sub, res) in zip(axes, subs.items()):
         for ax, which in zip(row[:2], ("morf", "lerf")):
             _faithfulness_curves(ax, res["orderings"], which, sub, res["n_images"])
         _faithfulness_gap_bars(row[2], res["orderings"], sub)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)), fontsize="small")
+    fig.legend(handles, labels, loc="lower center", ncols=min(5, len(labels)), fontsize="small")
     steps = ", ".join(f"{sub} {res.get('pixels_per_step', result.get('pixels_per_step', '?'))}"
                       for sub, res in subs.items())
-    fig.suptitle(f"Faithfulness: deletion in both orders under {len(subs)} substrate(s); "
+    _suptitle(fig, f"Faithfulness: deletion in both orders under {len(subs)} substrate(s); "
                  f"pixels per step: {steps}")
     return _finish(fig, save)
 
@@ -4379,7 +4452,7 @@ def _decomposition_scatter(ax, dec: dict) -> None:
     points = ax.scatter(jumps, errors, c=per["switches"], cmap="viridis", s=14)
     ends = [min(jumps.min(), errors.min()), max(jumps.max(), errors.max())]
     ax.plot(ends, ends, color="0.3", ls="--", lw=1, label="IG error = − jump sum")
-    ax.figure.colorbar(points, ax=ax, label="discontinuous top-k swaps on the path")
+    ax.figure.colorbar(points, cax=_colorbar_axis(ax), label="discontinuous top-k swaps on the path")
     rule = QUADRATURE_LABELS.get(dec["method"], dec["method"])
     ax.set(xlabel="− jump sum / |F(x) − F(0)|", ylabel="IG completeness error / |F(x) − F(0)|",
            title=f"Per image at {dec['n_steps']} steps ({rule})")
@@ -4414,19 +4487,18 @@ def plot_completeness(comp: dict, save: str | None = None) -> Figure:
     per quadrature rule, and (if present) the per-image errors at 50 steps.
     """
     if "per_image" in comp:
-        fig = _new_figure(23, 4.8)
-        axes = fig.subplots(1, 4)
+        fig, (axes,) = _grid_figure(23, 4.8, COMPLETENESS_LAYOUT, 1, 4)
         _decomposition_steps(axes[0], axes[1], comp)
         _decomposition_scatter(axes[2], comp)
         _mismatch_histogram(axes[3], comp)
-        fig.suptitle(f"Integrated gradients: F(x) − F(0) = gradient integral + jumps at top-k swaps "
+        _suptitle(fig, f"Integrated gradients: F(x) − F(0) = gradient integral + jumps at top-k swaps "
                      f"({len(comp['per_image']['gap'])} images; mean {comp['summary']['switches']['mean']:.0f} "
                      f"discontinuous swaps per path)")
         return _finish(fig, save)
     table, tolerance = comp["table"], comp.get("tolerance")
     per_image = comp.get("per_image_50")
-    fig = _new_figure(6 * (2 + (per_image is not None)), 4.6)
-    axes = fig.subplots(1, 2 + (per_image is not None))
+    n_panels = 2 + (per_image is not None)
+    fig, (axes,) = _grid_figure(6 * n_panels, 4.6, COMPLETENESS_SWEEP_LAYOUT, 1, n_panels)
     for method, rows in table.items():
         steps, entries = _steps_table(rows)
         label = QUADRATURE_LABELS.get(method, method)
@@ -4446,7 +4518,7 @@ def plot_completeness(comp: dict, save: str | None = None) -> Figure:
         ax.legend(fontsize="small")
     if per_image is not None:
         _completeness_histogram(axes[2], _numpy(per_image), tolerance, next(iter(table)), comp.get("path_switches"))
-    fig.suptitle("Integrated gradients: does the attribution sum to F(x) − F(0)?")
+    _suptitle(fig, "Integrated gradients: does the attribution sum to F(x) − F(0)?")
     return _finish(fig, save)
 
 
@@ -4482,15 +4554,14 @@ def plot_randomization(rand: dict, save: str | None = None) -> Figure:
     ``rand``: ``randomization_check`` output: ``stages: [S]``, ``variants[variant][pixels][method]: [S]``
     summaries, ``reference[method][pixels]`` summaries.
     """
-    fig = _new_figure(15, 10)
-    axes = fig.subplots(len(RANDOMIZATION_VARIANTS), len(PIXEL_SETS), sharey=True, squeeze=False)
+    fig, axes = _grid_figure(15, 10, RANDOMIZATION_LAYOUT, len(RANDOMIZATION_VARIANTS), len(PIXEL_SETS), sharey=True)
     for r, variant in enumerate(RANDOMIZATION_VARIANTS):
         for c, pixels in enumerate(PIXEL_SETS):
             _randomization_panel(axes[r, c], rand, variant, pixels)
     axes[0, -1].plot([], [], color="0.3", ls="--", lw=1, label="reference: images of different classes")
     axes[0, -1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     n = rand.get("n_images")
-    fig.suptitle("Model-parameter randomization check" + (f" ({n} images)" if n else ""))
+    _suptitle(fig, "Model-parameter randomization check" + (f" ({n} images)" if n else ""))
     return _finish(fig, save)
 
 
@@ -4529,12 +4600,11 @@ def plot_unit_deletion(result: dict, save: str | None = None) -> Figure:
     missing = [key for key in ("orders", "curves", "auc", "tests") if key not in result]
     if missing:
         raise ValueError(f"result must be unit_deletion_curves output; it lacks {missing}")
-    fig = _new_figure(15, 9.5)
-    axes = fig.subplots(len(UNIT_SCORES), 2, squeeze=False)
+    fig, axes = _grid_figure(15, 9.5, UNIT_DELETION_LAYOUT, len(UNIT_SCORES), 2)
     for r, score in enumerate(UNIT_SCORES):
         for c, mode in enumerate(("deletion", "insertion")):
             _unit_curve_panel(axes[r, c], result, mode, score)
-    fig.suptitle(f"Unit-level causality in code space ({result['n_images']} images, k = {result['k']}, "
+    _suptitle(fig, f"Unit-level causality in code space ({result['n_images']} images, k = {result['k']}, "
                  f"{result['mean_active_units']:.1f} active units on average)")
     return _finish(fig, save)
 
@@ -4550,8 +4620,7 @@ def plot_object_focus(focus: dict, save: str | None = None) -> Figure:
     if not methods:
         raise ValueError("focus holds no method results (only 'object_pixel_share')")
     means, err = _ci_errors([focus[m] for m in methods])
-    fig = _new_figure(7, 4.8)
-    ax = fig.add_subplot()
+    fig, ((ax,),) = _grid_figure(7, 4.8, OBJECT_FOCUS_LAYOUT)
     ax.bar(range(len(methods)), means, yerr=err, capsize=4, color=[_color(m) for m in methods])
     base = focus["object_pixel_share"]
     ax.axhline(base["mean"], color="0.3", ls="--", label=f"object pixels: {_ci_text(base, '.2f')}")
@@ -4574,8 +4643,8 @@ def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
         raise ValueError("rows must be a non-empty list of dicts, each with a 'k' entry")
     rows = sorted(rows, key=lambda r: r["k"])
     ks = [r["k"] for r in rows]
-    fig = _new_figure(17, 3.8)
-    for ax, (title, lines) in zip(fig.subplots(1, len(K_SWEEP_PANELS)), K_SWEEP_PANELS.items()):
+    fig, (axes,) = _grid_figure(17, 3.8, K_SWEEP_LAYOUT, 1, len(K_SWEEP_PANELS))
+    for ax, (title, lines) in zip(axes, K_SWEEP_PANELS.items()):
         drawn = 0
         for key, label in lines:
             points = [(r["k"], r[key]) for r in rows if r.get(key) is not None]
@@ -4591,7 +4660,7 @@ def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set(xlabel="k (active units per image)", ylabel=lines[0][1] if len(lines) == 1 else "AUC", title=title)
-    fig.suptitle("Sparsity sweep")
+    _suptitle(fig, "Sparsity sweep")
     return _finish(fig, save)
 
 
@@ -4614,12 +4683,11 @@ def plot_firing_density(stats: UnitStats, save: str | None = None) -> Figure:
     """Histogram of every unit's firing frequency (log-spaced bins; train and test overlaid), the standard
     'feature density' view of a sparse autoencoder. Units that never fire are counted in the title."""
     stats = _check_stats(stats)
-    fig = _new_figure(8, 3.6)
-    ax = fig.add_subplot()
     live = np.concatenate([stats.freq_train, stats.freq_test])
     live = live[live > 0]
     if live.size == 0:
         return _finish(_message_figure("Firing density", "no unit fires on any image"), save)
+    fig, ((ax,),) = _grid_figure(8, 3.6, DENSITY_LAYOUT)
     bins = np.geomspace(live.min(), live.max() * (1 + LOG_BIN_MARGIN), DENSITY_BINS + 1)
     for name, freq, color in (("train", stats.freq_train, sns.color_palette()[0]),
                               ("test", stats.freq_test, sns.color_palette()[1])):
@@ -4741,8 +4809,7 @@ def plot_contribution_vs_ablation(stats: UnitStats, agreement: dict | None = Non
     stats = _check_stats(stats)
     agreement = agreement or contribution_ablation_agreement(stats)
     x, y = stats.majority_value(stats.contribution), -stats.majority_value(stats.ablation)
-    fig = _new_figure(7.5, 5.5)
-    ax = fig.add_subplot()
+    fig, ((ax,),) = _grid_figure(7.5, 5.5, AGREEMENT_LAYOUT)
     palette = sns.color_palette("tab10", len(stats.classes))
     for c, name in enumerate(stats.classes):
         mine = stats.majority == c

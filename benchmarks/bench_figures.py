@@ -15,6 +15,7 @@ in the same process (alternating, best of ``--repeats``), and the table shows th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -75,6 +76,14 @@ def load_inputs(checkpoint: Path, cache: Path) -> dict:
 COMPARED_METHODS = ["integrated", "simple", "smoothgrad", "decoder"]  # the notebook's comparison figures
 
 
+def module_units(kh_mod, units):
+    """The cached ``UnitStats`` as an instance of ``kh_mod``'s own class (a reference revision's plot functions
+    check ``isinstance`` against their module's ``UnitStats``, which the unpickled cache is not)."""
+    if kh_mod is kh or not dataclasses.is_dataclass(getattr(kh_mod, "UnitStats", None)):
+        return units
+    return kh_mod.UnitStats(**{f.name: getattr(units, f.name) for f in dataclasses.fields(units)})
+
+
 def figure_calls(kh_mod, inputs: dict, sae, data, folder: Path) -> dict:
     """Figure name -> zero-argument function drawing it with ``kh_mod`` exactly as the notebook does (every
     ``kh.plot_*`` call of the notebook; ``tests/test_benchmarks.py`` checks that none is missing)."""
@@ -82,6 +91,7 @@ def figure_calls(kh_mod, inputs: dict, sae, data, folder: Path) -> dict:
     p = kh_mod.figure_path_fn(folder)
     sel, maps, val, metrics, units = (inputs[k] for k in ("selection", "maps", "validation", "metrics", "units"))
     dashboard = kh.top_units_of_classes(units, ["Trouser", "Sneaker", "Bag", "Shirt"])
+    units = module_units(kh_mod, units)
     calls = {
         "examples": lambda: kh_mod.plot_class_examples(data, save=p("examples")),
         "training_history": lambda: kh_mod.plot_training_history(inputs["history"], save=p("training_history")),
