@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import gc
 import gzip
 import hashlib
 import io
@@ -3290,6 +3291,7 @@ FAITHFULNESS_LAYOUT = {"left": 0.61, "right": 0.04, "top": 0.5, "bottom": 1.01, 
                        "hspace": 0.77}  # gap bars' ordering names left of the third column, the legend below
 COMPLETENESS_LAYOUT = {"left": 0.87, "right": 0.07, "top": 0.5, "bottom": 0.52, "wspace": [0.75, 0.9, 1.6]}
 COMPLETENESS_SWEEP_LAYOUT = {"left": 0.87, "right": 0.07, "top": 0.5, "bottom": 0.52, "wspace": 0.8}
+RANDOMIZATION_ROW_INCHES = 5.0  # figure height per randomization variant drawn
 RANDOMIZATION_LAYOUT = {"left": 0.65, "right": 2.97, "top": 0.5, "bottom": 1.3, "wspace": 0.39, "hspace": 1.57}
 UNIT_DELETION_LAYOUT = {"left": 0.8, "right": 0.04, "top": 0.5, "bottom": 0.52, "wspace": 1.0, "hspace": 0.78}
 OBJECT_FOCUS_LAYOUT = {"left": 0.72, "right": 0.04, "top": 0.25, "bottom": 0.79}
@@ -3369,8 +3371,6 @@ def _gc_paused(pause: bool = True):
     Building and drawing a figure allocates many objects and frees them by reference counting, so collector
     passes find next to nothing: they were ~15 % of a comparison figure's time. The figure's own cycles are
     collected by the next pass after it (``_finish`` closes it in pyplot)."""
-    import gc
-
     pause = pause and gc.isenabled()
     if pause:
         gc.disable()
@@ -3547,8 +3547,6 @@ def _figure_png(call: Callable[[], Figure]) -> bytes:
 
 def _freeze_inherited() -> None:
     """In a new worker: move every object inherited from the parent to the collector's permanent generation."""
-    import gc
-
     gc.freeze()
 
 
@@ -4546,16 +4544,18 @@ def _randomization_panel(ax, rand: dict, variant: str, pixels: str) -> None:
 
 @_styled
 def plot_randomization(rand: dict, save: str | None = None) -> Figure:
-    """Model-parameter randomization, cascading (top row) and independent (bottom row), on all pixels
-    (left) and object pixels (right): Spearman of |maps| with the trained model's maps after each stage
-    (1.0 at 'original') with 95 % CI bands; dashed lines: each method's reference, the same statistic
-    between maps of two images of different classes on the same pixel set.
+    """Model-parameter randomization, cascading (top row) and independent (bottom row; a row per variant
+    the check ran), on all pixels (left) and object pixels (right): Spearman of |maps| with the trained
+    model's maps after each stage (1.0 at 'original') with 95 % CI bands; dashed lines: each method's
+    reference, the same statistic between maps of two images of different classes on the same pixel set.
 
     ``rand``: ``randomization_check`` output: ``stages: [S]``, ``variants[variant][pixels][method]: [S]``
     summaries, ``reference[method][pixels]`` summaries.
     """
-    fig, axes = _grid_figure(15, 10, RANDOMIZATION_LAYOUT, len(RANDOMIZATION_VARIANTS), len(PIXEL_SETS), sharey=True)
-    for r, variant in enumerate(RANDOMIZATION_VARIANTS):
+    variants = [v for v in RANDOMIZATION_VARIANTS if v in rand["variants"]]
+    fig, axes = _grid_figure(15, RANDOMIZATION_ROW_INCHES * len(variants), RANDOMIZATION_LAYOUT, len(variants),
+                             len(PIXEL_SETS), sharey=True)
+    for r, variant in enumerate(variants):
         for c, pixels in enumerate(PIXEL_SETS):
             _randomization_panel(axes[r, c], rand, variant, pixels)
     axes[0, -1].plot([], [], color="0.3", ls="--", lw=1, label="reference: images of different classes")

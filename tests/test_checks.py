@@ -373,6 +373,8 @@ def test_randomization_runs_only_the_variants_asked_for(small):
     for pixels in ("all", "object"):  # the same cascade as the default run's
         assert [s["mean"] for s in only["variants"]["cascading"][pixels]["simple"]] == pytest.approx(
             [s["mean"] for s in full[pixels]["simple"]])
+    fig = kh.plot_randomization(only)  # one row of panels: the variant that ran
+    assert len(fig.axes) == len(kh.PIXEL_SETS) and fig.get_figheight() == kh.RANDOMIZATION_ROW_INCHES
     for bad in ("cascading", (), ("cascading", "shuffled")):
         with pytest.raises(ValueError, match="variants must be a non-empty sequence"):
             kh.randomization_check(pipe, x, y, cfg, methods=("simple",), variants=bad)
