@@ -1922,6 +1922,7 @@ def correlation_matrix(stats: dict, methods: Sequence[str], key: str = "spearman
 
 
 COMPLETENESS_POINTS = 1024  # intervals of the dense straight path scanned by completeness_decomposition
+PATH_TOPK_STRIDE = 4  # path scans find the top-k set every this many points, and between two that differ
 MIN_COMPLETENESS_POINTS = 1000  # fewer intervals would merge switches the decomposition must see apart
 COMPLETENESS_TOLERANCE = 0.01  # IG's error must equal minus the jump sum within this share of |F(x) - F(0)|
 GAP_FLOOR = 1e-12  # |F(x) - F(0)| is clamped to at least this where it divides
@@ -1954,6 +1955,28 @@ def _top_k_of(sae: KSparseAutoencoder, pre: torch.Tensor) -> tuple[torch.Tensor,
     return values.view(shape), indices.view(shape), values.detach().min(-1).values.view(shape[:-1]) > 0
 
 
+def _path_top_k(sae: KSparseAutoencoder, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_top_k_of`` at every point of straight paths: ``pre: [b, S, H]``, linear in a parameter that increases
+    along S (``pre = c + alpha d``, alphas sorted) -> ``(values, indices): [b, S, k]`` and ``[b, S]``.
+
+    Two units' pre-activations are lines in alpha and cross at most once, so a top-k set found at two points is
+    the set at every point between them. ``torch.topk`` runs every ``PATH_TOPK_STRIDE`` points (and at the last)
+    and on the points between two of those whose sets differ; the other points take the set and read its values
+    (the default model's top-k set changes at ~80 of 1024 intervals of a path).
+    """
+    b, n_points, _ = pre.shape
+    coarse = torch.unique(torch.cat([torch.arange(0, n_points, PATH_TOPK_STRIDE), torch.tensor([n_points - 1])]))
+    ends = _top_k_of(sae, pre[:, coarse.to(pre.device)])[1].sort(-1).values  # [b, C, k]
+    same = (ends[:, 1:] == ends[:, :-1]).all(-1)  # [b, C - 1]: the interval's two ends have one set
+    interval = (torch.arange(n_points) // PATH_TOPK_STRIDE).clamp(max=max(len(coarse) - 2, 0)).to(pre.device)
+    indices = ends[:, interval]  # [b, S, k]: each point takes its interval's first set
+    redo = ~same[:, interval] if len(coarse) > 1 else torch.zeros(b, n_points, dtype=torch.bool, device=pre.device)
+    if bool(redo.any()):
+        indices[redo] = _top_k_of(sae, pre[redo])[1]
+    values = F.relu(pre.gather(-1, indices))
+    return values, indices, values.min(-1).values > 0
+
+
 def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor, output: str,
                rows: int, k: int | None = None) -> tuple[torch.Tensor, ...]:
     """F and dF/dalpha at ``alphas: [S]`` on the straight path from the zero image to each ``x: [B, D]``.
@@ -1961,19 +1984,20 @@ def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: 
     For a model with an affine first layer (``affine_split() -> (A, c, head)``) the path is walked in that
     layer's output space, exactly: ``pre(alpha) = c + alpha x A^T`` and ``dF/dalpha = grad_pre F . x A^T``.
     Returns ``(values, slopes): [B, S]``; with ``k`` (the top-k size; ``model`` is then a
-    ``SparseCodePipeline``) also ``(swaps, jumps): [B, S-1]`` from ``_topk_changes``.
+    ``SparseCodePipeline``) also ``(swaps, jumps): [B, S-1]`` from ``_topk_changes``, between consecutive
+    points in increasing alpha.
     """
     A, c, head = model.affine_split()
     with torch.no_grad():
         direction, c = F.linear(x, A.detach()), c.detach()  # [B, H], [H]
-    alphas = alphas.to(x)
+    alphas, order = alphas.to(x).sort()  # walked in increasing alpha (``_path_top_k``), returned in the given order
     per = max(1, rows // len(alphas))
     values, slopes, changes = [], [], []
     for i in range(0, len(x), per):
         d, t = direction[i:i + per], target[i:i + per].repeat_interleave(len(alphas))
         pre = (c + alphas[None, :, None] * d[:, None]).reshape(-1, d.shape[1])  # [b * S, H]
         if isinstance(model, SparseCodePipeline):
-            score, slope, indices, positive = _pipeline_slopes(model, pre, d, t, output)
+            score, slope, indices, positive = _pipeline_slopes(model, pre.view(len(d), len(alphas), -1), d, t, output)
             if k is not None:
                 changes.append(_topk_changes(indices.view(len(d), len(alphas), -1),
                                              positive.view(len(d), len(alphas)), pre.shape[1]))
@@ -1985,23 +2009,26 @@ def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: 
             slope = (grad.view(len(d), len(alphas), -1) * d[:, None]).sum(-1)
         values.append(score.detach().view(len(d), -1))
         slopes.append(slope.view(len(d), -1))
-    out = (torch.cat(values), torch.cat(slopes))
+    unsort = order.argsort().to(x.device)
+    out = (torch.cat(values)[:, unsort], torch.cat(slopes)[:, unsort])
     return out if k is None else out + tuple(torch.cat(part) for part in zip(*changes))
 
 
 def _pipeline_slopes(pipeline: SparseCodePipeline, pre: torch.Tensor, direction: torch.Tensor, target: torch.Tensor,
                      output: str) -> tuple[torch.Tensor, ...]:
-    """``_scan_path``'s points for the pipeline: ``pre: [b * S, H]`` (S points per image), ``direction: [b, H]``
-    -> F and dF/dalpha ``[b * S]``, the top-k ``indices: [b * S, k]`` and whether the k-th value is > 0.
+    """``_scan_path``'s points for the pipeline: ``pre: [b, S, H]`` (S increasing alphas per image),
+    ``direction: [b, H]``, ``target: [b * S]`` -> F and dF/dalpha ``[b * S]``, the top-k ``indices: [b * S, k]``
+    and whether the k-th value is > 0, ``[b * S]``.
 
     F depends on ``pre`` only through the k active codes ``z_j = ReLU(pre_j)``, so ``dF/dalpha = sum_j dF/dz_j
-    [z_j > 0] direction_j`` over those k units: a ``[b * S, k]`` gradient instead of ``[b * S, H]``."""
-    code, indices, positive = _top_k_of(pipeline.sae, pre.detach())
+    [z_j > 0] direction_j`` over those k units: a ``[b * S, k]`` gradient instead of ``[b * S, H]``; the top-k
+    sets come from ``_path_top_k``."""
+    code, indices, positive = (v.flatten(0, 1) for v in _path_top_k(pipeline.sae, pre.detach()))
     with torch.enable_grad():
         code.requires_grad_(True)
         score = _score(pipeline.clf.forward_sparse(code, indices), target, output)
         grad = torch.autograd.grad(score.sum(), code)[0]
-    image = torch.arange(len(direction), device=pre.device).repeat_interleave(len(pre) // len(direction))
+    image = torch.arange(len(direction), device=pre.device).repeat_interleave(pre.shape[1])
     slope = (grad * (code.detach() > 0) * direction[image[:, None], indices]).sum(-1)
     return score.detach(), slope, indices, positive
 
@@ -2035,7 +2062,7 @@ def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, n_points: int 
     with torch.no_grad():
         start, direction = sae.encoder_bias(), F.linear(x, sae.W_enc)
         counts = [(swaps * jumps).sum(1) for swaps, jumps in
-                  (_topk_changes(*_top_k_of(sae, start + alphas[None, :, None] * direction[i:i + 1, None])[1:],
+                  (_topk_changes(*_path_top_k(sae, start + alphas[None, :, None] * direction[i:i + 1, None])[1:],
                                  sae.d_hidden) for i in range(len(x)))]
     return torch.cat(counts).cpu()
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import ksae_helpers as kh
 
@@ -363,6 +364,36 @@ def test_figures_reject_results_that_do_not_fit(small):
     broken = {**small["rand"], "stages": small["rand"]["stages"][:-1]}
     with pytest.raises(ValueError, match="stages, expected"):
         kh.plot_randomization(broken)
+
+
+@pytest.mark.parametrize("n_points", [1, 2, 9, 50, 257])
+def test_path_top_k_finds_the_same_sets_as_topk_at_every_point(n_points):
+    """Straight paths whose top-k sets change many times (k = 4 of 32 units): the strided search with
+    re-checks between differing sets gives every point's exact set and ReLU'd values."""
+    sae = kh.KSparseAutoencoder(k=4, d_hidden=32)
+    g = torch.Generator().manual_seed(n_points)
+    c, d = torch.randn(3, 1, 32, generator=g), 3 * torch.randn(3, 1, 32, generator=g)
+    alphas = torch.rand(n_points, generator=g).sort().values
+    pre = c + alphas[None, :, None] * d  # [3, S, 32]
+    values, indices, positive = kh._path_top_k(sae, pre)
+    ref_values, ref_indices = torch.topk(pre, 4, dim=-1)
+    assert torch.equal(indices.sort(-1).values, ref_indices.sort(-1).values)
+    assert torch.equal(values.sort(-1).values, F.relu(ref_values).sort(-1).values)
+    assert torch.equal(positive, ref_values.min(-1).values > 0)
+    if n_points == 257:  # the sets do change along these paths, so the re-checks were needed
+        changed = (ref_indices.sort(-1).values[:, 1:] != ref_indices.sort(-1).values[:, :-1]).any(-1)
+        assert changed.sum() >= 3
+
+
+def test_scan_path_returns_points_in_the_order_given(small):
+    """Unsorted alphas (several quadrature rules' nodes) come back in the order asked for."""
+    pipe, x, y = small["pipe"], small["x"][:3], small["y"][:3]
+    alphas = torch.tensor([0.7, 0.1, 1.0, 0.0, 0.4])
+    values, slopes = kh._scan_path(pipe, x, y, alphas, "logit", 64)
+    for j, a in enumerate(alphas.tolist()):
+        one_v, one_s = kh._scan_path(pipe, x, y, torch.tensor([a]), "logit", 64)
+        torch.testing.assert_close(values[:, j], one_v[:, 0])
+        torch.testing.assert_close(slopes[:, j], one_s[:, 0])
 
 
 def test_randomization_runs_only_the_variants_asked_for(small):
