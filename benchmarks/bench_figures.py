@@ -45,23 +45,33 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def compute_inputs(checkpoint: Path) -> dict:
-    """Everything the figures need, computed as the notebook does (CPU)."""
+def notebook_inputs(checkpoint: Path, samples_per_class: int = SAMPLES_PER_CLASS) -> dict:
+    """The notebook's model and explanations (CPU): ``cfg``, ``sae``, ``clf``, ``history``, ``metrics``, ``data``,
+    ``pipeline``, ``selection``, the six ``maps``, decoder-weighted ``contributions`` and the agreement ``stats``."""
     device = torch.device("cpu")
     cfg, sae, clf, history, metrics = kh.load_checkpoint(checkpoint, device)
     data = kh.load_fashion_mnist("data", verbose=False)
     pipeline = kh.SparseCodePipeline(sae, clf).eval()
-    sel = kh.select_high_confidence(sae, clf, data, device, SAMPLES_PER_CLASS, cfg.confidence_threshold, cfg.seed)
+    sel = kh.select_high_confidence(sae, clf, data, device, samples_per_class, cfg.confidence_threshold, cfg.seed)
     maps = kh.attribute_all(pipeline, sel.x, sel.y, cfg, methods=[m for m in kh.METHOD_LABELS if m != "decoder"])
     maps["decoder"], contributions = kh.decoder_weighted(pipeline, sel.x, sel.y, return_contributions=True)
     stats = kh.cross_method_statistics(maps, seed=cfg.seed, x=sel.x, labels=sel.y)
-    validation = kh.run_validation(pipeline, sel, cfg, maps, contributions, seed=cfg.seed, cross_method=stats)
-    units = kh.unit_statistics(pipeline, data, device, usage_train=metrics["autoencoder"]["unit_usage_train"],
-                               seed=cfg.seed)
+    return {"cfg": cfg, "sae": sae, "clf": clf, "history": history, "metrics": metrics, "data": data,
+            "pipeline": pipeline, "selection": sel, "maps": maps, "contributions": contributions, "stats": stats}
+
+
+def compute_inputs(checkpoint: Path) -> dict:
+    """Everything the figures need, computed as the notebook does (CPU)."""
+    inputs = notebook_inputs(checkpoint)
+    cfg, pipeline, sel, metrics = inputs["cfg"], inputs["pipeline"], inputs["selection"], inputs["metrics"]
+    validation = kh.run_validation(pipeline, sel, cfg, inputs["maps"], inputs["contributions"], seed=cfg.seed,
+                                   cross_method=inputs["stats"])
+    units = kh.unit_statistics(pipeline, inputs["data"], torch.device("cpu"),
+                               usage_train=metrics["autoencoder"]["unit_usage_train"], seed=cfg.seed)
     k_sweep = ROOT / "results" / "k_sweep.json"
-    return {"history": history, "metrics": metrics, "selection": sel, "maps": maps,
-            "contributions": contributions, "stats": stats, "validation": validation, "units": units,
-            "agreement": kh.contribution_ablation_agreement(units, seed=cfg.seed),
+    return {"history": inputs["history"], "metrics": metrics, "selection": sel, "maps": inputs["maps"],
+            "contributions": inputs["contributions"], "stats": inputs["stats"], "validation": validation,
+            "units": units, "agreement": kh.contribution_ablation_agreement(units, seed=cfg.seed),
             "k_sweep": kh.read_summary(k_sweep)["rows"] if k_sweep.is_file() else []}
 
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_figures import load_reference  # noqa: E402
+from bench_figures import load_reference, notebook_inputs  # noqa: E402
 
 import ksae_helpers as kh  # noqa: E402
 
@@ -58,20 +58,6 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each part; the minimum is reported")
     p.add_argument("--json", default=None, help="also write the timings to this JSON file")
     return p.parse_args(argv)
-
-
-def compute_inputs(checkpoint: Path, samples_per_class: int) -> dict:
-    """The notebook's inputs to the validation (CPU): model, selection, the six maps, contributions, statistics."""
-    device = torch.device("cpu")
-    cfg, sae, clf, _, _ = kh.load_checkpoint(checkpoint, device)
-    data = kh.load_fashion_mnist("data", verbose=False)
-    pipeline = kh.SparseCodePipeline(sae, clf).eval()
-    sel = kh.select_high_confidence(sae, clf, data, device, samples_per_class, cfg.confidence_threshold, cfg.seed)
-    maps = kh.attribute_all(pipeline, sel.x, sel.y, cfg, methods=[m for m in kh.METHOD_LABELS if m != "decoder"])
-    maps["decoder"], contributions = kh.decoder_weighted(pipeline, sel.x, sel.y, return_contributions=True)
-    stats = kh.cross_method_statistics(maps, seed=cfg.seed, x=sel.x, labels=sel.y)
-    return {"cfg": cfg, "sae": sae, "clf": clf, "pipeline": pipeline, "selection": sel, "maps": maps,
-            "contributions": contributions, "stats": stats}
 
 
 def suite_seconds(inputs: dict) -> dict[str, float]:
@@ -140,7 +126,7 @@ def main(argv=None) -> dict:
     kh._check_int("repeats", args.repeats, low=1)
     kh._check_int("samples-per-class", args.samples_per_class, low=1)
     checkpoint = Path(args.checkpoint or ROOT / "checkpoints" / kh.Config().checkpoint_name())
-    inputs = compute_inputs(checkpoint, args.samples_per_class)
+    inputs = notebook_inputs(checkpoint, args.samples_per_class)
     reference = None if args.reference.lower() == "none" else load_reference(args.reference)
     result = {"n_images": len(inputs["selection"].y), "device": kh.device_name(torch.device("cpu")),
               "suite": best_of(args.repeats, lambda: suite_seconds(inputs)),
