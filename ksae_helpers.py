@@ -1929,52 +1929,48 @@ GAP_FLOOR = 1e-12  # |F(x) - F(0)| is clamped to at least this where it divides
 MIN_SUBGRID_STEPS = 17  # smallest trapezoid rule read off the dense scan (its points are a subset of the scan's)
 
 
-def _topk_changes(indices: torch.Tensor, kth_positive: torch.Tensor,
+def _topk_changes(values: torch.Tensor, indices: torch.Tensor,
                   d_hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k set changes between consecutive path points: ``indices: [B, S, k]`` (the top-k units at each
-    point, any order) and ``kth_positive: [B, S]`` (the k-th largest pre-activation is > 0) ->
-    ``(swaps, jumps): [B, S-1]``.
+    """Top-k set changes between consecutive path points: the ReLU'd top-k ``values`` and their unit
+    ``indices: [B, S, k]`` at each point (any order, as ``_path_top_k`` gives them) -> ``(swaps, jumps): [B, S-1]``.
 
     ``swaps`` counts the units that enter the top-k set in each interval (as many leave), so several swaps
     inside one interval all count. A swap exchanges two units where their pre-activations are equal; the code
     jumps by that common value after ReLU, so F jumps only if it is > 0. ``jumps`` marks intervals with a swap
-    where the k-th largest pre-activation (the value at which units swap) is > 0 at both ends; a swap at or
-    below 0 exchanges two zeros (continuous), and a ReLU zero-crossing changes no top-k set at all.
+    where the k-th largest pre-activation (the value at which units swap) is > 0 at both ends (the smallest
+    ReLU'd value is > 0 exactly then); a swap at or below 0 exchanges two zeros (continuous), and a ReLU
+    zero-crossing changes no top-k set at all.
     """
     member = torch.zeros((*indices.shape[:-1], d_hidden), dtype=torch.bool, device=indices.device)
     member.scatter_(-1, indices, True)
     swaps = (member[:, 1:] & ~member[:, :-1]).sum(-1)
+    kth_positive = values.min(-1).values > 0  # [B, S]
     return swaps, (swaps > 0) & kth_positive[:, 1:] & kth_positive[:, :-1]
 
 
-def _top_k_of(sae: KSparseAutoencoder, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``sae.top_k`` of ``pre: [..., H]`` (any leading shape) -> ``(values, indices): [..., k]`` and whether the
-    k-th largest pre-activation is > 0, ``[...]`` (the smallest ReLU'd top-k value is > 0 exactly then)."""
-    values, indices = sae.top_k(pre.reshape(-1, pre.shape[-1]))
-    shape = (*pre.shape[:-1], -1)
-    return values.view(shape), indices.view(shape), values.detach().min(-1).values.view(shape[:-1]) > 0
-
-
-def _path_top_k(sae: KSparseAutoencoder, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``_top_k_of`` at every point of straight paths: ``pre: [b, S, H]``, linear in a parameter that increases
-    along S (``pre = c + alpha d``, alphas sorted) -> ``(values, indices): [b, S, k]`` and ``[b, S]``.
+def _path_top_k(sae: KSparseAutoencoder, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sae.top_k`` at every point of straight paths: ``pre: [b, S, H]``, linear in a parameter that increases
+    along S (``pre = c + alpha d``, alphas sorted) -> ``(values, indices): [b, S, k]``.
 
     Two units' pre-activations are lines in alpha and cross at most once, so a top-k set found at two points is
     the set at every point between them. ``torch.topk`` runs every ``PATH_TOPK_STRIDE`` points (and at the last)
     and on the points between two of those whose sets differ; the other points take the set and read its values
     (the default model's top-k set changes at ~80 of 1024 intervals of a path).
     """
-    b, n_points, _ = pre.shape
+    b, n_points, d_hidden = pre.shape
+
+    def top_indices(p: torch.Tensor) -> torch.Tensor:  # [..., H] -> [..., k]
+        return sae.top_k(p.reshape(-1, d_hidden))[1].view(*p.shape[:-1], -1)
+
     coarse = torch.unique(torch.cat([torch.arange(0, n_points, PATH_TOPK_STRIDE), torch.tensor([n_points - 1])]))
-    ends = _top_k_of(sae, pre[:, coarse.to(pre.device)])[1].sort(-1).values  # [b, C, k]
+    ends = top_indices(pre[:, coarse.to(pre.device)]).sort(-1).values  # [b, C, k]
     same = (ends[:, 1:] == ends[:, :-1]).all(-1)  # [b, C - 1]: the interval's two ends have one set
     interval = (torch.arange(n_points) // PATH_TOPK_STRIDE).clamp(max=max(len(coarse) - 2, 0)).to(pre.device)
     indices = ends[:, interval]  # [b, S, k]: each point takes its interval's first set
     redo = ~same[:, interval] if len(coarse) > 1 else torch.zeros(b, n_points, dtype=torch.bool, device=pre.device)
     if bool(redo.any()):
-        indices[redo] = _top_k_of(sae, pre[redo])[1]
-    values = F.relu(pre.gather(-1, indices))
-    return values, indices, values.min(-1).values > 0
+        indices[redo] = top_indices(pre[redo])
+    return F.relu(pre.gather(-1, indices)), indices
 
 
 def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor, output: str,
@@ -1997,10 +1993,10 @@ def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: 
         d, t = direction[i:i + per], target[i:i + per].repeat_interleave(len(alphas))
         pre = (c + alphas[None, :, None] * d[:, None]).reshape(-1, d.shape[1])  # [b * S, H]
         if isinstance(model, SparseCodePipeline):
-            score, slope, indices, positive = _pipeline_slopes(model, pre.view(len(d), len(alphas), -1), d, t, output)
+            score, slope, code, indices = _pipeline_slopes(model, pre.view(len(d), len(alphas), -1), d, t, output)
             if k is not None:
-                changes.append(_topk_changes(indices.view(len(d), len(alphas), -1),
-                                             positive.view(len(d), len(alphas)), pre.shape[1]))
+                changes.append(_topk_changes(code.view(len(d), len(alphas), -1),
+                                             indices.view(len(d), len(alphas), -1), pre.shape[1]))
         else:
             with torch.enable_grad():
                 pre.requires_grad_(True)
@@ -2017,20 +2013,20 @@ def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: 
 def _pipeline_slopes(pipeline: SparseCodePipeline, pre: torch.Tensor, direction: torch.Tensor, target: torch.Tensor,
                      output: str) -> tuple[torch.Tensor, ...]:
     """``_scan_path``'s points for the pipeline: ``pre: [b, S, H]`` (S increasing alphas per image),
-    ``direction: [b, H]``, ``target: [b * S]`` -> F and dF/dalpha ``[b * S]``, the top-k ``indices: [b * S, k]``
-    and whether the k-th value is > 0, ``[b * S]``.
+    ``direction: [b, H]``, ``target: [b * S]`` -> F and dF/dalpha ``[b * S]``, the active codes and their units
+    ``[b * S, k]``.
 
     F depends on ``pre`` only through the k active codes ``z_j = ReLU(pre_j)``, so ``dF/dalpha = sum_j dF/dz_j
     [z_j > 0] direction_j`` over those k units: a ``[b * S, k]`` gradient instead of ``[b * S, H]``; the top-k
     sets come from ``_path_top_k``."""
-    code, indices, positive = (v.flatten(0, 1) for v in _path_top_k(pipeline.sae, pre.detach()))
+    code, indices = (v.flatten(0, 1) for v in _path_top_k(pipeline.sae, pre.detach()))
     with torch.enable_grad():
         code.requires_grad_(True)
         score = _score(pipeline.clf.forward_sparse(code, indices), target, output)
         grad = torch.autograd.grad(score.sum(), code)[0]
     image = torch.arange(len(direction), device=pre.device).repeat_interleave(pre.shape[1])
     slope = (grad * (code.detach() > 0) * direction[image[:, None], indices]).sum(-1)
-    return score.detach(), slope, indices, positive
+    return score.detach(), slope, code.detach(), indices
 
 
 def _ig_sums(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rules: Sequence[tuple[str, int]],
@@ -2062,7 +2058,7 @@ def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, n_points: int 
     with torch.no_grad():
         start, direction = sae.encoder_bias(), F.linear(x, sae.W_enc)
         counts = [(swaps * jumps).sum(1) for swaps, jumps in
-                  (_topk_changes(*_path_top_k(sae, start + alphas[None, :, None] * direction[i:i + 1, None])[1:],
+                  (_topk_changes(*_path_top_k(sae, start + alphas[None, :, None] * direction[i:i + 1, None]),
                                  sae.d_hidden) for i in range(len(x)))]
     return torch.cat(counts).cpu()
 
@@ -2825,13 +2821,19 @@ def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Conf
         "randomization": lambda: randomization_check(pipeline, x[sub_r], y[sub_r], cfg, tuple(maps), seed),
         "unit_deletion": lambda: unit_deletion_curves(pipeline, x, y, contributions.detach(), seed),
     }
-    out, seconds = {"n_images": len(x)}, {}
+    results, seconds = timed_checks(checks)
+    return {"n_images": len(x), **results, "seconds": seconds}
+
+
+def timed_checks(checks: dict[str, Callable[[], object]]) -> tuple[dict, dict[str, float]]:
+    """Run ``checks`` (name -> zero-argument function) in order -> ``(results, seconds)``: each check's result
+    and wall seconds by name, ``seconds["total"]`` their sum."""
+    results, seconds = {}, {}
     for name, check in checks.items():
         t0 = time.perf_counter()
-        out[name] = check()
+        results[name] = check()
         seconds[name] = time.perf_counter() - t0
-    out["seconds"] = {**seconds, "total": sum(seconds.values())}
-    return out
+    return results, {**seconds, "total": sum(seconds.values())}
 
 
 # --- verdicts ------------------------------------------------------------------------------------------
@@ -3572,11 +3574,6 @@ def _figure_png(call: Callable[[], Figure]) -> bytes:
     return png
 
 
-def _freeze_inherited() -> None:
-    """In a new worker: move every object inherited from the parent to the collector's permanent generation."""
-    gc.freeze()
-
-
 def _forked_figure(i: int) -> tuple[bytes, str, float]:
     """In a worker: ``_FORKED_CALLS[i]`` drawn -> (PNG bytes, plot function's name, seconds). Torch runs on
     one thread here: a forked child must not use the parent's thread pools."""
@@ -3617,8 +3614,9 @@ def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = 
     t0 = time.perf_counter()
     _FORKED_CALLS[:] = calls
     try:
-        # each worker freezes what it inherits: the collector never walks (nor copies on write) the parent's objects
-        with multiprocessing.get_context("fork").Pool(min(workers, len(calls)), initializer=_freeze_inherited) as pool:
+        # each worker moves what it inherits to the collector's permanent generation (gc.freeze): the collector
+        # never walks (nor copies on write) the parent's objects
+        with multiprocessing.get_context("fork").Pool(min(workers, len(calls)), initializer=gc.freeze) as pool:
             results = pool.map(_forked_figure, range(len(calls)), chunksize=1)
     finally:
         _FORKED_CALLS.clear()

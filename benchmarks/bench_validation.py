@@ -91,12 +91,7 @@ def previous_content_seconds(inputs: dict) -> dict[str, float]:
         "randomization": lambda: kh.randomization_check(pipeline, x[sub_r], y[sub_r], cfg, PREVIOUS_METHODS, seed,
                                                         variants=("cascading",)),
     }
-    seconds = {}
-    for name, check in checks.items():
-        t0 = time.perf_counter()
-        check()
-        seconds[name] = time.perf_counter() - t0
-    return {**seconds, "total": sum(seconds.values())}
+    return kh.timed_checks(checks)[1]
 
 
 def reference_seconds(module, inputs: dict) -> float:
