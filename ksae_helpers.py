@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import functools
 import gc
 import gzip
@@ -45,7 +46,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -1699,13 +1700,25 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = Non
 
 
 def _row_ranks(a: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Average ranks within each row of ``a: [N, P]``; with ``mask: [N, P]`` only the True entries are
-    ranked (the others are NaN)."""
-    from scipy.stats import rankdata
-
-    if mask is None:
-        return rankdata(a, axis=1)
-    return rankdata(np.where(mask, a, np.nan), axis=1, nan_policy="omit")
+    """Average ranks (1-based, ties share their mean rank) within each row of ``a: [N, P]``; with ``mask:
+    [N, P]`` only the True entries are ranked (the others are NaN). ``scipy.stats.rankdata(a, axis=1)`` (with
+    ``nan_policy="omit"`` for the mask), in torch: its row sorts run on every core."""
+    values = torch.from_numpy(np.asarray(a, dtype=np.float64))
+    if mask is not None:
+        values = values.masked_fill(~torch.from_numpy(np.asarray(mask, dtype=bool)), math.nan)  # sorted last
+    ordered, order = values.sort(dim=1)
+    n, p = ordered.shape
+    starts = torch.ones_like(ordered, dtype=torch.bool)  # first entry of a run of equal values
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = torch.ones_like(starts)  # last entry of such a run
+    ends[:, :-1] = starts[:, 1:]
+    pos = torch.arange(p).expand(n, p)
+    first = torch.where(starts, pos, 0).cummax(1).values
+    last = torch.where(ends, pos, p - 1).flip(1).cummin(1).values.flip(1)
+    ranks = torch.empty_like(ordered).scatter_(1, order, (first + last).double() / 2 + 1)
+    if mask is not None:
+        ranks.masked_fill_(~torch.from_numpy(np.asarray(mask, dtype=bool)), math.nan)
+    return ranks.numpy()
 
 
 def rowwise_spearman(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -2262,6 +2275,7 @@ ROAD_COMPACT = 4  # ROAD solver: converged rows are dropped once they are 1 / th
 ROAD_CHECK_EVERY_CUDA = 8  # ROAD solver on CUDA: convergence is read (a host sync) every this many iterations
 ROAD_GRID = IMAGE_SIDE + 2  # ROAD solver: side of its zero-bordered grids
 ROAD_CHUNK = 256  # ROAD solver: images solved together (~0.8 MB per [R, 28, 28] array: the solve stays in cache)
+ROAD_CHUNK_CUDA = 16384  # ROAD solver on CUDA: images solved together (launches, not cache, bound it there)
 ROAD_PIXELS_PER_STEP = 98  # faithfulness_suite's ROAD step: 12.5 % of the pixels (ROAD evaluates ~10 % steps)
 FAITH_ROWS = 8192  # rows (image x ordering) evaluated together in the faithfulness curves
 FAITH_ALPHA = 0.05  # significance level of the "beats the random control" verdicts
@@ -2353,15 +2367,16 @@ def _road_cg(kept: torch.Tensor, free: torch.Tensor, v: torch.Tensor, tol: float
 @torch.no_grad()
 def road_impute(x: torch.Tensor, removed: torch.Tensor, noise: float = ROAD_NOISE, seed: int = 0,
                 init: torch.Tensor | None = None, tol: float = ROAD_TOL, max_iter: int = ROAD_MAX_ITER,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, chunk: int | None = None) -> torch.Tensor:
     """ROAD's noisy linear imputation (Rong et al. 2022), all images at once: ``x: [N, 784]``,
     ``removed: [N, 784]`` bool -> ``[N, 784]`` with kept pixels unchanged and every removed pixel the
     weighted mean of its in-image neighbours (1/6 direct, 1/12 diagonal, renormalised at the border),
     removed or not, plus Gaussian noise of std ``noise`` (CPU generator: ``generator``, else ``seed``).
 
     The removed pixels solve a sparse symmetric positive definite system (``D v - W v = W x_kept``),
-    solved by Jacobi-preconditioned conjugate gradients (``_road_cg``) in chunks of ``ROAD_CHUNK`` images
-    until each image's every residual is below ``tol`` (``init: [N, 784]``, e.g. the previous step's
+    solved by Jacobi-preconditioned conjugate gradients (``_road_cg``) in chunks of ``chunk`` images (default
+    ``ROAD_CHUNK`` on the CPU, ``ROAD_CHUNK_CUDA`` on CUDA) until each image's every residual is below
+    ``tol`` (``init: [N, 784]``, e.g. the previous step's
     imputation, warm-starts it). An image with every pixel removed has nothing to impute from: it gets
     the system's minimum-norm solution, 0 (plus noise).
     """
@@ -2370,14 +2385,16 @@ def road_impute(x: torch.Tensor, removed: torch.Tensor, noise: float = ROAD_NOIS
     _check_float("noise", noise, low=0.0)
     _check_float("tol", tol, low=0.0, low_open=True)
     _check_int("max_iter", max_iter, low=1)
+    chunk = (ROAD_CHUNK_CUDA if flat.is_cuda else ROAD_CHUNK) if chunk is None else chunk
+    _check_int("chunk", chunk, low=1)
     if init is not None and (not isinstance(init, torch.Tensor) or init.shape != flat.shape):
         raise ValueError(f"init must be a tensor of shape {list(flat.shape)}, got {getattr(init, 'shape', init)}")
     free = removed.to(flat.dtype)  # 1 on the unknowns
     kept = flat * (1 - free)
     v = torch.zeros_like(free) if init is None else init.to(flat) * free
     v = v * (free.sum(1, keepdim=True) < free.shape[1]).to(v)  # nothing kept: start (and stay) at 0
-    for i in range(0, len(v), ROAD_CHUNK):
-        part = slice(i, i + ROAD_CHUNK)
+    for i in range(0, len(v), chunk):
+        part = slice(i, i + chunk)
         v[part] = _road_cg(kept[part], free[part], v[part], tol, max_iter)
     if noise > 0:
         if generator is None:
@@ -3593,23 +3610,55 @@ def figure_workers(n_jobs: int) -> int:
     return max(1, min(n_jobs, cores, FIGURE_WORKERS))
 
 
+def _on_cpu(obj):
+    """``obj`` with every tensor, module and device inside it (through dicts, lists, tuples and dataclasses)
+    on the CPU: CUDA ones copied there, everything else shared as it is. What a forked figure worker, which
+    cannot use its parent's CUDA context, can draw from."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, torch.device):
+        return torch.device("cpu")
+    if isinstance(obj, nn.Module):
+        on_cuda = any(t.is_cuda for t in [*obj.parameters(), *obj.buffers()])
+        return copy.deepcopy(obj).cpu() if on_cuda else obj
+    if isinstance(obj, dict):
+        return {key: _on_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):  # named tuples are left as they are
+        return type(obj)(_on_cpu(value) for value in obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return replace(obj, **{f.name: _on_cpu(getattr(obj, f.name)) for f in fields(obj) if f.init})
+    return obj
+
+
+def _cpu_calls(calls: list) -> list | None:
+    """``calls`` (``functools.partial`` objects) with their arguments ``_on_cpu``; None if any call is not a
+    partial (its inputs cannot be seen)."""
+    if not all(isinstance(call, functools.partial) for call in calls):
+        return None
+    return [functools.partial(call.func, *_on_cpu(call.args), **_on_cpu(call.keywords)) for call in calls]
+
+
 def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = None,
                    cuda_free: bool = False) -> list[bytes]:
     """Draw figures side by side. Each of ``calls`` builds one figure (e.g. ``functools.partial(
     kh.plot_completeness, result, save=path)``); they run in ``workers`` forked processes (default
     ``figure_workers``; 1: here, one after another) and come back, in order, as PNG bytes for ``show`` -- byte
     for byte what drawing them here gives. Workers inherit the calls (nothing is sent to them), so any inputs
-    work, except that a forked child cannot use this process's CUDA context: once CUDA is in use here, the
-    figures are drawn here unless ``cuda_free`` promises that the calls touch no CUDA tensor.
-    ``FIGURE_SECONDS`` gets each figure's share of the wall time (in proportion to its drawing time in its
-    worker) under its plot function's name."""
+    work. A forked child cannot use this process's CUDA context: once CUDA is in use here, the workers get
+    the calls with their arguments moved to the CPU (``_on_cpu``: tensors, modules, devices), unless
+    ``cuda_free`` promises that the calls touch no CUDA tensor; calls that are not ``functools.partial``
+    objects are then drawn here. ``FIGURE_SECONDS`` gets each figure's share of the wall time (in proportion
+    to its drawing time in its worker) under its plot function's name."""
     calls = list(calls)
     workers = figure_workers(len(calls)) if workers is None else workers
     _check_int("workers", workers, low=1)
     if not isinstance(cuda_free, bool):
         raise ValueError(f"cuda_free must be True or False, got {cuda_free!r}")
-    cuda_in_use = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if workers == 1 or len(calls) < 2 or not CAN_FORK or (cuda_in_use and not cuda_free):
+    if workers > 1 and len(calls) > 1 and CAN_FORK and not cuda_free and torch.cuda.is_available() \
+            and torch.cuda.is_initialized():
+        cpu_calls = _cpu_calls(calls)
+        calls, workers = (calls, 1) if cpu_calls is None else (cpu_calls, workers)
+    if workers == 1 or len(calls) < 2 or not CAN_FORK:
         return [_figure_png(call) for call in calls]
     t0 = time.perf_counter()
     _FORKED_CALLS[:] = calls

@@ -14,6 +14,8 @@
 #   cached   the same again: Run All with the cached checkpoint
 #   budget   benchmarks/fvu_vs_budget.py: validation and test FVU against autoencoder epochs 30, 60, 75, 120
 #   sweep    benchmarks/k_sweep.py: k = 5 ... 200 at default epochs
+#   profile  the cached run once more under cProfile (-X importtime too): $OUT/profile.txt, $OUT/importtime.txt
+# The script prints "cell N: T s" (seconds since the interpreter started) as each notebook cell begins.
 # Seconds per phase go to $OUT/phases.txt, all output to $OUT/log.txt, JSON results beside them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +23,23 @@ PY=${PYTHON:-python3}
 if [ "${1:-}" = --prepare ]; then
   mkdir -p .devdata
   .venv/bin/jupyter nbconvert --to script fashion_mnist_interpretability.ipynb --output-dir .devdata --log-level WARN
+  # a timestamp as each cell begins: seconds since its phase launched the interpreter (imports included)
+  python3 - .devdata/fashion_mnist_interpretability.py <<'PY'
+import re, sys
+path = sys.argv[1]
+stamp = r'print("cell \1:", round(__import__("time").time() - float(__import__("os").environ.get("PHASE_START", "nan")), 1), "s", flush=True)'
+with open(path) as f:
+    text = re.sub(r"^# In\[(\d+)\]:$", stamp, f.read(), flags=re.M)
+with open(path, "w") as f:
+    f.write(text)
+PY
   src=data/FashionMNIST/raw
   [ -f $src/train-images-idx3-ubyte.gz ] || src=/usr/share/datasets/fashion-mnist
   cp "$src"/*-ubyte.gz .devdata/
   ls -la .devdata
   exit 0
 fi
-OUT=${OUT:-/tmp/device_check}
+export OUT=${OUT:-/tmp/device_check}
 mkdir -p "$OUT" data/FashionMNIST/raw
 cp .devdata/*-ubyte.gz data/FashionMNIST/raw/
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
@@ -37,6 +49,7 @@ phase() {  # phase NAME LIMIT_SECONDS COMMAND...: run, log, and record its wall 
   local name=$1 limit=$2 start=$EPOCHREALTIME rc
   shift 2
   [[ " $PHASES " == *" $name "* ]] || return 1
+  export PHASE_START=$EPOCHREALTIME
   echo "== $name: $*" >>"$OUT/log.txt"
   timeout "$limit" "$@" >>"$OUT/log.txt" 2>&1
   rc=$?
@@ -53,16 +66,26 @@ import torch, ksae_helpers as kh; t1 = time.perf_counter()
 torch.zeros(1, device="cuda"); torch.cuda.synchronize(); t2 = time.perf_counter()
 data = kh.load_fashion_mnist("data", verbose=False); t3 = time.perf_counter()
 print(f"startup: imports {t1 - t0:.1f} s, CUDA context {t2 - t1:.1f} s, data {t3 - t2:.1f} s")
+import cProfile, os, pstats
 for run in ("first", "second"):
     t = time.perf_counter()
-    history = kh.train_models(kh.Config(train_subset=5120, ae_epochs=2, clf_epochs=2), data, torch.device("cuda"))[2]
+    with cProfile.Profile() as prof:  # where the first training of a process spends its one-off start-up
+        history = kh.train_models(kh.Config(train_subset=5120, ae_epochs=2, clf_epochs=2), data, torch.device("cuda"))[2]
     ae = history["seconds"]["ae"]
     print(f"startup: {run} small training {time.perf_counter() - t:.1f} s (autoencoder {ae:.1f} s)")
+    if run == "first":
+        with open(os.path.join(os.environ["OUT"], "startup_profile.txt"), "w") as fh:
+            pstats.Stats(prof, stream=fh).sort_stats("cumulative").print_stats(60)
 '
 phase graphs 170 $PY benchmarks/cuda_graph_training.py --device cuda --out "$OUT/cuda_graph_training.json"
 phase scratch 130 $PY .devdata/fashion_mnist_interpretability.py && cp results/summary.json "$OUT/summary_scratch.json"
 phase cached 90 $PY .devdata/fashion_mnist_interpretability.py && cp results/summary.json "$OUT/summary_cached.json"
 phase budget 100 $PY benchmarks/fvu_vs_budget.py --epochs 30 60 75 120 --device cuda --out "$OUT/fvu_vs_budget.json"
 phase sweep 100 $PY benchmarks/k_sweep.py --device cuda --out "$OUT/k_sweep.json"
-grep -E "^startup:|^ *(eager|graphs):|ae_speedup|clf_speedup|difference|^ *[0-9]+ +256" "$OUT/log.txt"
+phase profile 150 $PY -X importtime -m cProfile -o "$OUT/profile.out" .devdata/fashion_mnist_interpretability.py \
+  && $PY -c "import pstats, sys; pstats.Stats(sys.argv[1], stream=open(sys.argv[2], 'w')).sort_stats('cumulative').print_stats(120)" \
+       "$OUT/profile.out" "$OUT/profile.txt"
+grep "^import time:" "$OUT/log.txt" | sort -t'|' -k2 -n | tail -60 >"$OUT/importtime.txt"
+sed -i '/^import time:/d' "$OUT/log.txt"
+grep -E "^cell [0-9]+:|^startup:|^ *(eager|graphs):|ae_speedup|clf_speedup|difference|^ *[0-9]+ +256" "$OUT/log.txt"
 cat "$OUT/phases.txt"

@@ -205,6 +205,23 @@ def test_rowwise_spearman_on_masked_pixels_matches_scipy_on_the_subset():
         assert r == pytest.approx(spearmanr(a[i, mask[i]], b[i, mask[i]]).statistic)
 
 
+def test_row_ranks_are_scipys_average_ranks_with_ties_and_masks():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 5, size=(6, 40)).astype(float)  # many ties
+    a[0] = 2.0  # one run of ties over the whole row
+    a[1] = np.arange(40)[::-1]  # no ties
+    a[2, :3] = [-np.inf, np.inf, np.inf]
+    mask = rng.random((6, 40)) > 0.5
+    mask[3] = False  # nothing ranked
+    mask[4] = True
+    np.testing.assert_array_equal(kh._row_ranks(a), rankdata(a, axis=1))
+    expected = rankdata(np.where(mask, a, np.nan), axis=1, nan_policy="omit")
+    np.testing.assert_array_equal(kh._row_ranks(a, mask), expected)
+    assert np.isnan(kh._row_ranks(a, mask)[3]).all() and kh._row_ranks(a[:, :1]).tolist() == [[1.0]] * 6
+
+
 def gaussian_spearman(r):
     """Spearman's rho of a bivariate normal with Pearson correlation r."""
     return 6 / np.pi * np.arcsin(r / 2)

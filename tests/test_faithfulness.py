@@ -174,6 +174,21 @@ def test_road_solver_reading_convergence_less_often_reaches_the_same_solution():
     assert err_sparse <= err_each and err_each < 1e-4 and not torch.equal(each, sparse)
 
 
+def test_road_chunks_solve_the_same_system():
+    # CUDA solves ROAD_CHUNK_CUDA images together (launch-bound there), the CPU ROAD_CHUNK (cache-bound): the
+    # chunking changes which rows iterate together, never the solution
+    x = object_images(12, seed=4, dtype=DT)
+    removed = torch.rand(12, D, generator=torch.Generator().manual_seed(2)) < torch.linspace(0.1, 0.9, 12)[:, None]
+    exact = torch.stack([torch.as_tensor(road_direct(x[i].numpy(), removed[i].numpy())) for i in range(12)])
+    for chunk in (1, 5, 12, 100):
+        out = kh.road_impute(x, removed, noise=0.0, tol=1e-12, chunk=chunk)
+        np.testing.assert_allclose(out.numpy(), exact.numpy(), atol=1e-9)
+    assert kh.ROAD_CHUNK_CUDA > kh.ROAD_CHUNK
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="chunk must be"):
+            kh.road_impute(x, removed, chunk=bad)
+
+
 def test_road_hand_cases_and_noise():
     x = torch.zeros(2, D, dtype=DT)
     x[0] = torch.arange(D, dtype=DT) / D

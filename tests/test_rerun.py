@@ -1,8 +1,10 @@
 """The "change k and rerun" loop: selection shortfalls, output folders per configuration, compact notebooks."""
 
+import collections
 import functools
 import hashlib
 import json
+import os
 import time
 import warnings
 
@@ -401,6 +403,29 @@ def test_render_comparison_grid_draws_the_same_pngs_in_worker_processes(uneven, 
         kh.render_comparison_grid(sel, maps, ["a", "b", "c"], workers=0)
 
 
+def _traced_figure(folder, device, nested, module):
+    """A figure that records which process drew it and checks that its inputs reached it on the CPU."""
+    assert device == torch.device("cpu") and nested["w"][0].device.type == "cpu"
+    assert all(not p.is_cuda for p in module.parameters())
+    (folder / str(os.getpid())).touch()
+    return kh._message_figure("traced", "drawn")
+
+
+def test_on_cpu_moves_devices_and_keeps_cpu_objects():
+    sae = kh.KSparseAutoencoder(4, 784, 16)
+    t = torch.ones(3)
+    Point = collections.namedtuple("Point", "x y")
+    out = kh._on_cpu({"device": torch.device("cuda", 1), "items": [t, (sae, 2)], "point": Point(t, 1), "text": "a"})
+    assert out["device"] == torch.device("cpu") and out["text"] == "a"
+    assert out["items"][0] is t and out["items"][1][0] is sae and out["point"].x is t  # on the CPU already: shared
+    assert isinstance(out["items"][1], tuple) and isinstance(out["point"], Point)
+    sel = kh.Selection(torch.arange(2), torch.rand(2, 784), torch.tensor([0, 1]), torch.rand(2), n_requested=1)
+    moved = kh._on_cpu(sel)
+    assert isinstance(moved, kh.Selection) and moved.x is sel.x and moved.n_requested == 1
+    assert kh._cpu_calls([functools.partial(print, torch.device("cuda"))])[0].args == (torch.device("cpu"),)
+    assert kh._cpu_calls([functools.partial(print), lambda: None]) is None
+
+
 def test_render_figures_in_workers_any_inputs_same_bytes_and_wall_time(uneven, tmp_path, monkeypatch):
     # inputs with torch tensors and a module (inherited by the forked workers, never pickled), order kept,
     # errors raised in the parent, and FIGURE_SECONDS gets the wall time split among the figures
@@ -426,7 +451,14 @@ def test_render_figures_in_workers_any_inputs_same_bytes_and_wall_time(uneven, t
     assert kh.render_figures([noted(c) for c in calls], workers=2) == here and ran_here == []  # in workers
     monkeypatch.setattr(kh.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(kh.torch.cuda, "is_initialized", lambda: True)
-    assert kh.render_figures([noted(c) for c in calls], workers=2) == here and len(ran_here) == 3  # here
+    assert kh.render_figures([noted(c) for c in calls], workers=2) == here and len(ran_here) == 3  # not partials: here
+    # partials go to the workers with their arguments moved to the CPU (tensors, modules, devices)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    traced = [functools.partial(_traced_figure, pids, torch.device("cuda"), {"w": [torch.ones(2)]}, sae)] * 2
+    assert kh.render_figures(traced + calls, workers=2)[2:] == here and len(ran_here) == 3
+    seen = sorted(p.name for p in pids.iterdir())
+    assert seen and str(os.getpid()) not in seen
     assert kh.render_figures([noted(c) for c in calls], workers=2, cuda_free=True) == here and len(ran_here) == 3
     with pytest.raises(ValueError, match="cuda_free"):
         kh.render_figures(calls, cuda_free="yes")
