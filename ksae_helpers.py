@@ -57,7 +57,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 from tqdm import tqdm
 
 # =====================================================================================================
@@ -3723,14 +3723,15 @@ def _plain_number(value: float, _position=None) -> str:
     return f"{value:g}"
 
 
-def _log_axis(ax, which: str = "y") -> None:
-    """Log scale on ``ax``'s ``which`` axis ('x' or 'y') with plain-number labels at 1-2-5 steps."""
+def _log_axis(ax, which: str = "y", minor_labels: bool = True) -> None:
+    """Log scale on ``ax``'s ``which`` axis ('x' or 'y') with plain-number labels at 1-2-5 steps (at powers of
+    10 only without ``minor_labels``: for axes spanning many decades, where 1-2-5 labels would collide)."""
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     axis.set_major_locator(LogLocator(base=10))
     axis.set_minor_locator(LogLocator(base=10, subs=LOG_MINOR_SUBS))
     axis.set_major_formatter(FuncFormatter(_plain_number))
-    axis.set_minor_formatter(FuncFormatter(_plain_number))
+    axis.set_minor_formatter(FuncFormatter(_plain_number) if minor_labels else NullFormatter())
 
 
 def _image_axis(ax) -> None:
@@ -3893,10 +3894,13 @@ def _plot_fvu_aux(ax, ae: dict) -> None:
     aux = ae.get("aux_loss") or []
     if aux:
         twin = ax.twinx()
-        color = sns.color_palette()[1]
-        twin.plot(np.arange(1, len(aux) + 1), aux, marker="s", ls="--", color=color)
+        color = sns.color_palette()[2]  # not the validation curve's colour
+        twin.plot(np.arange(1, len(aux) + 1), aux, marker="s", ls="--", color=color, label="AuxK loss (right)")
         twin.set_ylabel("AuxK loss (dashed)", color=color)
         twin.grid(False)
+        if ax.get_legend() is not None:  # one legend for both axes, on the twin (drawn above the curves), where
+            ax.get_legend().remove()  # the falling FVU and the saturating AuxK loss leave room
+        twin.legend(handles=ax.get_lines() + twin.get_lines(), loc="center right")
 
 
 @_styled
@@ -4767,7 +4771,7 @@ def plot_firing_density(stats: UnitStats, save: str | None = None) -> Figure:
                               ("test", stats.freq_test, sns.color_palette()[1])):
         ax.hist(freq[freq > 0], bins=bins, histtype="step", lw=1.8, color=color,
                 label=f"{name} ({int((freq == 0).sum())} units never fire)")
-    _log_axis(ax, "x")
+    _log_axis(ax, "x", minor_labels=False)  # five decades: 1-2-5 labels would run into each other
     ax.axvline(np.median(stats.freq_test), color="0.3", ls=":", label="median (test)")
     ax.set(xlabel="firing frequency: fraction of images on which the unit fires (log scale)", ylabel="units")
     ax.legend(loc="upper left", fontsize="small")

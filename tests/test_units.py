@@ -234,6 +234,9 @@ def test_unit_figures(planted):
     data, pipeline, stats = planted
     fig = kh.plot_firing_density(stats)
     assert "1 dead" in fig.axes[0].get_title()
+    fig.canvas.draw()  # frequencies span decades: labels at powers of 10 only, the 2x and 5x ticks unlabelled
+    assert not any(t.get_text() for t in fig.axes[0].get_xticklabels(minor=True))
+    assert any(t.get_text() for t in fig.axes[0].get_xticklabels())
     fig = kh.plot_unit_dashboard(stats, pipeline.sae, data, [UNIT_A, 2])
     assert len(fig.axes) == 2 * 7 + 1  # 7 panels per unit and one colour bar
     assert any(stats.descriptions[UNIT_A] in t.get_text() for t in fig.texts)
@@ -256,3 +259,19 @@ def test_unit_table_summary_counts(planted):
     assert rows["units whose majority class is Dress"] == str(1 + (stats.majority[2:] == PLANTED_CLASS).sum())
     with pytest.raises(ValueError, match="non-empty 'table'"):
         kh.unit_table_summary({"table": []})
+
+
+def test_training_history_figure_one_legend_for_fvu_and_auxk():
+    history = {"ae": {"fvu": [0.2, 0.1, 0.08], "val_fvu": [0.21, 0.12, 0.09], "aux_loss": [0.0, 0.5, 1.0],
+                      "dead_fraction": [0.0, 0.01, 0.02]},
+               "clf": {"loss": [1.0, 0.5], "train_acc": [0.7, 0.8], "val_acc": [0.69, 0.78]}, "seconds": {"ae": 3.0}}
+    fig = kh.plot_training_history(history)
+    fvu, twin = fig.axes[0], fig.axes[-1]
+    assert fvu.get_legend() is None and twin.get_ylabel() == "AuxK loss (dashed)"
+    assert [t.get_text() for t in twin.get_legend().get_texts()] == ["train", "validation", "AuxK loss (right)"]
+    validation, aux = fvu.get_lines()[1], twin.get_lines()[0]
+    assert validation.get_color() != aux.get_color()  # the AuxK curve is not mistaken for the validation FVU
+    assert "ae 3 s" in fig.texts[0].get_text()
+    fig = kh.plot_training_history({**history, "ae": {**history["ae"], "aux_loss": []}})
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train", "validation"]
+    assert "no training history" in kh.plot_training_history({}).axes[0].texts[0].get_text()
