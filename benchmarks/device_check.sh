@@ -10,12 +10,18 @@
 # PHASES="graphs scratch" runs only those):
 #   startup  seconds of imports, CUDA start-up and a first against a second small training in one process
 #   graphs   benchmarks/cuda_graph_training.py: eager against CUDA-graph training, default recipe
-#   scratch  the notebook as a script, no checkpoint: Run All from scratch
-#   cached   the same again: Run All with the cached checkpoint
+#   scratch  the notebook as a script, no checkpoint: Run All from scratch (checkpoints go to a new temporary
+#            folder, $DEVICE_CHECK_CHECKPOINTS unless set)
+#   cached   the same again: Run All with the checkpoint that scratch wrote
 #   budget   benchmarks/fvu_vs_budget.py: validation and test FVU against autoencoder epochs 30, 60, 75, 120
 #   sweep    benchmarks/k_sweep.py: k = 5 ... 200 at default epochs
 #   profile  the cached run once more under cProfile (-X importtime too): $OUT/profile.txt, $OUT/importtime.txt
 # The script prints "cell N: T s" (seconds since the interpreter started) as each notebook cell begins.
+# Bytecode: the lent machines' torch install has no usable compiled bytecode and a read-only folder, so every
+# process compiled torch's sources again (4.7 s of compile() in a first training alone, more in the imports).
+# pip compiles bytecode when it installs, so before the phases Python gets a writable bytecode cache
+# ($PYTHONPYCACHEPREFIX) filled once by importing what the notebook imports, as an install would have left it
+# (seconds in phases.txt as "bytecode"); BYTECODE=0 skips this and measures the bare install.
 # Seconds per phase go to $OUT/phases.txt, all output to $OUT/log.txt, JSON results beside them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,13 +29,17 @@ PY=${PYTHON:-python3}
 if [ "${1:-}" = --prepare ]; then
   mkdir -p .devdata
   .venv/bin/jupyter nbconvert --to script fashion_mnist_interpretability.ipynb --output-dir .devdata --log-level WARN
-  # a timestamp as each cell begins: seconds since its phase launched the interpreter (imports included)
+  # a timestamp as each cell begins: seconds since its phase launched the interpreter (imports included);
+  # checkpoints in $DEVICE_CHECK_CHECKPOINTS
   python3 - .devdata/fashion_mnist_interpretability.py <<'PY'
 import re, sys
 path = sys.argv[1]
 stamp = r'print("cell \1:", round(__import__("time").time() - float(__import__("os").environ.get("PHASE_START", "nan")), 1), "s", flush=True)'
 with open(path) as f:
     text = re.sub(r"^# In\[(\d+)\]:$", stamp, f.read(), flags=re.M)
+folder = 'CHECKPOINT_DIR = __import__("os").environ.get("DEVICE_CHECK_CHECKPOINTS", "checkpoints")'
+text, n = re.subn(r'^CHECKPOINT_DIR = "checkpoints"', folder, text, flags=re.M)
+assert n == 1, "the notebook's CHECKPOINT_DIR line changed: update device_check.sh"
 with open(path, "w") as f:
     f.write(text)
 PY
@@ -58,8 +68,17 @@ phase() {  # phase NAME LIMIT_SECONDS COMMAND...: run, log, and record its wall 
   return $rc
 }
 
+export DEVICE_CHECK_CHECKPOINTS=${DEVICE_CHECK_CHECKPOINTS:-$(mktemp -d)}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/phases.txt"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/phases.txt"
+if [ "${BYTECODE:-1}" = 1 ]; then
+  export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/device_check_pycache}
+  echo "bytecode: PYTHONDONTWRITEBYTECODE was '${PYTHONDONTWRITEBYTECODE:-}'; cache in $PYTHONPYCACHEPREFIX" \
+    | tee -a "$OUT/phases.txt"
+  unset PYTHONDONTWRITEBYTECODE
+  PHASES="$PHASES bytecode" phase bytecode 180 $PY -c \
+    "import torch, torch._dynamo, matplotlib.pyplot, seaborn, scipy.stats, tqdm, ksae_helpers"
+fi
 phase startup 60 $PY -c '
 import time; t0 = time.perf_counter()
 import torch, ksae_helpers as kh; t1 = time.perf_counter()
