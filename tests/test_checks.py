@@ -414,6 +414,52 @@ def test_scan_path_returns_points_in_the_order_given(small):
         torch.testing.assert_close(slopes[:, j], one_s[:, 0])
 
 
+def _slope_reference(pipe, x, target, alphas):
+    """dF/dalpha of the target logit on the straight path, by autograd in pixel space at every point."""
+    out = torch.empty(len(x), len(alphas), dtype=x.dtype)
+    for j, a in enumerate(alphas.tolist()):
+        point = (a * x).requires_grad_(True)
+        logit = pipe(point).gather(1, target[:, None]).sum()
+        out[:, j] = (torch.autograd.grad(logit, point)[0] * x).sum(1)
+    return out
+
+
+@pytest.mark.parametrize("rest", ["relu", "tanh", "training", "probability"])
+def test_path_slopes_share_a_gradient_only_within_an_activation_pattern(rest, monkeypatch):
+    # for a logit of a ReLU classifier, points with one activation pattern have one slope: the gradient runs
+    # once per pattern change along each path; any other classifier or output runs it at every point
+    torch.manual_seed(1)
+    sae = kh.KSparseAutoencoder(k=4, d_hidden=32).double()
+    clf = kh.SparseCodeClassifier(d_hidden=32, hidden=(16, 8), n_classes=3).double()
+    if rest == "tanh":
+        clf.rest[0] = torch.nn.Tanh()
+    pipe = kh.SparseCodePipeline(sae, clf).eval()
+    if rest == "training":
+        clf.train()
+        for layer in clf.rest:
+            if isinstance(layer, torch.nn.Dropout):
+                layer.p = 0.0  # training mode, but a deterministic reference below
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 784, generator=g, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2])
+    alphas = torch.linspace(0, 1, 200, dtype=torch.float64)
+    calls = []
+    forward_sparse = clf.forward_sparse
+    monkeypatch.setattr(clf, "forward_sparse", lambda v, i: (calls.append(len(v)), forward_sparse(v, i))[1])
+    output = "probability" if rest == "probability" else "logit"
+    values, slopes = kh._scan_path(pipe, x, target, alphas, output, 10_000)
+    scan_calls = list(calls)  # the scan's forward passes (not the reference's below)
+    if output == "logit":
+        torch.testing.assert_close(slopes, _slope_reference(pipe, x, target, alphas), rtol=1e-9, atol=1e-9)
+        with torch.no_grad():
+            torch.testing.assert_close(values, torch.stack([pipe(a * x).gather(1, target[:, None])[:, 0]
+                                                            for a in alphas.tolist()], 1))
+    if rest == "relu":  # the gradient's forward pass (the last call) runs once per pattern, not per point
+        assert len(x) < scan_calls[-1] < len(x) * len(alphas) // 2
+    else:
+        assert scan_calls[-1] == len(x) * len(alphas)
+
+
 def test_randomization_runs_only_the_variants_asked_for(small):
     pipe, x, y, cfg = small["pipe"], small["x"], small["y"], small["cfg"]
     only = kh.randomization_check(pipe, x, y, cfg, methods=("simple",), variants=("cascading",))
