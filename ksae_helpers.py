@@ -2034,24 +2034,46 @@ def _pipeline_slopes(pipeline: SparseCodePipeline, pre: torch.Tensor, direction:
     [z_j > 0] direction_j`` over those k units: a ``[b * S, k]`` gradient instead of ``[b * S, H]``; the top-k
     sets come from ``_path_top_k``. For a logit of a ReLU classifier that slope depends only on the point's
     activation pattern (``_activation_pattern``: the active set, which codes are > 0, which hidden units are > 0),
-    so the gradient runs only on points whose pattern differs from the previous point's on the same path (a
-    fifth of them on the default model) and the others take that point's slope."""
+    so the slope is computed only on points whose pattern differs from the previous point's on the same path (a
+    fifth of them on the default model; ``_relu_stack_slopes``) and the others take that point's slope."""
     code, indices = (v.flatten(0, 1) for v in _path_top_k(pipeline.sae, pre.detach()))
-    image = torch.arange(len(direction), device=pre.device).repeat_interleave(pre.shape[1])
+    along = direction[torch.arange(len(direction), device=pre.device).repeat_interleave(pre.shape[1])[:, None],
+                      indices] * (code > 0)  # [b * S, k]: dz_j / dalpha of each active code
     with torch.no_grad():
         logits, pattern = _activation_pattern(pipeline.clf, code, indices)
-    new = torch.ones(len(code), dtype=torch.bool, device=code.device)
-    if pattern is not None and output == "logit":
-        new[1:] = image[1:] != image[:-1]
-        for part in pattern:
-            new[1:] |= (part[1:] != part[:-1]).any(1)
+    if pattern is None or output != "logit":
+        with torch.enable_grad():
+            active = code.clone().requires_grad_(True)
+            grad = torch.autograd.grad(_score(pipeline.clf.forward_sparse(active, indices), target, output).sum(),
+                                       active)[0]
+        return _score(logits, target, output), (grad * along).sum(-1), code, indices
+    new = torch.zeros(len(code), dtype=torch.bool, device=code.device)
+    new[::pre.shape[1]] = True  # each path's first point
+    for part in pattern:
+        new[1:] |= (part[1:] != part[:-1]).any(1)
     rows = new.nonzero()[:, 0]
-    with torch.enable_grad():
-        active = code[rows].requires_grad_(True)
-        grad = torch.autograd.grad(_score(pipeline.clf.forward_sparse(active, indices[rows]), target[rows],
-                                          output).sum(), active)[0]
-    slope = (grad * (active.detach() > 0) * direction[image[rows, None], indices[rows]]).sum(-1)
+    slope = _relu_stack_slopes(pipeline.clf, indices[rows], along[rows], F.one_hot(target[rows], logits.shape[1]),
+                               [part[rows] for part in pattern[2:]])
     return _score(logits, target, output), slope[new.cumsum(0) - 1], code, indices
+
+
+@torch.no_grad()
+def _relu_stack_slopes(clf: SparseCodeClassifier, indices: torch.Tensor, along: torch.Tensor, target: torch.Tensor,
+                       relu_masks: list[torch.Tensor]) -> torch.Tensor:
+    """d(target . logits)/dalpha of ``clf`` (a stack ``_activation_pattern`` accepts; ``target: [n, C]``, e.g.
+    one-hot) at points with active units ``indices: [n, k]`` moving at ``along: [n, k]`` per unit alpha and the
+    ReLU masks ``relu_masks`` (each ReLU's input > 0, ``[n, width]``, in layer order) -> ``[n]``: ``target``
+    back through each Linear and ReLU mask (a vector-Jacobian product, no autograd), dotted with the first
+    layer's output velocity ``sum_j along_j W1[unit_j]``."""
+    masks = iter(reversed(relu_masks))
+    grad = target.to(along)
+    for layer in reversed(list(clf.rest)):
+        if isinstance(layer, nn.Linear):
+            grad = grad @ layer.weight
+        elif isinstance(layer, nn.ReLU):
+            grad = grad * next(masks)
+    velocity = F.embedding_bag(indices, clf.W1, per_sample_weights=along, mode="sum")
+    return (grad * velocity).sum(-1)
 
 
 def _activation_pattern(clf: SparseCodeClassifier, values: torch.Tensor,

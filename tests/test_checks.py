@@ -426,8 +426,9 @@ def _slope_reference(pipe, x, target, alphas):
 
 @pytest.mark.parametrize("rest", ["relu", "tanh", "training", "one dropout training", "probability"])
 def test_path_slopes_share_a_gradient_only_within_an_activation_pattern(rest, monkeypatch):
-    # for a logit of a ReLU classifier, points with one activation pattern have one slope: the gradient runs
-    # once per pattern change along each path; any other classifier or output runs it at every point
+    # for a logit of a ReLU classifier, points with one activation pattern have one slope: it is computed (a
+    # vector-Jacobian product through the stack) once per pattern change along each path; any other classifier
+    # or output takes autograd's gradient at every point
     torch.manual_seed(1)
     sae = kh.KSparseAutoencoder(k=4, d_hidden=32).double()
     clf = kh.SparseCodeClassifier(d_hidden=32, hidden=(16, 8), n_classes=3).double()
@@ -446,9 +447,11 @@ def test_path_slopes_share_a_gradient_only_within_an_activation_pattern(rest, mo
     x = torch.rand(3, 784, generator=g, dtype=torch.float64)
     target = torch.tensor([0, 1, 2])
     alphas = torch.linspace(0, 1, 200, dtype=torch.float64)
-    calls = []
-    forward_sparse = clf.forward_sparse
+    calls, shared = [], []
+    forward_sparse, relu_stack_slopes = clf.forward_sparse, kh._relu_stack_slopes
     monkeypatch.setattr(clf, "forward_sparse", lambda v, i: (calls.append(len(v)), forward_sparse(v, i))[1])
+    monkeypatch.setattr(kh, "_relu_stack_slopes",
+                        lambda c, i, *more: (shared.append(len(i)), relu_stack_slopes(c, i, *more))[1])
     output = "probability" if rest == "probability" else "logit"
     values, slopes = kh._scan_path(pipe, x, target, alphas, output, 10_000)
     scan_calls = list(calls)  # the scan's forward passes (not the reference's below)
@@ -457,10 +460,10 @@ def test_path_slopes_share_a_gradient_only_within_an_activation_pattern(rest, mo
         with torch.no_grad():
             torch.testing.assert_close(values, torch.stack([pipe(a * x).gather(1, target[:, None])[:, 0]
                                                             for a in alphas.tolist()], 1))
-    if rest == "relu":  # the gradient's forward pass (the last call) runs once per pattern, not per point
-        assert len(x) < scan_calls[-1] < len(x) * len(alphas) // 2
+    if rest == "relu":  # once per pattern, not per point, and no autograd pass
+        assert scan_calls == [] and len(shared) == 1 and len(x) < shared[0] < len(x) * len(alphas) // 2
     else:
-        assert scan_calls[-1] == len(x) * len(alphas)
+        assert scan_calls == [len(x) * len(alphas)] and shared == []
 
 
 def test_randomization_runs_only_the_variants_asked_for(small):
