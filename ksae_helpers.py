@@ -2039,14 +2039,14 @@ def _pipeline_slopes(pipeline: SparseCodePipeline, pre: torch.Tensor, direction:
     code, indices = (v.flatten(0, 1) for v in _path_top_k(pipeline.sae, pre.detach()))
     along = direction[torch.arange(len(direction), device=pre.device).repeat_interleave(pre.shape[1])[:, None],
                       indices] * (code > 0)  # [b * S, k]: dz_j / dalpha of each active code
-    with torch.no_grad():
-        logits, pattern = _activation_pattern(pipeline.clf, code, indices)
-    if pattern is None or output != "logit":
+    if output != "logit" or not _is_relu_stack(pipeline.clf):
         with torch.enable_grad():
             active = code.clone().requires_grad_(True)
-            grad = torch.autograd.grad(_score(pipeline.clf.forward_sparse(active, indices), target, output).sum(),
-                                       active)[0]
-        return _score(logits, target, output), (grad * along).sum(-1), code, indices
+            score = _score(pipeline.clf.forward_sparse(active, indices), target, output)
+            grad = torch.autograd.grad(score.sum(), active)[0]
+        return score.detach(), (grad * along).sum(-1), code, indices
+    with torch.no_grad():
+        logits, pattern = _activation_pattern(pipeline.clf, code, indices)
     new = torch.zeros(len(code), dtype=torch.bool, device=code.device)
     new[::pre.shape[1]] = True  # each path's first point
     for part in pattern:
@@ -2060,7 +2060,7 @@ def _pipeline_slopes(pipeline: SparseCodePipeline, pre: torch.Tensor, direction:
 @torch.no_grad()
 def _relu_stack_slopes(clf: SparseCodeClassifier, indices: torch.Tensor, along: torch.Tensor, target: torch.Tensor,
                        relu_masks: list[torch.Tensor]) -> torch.Tensor:
-    """d(target . logits)/dalpha of ``clf`` (a stack ``_activation_pattern`` accepts; ``target: [n, C]``, e.g.
+    """d(target . logits)/dalpha of ``clf`` (``_is_relu_stack``; ``target: [n, C]``, e.g.
     one-hot) at points with active units ``indices: [n, k]`` moving at ``along: [n, k]`` per unit alpha and the
     ReLU masks ``relu_masks`` (each ReLU's input > 0, ``[n, width]``, in layer order) -> ``[n]``: ``target``
     back through each Linear and ReLU mask (a vector-Jacobian product, no autograd), dotted with the first
@@ -2076,21 +2076,23 @@ def _relu_stack_slopes(clf: SparseCodeClassifier, indices: torch.Tensor, along: 
     return (grad * velocity).sum(-1)
 
 
+def _is_relu_stack(clf: SparseCodeClassifier) -> bool:
+    """True when ``clf.rest`` is an evaluation-mode stack of Linear, ReLU and Dropout layers: then a logit's
+    gradient depends only on the ReLU masks (``_activation_pattern``), nothing else could change it."""
+    return not any(m.training for m in clf.modules()) and all(
+        isinstance(layer, (nn.Linear, nn.ReLU, nn.Dropout)) for layer in clf.rest)
+
+
 def _activation_pattern(clf: SparseCodeClassifier, values: torch.Tensor,
-                        indices: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-    """``clf.forward_sparse(values, indices)`` (``values, indices: [N, k]``) -> ``(logits: [N, C], pattern)``,
-    ``pattern`` a list of ``[N, *]`` tensors: each point's active units (sorted), which of their codes are > 0
-    and which inputs of each ReLU are > 0; points equal in every part have equal logit gradients. ``pattern``
-    is None unless ``clf.rest`` is an evaluation-mode stack of Linear, ReLU and Dropout layers (then nothing
-    else could change a gradient)."""
+                        indices: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``clf.forward_sparse(values, indices)`` (``values, indices: [N, k]``; ``clf`` an ``_is_relu_stack``) ->
+    ``(logits: [N, C], pattern)``, ``pattern`` a list of ``[N, *]`` tensors: each point's active units (sorted),
+    which of their codes are > 0 and which inputs of each ReLU are > 0; points equal in every part have equal
+    logit gradients."""
     hidden = clf.first_layer_sparse(values, indices)
-    layers = list(clf.rest)
-    if any(m.training for m in clf.modules()) or not all(isinstance(layer, (nn.Linear, nn.ReLU, nn.Dropout))
-                                                          for layer in layers):
-        return clf.rest(hidden), None
     units, order = indices.sort(dim=1)
     parts = [units, values.gather(1, order) > 0]
-    for layer in layers:
+    for layer in clf.rest:
         if isinstance(layer, nn.ReLU):
             parts.append(hidden > 0)
         hidden = layer(hidden)
@@ -2760,8 +2762,6 @@ def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: t
     this reference once the model is destroyed. ``x: [N, 784]``, ``target: [N]``. ``variants``: which of
     ``RANDOMIZATION_VARIANTS`` to run (both by default).
     """
-    import copy
-
     if isinstance(variants, str) or not variants or any(v not in RANDOMIZATION_VARIANTS for v in variants):
         raise ValueError(f"variants must be a non-empty sequence of {RANDOMIZATION_VARIANTS}, got {variants!r}")
     x, _ = as_flat_images(x)
@@ -3709,11 +3709,11 @@ def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = 
     _check_int("workers", workers, low=1)
     if not isinstance(cuda_free, bool):
         raise ValueError(f"cuda_free must be True or False, got {cuda_free!r}")
-    if workers > 1 and len(calls) > 1 and CAN_FORK and not cuda_free and torch.cuda.is_available() \
-            and torch.cuda.is_initialized():
+    here = workers == 1 or len(calls) < 2 or not CAN_FORK
+    if not here and not cuda_free and torch.cuda.is_available() and torch.cuda.is_initialized():
         cpu_calls = _cpu_calls(calls)
-        calls, workers = (calls, 1) if cpu_calls is None else (cpu_calls, workers)
-    if workers == 1 or len(calls) < 2 or not CAN_FORK:
+        here, calls = (True, calls) if cpu_calls is None else (False, cpu_calls)
+    if here:
         return [_figure_png(call) for call in calls]
     t0 = time.perf_counter()
     _FORKED_CALLS[:] = calls

@@ -55,10 +55,13 @@ cp .devdata/*-ubyte.gz data/FashionMNIST/raw/
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 
 PHASES=${PHASES:-startup graphs scratch cached budget sweep}
-phase() {  # phase NAME LIMIT_SECONDS COMMAND...: run, log, and record its wall seconds and exit status
+phase() {  # phase NAME LIMIT_SECONDS COMMAND...: timed, if PHASES names it
+  [[ " $PHASES " == *" $1 "* ]] || return 1
+  timed "$@"
+}
+timed() {  # timed NAME LIMIT_SECONDS COMMAND...: run, log, and record its wall seconds and exit status
   local name=$1 limit=$2 start=$EPOCHREALTIME rc
   shift 2
-  [[ " $PHASES " == *" $name "* ]] || return 1
   export PHASE_START=$EPOCHREALTIME
   echo "== $name: $*" >>"$OUT/log.txt"
   timeout "$limit" "$@" >>"$OUT/log.txt" 2>&1
@@ -76,7 +79,7 @@ if [ "${BYTECODE:-1}" = 1 ]; then
   echo "bytecode: PYTHONDONTWRITEBYTECODE was '${PYTHONDONTWRITEBYTECODE:-}'; cache in $PYTHONPYCACHEPREFIX" \
     | tee -a "$OUT/phases.txt"
   unset PYTHONDONTWRITEBYTECODE
-  PHASES="$PHASES bytecode" phase bytecode 180 $PY -c \
+  timed bytecode 180 $PY -c \
     "import torch, torch._dynamo, matplotlib.pyplot, seaborn, scipy.stats, tqdm, ksae_helpers"
 fi
 phase startup 60 $PY -c '
@@ -101,10 +104,11 @@ phase scratch 130 $PY .devdata/fashion_mnist_interpretability.py && cp results/s
 phase cached 90 $PY .devdata/fashion_mnist_interpretability.py && cp results/summary.json "$OUT/summary_cached.json"
 phase budget 100 $PY benchmarks/fvu_vs_budget.py --epochs 30 60 75 120 --device cuda --out "$OUT/fvu_vs_budget.json"
 phase sweep 100 $PY benchmarks/k_sweep.py --device cuda --out "$OUT/k_sweep.json"
-phase profile 150 $PY -X importtime -m cProfile -o "$OUT/profile.out" .devdata/fashion_mnist_interpretability.py \
-  && $PY -c "import pstats, sys; pstats.Stats(sys.argv[1], stream=open(sys.argv[2], 'w')).sort_stats('cumulative').print_stats(120)" \
-       "$OUT/profile.out" "$OUT/profile.txt"
-grep "^import time:" "$OUT/log.txt" | sort -t'|' -k2 -n | tail -60 >"$OUT/importtime.txt"
-sed -i '/^import time:/d' "$OUT/log.txt"
+if phase profile 150 $PY -X importtime -m cProfile -o "$OUT/profile.out" .devdata/fashion_mnist_interpretability.py; then
+  $PY -c "import pstats, sys; pstats.Stats(sys.argv[1], stream=open(sys.argv[2], 'w')).sort_stats('cumulative').print_stats(120)" \
+    "$OUT/profile.out" "$OUT/profile.txt"
+  grep "^import time:" "$OUT/log.txt" | sort -t'|' -k2 -n | tail -60 >"$OUT/importtime.txt"
+  sed -i '/^import time:/d' "$OUT/log.txt"
+fi
 grep -E "^cell [0-9]+:|^startup:|^ *(eager|graphs):|ae_speedup|clf_speedup|difference|^ *[0-9]+ +256" "$OUT/log.txt"
 cat "$OUT/phases.txt"
