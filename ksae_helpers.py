@@ -84,7 +84,8 @@ class Config:
     # --- optimisation ---
     batch_size: int = 256  # images per step, both models
     lr: float = 1e-3  # Adam learning rate, both models (the peak of a decaying schedule)
-    ae_lr_schedule: str = "decay20"  # autoencoder: "constant", "cosine" (to 0), "decay20" (to 0 in the last 20 %)
+    ae_lr_schedule: str = "decay20"  # autoencoder: "constant", "cosine" (to 0), "decay10"/"decay20"/"decay50"
+    # (linear to 0 over the last 10/20/50 % of steps)
     clf_lr_schedule: str = "cosine"  # classifier: same choices
     ae_epochs: int = 30  # autoencoder epochs
     clf_epochs: int = 50  # classifier epochs
@@ -631,8 +632,9 @@ def make_adam(params, lr: float, capturable: bool = False) -> torch.optim.Optimi
         return torch.optim.Adam(params, lr=lr)
 
 
-LR_SCHEDULES = ("constant", "cosine", "decay20")
-DECAY_FRACTION = 0.2  # "decay20": share of the steps over which the learning rate falls linearly to 0
+DECAY_SCHEDULES = {"decay10": 0.1, "decay20": 0.2, "decay50": 0.5}  # share of the last steps over which the
+# learning rate falls linearly to 0 (constant before); decay20 is the autoencoder's default (README, recipe choices)
+LR_SCHEDULES = ("constant", "cosine", *DECAY_SCHEDULES)
 
 
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
@@ -640,8 +642,8 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     progress = min(step / max(total_steps, 1), 1.0)
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "decay20":
-        return min(1.0, (1 - progress) / DECAY_FRACTION)
+    if schedule in DECAY_SCHEDULES:
+        return min(1.0, (1 - progress) / DECAY_SCHEDULES[schedule])
     return 1.0
 
 

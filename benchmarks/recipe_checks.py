@@ -1,6 +1,7 @@
 """Every recipe default re-checked on the validation split (never on the test set).
 
-Each check trains the default recipe and the recipe with one choice switched off, with the library's own
+Each check trains the default recipe and the recipe with one choice switched off or set to an alternative
+value, with the library's own
 training functions, on the training split (55 000 images), and scores both on the 5 000 validation images
 (`Config.n_val`, class-stratified, fixed). Autoencoder choices are scored by validation FVU and dead units,
 classifier choices by validation accuracy (on the default autoencoder). The test set is not read. Writes
@@ -8,6 +9,7 @@ classifier choices by validation accuracy (on the default autoencoder). The test
 repository root (about 15 minutes on 2 CPU cores; the default models come from ``checkpoints/`` when cached):
 
     .venv/bin/python benchmarks/recipe_checks.py
+    .venv/bin/python benchmarks/recipe_checks.py --only decay10 decay50 lr2e-3   # these rows, merged into --out
 """
 
 from __future__ import annotations
@@ -23,14 +25,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ksae_helpers as kh  # noqa: E402
 
-# (choice, field changed, alternative value, which model it trains, k of the comparison)
-CHECKS = [
-    ("AuxK loss on dead units (aux_k=256)", "aux_k", 0, "ae", 50),
-    ("AuxK loss on dead units (aux_k=256), at k=10", "aux_k", 0, "ae", 10),
-    ("AE learning rate: linear decay over the last 20 % (decay20)", "ae_lr_schedule", "constant", "ae", 50),
-    ("Classifier sees mirror images (clf_hflip)", "clf_hflip", False, "clf", 50),
-    ("Classifier sees 1-pixel shifts (clf_shift=1)", "clf_shift", 0, "clf", 50),
-]
+# name: (choice, field changed, alternative value, which model it trains, k of the comparison)
+CHECKS = {
+    "auxk": ("AuxK loss on dead units (aux_k=256)", "aux_k", 0, "ae", 50),
+    "auxk10": ("AuxK loss on dead units (aux_k=256), at k=10", "aux_k", 0, "ae", 10),
+    "decay20": ("AE learning rate: linear decay over the last 20 % (decay20)", "ae_lr_schedule", "constant", "ae", 50),
+    "decay10": ("AE learning rate decay over the last 20 %, not the last 10 % (decay10)", "ae_lr_schedule", "decay10",
+                "ae", 50),
+    "decay50": ("AE learning rate decay over the last 20 %, not the last 50 % (decay50)", "ae_lr_schedule", "decay50",
+                "ae", 50),
+    "lr2e-3": ("AE peak learning rate 1e-3 (the seed's), not 2e-3", "lr", 2e-3, "ae", 50),
+    "hflip": ("Classifier sees mirror images (clf_hflip)", "clf_hflip", False, "clf", 50),
+    "shift": ("Classifier sees 1-pixel shifts (clf_shift=1)", "clf_shift", 0, "clf", 50),
+}
 
 
 def train_ae(cfg: kh.Config, data: kh.FashionMNIST, device: torch.device) -> tuple[kh.KSparseAutoencoder, dict]:
@@ -56,10 +63,23 @@ def train_clf(cfg: kh.Config, sae: kh.KSparseAutoencoder, data: kh.FashionMNIST,
     return {"val_accuracy": history["val_acc"][-1], "seconds": time.perf_counter() - t0}
 
 
+def merged(path: str, rows: list[dict]) -> list[dict]:
+    """The rows of the results file at ``path`` (in ``CHECKS`` order) with ``rows`` in place of the same choices."""
+    if not Path(path).exists():
+        return rows
+    new = {row["choice"]: row for row in rows}
+    old = {row["choice"]: row for row in json.loads(Path(path).read_text())["rows"]}
+    order = [check[0] for check in CHECKS.values()]
+    both = {**old, **new}
+    return sorted(both.values(), key=lambda row: order.index(row["choice"]) if row["choice"] in order else len(order))
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/recipe_checks.json")
     parser.add_argument("--ckpt-dir", default="checkpoints")
+    parser.add_argument("--only", nargs="+", choices=list(CHECKS), default=None,
+                        help="run only these checks and merge their rows into --out's (same choice replaced)")
     args = parser.parse_args(argv)
     device = kh.pick_device()
     data = kh.load_fashion_mnist("data")
@@ -70,7 +90,7 @@ def main(argv=None) -> dict:
                       "seconds": history["seconds"]["ae"]},
                "clf": {"val_accuracy": metrics["classifier"]["val_accuracy"], "seconds": history["seconds"]["clf"]}}
     rows = []
-    for choice, name, alternative, model, k in CHECKS:
+    for choice, name, alternative, model, k in (CHECKS[key] for key in args.only or CHECKS):
         with_cfg = kh.Config(k=k)
         without_cfg = kh.Config(**{**with_cfg.to_dict(), name: alternative})
         if model == "ae":
@@ -85,7 +105,7 @@ def main(argv=None) -> dict:
         print(json.dumps(rows[-1]))
     result = {"device": kh.device_name(device), "n_val": base.n_val, "rule": (
         "kept when the default is no worse on validation: autoencoder choices compare (dead units, validation FVU) "
-        "in that order, classifier choices validation accuracy"), "rows": rows}
+        "in that order, classifier choices validation accuracy"), "rows": merged(args.out, rows) if args.only else rows}
     kh.atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
     return result
 

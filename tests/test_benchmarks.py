@@ -33,7 +33,22 @@ def test_fvu_vs_budget_rows_follow_the_grid(capsys, tmp_path):
         assert r["seconds"] > 0
     assert rows[1]["val_fvu"] < rows[0]["val_fvu"]  # three epochs on the same images fit them better than one
     out = capsys.readouterr().out
-    assert "target FVU <= 0.05" in out and out.count("missed") == 2
+    assert "target val FVU <= 0.05" in out and out.count("missed") == 2
+
+
+def test_fvu_vs_budget_seeds_k_and_all_training_images(tmp_path):
+    """``--n-vals 0`` trains on every training image and has no validation FVU; ``--append`` keeps earlier rows."""
+    fvu_vs_budget = _load("fvu_vs_budget")
+    out = tmp_path / "fvu.json"
+    common = ["--epochs", "1", "--batch-sizes", "64", "--device", "cpu", "--threads", "1", "--out", str(out)]
+    first = fvu_vs_budget.main(common + ["--ks", "8", "--seeds", "0", "1", "--n-vals", "1000", "0",
+                                         "--train-subset", "300"])
+    assert [(r["k"], r["seed"], r["val_fvu"] is None) for r in first] == [(8, 0, False), (8, 1, False),
+                                                                           (8, 0, True), (8, 1, True)]
+    assert first[0]["fvu"] != first[1]["fvu"]  # another seed, another autoencoder
+    assert all(r["n_train"] == 300 and r["mean_l0"] <= 8 for r in first)
+    second = fvu_vs_budget.main(common + ["--ks", "4", "--train-subset", "300", "--append"])
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(first + second))
 
 
 def test_fvu_vs_budget_rejects_bad_epochs():
@@ -130,3 +145,15 @@ def test_bench_validation_times_the_suite_and_the_previous_content(tmp_path, dat
     assert result["ratio"] == pytest.approx(result["reference"]["total"] / result["previous_content"]["total"])
     with pytest.raises(ValueError, match="repeats"):
         bench.main(["--repeats", "0"])
+
+
+def test_recipe_checks_only_replaces_its_rows_in_check_order(tmp_path):
+    recipe_checks = _load("recipe_checks")
+    choices = [check[0] for check in recipe_checks.CHECKS.values()]
+    path = tmp_path / "recipe.json"
+    assert recipe_checks.merged(str(path), [{"choice": choices[3], "kept": True}]) == [{"choice": choices[3],
+                                                                                       "kept": True}]
+    path.write_text(json.dumps({"rows": [{"choice": c, "kept": True} for c in (choices[4], choices[0], "retired")]}))
+    rows = recipe_checks.merged(str(path), [{"choice": choices[4], "kept": False}, {"choice": choices[2], "kept": 1}])
+    assert rows == [{"choice": choices[0], "kept": True}, {"choice": choices[2], "kept": 1},
+                    {"choice": choices[4], "kept": False}, {"choice": "retired", "kept": True}]

@@ -12,6 +12,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -594,6 +595,16 @@ def test_edge_configs_accepted(kwargs):
     cfg = kh.Config(**kwargs)
     for key, value in kwargs.items():
         assert getattr(cfg, key) == value
+
+
+@pytest.mark.parametrize("schedule", sorted(kh.DECAY_SCHEDULES))
+def test_decay_schedules_hold_the_peak_then_fall_linearly_to_zero(schedule):
+    total, share = 1000, kh.DECAY_SCHEDULES[schedule]
+    start = round(total * (1 - share))
+    factors = np.array([kh.lr_factor(schedule, step, total) for step in range(total + 1)])
+    assert kh.Config(ae_lr_schedule=schedule, clf_lr_schedule=schedule).ae_lr_schedule == schedule
+    assert np.allclose(factors[:start + 1], 1.0) and factors[-1] == 0.0
+    assert np.allclose(np.diff(factors[start:]), -1 / (share * total))
 
 
 def test_train_subset_range(data):
