@@ -3566,16 +3566,12 @@ def _fixed_grid(n_rows: int, n_cols: int, gap: tuple[float, float], margins: tup
     """A figure of ``n_rows`` x ``n_cols`` square image panels at fixed positions (no layout engine: the
     figure is drawn once, however many panels). ``panel``: side in inches; ``gap``: (horizontal, vertical)
     inches between panels (room for titles and labels); ``margins``: (left, right, top, bottom) inches.
-    Returns the figure and its axes ``[n_rows, n_cols]``."""
+    Returns the figure and its axes ``[n_rows, n_cols]`` (a ``_grid_figure`` sized to fit the panels)."""
     left, right, top, bottom = margins
     width = left + right + n_cols * panel + (n_cols - 1) * gap[0]
     height = top + bottom + n_rows * panel + (n_rows - 1) * gap[1]
-    fig = plt.figure(figsize=(width, height))
-    axes = np.empty((n_rows, n_cols), dtype=object)
-    for r, c in np.ndindex(n_rows, n_cols):
-        x0, y0 = left + c * (panel + gap[0]), height - top - (r + 1) * panel - r * gap[1]
-        axes[r, c] = fig.add_axes((x0 / width, y0 / height, panel / width, panel / height))
-    return fig, axes
+    layout = {"left": left, "right": right, "top": top, "bottom": bottom, "wspace": gap[0], "hspace": gap[1]}
+    return _grid_figure(width, height, layout, n_rows, n_cols)
 
 
 def _mosaic(images: np.ndarray, row_gap: int = MOSAIC_GAP, col_gap: int = MOSAIC_GAP) -> np.ndarray:
@@ -3622,24 +3618,31 @@ def _side_colorbar(fig: Figure, im, axes, label: str, shrink: float = 1.0) -> No
 def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     """Save ``fig`` at ``DPI`` if ``save`` is a path (parent folders created); return ``fig``.
 
-    Without ``save`` the figure is laid out once here, so its ticks are created in the module's style.
-    The figure is closed in pyplot, so a notebook displays it only when it is returned (not twice).
+    Without ``save`` the figure is laid out once here, so its ticks are created in the module's style (not
+    when ``_figure_png`` is building it: that renders it at once, in the same style). The figure is closed in
+    pyplot, so a notebook displays it only when it is returned (not twice).
     """
     if save is not None:
         fig.saved_png = png_bytes(fig)  # rendered once: ``show`` displays these bytes
         atomic_write_bytes(save, fig.saved_png)
-    else:
+    elif not _RENDERING_NOW:
         fig.draw_without_rendering()
     plt.close(fig)
     return fig
 
 
 _FORKED_CALLS: list[Callable[[], Figure]] = []  # render_figures' calls, set just before its workers fork
+_RENDERING_NOW = False  # True while ``_figure_png`` builds a figure that it renders straight away
 
 
 def _figure_png(call: Callable[[], Figure]) -> bytes:
     """``call()``'s figure as PNG bytes: the bytes it was saved as, else drawn now in the module's style."""
-    fig = call()
+    global _RENDERING_NOW
+    _RENDERING_NOW = True
+    try:
+        fig = call()
+    finally:
+        _RENDERING_NOW = False
     png = getattr(fig, "saved_png", None)
     if png is None:
         with _figure_style():  # the style it was built in, as a saved figure is drawn

@@ -467,6 +467,20 @@ def test_render_figures_in_workers_any_inputs_same_bytes_and_wall_time(uneven, t
                           workers=2)
 
 
+def test_unsaved_figures_are_laid_out_once_and_match_saved_ones(uneven, tmp_path, monkeypatch):
+    # without save a figure gets one layout pass (so a notebook shows it in the module's style), except when
+    # render_figures builds it: that renders it at once, and the bytes equal those of the saved figure
+    sel, maps = uneven
+    plot = functools.partial(kh.plot_class_average_maps, maps, sel.y, ["a", "b", "c"])
+    saved = kh.render_figures([functools.partial(plot, save=tmp_path / "maps.png")], workers=1)
+    layouts = []
+    monkeypatch.setattr(kh.Figure, "draw_without_rendering", lambda fig: layouts.append(fig))
+    assert kh.render_figures([plot, plot], workers=1) == saved * 2 and layouts == []
+    assert saved[0] == (tmp_path / "maps.png").read_bytes()
+    plot()
+    assert len(layouts) == 1 and not kh._RENDERING_NOW
+
+
 def test_show_displays_png_bytes_once(monkeypatch):
     shown = []
     monkeypatch.setattr(kh, "_jupyter_display", lambda: (shown.append, type("ipd", (), {"Image": dict})))
