@@ -54,8 +54,7 @@ def print_table(rows: list[dict], target: float) -> None:
         ratio = "-" if None in (r["val_fvu"], ref["val_fvu"]) else f"{r['val_fvu'] / ref['val_fvu']:.3f}"
         met = "-" if r["val_fvu"] is None else "met" if r["val_fvu"] <= target else "missed"
         print(f"{r['k']:>4} {r['ae_epochs']:>6} {r['batch_size']:>6} {r['lr']:>8.0e} {r['seed']:>4} {r['n_train']:>6} "
-              f"{val:>8} "
-              f"{r['fvu']:>9.4f} {ratio:>7} {r['dead_units']:>5} {r['mean_l0']:>5.1f} {r['seconds']:>8.1f} "
+              f"{val:>8} {r['fvu']:>9.4f} {ratio:>7} {r['dead_units']:>5} {r['mean_l0']:>5.1f} {r['seconds']:>8.1f} "
               f"{r['seconds'] / ref['seconds']:>6.2f}x  {met}")
 
 
