@@ -2435,9 +2435,8 @@ def road_impute(x: torch.Tensor, removed: torch.Tensor, noise: float = ROAD_NOIS
     The removed pixels solve a sparse symmetric positive definite system (``D v - W v = W x_kept``),
     solved by Jacobi-preconditioned conjugate gradients (``_road_cg``) in chunks of ``chunk`` images (default
     ``ROAD_CHUNK`` on the CPU, ``ROAD_CHUNK_CUDA`` on CUDA) until each image's every residual is below
-    ``tol`` (``init: [N, 784]``, e.g. the previous step's
-    imputation, warm-starts it). An image with every pixel removed has nothing to impute from: it gets
-    the system's minimum-norm solution, 0 (plus noise).
+    ``tol`` (``init: [N, 784]``, e.g. the previous step's imputation, warm-starts it). An image with every
+    pixel removed has nothing to impute from: it gets the system's minimum-norm solution, 0 (plus noise).
     """
     flat, _ = as_flat_images(x, name="x")
     removed = _check_removed(removed, flat)

@@ -110,5 +110,5 @@ if phase profile 150 $PY -X importtime -m cProfile -o "$OUT/profile.out" .devdat
   grep "^import time:" "$OUT/log.txt" | sort -t'|' -k2 -n | tail -60 >"$OUT/importtime.txt"
   sed -i '/^import time:/d' "$OUT/log.txt"
 fi
-grep -E "^cell [0-9]+:|^startup:|^ *(eager|graphs):|ae_speedup|clf_speedup|difference|^ *[0-9]+ +256" "$OUT/log.txt"
+grep -E "^cell [0-9]+:|^startup:|^ *(eager|graphs):|ae_speedup|clf_speedup|difference|^ *[0-9]+ +[0-9]+ +256" "$OUT/log.txt"
 cat "$OUT/phases.txt"
