@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ksae.data  # noqa: E402
 import ksae_helpers as kh  # noqa: E402
 
 DEFAULT_AE_EPOCHS, DEFAULT_CLF_EPOCHS = kh.Config().ae_epochs, kh.Config().clf_epochs  # 30, 50
@@ -94,7 +95,7 @@ def make_torchvision_root(source: Path, root: Path) -> Path:
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in kh.FASHION_MNIST_SHA256:
-        (raw / name).write_bytes(kh._read_idx_bytes(source, name))
+        (raw / name).write_bytes(ksae.data._read_idx_bytes(source, name))
     return root
 
 

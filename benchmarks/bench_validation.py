@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_figures import load_reference, notebook_inputs  # noqa: E402
 
+import ksae._util  # noqa: E402
 import ksae_helpers as kh  # noqa: E402
 
 PREVIOUS_METHODS = ("integrated", "simple", "smoothgrad", "decoder")  # the maps the previous round validated
@@ -118,8 +119,8 @@ def best_of(repeats: int, fn) -> dict[str, float]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    kh._check_int("repeats", args.repeats, low=1)
-    kh._check_int("samples-per-class", args.samples_per_class, low=1)
+    ksae._util._check_int("repeats", args.repeats, low=1)
+    ksae._util._check_int("samples-per-class", args.samples_per_class, low=1)
     checkpoint = Path(args.checkpoint or ROOT / "checkpoints" / kh.Config().checkpoint_name())
     inputs = notebook_inputs(checkpoint, args.samples_per_class)
     reference = None if args.reference.lower() == "none" else load_reference(args.reference)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ksae._util  # noqa: E402
 import ksae_helpers as kh  # noqa: E402
 
 
@@ -87,7 +88,7 @@ def main(argv=None) -> dict:
               "seeds": args.seeds, "n_per_class": args.n_per_class, "per_seed": per_seed,
               "stability": stability(per_seed),
               "statements": kh.verdict_statements({s: r["rows"] for s, r in per_seed.items()})}
-    result = kh._jsonable(result)
+    result = ksae._util._jsonable(result)
     kh.atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
     for kind in ("holds", "fails", "flips"):
         print(f"\n{kind}:\n  " + "\n  ".join(result["statements"][kind]))

@@ -5,6 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ksae.checks.completeness
+import ksae.checks.randomization
+import ksae.plots.style
+import ksae.stats
 import ksae_helpers as kh
 
 
@@ -216,10 +220,10 @@ def test_row_ranks_are_scipys_average_ranks_with_ties_and_masks():
     mask = rng.random((6, 40)) > 0.5
     mask[3] = False  # nothing ranked
     mask[4] = True
-    np.testing.assert_array_equal(kh._row_ranks(a), rankdata(a, axis=1))
+    np.testing.assert_array_equal(ksae.stats._row_ranks(a), rankdata(a, axis=1))
     expected = rankdata(np.where(mask, a, np.nan), axis=1, nan_policy="omit")
-    np.testing.assert_array_equal(kh._row_ranks(a, mask), expected)
-    assert np.isnan(kh._row_ranks(a, mask)[3]).all() and kh._row_ranks(a[:, :1]).tolist() == [[1.0]] * 6
+    np.testing.assert_array_equal(ksae.stats._row_ranks(a, mask), expected)
+    assert np.isnan(ksae.stats._row_ranks(a, mask)[3]).all() and ksae.stats._row_ranks(a[:, :1]).tolist() == [[1.0]] * 6
 
 
 def gaussian_spearman(r):
@@ -331,7 +335,8 @@ def test_randomization_variants_and_references(small):
     import copy
 
     model = copy.deepcopy(pipe)
-    kh._randomize_stage_(model, rand["stages"].index(kh.DECODER_STAGE), torch.Generator().manual_seed(0))
+    stage = rand["stages"].index(kh.DECODER_STAGE)
+    ksae.checks.randomization._randomize_stage_(model, stage, torch.Generator().manual_seed(0))
     assert not torch.equal(model.sae.W_dec, pipe.sae.W_dec) and torch.equal(model(x), pipe(x))
     rows = kh.randomization_table(rand)
     assert len(rows) == 1 + len(kh.METHOD_LABELS) and rows[1][0] == "Integrated gradients"
@@ -343,7 +348,7 @@ def assert_labels_inside(fig):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
-    with kh._figure_style():
+    with ksae.plots.style._figure_style():
         canvas.draw()
         renderer = canvas.get_renderer()
         tolerance = 2  # pixels
@@ -392,7 +397,7 @@ def test_path_top_k_finds_the_same_sets_as_topk_at_every_point(n_points):
     c, d = torch.randn(3, 1, 32, generator=g), 3 * torch.randn(3, 1, 32, generator=g)
     alphas = torch.rand(n_points, generator=g).sort().values
     pre = c + alphas[None, :, None] * d  # [3, S, 32]
-    values, indices = kh._path_top_k(sae, pre)
+    values, indices = ksae.checks.completeness._path_top_k(sae, pre)
     positive = values.min(-1).values > 0  # what _topk_changes reads off the values
     ref_values, ref_indices = torch.topk(pre, 4, dim=-1)
     assert torch.equal(indices.sort(-1).values, ref_indices.sort(-1).values)
@@ -407,9 +412,9 @@ def test_scan_path_returns_points_in_the_order_given(small):
     """Unsorted alphas (several quadrature rules' nodes) come back in the order asked for."""
     pipe, x, y = small["pipe"], small["x"][:3], small["y"][:3]
     alphas = torch.tensor([0.7, 0.1, 1.0, 0.0, 0.4])
-    values, slopes = kh._scan_path(pipe, x, y, alphas, "logit", 64)
+    values, slopes = ksae.checks.completeness._scan_path(pipe, x, y, alphas, "logit", 64)
     for j, a in enumerate(alphas.tolist()):
-        one_v, one_s = kh._scan_path(pipe, x, y, torch.tensor([a]), "logit", 64)
+        one_v, one_s = ksae.checks.completeness._scan_path(pipe, x, y, torch.tensor([a]), "logit", 64)
         torch.testing.assert_close(values[:, j], one_v[:, 0])
         torch.testing.assert_close(slopes[:, j], one_s[:, 0])
 
@@ -448,12 +453,12 @@ def test_path_slopes_share_a_gradient_only_within_an_activation_pattern(rest, mo
     target = torch.tensor([0, 1, 2])
     alphas = torch.linspace(0, 1, 200, dtype=torch.float64)
     calls, shared = [], []
-    forward_sparse, relu_stack_slopes = clf.forward_sparse, kh._relu_stack_slopes
+    forward_sparse, relu_stack_slopes = clf.forward_sparse, ksae.checks.completeness._relu_stack_slopes
     monkeypatch.setattr(clf, "forward_sparse", lambda v, i: (calls.append(len(v)), forward_sparse(v, i))[1])
-    monkeypatch.setattr(kh, "_relu_stack_slopes",
+    monkeypatch.setattr(ksae.checks.completeness, "_relu_stack_slopes",
                         lambda c, i, *more: (shared.append(len(i)), relu_stack_slopes(c, i, *more))[1])
     output = "probability" if rest == "probability" else "logit"
-    values, slopes = kh._scan_path(pipe, x, target, alphas, output, 10_000)
+    values, slopes = ksae.checks.completeness._scan_path(pipe, x, target, alphas, output, 10_000)
     scan_calls = list(calls)  # the scan's forward passes (not the reference's below)
     if output == "logit":
         torch.testing.assert_close(slopes, _slope_reference(pipe, x, target, alphas), rtol=1e-9, atol=1e-9)

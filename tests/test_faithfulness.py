@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+import ksae.checks.deletion
+import ksae.checks.substrates
 import ksae_helpers as kh
 
 D, C, SIDE = 784, 10, 28
@@ -167,8 +169,8 @@ def test_road_solver_reading_convergence_less_often_reaches_the_same_solution():
     free = removed.to(DT)
     kept, start = x * (1 - free), torch.zeros_like(free)
     exact = torch.stack([torch.as_tensor(road_direct(x[i].numpy(), removed[i].numpy())) for i in range(40)])
-    each = kh._road_cg(kept, free, start, 1e-6, 1000, check_every=1)
-    sparse = kh._road_cg(kept, free, start, 1e-6, 1000, check_every=kh.ROAD_CHECK_EVERY_CUDA)
+    each = ksae.checks.substrates._road_cg(kept, free, start, 1e-6, 1000, check_every=1)
+    sparse = ksae.checks.substrates._road_cg(kept, free, start, 1e-6, 1000, check_every=kh.ROAD_CHECK_EVERY_CUDA)
     assert kh.ROAD_CHECK_EVERY_CUDA > 1
     err_each, err_sparse = ((each - exact) * free).abs().amax(), ((sparse - exact) * free).abs().amax()
     assert err_sparse <= err_each and err_each < 1e-4 and not torch.equal(each, sparse)
@@ -266,8 +268,8 @@ def test_incremental_curves_skip_unchanged_rows_exactly():
 
 
 def test_road_curves_are_the_model_on_imputed_images(monkeypatch):
-    monkeypatch.setattr(kh, "ROAD_NOISE", 0.0)
-    monkeypatch.setattr(kh, "ROAD_TOL", 1e-9)
+    monkeypatch.setattr(ksae.checks.deletion, "ROAD_NOISE", 0.0)
+    monkeypatch.setattr(ksae.checks.deletion, "ROAD_TOL", 1e-9)
     model = Linear()
     x, step = object_images(4, dtype=DT), 196
     target = torch.tensor([1, 2, 3, 4])

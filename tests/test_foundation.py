@@ -17,6 +17,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ksae.checkpoints  # noqa: E402
+import ksae.data  # noqa: E402
+import ksae.training  # noqa: E402
 import ksae_helpers as kh  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -43,7 +46,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def raw_bytes(data) -> dict[str, bytes]:
     """Decompressed bytes of the four real IDX files (read from wherever ``data`` came from)."""
-    return {name: kh._read_idx_bytes(Path(data.source), name) for name in NAMES}
+    return {name: ksae.data._read_idx_bytes(Path(data.source), name) for name in NAMES}
 
 
 def write_dataset(folder: Path, raw_bytes: dict[str, bytes], extracted: bool = False) -> Path:
@@ -155,10 +158,10 @@ def assert_helpful_error(excinfo, local: Path, *fragments: str) -> str:
     assert "download=True" in msg  # way 3
     for fragment in fragments:
         assert fragment.lower() in msg.lower(), f"{fragment!r} not in error message:\n{msg}"
-    # not a deep parser/numpy traceback: the innermost frame is in ksae_helpers, outside the IDX parser,
+    # not a deep parser/numpy traceback: the innermost frame is in ksae/data.py, outside the IDX parser,
     # and the exception is not chained to a low-level error
     last = excinfo.traceback[-1]
-    assert Path(str(last.path)).name == "ksae_helpers.py" and "parse" not in last.name
+    assert Path(str(last.path)).name == "data.py" and "parse" not in last.name
     assert excinfo.value.__cause__ is None
     return msg
 
@@ -420,7 +423,7 @@ def test_load_or_train_trains_once_then_loads_and_retrains_when_needed(tmp_path,
         calls.append(args[0])
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(kh, "train_models", counting_train)
+    monkeypatch.setattr(ksae.checkpoints, "train_models", counting_train)
     sae, clf, history, metrics = kh.load_or_train(cfg, data, CPU, ckpt_dir=tmp_path, verbose=False)
     path = tmp_path / cfg.checkpoint_name()
     assert len(calls) == 1 and path.exists()
@@ -431,7 +434,7 @@ def test_load_or_train_trains_once_then_loads_and_retrains_when_needed(tmp_path,
     def must_not_train(*args, **kwargs):
         raise AssertionError("train_models was called although a matching checkpoint exists")
 
-    monkeypatch.setattr(kh, "train_models", must_not_train)
+    monkeypatch.setattr(ksae.checkpoints, "train_models", must_not_train)
     sae2, clf2, history2, metrics2 = kh.load_or_train(cfg, data, CPU, ckpt_dir=tmp_path, verbose=False)
     assert state_dicts_equal(sae, sae2) and state_dicts_equal(clf, clf2)
     assert metrics2 == metrics and history2 == history
@@ -443,8 +446,8 @@ def test_load_or_train_trains_once_then_loads_and_retrains_when_needed(tmp_path,
     # From here on "training" returns the models above instantly and the (slow) metrics are stubbed:
     # what is tested is *whether* load_or_train retrains, and what it writes.
     calls.clear()
-    monkeypatch.setattr(kh, "train_models", lambda c, d, dev: (calls.append(c), (sae, clf, history))[1])
-    monkeypatch.setattr(kh, "evaluate_models",
+    monkeypatch.setattr(ksae.checkpoints, "train_models", lambda c, d, dev: (calls.append(c), (sae, clf, history))[1])
+    monkeypatch.setattr(ksae.checkpoints, "evaluate_models",
                         lambda *a, **k: {"autoencoder": {"fvu": 0.5}, "classifier": {"test_accuracy": 0.5}})
 
     # a checkpoint stored under cfg's name but trained with another training field is never used
@@ -544,7 +547,8 @@ def test_classifier_views_are_mirrors_and_shifts(data):
 def test_classifier_trains_on_the_shifted_views(data, monkeypatch):
     seen = []
     original = kh.classifier_views
-    monkeypatch.setattr(kh, "classifier_views", lambda x, cfg: seen.append(cfg.clf_shift) or original(x, cfg))
+    monkeypatch.setattr(ksae.training, "classifier_views",
+                        lambda x, cfg: seen.append(cfg.clf_shift) or original(x, cfg))
     weights = {}
     for shift in (0, 1):
         cfg = kh.Config(**{**TINY, "clf_shift": shift})

@@ -27,6 +27,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import ksae.checks.deletion
 import ksae_helpers as kh
 
 quantus = pytest.importorskip("quantus")  # requirements-test.txt pins it; skipped only where it is absent
@@ -88,8 +89,8 @@ def test_road_equals_quantus_imputation_without_noise(trained, monkeypatch):
     from quantus.functions.perturb_func import noisy_linear_imputation
 
     pipeline, x, y, maps = trained
-    monkeypatch.setattr(kh, "ROAD_NOISE", 0.0)
-    monkeypatch.setattr(kh, "ROAD_TOL", 1e-7)
+    monkeypatch.setattr(ksae.checks.deletion, "ROAD_NOISE", 0.0)
+    monkeypatch.setattr(ksae.checks.deletion, "ROAD_TOL", 1e-7)
     order = kh.removal_order(maps)
     ours = kh.removal_curves(pipeline, x, y, order[None], "road", STEP)[0]
     for p in PERCENTAGES:

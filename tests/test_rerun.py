@@ -7,12 +7,23 @@ import json
 import os
 import time
 import warnings
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 
+import ksae._util
+import ksae.plots.axes
+import ksae.plots.figure
+import ksae.plots.maps
+import ksae.plots.style
+import ksae.runtime
+import ksae.selection
 import ksae_helpers as kh
+from ksae.plots import figure as plot_figure
 
 CLASSES = ("a", "b", "c", "d")
 
@@ -38,7 +49,7 @@ def _scenario():
 @pytest.fixture
 def scenario(monkeypatch):
     data, probs = _scenario()
-    monkeypatch.setattr(kh, "predict", lambda sae, clf, x, device: probs)
+    monkeypatch.setattr(ksae.selection, "predict", lambda sae, clf, x, device: probs)
     return data
 
 
@@ -76,7 +87,7 @@ def test_selection_warns_only_about_what_falls_short(scenario):
     assert sel.skipped == ["d"] and sel.shortfalls == {} and not sel.fallback.any()
     data = kh.FashionMNIST(*[t[scenario.y_test < 3] for t in (scenario.x_test, scenario.y_test)] * 2,
                            classes=CLASSES[:3])
-    probs = kh.predict(None, None, None, None)[scenario.y_test < 3, :3]
+    probs = ksae.selection.predict(None, None, None, None)[scenario.y_test < 3, :3]
     kh.predict = lambda *args: probs  # restored by monkeypatch (the fixture patched this attribute)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -87,7 +98,7 @@ def test_selection_warns_only_about_what_falls_short(scenario):
 def test_selection_summary_records_the_shortfall_as_json(scenario):
     with pytest.warns(UserWarning):
         sel = kh.select_high_confidence(None, None, scenario, "cpu", 4, threshold=0.8)
-    block = json.loads(json.dumps(kh._jsonable(kh.selection_summary(sel, 0.8))))
+    block = json.loads(json.dumps(ksae._util._jsonable(kh.selection_summary(sel, 0.8))))
     assert block["n_images"] == 7 and block["n_per_class"] == 4 and block["n_fallback"] == 1
     assert block["selected_per_class"] == {"a": 4, "b": 2, "c": 1, "d": 0}
     assert block["skipped_classes"] == ["d"] and block["warning"] == sel.warning
@@ -143,7 +154,7 @@ def test_output_paths_reject_bad_input_before_anything_runs(tmp_path, monkeypatc
 
 
 def test_run_defaults_match_the_notebook_parameters_cell():
-    nb = json.loads((kh.Path(kh.__file__).parent / "fashion_mnist_interpretability.ipynb").read_text())
+    nb = json.loads((Path(kh.__file__).parent / "fashion_mnist_interpretability.ipynb").read_text())
     params = {}
     exec("".join(nb["cells"][next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")]["source"]),
          {}, params)
@@ -241,11 +252,11 @@ def test_png_bytes_is_one_palette_png_of_the_figure():
 
     from PIL import Image
 
-    fig = kh.plt.figure(figsize=(2, 1), facecolor=(1.0, 0.0, 0.0))
+    fig = plt.figure(figsize=(2, 1), facecolor=(1.0, 0.0, 0.0))
     image = Image.open(io.BytesIO(kh.png_bytes(fig, dpi=50)))
     assert image.format == "PNG" and image.mode == "P" and image.size == (100, 50)
     assert image.convert("RGB").getcolors() == [(5000, (255, 0, 0))]
-    kh.plt.close(fig)
+    plt.close(fig)
     values = torch.linspace(-1, 1, 784)  # a smooth map: the palette keeps it recognisable
     fig = kh.plot_attribution_comparison(values.abs(), {"simple": values, "integrated": -values}, "x", 0.5,
                                          save=None)
@@ -257,15 +268,15 @@ def test_png_bytes_is_one_palette_png_of_the_figure():
 
 
 def test_annotated_heatmap_writes_each_value_legibly():
-    fig = kh.plt.figure()
+    fig = plt.figure()
     ax = fig.add_subplot()
     values = np.array([[0.0, 1.0], [0.5, 0.25]])
-    kh._annotated_heatmap(ax, values, ["a", "b"], ["c", "d"], "Blues", (0, 1), ".2f", "share")
+    ksae.plots.maps._annotated_heatmap(ax, values, ["a", "b"], ["c", "d"], "Blues", (0, 1), ".2f", "share")
     texts = {t.get_text(): t.get_color() for t in ax.texts}
     assert set(texts) == {"0.00", "1.00", "0.50", "0.25"}
     assert texts["1.00"] == "white" and texts["0.00"] == "0.15"  # dark cell: white text; light: dark text
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"] and len(fig.axes) == 2  # + colour bar
-    kh.plt.close(fig)
+    plt.close(fig)
 
 
 @pytest.fixture(scope="module")
@@ -305,13 +316,13 @@ def test_figures_cope_with_unequal_class_counts(uneven, tmp_path):
 
 def test_mosaic_places_each_image_with_a_gap():
     images = np.arange(2 * 3 * 28 * 28, dtype=float).reshape(2, 3, 28, 28)
-    out = kh._mosaic(images)
+    out = ksae.plots.axes._mosaic(images)
     side = 28 + kh.MOSAIC_GAP
     assert out.shape == (2 * side, 3 * side)
     gap = kh.MOSAIC_GAP  # rows: gap first (room for titles), then the image; columns: image, then gap
     np.testing.assert_array_equal(out[side + gap:2 * side, 2 * side:2 * side + 28], images[1, 2])
     assert np.isnan(out[:gap]).all() and np.isnan(out[:, 28:side]).all()
-    titled = kh._mosaic(images, row_gap=5, col_gap=3)
+    titled = ksae.plots.axes._mosaic(images, row_gap=5, col_gap=3)
     assert titled.shape == (2 * 33, 3 * 31) and np.isnan(titled[33:38]).all()
     np.testing.assert_array_equal(titled[38:66, 31:59], images[1, 1])
     assert np.isfinite(out).sum() == images.size
@@ -321,15 +332,16 @@ def test_figure_seconds_count_each_outermost_plot_call_once(uneven, monkeypatch)
     """``FIGURE_SECONDS`` gets one entry per figure a user asked for: a plot function called from inside
     another (a styled helper) is not counted again, and the times are real (a slowed figure shows it)."""
     sel, maps = uneven
-    monkeypatch.setattr(kh, "FIGURE_SECONDS", {})
+    kh.FIGURE_SECONDS.clear()
     kh.plot_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2)
     inner = kh.plot_class_average_maps
 
-    @kh._styled
+    @ksae.plots.style._styled
     def outer():
         return inner(maps, sel.y, ["a", "b", "c"])
 
-    monkeypatch.setattr(kh, "_finish", lambda fig, save, slow=kh._finish: (time.sleep(0.2), slow(fig, save))[1])
+    slow = plot_figure._finish
+    monkeypatch.setattr(ksae.plots.maps, "_finish", lambda fig, save: (time.sleep(0.2), slow(fig, save))[1])
     outer()
     assert sorted(kh.FIGURE_SECONDS) == ["outer", "plot_attribution_comparison"]
     assert len(kh.FIGURE_SECONDS["plot_attribution_comparison"]) == 3 and len(kh.FIGURE_SECONDS["outer"]) == 1
@@ -338,7 +350,7 @@ def test_figure_seconds_count_each_outermost_plot_call_once(uneven, monkeypatch)
 
 def test_grid_figure_places_panels_at_fixed_inches():
     layout = {"left": 1.0, "right": 0.5, "top": 0.5, "bottom": 1.0, "wspace": [1.0, 0.5], "hspace": 0.5}
-    fig, axes = kh._grid_figure(10, 5, layout, 2, 3, width_ratios=[2, 1, 1], sharey=True)
+    fig, axes = ksae.plots.style._grid_figure(10, 5, layout, 2, 3, width_ratios=[2, 1, 1], sharey=True)
     assert fig.get_layout_engine() is None and axes.shape == (2, 3)  # no layout engine: measured once, at draw
     inches = np.array([[np.array(ax.get_position().bounds) * [10, 5, 10, 5] for ax in row] for row in axes])
     np.testing.assert_allclose(inches[0, :, 0], [1.0, 5.5, 7.75])  # 7 inches of panels 2:1:1, gaps 1 and 0.5
@@ -347,8 +359,8 @@ def test_grid_figure_places_panels_at_fixed_inches():
     np.testing.assert_allclose(inches[:, :, 3], 1.5)
     assert all(ax.get_shared_y_axes().joined(axes[0, 0], ax) for ax in axes.flat)
     assert [ax.yaxis.get_tick_params()["labelleft"] for ax in axes[1]] == [True, False, False]
-    kh.plt.close(fig)
-    kh._suptitle(fig, "title")
+    plt.close(fig)
+    ksae.plots.style._suptitle(fig, "title")
     assert fig._suptitle.get_position()[1] == pytest.approx(1 - kh.SUPTITLE_PAD / 5)
 
 
@@ -358,14 +370,14 @@ def test_figures_pause_the_garbage_collector_and_leave_no_figure_behind(uneven):
     sel, maps = uneven
     seen = []
 
-    @kh._styled
+    @ksae.plots.style._styled
     def probe():
         seen.append(gc.isenabled())
         return kh.plot_class_average_maps(maps, sel.y, ["a", "b", "c"])
 
     def figures_alive():
         gc.collect()
-        return sum(type(o) is kh.Figure for o in gc.get_objects())  # type(): isinstance warns on torch shims
+        return sum(type(o) is Figure for o in gc.get_objects())  # type(): isinstance warns on torch shims
 
     alive = figures_alive()
     for _ in range(3):
@@ -385,7 +397,7 @@ def test_figures_pause_the_garbage_collector_and_leave_no_figure_behind(uneven):
 
 def test_render_comparison_grid_draws_the_same_pngs_in_worker_processes(uneven, tmp_path, monkeypatch):
     sel, maps = uneven
-    monkeypatch.setattr(kh, "FIGURE_SECONDS", {})
+    kh.FIGURE_SECONDS.clear()
     figs = kh.plot_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2, save_dir=str(tmp_path / "here"))
     kh.FIGURE_SECONDS.clear()
     pngs = kh.render_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2,
@@ -408,22 +420,23 @@ def _traced_figure(folder, device, nested, module):
     assert device == torch.device("cpu") and nested["w"][0].device.type == "cpu"
     assert all(not p.is_cuda for p in module.parameters())
     (folder / str(os.getpid())).touch()
-    return kh._message_figure("traced", "drawn")
+    return plot_figure._message_figure("traced", "drawn")
 
 
 def test_on_cpu_moves_devices_and_keeps_cpu_objects():
     sae = kh.KSparseAutoencoder(4, 784, 16)
     t = torch.ones(3)
     Point = collections.namedtuple("Point", "x y")
-    out = kh._on_cpu({"device": torch.device("cuda", 1), "items": [t, (sae, 2)], "point": Point(t, 1), "text": "a"})
+    out = plot_figure._on_cpu({"device": torch.device("cuda", 1), "items": [t, (sae, 2)], "point": Point(t, 1),
+                               "text": "a"})
     assert out["device"] == torch.device("cpu") and out["text"] == "a"
     assert out["items"][0] is t and out["items"][1][0] is sae and out["point"].x is t  # on the CPU already: shared
     assert isinstance(out["items"][1], tuple) and isinstance(out["point"], Point)
     sel = kh.Selection(torch.arange(2), torch.rand(2, 784), torch.tensor([0, 1]), torch.rand(2), n_requested=1)
-    moved = kh._on_cpu(sel)
+    moved = plot_figure._on_cpu(sel)
     assert isinstance(moved, kh.Selection) and moved.x is sel.x and moved.n_requested == 1
-    assert kh._cpu_calls([functools.partial(print, torch.device("cuda"))])[0].args == (torch.device("cpu"),)
-    assert kh._cpu_calls([functools.partial(print), lambda: None]) is None
+    assert plot_figure._cpu_calls([functools.partial(print, torch.device("cuda"))])[0].args == (torch.device("cpu"),)
+    assert plot_figure._cpu_calls([functools.partial(print), lambda: None]) is None
 
 
 def test_render_figures_in_workers_any_inputs_same_bytes_and_wall_time(uneven, tmp_path, monkeypatch):
@@ -435,7 +448,7 @@ def test_render_figures_in_workers_any_inputs_same_bytes_and_wall_time(uneven, t
              functools.partial(kh.plot_feature_atlas, sae, torch.rand(16), n_units=8, save=tmp_path / "atlas.png"),
              functools.partial(kh.plot_class_average_maps, maps, sel.y, ["a", "b", "c"], methods=["decoder"])]
     here = kh.render_figures(calls, workers=1)
-    monkeypatch.setattr(kh, "FIGURE_SECONDS", {})
+    kh.FIGURE_SECONDS.clear()
     t0 = time.perf_counter()
     forked = kh.render_figures(calls, workers=2)
     wall = time.perf_counter() - t0
@@ -449,8 +462,8 @@ def test_render_figures_in_workers_any_inputs_same_bytes_and_wall_time(uneven, t
         return lambda: (ran_here.append(call), call())[1]
 
     assert kh.render_figures([noted(c) for c in calls], workers=2) == here and ran_here == []  # in workers
-    monkeypatch.setattr(kh.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(kh.torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     assert kh.render_figures([noted(c) for c in calls], workers=2) == here and len(ran_here) == 3  # not partials: here
     # partials go to the workers with their arguments moved to the CPU (tensors, modules, devices)
     pids = tmp_path / "pids"
@@ -474,16 +487,16 @@ def test_unsaved_figures_are_laid_out_once_and_match_saved_ones(uneven, tmp_path
     plot = functools.partial(kh.plot_class_average_maps, maps, sel.y, ["a", "b", "c"])
     saved = kh.render_figures([functools.partial(plot, save=tmp_path / "maps.png")], workers=1)
     layouts = []
-    monkeypatch.setattr(kh.Figure, "draw_without_rendering", lambda fig: layouts.append(fig))
+    monkeypatch.setattr(Figure, "draw_without_rendering", lambda fig: layouts.append(fig))
     assert kh.render_figures([plot, plot], workers=1) == saved * 2 and layouts == []
     assert saved[0] == (tmp_path / "maps.png").read_bytes()
     plot()
-    assert len(layouts) == 1 and not kh._RENDERING_NOW
+    assert len(layouts) == 1 and not plot_figure._RENDERING_NOW
 
 
 def test_show_displays_png_bytes_once(monkeypatch):
     shown = []
-    monkeypatch.setattr(kh, "_jupyter_display", lambda: (shown.append, type("ipd", (), {"Image": dict})))
+    monkeypatch.setattr(ksae.runtime, "_jupyter_display", lambda: (shown.append, type("ipd", (), {"Image": dict})))
     kh.show(b"\x89PNG fake")
     assert shown == [{"data": b"\x89PNG fake"}]
 

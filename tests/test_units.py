@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import ksae.stats
 import ksae_helpers as kh
 
 N_CLASSES = 10
@@ -201,7 +202,7 @@ def test_bootstrap_ci_of_a_statistic():
     rng = np.random.default_rng(0)
     x = rng.normal(size=400)
     pairs = np.stack([x, x + rng.normal(scale=1.0, size=400)], axis=1)  # true correlation 1/sqrt(2)
-    lo, hi = kh.bootstrap_ci(pairs, statistic=lambda r: kh._rowwise_pearson(r[..., 0], r[..., 1]))
+    lo, hi = kh.bootstrap_ci(pairs, statistic=lambda r: ksae.stats._rowwise_pearson(r[..., 0], r[..., 1]))
     assert lo < 2 ** -0.5 < hi and hi - lo < 0.15
 
 

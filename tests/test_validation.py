@@ -7,6 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+import ksae._util
+import ksae.checks.verdicts
+import ksae.stats
 import ksae_helpers as kh
 
 N, D, C = 200, 784, 10
@@ -164,7 +167,7 @@ def test_bootstrap_ci_of_the_mean_is_the_mean_of_the_seeded_resamples():
         both = np.stack([values, values], 1)  # [N, 2] rows: the general path, same draws
         np.testing.assert_allclose(kh.bootstrap_ci(both, n_boot=500, level=0.9, seed=seed,
                                                    statistic=lambda r: r[..., 0].mean(1)), expected, rtol=1e-12)
-    assert not kh._bootstrap_counts(7, 500, 3).flags.writeable
+    assert not ksae.stats._bootstrap_counts(7, 500, 3).flags.writeable
 
 
 def test_rowwise_correlations_match_scipy():
@@ -176,7 +179,7 @@ def test_rowwise_correlations_match_scipy():
     b[:, :10] = 0.0  # ties
     for i, r in enumerate(kh.rowwise_spearman(a, b)):
         assert r == pytest.approx(spearmanr(a[i], b[i]).statistic)
-    for i, r in enumerate(kh._rowwise_pearson(a, b)):
+    for i, r in enumerate(ksae.stats._rowwise_pearson(a, b)):
         assert r == pytest.approx(pearsonr(a[i], b[i]).statistic)
 
 
@@ -269,9 +272,9 @@ def test_unit_causality_verdict_needs_every_order_and_score_to_win():
                                              "vs_activation": {**win, "mean_diff": -0.5}}},
                       "insertion": {"logit": {"vs_random": {**win, "mean_diff": 2.0},
                                               "vs_activation": {**win, "mean_diff": 1.0}}}}}
-    assert kh._unit_causality_passes(unit)
+    assert ksae.checks.verdicts._unit_causality_passes(unit)
     unit["tests"]["insertion"]["logit"]["vs_activation"]["mean_diff"] = -1.0  # worse than activation order
-    assert not kh._unit_causality_passes(unit)
+    assert not ksae.checks.verdicts._unit_causality_passes(unit)
 
 
 def test_verdict_statements_say_where_a_verdict_flips():
@@ -305,7 +308,7 @@ def test_run_validation_end_to_end_and_its_verdicts_survive_json(small_pipeline)
     assert tests == set(kh.VERDICT_TESTS)
     assert {r["method"] for r in rows} == set(maps)
     # the summary is JSON (string keys): the verdicts read from it are the same
-    again = kh.verdict_table(json.loads(json.dumps(kh._jsonable(val))))
+    again = kh.verdict_table(json.loads(json.dumps(ksae._util._jsonable(val))))
     assert again == json.loads(json.dumps(rows))
 
 

@@ -1,0 +1,1 @@
+"""Interpretable k-sparse autoencoders on Fashion-MNIST: the implementation behind ``ksae_helpers``."""

@@ -1,0 +1,1 @@
+"""Does an explanation deserve trust? The validation suite, one module per check."""

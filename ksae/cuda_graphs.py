@@ -1,0 +1,86 @@
+"""A training step replayed as one captured CUDA graph (``GraphedStep``); eager elsewhere."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+if TYPE_CHECKING:
+    from .config import Config
+
+
+GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before a CUDA graph is captured (PyTorch's recipe)
+
+
+class CudaGraphBackend:
+    """One ``torch.cuda.CUDAGraph``: capture, replay, and the side stream that warm-up steps run on."""
+
+    def __init__(self):
+        self.graph, self.stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+
+    @contextlib.contextmanager
+    def side_stream(self):
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            yield
+        torch.cuda.current_stream().wait_stream(self.stream)
+
+    def capture(self, fn: Callable[[], None]) -> None:
+        torch.cuda.synchronize()
+        with torch.cuda.graph(self.graph):
+            fn()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def graph_backend(cfg: Config, device: torch.device) -> CudaGraphBackend | None:
+    """A fresh ``CudaGraphBackend`` if ``cfg.cuda_graphs`` and ``device`` is CUDA, else ``None`` (eager)."""
+    return CudaGraphBackend() if cfg.cuda_graphs and torch.device(device).type == "cuda" else None
+
+
+class GraphedStep:
+    """A training step ``step(*batch)``, run eagerly or captured once and replayed as one CUDA graph.
+
+    ``step`` does all its work in place (parameters, optimiser state, running sums) and returns nothing; it
+    reads only its ``batch`` tensors and tensors that outlive the loop. With a ``backend``: the first
+    ``warmup`` batches of ``rows`` rows run eagerly on the backend's side stream, the next is captured into
+    static copies of its tensors, and every later batch of that shape is copied into them and replayed. A
+    batch of another shape (an epoch's short last batch) runs eagerly. If capture fails, one warning says why
+    and every later step runs eagerly. Without a backend, calling it is calling ``step``. ``replays`` counts
+    the graph's replays.
+    """
+
+    def __init__(self, step: Callable[..., None], rows: int, backend=None, warmup: int = GRAPH_WARMUP_STEPS):
+        self.step, self.rows, self.backend, self.warmup = step, rows, backend, warmup
+        self.static: list[torch.Tensor] | None = None
+        self.warmed = self.replays = 0
+
+    def __call__(self, *batch: torch.Tensor) -> None:
+        if self.backend is None or batch[0].shape[0] != self.rows:
+            return self.step(*batch)
+        if self.warmed < self.warmup:
+            self.warmed += 1
+            with self.backend.side_stream():
+                return self.step(*batch)
+        if self.static is None and not self._capture(batch):
+            return self.step(*batch)
+        for buffer, b in zip(self.static, batch):
+            buffer.copy_(b)
+        self.backend.replay()
+        self.replays += 1
+
+    def _capture(self, batch: Sequence[torch.Tensor]) -> bool:
+        self.static = [b.clone() for b in batch]
+        try:
+            self.backend.capture(lambda: self.step(*self.static))
+            return True
+        except RuntimeError as exc:
+            warnings.warn(f"CUDA graph capture failed, training continues eagerly: {exc}", RuntimeWarning,
+                          stacklevel=3)
+            self.backend = self.static = None
+            return False

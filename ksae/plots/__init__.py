@@ -1,0 +1,1 @@
+"""Every figure of the notebook, one module per part of the story."""

@@ -1,0 +1,209 @@
+"""Finishing figures: palette PNGs, saving, and drawing figures side by side in forked workers."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gc
+import io
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass, replace
+from typing import Callable
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn as nn
+from matplotlib.figure import Figure
+
+from .._util import _check_int, atomic_write_bytes
+from .style import (
+    CAN_FORK,
+    DPI,
+    FIGURE_SECONDS,
+    FIGURE_WORKERS,
+    MESSAGE_LAYOUT,
+    PNG_COLORS,
+    PNG_EXACT_COLORS,
+    PNG_QUANTIZER,
+    PNG_TOLERANCE,
+    _figure_style,
+    _grid_figure,
+)
+
+
+def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``rgb: [..., 3]`` uint8 colours as one int32 each (for counting colours)."""
+    return (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+
+
+def palette_png(rgb: np.ndarray, colors: int = PNG_COLORS) -> bytes:
+    """``rgb: [H, W, 3]`` uint8 as a palette PNG of at most ``colors`` colours: a fast octree palette (large
+    areas move by a few levels at most), plus ``PNG_EXACT_COLORS`` entries for the most frequent colours it
+    would shift by more than ``PNG_TOLERANCE`` levels (a thin contour line or a legend patch keeps its colour)."""
+    from PIL import Image, ImageChops
+
+    original = Image.fromarray(rgb)
+    quantized = original.quantize(colors - PNG_EXACT_COLORS, method=PNG_QUANTIZER, dither=Image.Dither.NONE)
+    channels = ImageChops.difference(quantized.convert("RGB"), original).split()
+    error = ImageChops.lighter(ImageChops.lighter(channels[0], channels[1]), channels[2])  # [H, W] max shift
+    index = np.asarray(quantized).copy()
+    palette = np.asarray(quantized.getpalette(), dtype=np.uint8).reshape(-1, 3)[:index.max() + 1]
+    rows, cols = np.nonzero(np.asarray(error) > PNG_TOLERANCE)
+    if len(rows):
+        packed = _pack_rgb(rgb[rows, cols])
+        values, counts = np.unique(packed, return_counts=True)
+        for value in values[np.argsort(-counts, kind="stable")[:PNG_EXACT_COLORS]]:
+            hit = packed == value
+            index[rows[hit], cols[hit]] = len(palette)
+            palette = np.vstack([palette, [(value >> 16) & 255, (value >> 8) & 255, value & 255]])
+    image = Image.fromarray(index, mode="P")
+    image.putpalette(palette.astype(np.uint8).ravel().tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def png_bytes(fig: Figure, dpi: float = DPI, colors: int = PNG_COLORS) -> bytes:
+    """``fig`` rendered once at ``dpi`` and encoded by ``palette_png`` (a third of the size of a true-colour
+    PNG; the figures are flat colours, text and 28 x 28 maps, so nothing visible is lost)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return palette_png(np.asarray(canvas.buffer_rgba())[..., :3], colors)
+
+
+def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
+    """Save ``fig`` at ``DPI`` if ``save`` is a path (parent folders created); return ``fig``.
+
+    Without ``save`` the figure is laid out once here, so its ticks are created in the module's style (not
+    when ``_figure_png`` is building it: that renders it at once, in the same style). The figure is closed in
+    pyplot, so a notebook displays it only when it is returned (not twice).
+    """
+    if save is not None:
+        fig.saved_png = png_bytes(fig)  # rendered once: ``show`` displays these bytes
+        atomic_write_bytes(save, fig.saved_png)
+    elif not _RENDERING_NOW:
+        fig.draw_without_rendering()
+    plt.close(fig)
+    return fig
+
+
+_FORKED_CALLS: list[Callable[[], Figure]] = []  # render_figures' calls, set just before its workers fork
+
+
+_RENDERING_NOW = False  # True while ``_figure_png`` builds a figure that it renders straight away
+
+
+def _figure_png(call: Callable[[], Figure]) -> bytes:
+    """``call()``'s figure as PNG bytes: the bytes it was saved as, else drawn now in the module's style."""
+    global _RENDERING_NOW
+    _RENDERING_NOW = True
+    try:
+        fig = call()
+    finally:
+        _RENDERING_NOW = False
+    png = getattr(fig, "saved_png", None)
+    if png is None:
+        with _figure_style():  # the style it was built in, as a saved figure is drawn
+            png = png_bytes(fig)
+    plt.close(fig)
+    return png
+
+
+def _forked_figure(i: int) -> tuple[bytes, str, float]:
+    """In a worker: ``_FORKED_CALLS[i]`` drawn -> (PNG bytes, plot function's name, seconds). Torch runs on
+    one thread here: a forked child must not use the parent's thread pools."""
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    call = _FORKED_CALLS[i]
+    png = _figure_png(call)
+    return png, getattr(getattr(call, "func", call), "__name__", "figure"), time.perf_counter() - t0
+
+
+def figure_workers(n_jobs: int) -> int:
+    """Processes to draw ``n_jobs`` figures with: one per usable core, at most ``FIGURE_WORKERS`` and
+    ``n_jobs``; 1 (draw here) where the platform cannot fork safely (``CAN_FORK``: Linux only)."""
+    if not CAN_FORK:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n_jobs, cores, FIGURE_WORKERS))
+
+
+def _on_cpu(obj):
+    """``obj`` with every tensor, module and device inside it (through dicts, lists, tuples and dataclasses)
+    on the CPU: CUDA ones copied there, everything else shared as it is. What a forked figure worker, which
+    cannot use its parent's CUDA context, can draw from."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, torch.device):
+        return torch.device("cpu")
+    if isinstance(obj, nn.Module):
+        on_cuda = any(t.is_cuda for t in [*obj.parameters(), *obj.buffers()])
+        return copy.deepcopy(obj).cpu() if on_cuda else obj
+    if isinstance(obj, dict):
+        return {key: _on_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):  # named tuples are left as they are
+        return type(obj)(_on_cpu(value) for value in obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return replace(obj, **{f.name: _on_cpu(getattr(obj, f.name)) for f in fields(obj) if f.init})
+    return obj
+
+
+def _cpu_calls(calls: list) -> list | None:
+    """``calls`` (``functools.partial`` objects) with their arguments ``_on_cpu``; None if any call is not a
+    partial (its inputs cannot be seen)."""
+    if not all(isinstance(call, functools.partial) for call in calls):
+        return None
+    return [functools.partial(call.func, *_on_cpu(call.args), **_on_cpu(call.keywords)) for call in calls]
+
+
+def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = None,
+                   cuda_free: bool = False) -> list[bytes]:
+    """Draw figures side by side. Each of ``calls`` builds one figure (e.g. ``functools.partial(
+    kh.plot_completeness, result, save=path)``); they run in ``workers`` forked processes (default
+    ``figure_workers``; 1: here, one after another) and come back, in order, as PNG bytes for ``show`` -- byte
+    for byte what drawing them here gives. Workers inherit the calls (nothing is sent to them), so any inputs
+    work. A forked child cannot use this process's CUDA context: once CUDA is in use here, the workers get
+    the calls with their arguments moved to the CPU (``_on_cpu``: tensors, modules, devices), unless
+    ``cuda_free`` promises that the calls touch no CUDA tensor; calls that are not ``functools.partial``
+    objects are then drawn here. ``FIGURE_SECONDS`` gets each figure's share of the wall time (in proportion
+    to its drawing time in its worker) under its plot function's name."""
+    calls = list(calls)
+    workers = figure_workers(len(calls)) if workers is None else workers
+    _check_int("workers", workers, low=1)
+    if not isinstance(cuda_free, bool):
+        raise ValueError(f"cuda_free must be True or False, got {cuda_free!r}")
+    here = workers == 1 or len(calls) < 2 or not CAN_FORK
+    if not here and not cuda_free and torch.cuda.is_available() and torch.cuda.is_initialized():
+        cpu_calls = _cpu_calls(calls)
+        here, calls = (True, calls) if cpu_calls is None else (False, cpu_calls)
+    if here:
+        return [_figure_png(call) for call in calls]
+    t0 = time.perf_counter()
+    _FORKED_CALLS[:] = calls
+    try:
+        # each worker moves what it inherits to the collector's permanent generation (gc.freeze): the collector
+        # never walks (nor copies on write) the parent's objects
+        with multiprocessing.get_context("fork").Pool(min(workers, len(calls)), initializer=gc.freeze) as pool:
+            results = pool.map(_forked_figure, range(len(calls)), chunksize=1)
+    finally:
+        _FORKED_CALLS.clear()
+    wall, drawing = time.perf_counter() - t0, sum(seconds for _, _, seconds in results) or 1.0
+    for _, name, seconds in results:
+        FIGURE_SECONDS.setdefault(name, []).append(wall * seconds / drawing)
+    return [png for png, _, _ in results]
+
+
+def _message_figure(title: str, message: str) -> Figure:
+    """A small figure that only says ``message`` (for inputs with nothing to plot)."""
+    fig, ((ax,),) = _grid_figure(6, 2, MESSAGE_LAYOUT)
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    return fig

@@ -1,0 +1,349 @@
+"""``results/summary.json``, tables and generated markdown, run names and output folders, notebook
+compaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+
+from ._util import _jsonable, atomic_write_bytes
+from .attribution import METHOD_LABELS
+from .checks.agreement import PIXEL_SETS
+from .checks.randomization import RANDOMIZATION_VARIANTS
+from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _verdict_label, verdict_statements
+from .config import Config
+from .plots.style import FIGURE_SECONDS
+from .runtime import device_name
+from .stats import _ci_text
+from .units import _percent
+
+if TYPE_CHECKING:
+    from .selection import Selection
+
+
+# Keys (documented in README.md, "results/summary.json"):
+#   schema_version, created, config, device, torch_version, timings_s{phase: seconds},
+#   autoencoder{k, test_mse_per_pixel, fvu, mean_l0, dead_units, d_hidden},
+#   classifier{test_accuracy, per_class_accuracy{class: acc}, confusion_matrix[[...]]},
+#   selection{n_images, n_per_class, threshold, candidates_per_class, selected_per_class, n_fallback,
+#             shortfalls{class: {passing, selected, fallback}}, skipped_classes, warning},
+#   validation{n_images, cross_method, faithfulness, object_focus, completeness, randomization, unit_deletion,
+#              seconds{check: s}}, verdicts[{ordering, method, ranking, test, passes, rank, value}],
+#   units{table[{unit, freq_train, freq_test, majority_class, purity, recall, mean_contribution, ablation_effect,
+#         ablation_accuracy, dead}], agreement{n_units, pearson, spearman, same_sign}, seconds} (passed as extra)
+SUMMARY_SCHEMA_VERSION = 1
+
+
+def selection_summary(selection: Selection, threshold: float) -> dict:
+    """The ``selection`` block of the summary: sizes, per-class counts and any shortfall."""
+    classes = list(selection.n_candidates)
+    fallback = selection.fallback
+    return {"n_images": len(selection.y), "threshold": threshold,
+            "n_per_class": selection.n_requested or len(selection.y) // max(len(classes), 1),
+            "candidates_per_class": selection.n_candidates, "selected_per_class": selection.per_class(classes),
+            "n_fallback": int(fallback.sum()) if fallback is not None else 0,
+            "shortfalls": selection.shortfalls, "skipped_classes": selection.skipped, "warning": selection.warning}
+
+
+def build_summary(cfg: Config, device: torch.device, metrics: dict, timings: dict,
+                  selection: Selection | None = None, validation: dict | None = None, **extra) -> dict:
+    """Everything a reader or a script needs to check the notebook's claims, as one dict."""
+    ae = {k: v for k, v in metrics["autoencoder"].items() if k != "unit_usage_train"}
+    summary = {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": cfg.to_dict(),
+        "device": device_name(device),
+        "torch_version": torch.__version__,
+        "timings_s": timings,
+        "autoencoder": ae,
+        "classifier": metrics["classifier"],
+    }
+    if selection is not None:
+        summary["selection"] = selection_summary(selection, cfg.confidence_threshold)
+    if validation is not None:
+        summary["validation"] = validation
+    summary.update(extra)
+    return _jsonable(summary)
+
+
+def figure_timings(seconds: dict[str, list[float]] | None = None) -> dict:
+    """Figure-drawing time (``FIGURE_SECONDS`` unless ``seconds`` is given) summed up, in seconds: ``{"total",
+    "n_figures", "slowest": [function, s], "per_function": {function: {"calls", "total", "max"}}}``."""
+    seconds = FIGURE_SECONDS if seconds is None else seconds
+    per = {name: {"calls": len(t), "total": sum(t), "max": max(t)} for name, t in seconds.items() if t}
+    slowest = max(per, key=lambda name: per[name]["max"], default=None)
+    return {"total": sum(p["total"] for p in per.values()), "n_figures": sum(p["calls"] for p in per.values()),
+            "slowest": [slowest, per[slowest]["max"] if slowest else 0.0], "per_function": per}
+
+
+def write_summary(summary: dict, path: str | os.PathLike = "results/summary.json") -> Path:
+    """Write ``summary`` as indented JSON, atomically."""
+    return atomic_write_bytes(path, json.dumps(summary, indent=1, allow_nan=False).encode())
+
+
+def headline_table(summary: dict) -> list[tuple[str, str]]:
+    """The headline numbers of a summary as (name, value) rows, for the notebook's closing table."""
+    ae, clf = summary["autoencoder"], summary["classifier"]
+    rows = [("k (active units)", f"{ae['k']}"), ("Test FVU", f"{ae['fvu']:.4f}"),
+            ("Test MSE / pixel", f"{ae['test_mse_per_pixel']:.5f}"), ("Mean L0", f"{ae['mean_l0']:.1f}"),
+            ("Dead units", f"{ae['dead_units']} / {ae['d_hidden']}"),
+            ("Test accuracy", f"{100 * clf['test_accuracy']:.2f} %")]
+    sel = summary.get("selection")
+    if sel:
+        short = f"; fewer for {len(sel.get('shortfalls', {})) + len(sel.get('skipped_classes', []))} classes"
+        rows.append(("Explained images", f"{sel['n_images']} ({sel['n_per_class']} asked per class"
+                     f"{short if sel.get('warning') else ''}, {sel.get('n_fallback', 0)} below the threshold)"))
+    val = summary.get("validation")
+    if val:
+        for sub, res in val["faithfulness"]["substrates"].items():
+            for key, e in res["orderings"].items():
+                rows.append((f"LeRF-MoRF gap, {sub}: {key}", _ci_text(e["gap"])))
+        comp = val["completeness"]
+        rows.append((f"IG completeness error = jump sum within {100 * comp['tolerance']:.0f} % "
+                     f"({comp['n_steps']} steps)", f"{100 * comp['share_within_tolerance']:.0f} % of images"))
+    rows += [(f"time: {k}", f"{v:.1f} s") for k, v in summary.get("timings_s", {}).items()]
+    figures = summary.get("figures")
+    if figures and figures["n_figures"]:
+        rows.append((f"time: {figures['n_figures']} figures (drawn and saved)",
+                     f"{figures['total']:.1f} s, slowest {figures['slowest'][1]:.2f} s ({figures['slowest'][0]})"))
+    return rows
+
+
+def seeds_for_config(path: str | os.PathLike, cfg: Config) -> dict | None:
+    """``benchmarks/verdicts_across_seeds.py``'s result at ``path`` if it was measured with ``cfg``'s
+    configuration (every field but the seed), else None (missing file, or another configuration)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    mine = {**cfg.to_dict(), "seed": None}
+    theirs = {**result.get("config", {}), "seed": None}
+    return result if json.dumps(mine, sort_keys=True) == json.dumps(theirs, sort_keys=True) else None
+
+
+def verdict_markdown(rows: list[dict], seeds: dict | None = None) -> str:
+    """A Markdown table, one row per attribution ordering and one column per test of ``VERDICT_TESTS``:
+    ✓ / ✗ (pass / fail in this run), the rank among all orderings where there is one, and, if ``seeds``
+    (``seeds_for_config``) is given, ``seeds: ✓✓✗`` with the outcome in each seed (— when a test does not
+    apply). Then the plain statements: from ``seeds`` when given, else from this run alone."""
+    tests = list(VERDICT_TESTS)
+    stability = {(e["ordering"], e["test"]): e for e in (seeds or {}).get("stability", [])}
+    table = {}
+    for r in rows:
+        cell = ("✓" if r["passes"] else "✗") + (f" (rank {r['rank']})" if r["rank"] is not None else "")
+        e = stability.get((r["ordering"], r["test"]))
+        if e:
+            cell += " · seeds " + "".join("✓" if ok else "✗" for ok in e["passes"].values())
+        table.setdefault(r["ordering"], {})[r["test"]] = cell
+    lines = ["| ordering | " + " | ".join(VERDICT_NAMES[t] for t in tests) + " |",
+             "|---" * (len(tests) + 1) + "|"]
+    lines += [f"| {_verdict_label(o).replace('|', '&#124;')} | " + " | ".join(cells.get(t, "—") for t in tests) + " |"
+              for o, cells in table.items()]  # a literal | would split the cell
+    statements = seeds["statements"] if seeds else verdict_statements({"this run": rows})
+    where = f"{len(seeds['seeds'])} training seeds" if seeds else "this run only (no seed file for this configuration)"
+    for kind, title in (("holds", "Holds on every substrate"), ("fails", "Fails everywhere"),
+                        ("flips", "Depends on the protocol")):
+        if statements[kind]:
+            lines += ["", f"**{title}** ({where}):", *[f"- {s}" for s in statements[kind]]]
+    return "\n".join(lines)
+
+
+def read_summary(path: str | os.PathLike = "results/summary.json") -> dict:
+    """Load a summary written by ``write_summary``."""
+    return json.loads(Path(path).read_text())
+
+
+def figure_path_fn(folder: str | os.PathLike | None) -> Callable[[str], str | None]:
+    """``fn(name) -> "folder/name.png"``, or ``None`` for every name when ``folder`` is empty."""
+    return lambda name: str(Path(folder) / f"{name}.png") if folder else None
+
+
+DEFAULT_FIGURE_DIR = "figures"  # the committed default run's figures
+
+
+DEFAULT_SUMMARY_PATH = "results/summary.json"  # the committed default run's summary
+
+
+RUNS_DIR = "runs"  # every other configuration writes under runs/<run_name>/ (git-ignored)
+# The notebook's run parameters that are not Config fields, at their defaults (its parameters cell).
+
+
+RUN_DEFAULTS = {"samples_per_class": 100, "n_subset": 300, "n_completeness": 200, "n_randomization": 100}
+
+
+RUN_NAME_MAX = 80  # longer run names are cut and given a hash of the full name
+
+
+def _name_part(name: str, value) -> str:
+    """'k20', 'train_subset3000', 'n_subset50' for one non-default setting."""
+    if isinstance(value, (list, tuple)):
+        value = "-".join(map(str, value))
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}{value}")
+
+
+def _plain(value):
+    """A parameter value comparable across list/tuple spellings: sequences become lists."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def run_name(cfg: Config, **run_params) -> str:
+    """``"default"`` for ``Config()`` with ``RUN_DEFAULTS``, else the settings that differ, e.g. ``"k20"``
+    or ``"k1_ae_epochs3_train_subset3000_samples_per_class3"`` (Config fields first, in field order).
+
+    ``run_params``: notebook parameters named in ``RUN_DEFAULTS`` (others raise ``ValueError``).
+    """
+    if not isinstance(cfg, Config):
+        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
+    unknown = sorted(set(run_params) - set(RUN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown run parameter(s) {unknown}; expected some of {sorted(RUN_DEFAULTS)}")
+    default = Config().to_dict()
+    settings = {**{n: v for n, v in cfg.to_dict().items() if v != default[n]},
+                **{n: run_params[n] for n in RUN_DEFAULTS  # in RUN_DEFAULTS' order: the name ignores argument order
+                   if n in run_params and _plain(run_params[n]) != _plain(RUN_DEFAULTS[n])}}
+    if not settings:
+        return "default"
+    name = "_".join(_name_part(n, v) for n, v in settings.items())
+    if len(name) > RUN_NAME_MAX:
+        name = f"{name[:RUN_NAME_MAX - 9]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` (and parents) and prove a file can be written there; ``ValueError`` if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"output folder {str(folder)!r} must be a writable folder, got: {exc}") from exc
+
+
+def output_paths(cfg: Config, figure_dir: str | os.PathLike | None = DEFAULT_FIGURE_DIR,
+                 summary_path: str | os.PathLike = DEFAULT_SUMMARY_PATH, runs_dir: str | os.PathLike = RUNS_DIR,
+                 **run_params) -> tuple[str, str]:
+    """Where this run saves its figures and summary, checked writable (call it before training).
+
+    The default configuration (``run_name(cfg, **run_params) == "default"``) keeps ``figure_dir`` and
+    ``summary_path``. Any other configuration that would write to the default ``figures/`` or
+    ``results/summary.json`` writes to ``runs/<run_name>/figures`` and ``runs/<run_name>/summary.json``
+    instead, so it never overwrites the committed default run; paths a user chose are kept.
+    ``figure_dir`` empty or None (save no figures) stays as it is. Raises ``ValueError`` for a folder that
+    cannot be created or written.
+    """
+    name = run_name(cfg, **run_params)
+    figures = str(figure_dir) if figure_dir else ""
+    summary = str(summary_path)
+    if name != "default":
+        run = Path(runs_dir) / name
+        if figures and Path(figures) == Path(DEFAULT_FIGURE_DIR):
+            figures = str(run / "figures")
+        if Path(summary) == Path(DEFAULT_SUMMARY_PATH):
+            summary = str(run / "summary.json")
+    for folder in ([Path(figures)] if figures else []) + [Path(summary).parent]:
+        _check_writable(folder)
+    return figures, summary
+
+
+_CARRIAGE_RETURN = re.compile(r".*\r(?=[^\n])")  # text a later \r on the same line overwrote
+
+
+def _coalesce_streams(outputs: list) -> list:
+    """Merge consecutive stream outputs of the same name and apply carriage returns (as a terminal shows
+    them, like nbconvert's ``coalesce_streams``); drop streams left empty."""
+    merged = []
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            text = "".join(out["text"]) if isinstance(out["text"], list) else out["text"]
+            if merged and merged[-1].get("output_type") == "stream" and merged[-1]["name"] == out["name"]:
+                merged[-1]["text"] += text
+                continue
+            out = {**out, "text": text}
+        merged.append(out)
+    for out in merged:
+        if out.get("output_type") == "stream":
+            out["text"] = _CARRIAGE_RETURN.sub("", out["text"].replace("\r\n", "\n"))
+    return [o for o in merged if not (o.get("output_type") == "stream" and not o["text"])]
+
+
+def compact_notebook(path: str | os.PathLike) -> tuple[int, int]:
+    """Rewrite an executed notebook in place with each cell's progress-bar updates collapsed to their last
+    state (``_coalesce_streams``); everything else is kept. Returns the file size (bytes) before and after.
+
+    Run it after papermill: ``papermill nb.ipynb nb.ipynb && python -c "import ksae_helpers as kh;
+    kh.compact_notebook('nb.ipynb')"``.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        nb = json.loads(raw)
+        cells = nb["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"path must be a readable .ipynb notebook (JSON with 'cells'), got {str(path)!r}: "
+                         f"{exc}") from exc
+    for cell in cells:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = _coalesce_streams(cell.get("outputs", []))
+    import nbformat  # comes with jupyter; writes the file exactly as Jupyter and papermill do
+
+    data = nbformat.writes(nbformat.from_dict(nb), version=nbformat.NO_CONVERT).encode()
+    atomic_write_bytes(path, data)
+    return len(raw), len(data)
+
+
+def randomization_table(rand: dict) -> list[tuple[str, str]]:
+    """Rows "method: all pixels / object pixels" of the randomization check's similarity after the last
+    stage that changes the model (the encoder: cascading, and the encoder alone: independent), next to
+    the different-class reference on the same pixel sets."""
+    stage = rand["stages"].index("encoder")
+    rows = [("Spearman |maps| with the original (all pixels / object pixels)",
+             "cascading to the encoder | encoder alone | different-class reference")]
+    for m in rand["reference"]:
+        cells = [rand["variants"][v][p][m][stage]["mean"] for v in RANDOMIZATION_VARIANTS for p in PIXEL_SETS]
+        ref = [rand["reference"][m][p]["mean"] for p in PIXEL_SETS]
+        rows.append((METHOD_LABELS.get(m, m), f"{cells[0]:.3f} / {cells[1]:.3f} | {cells[2]:.3f} / {cells[3]:.3f} | "
+                     f"{ref[0]:.3f} / {ref[1]:.3f}"))
+    return rows
+
+
+UNIT_PURE = 0.9  # a unit is "class-pure" in the summary when at least this share of its firing images is one class
+
+
+def unit_table_summary(units: dict) -> list[tuple[str, str]]:
+    """(name, value) rows about the units from ``summary["units"]`` (``{"table": unit_table(...),
+    "agreement": contribution_ablation_agreement(...)}``), for the notebook's text about the units."""
+    if not isinstance(units, dict) or not isinstance(units.get("table"), list) or not units["table"]:
+        raise ValueError(f"units must be a dict with a non-empty 'table' (rows of unit_table), got {units!r:.80}")
+    table = units["table"]
+    live = [row for row in table if row["majority_class"] is not None]
+    freq = np.array([row["freq_test"] for row in table])
+    pure = [row for row in live if row["purity"] >= UNIT_PURE]
+    lowers = [row for row in live if row["ablation_effect"] < 0]
+    rows = [("units", f"{len(table)}"), ("dead (no training or test image)", f"{sum(r['dead'] for r in table)}"),
+            ("fire on no test image", f"{len(table) - len(live)}"),
+            ("median firing frequency (test)", _percent(float(np.median(freq)))),
+            (f"class-pure units (purity >= {UNIT_PURE:.0%})", f"{len(pure)} of {len(live)}"),
+            ("zeroing lowers its class logit", f"{len(lowers)} of {len(live)}")]
+    counts: dict[str, int] = {}
+    for row in live:
+        counts[row["majority_class"]] = counts.get(row["majority_class"], 0) + 1
+    rows += [(f"units whose majority class is {name}", f"{n}") for name, n in sorted(counts.items())]
+    agreement = units.get("agreement")
+    if agreement:
+        for name in ("pearson", "spearman"):
+            lo, hi = agreement[name]["ci95"]
+            rows.append((f"contribution vs ablation: {name}", f"{agreement[name]['value']:.3f} [{lo:.3f}, {hi:.3f}]"))
+        rows.append(("contribution and ablation drop of the same sign", f"{agreement['same_sign']:.0%} of units"))
+    return rows

@@ -1,0 +1,147 @@
+"""The package behind the facade: ``ksae_helpers.py`` only re-exports, modules stay small, and the split of the
+old single module into ``ksae/`` was a move, not a rewrite (each moved definition is unchanged, line numbers
+aside, against the pre-split revision)."""
+
+import ast
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ksae_helpers as kh
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "ksae"
+PRE_SPLIT = "07ecf4b"  # the last revision with the whole implementation in ksae_helpers.py
+FINGERPRINTS = Path(__file__).parent / "data" / "pre_split_fingerprints.json"
+MAX_MODULE_LINES = 600
+MAX_FACADE_LINES = 250
+
+# Top-level definitions of the pre-split module that were changed on purpose after the move, and why. Every
+# other definition must be found in the package unchanged. The test also fails if a name here is unchanged.
+EDITED = {
+    "UNIT_BROWSER_TEMPLATE": "the template path is found from ksae/, one folder further down (same file)",
+}
+
+
+def _definitions(tree: ast.Module) -> dict[str, ast.AST]:
+    """Top-level functions, classes and assignments of ``tree`` by name."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        out[name.id] = node
+    return out
+
+
+def fingerprint(node: ast.AST) -> str:
+    """A line-number-free fingerprint of a definition: its syntax tree without positions (names, code,
+    docstrings and decorators all count)."""
+    return hashlib.sha256(ast.dump(node, include_attributes=False).encode()).hexdigest()
+
+
+def pre_split_fingerprints() -> dict[str, str]:
+    """Fingerprints of the pre-split module's definitions: from git where the revision is there, else the
+    committed copy (made by ``python tests/test_package.py``) when it was made by this Python version."""
+    try:
+        source = subprocess.run(["git", "show", f"{PRE_SPLIT}:ksae_helpers.py"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        stored = json.loads(FINGERPRINTS.read_text())
+        if stored["python"] != list(sys.version_info[:2]):
+            pytest.skip(f"no git history of {PRE_SPLIT}, and the stored fingerprints are of Python {stored['python']}")
+        return stored["fingerprints"]
+    return {name: fingerprint(node) for name, node in _definitions(ast.parse(source)).items()}
+
+
+def package_definitions() -> dict[str, tuple[str, ast.AST]]:
+    """Every top-level definition of the package: name -> (module path, node)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for name, node in _definitions(ast.parse(path.read_text())).items():
+            out.setdefault(name, (str(path.relative_to(ROOT)), node))
+    return out
+
+
+def test_the_split_moved_every_definition_unchanged():
+    old = pre_split_fingerprints()
+    new = package_definitions()
+    changed = {name for name, print_ in old.items() if name not in new or fingerprint(new[name][1]) != print_}
+    assert changed - set(EDITED) == set(), "changed or lost in the move (add to EDITED with a reason, or undo)"
+    assert set(EDITED) - changed == set(), "listed as edited but unchanged: drop from EDITED"
+    assert len(old) > 400  # the whole pre-split module was compared
+
+
+def test_stored_fingerprints_match_the_pre_split_revision():
+    stored = json.loads(FINGERPRINTS.read_text())
+    try:
+        subprocess.run(["git", "cat-file", "-e", f"{PRE_SPLIT}^{{commit}}"], cwd=ROOT, check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"no git history of {PRE_SPLIT}")
+    if stored["python"] != list(sys.version_info[:2]):
+        pytest.skip(f"stored fingerprints are of Python {stored['python']}")
+    assert stored["fingerprints"] == pre_split_fingerprints()
+
+
+def test_a_planted_edit_is_seen():
+    source = "def f(x):\n    return x + 1\n"
+    moved = "\n\n\ndef f(x):\n    return x + 1\n"  # other line numbers: same fingerprint
+    edited = "def f(x):\n    return x + 2\n"
+    print_ = fingerprint(_definitions(ast.parse(source))["f"])
+    assert print_ == fingerprint(_definitions(ast.parse(moved))["f"])
+    assert print_ != fingerprint(_definitions(ast.parse(edited))["f"])
+
+
+def test_facade_is_a_table_of_contents():
+    source = (ROOT / "ksae_helpers.py").read_text()
+    tree = ast.parse(source)
+    assert len(source.splitlines()) <= MAX_FACADE_LINES
+    kinds = {type(node).__name__ for node in tree.body}
+    assert kinds <= {"Expr", "ImportFrom", "Assign"}, kinds  # docstring, re-exports, __all__: no logic
+    (all_node,) = [node for node in tree.body if isinstance(node, ast.Assign)]
+    assert [t.id for t in all_node.targets] == ["__all__"]
+    exported = ast.literal_eval(all_node.value)  # a literal list
+    imported = [a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom) for a in node.names]
+    assert sorted(exported) == sorted(imported) and len(set(exported)) == len(exported)
+    modules = {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+    for module in modules:  # the docstring names every module it re-exports from
+        assert module in tree.body[0].value.value, module
+    # every public name of the package is reachable through the facade
+    public = {name for name in package_definitions() if not name.startswith("_")}
+    assert public - set(exported) == set()
+
+
+def test_every_name_the_notebook_readme_and_benchmarks_use_exists():
+    texts = [(ROOT / "README.md").read_text()]
+    texts += [p.read_text() for p in (ROOT / "benchmarks").glob("*.py")]
+    notebook = json.loads((ROOT / "fashion_mnist_interpretability.ipynb").read_text())
+    texts += ["".join(cell["source"]) for cell in notebook["cells"]]
+    used = {name for text in texts for name in re.findall(r"\bkh\.([A-Za-z_]\w*)\b(?!\*)", text)}
+    assert used and {name for name in used if not hasattr(kh, name)} == set()
+
+
+def test_modules_are_small():
+    for path in PACKAGE.rglob("*.py"):
+        assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES, path
+
+
+def write_fingerprints() -> None:
+    """Store the pre-split fingerprints (for clones without the git history)."""
+    source = subprocess.run(["git", "show", f"{PRE_SPLIT}:ksae_helpers.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    prints = {name: fingerprint(node) for name, node in _definitions(ast.parse(source)).items()}
+    FINGERPRINTS.write_text(json.dumps({"revision": PRE_SPLIT, "python": list(sys.version_info[:2]),
+                                        "fingerprints": prints}, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    write_fingerprints()
