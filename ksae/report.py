@@ -21,7 +21,6 @@ from .checks.agreement import PIXEL_SETS
 from .checks.randomization import RANDOMIZATION_VARIANTS
 from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _verdict_label, verdict_statements
 from .config import Config
-from .plots.style import FIGURE_SECONDS
 from .runtime import device_name
 from .stats import _ci_text
 from .units import _percent
@@ -76,10 +75,10 @@ def build_summary(cfg: Config, device: torch.device, metrics: dict, timings: dic
     return _jsonable(summary)
 
 
-def figure_timings(seconds: dict[str, list[float]] | None = None) -> dict:
-    """Figure-drawing time (``FIGURE_SECONDS`` unless ``seconds`` is given) summed up, in seconds: ``{"total",
-    "n_figures", "slowest": [function, s], "per_function": {function: {"calls", "total", "max"}}}``."""
-    seconds = FIGURE_SECONDS if seconds is None else seconds
+def figure_timings(seconds: dict[str, list[float]]) -> dict:
+    """Figure-drawing time (``seconds``: plot function -> seconds of each figure, e.g. a ``Stopwatch``'s
+    ``figures``) summed up, in seconds: ``{"total", "n_figures", "slowest": [function, s], "per_function":
+    {function: {"calls", "total", "max"}}}``."""
     per = {name: {"calls": len(t), "total": sum(t), "max": max(t)} for name, t in seconds.items() if t}
     slowest = max(per, key=lambda name: per[name]["max"], default=None)
     return {"total": sum(p["total"] for p in per.values()), "n_figures": sum(p["calls"] for p in per.values()),

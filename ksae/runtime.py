@@ -1,9 +1,12 @@
-"""Where code runs and how a notebook shows things: the device (chosen once), seeding, ``show``."""
+"""Where code runs and how a notebook shows things: the device (chosen once), seeding, ``show``, and the
+``Stopwatch`` a run keeps its timings in."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -86,3 +89,37 @@ def print_table(rows: Sequence[tuple[str, str]]) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+
+
+class Stopwatch:
+    """Seconds per phase of a run and per figure, kept by whoever runs (the notebook makes one per run): no
+    process-wide state, so two runs in one process never mix their timings.
+
+    ``with watch.phase("data"): ...`` adds the block's wall time to ``phases["data"]``; plot functions given
+    ``timer=watch`` (and ``render_figures(..., timer=watch)``) append each figure's seconds to
+    ``figures[plot function name]``; ``timings()`` is the phases plus the total since the watch was made.
+    """
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.phases: dict[str, float] = {}  # phase -> seconds (summed over its blocks)
+        self.figures: dict[str, list[float]] = {}  # plot function -> seconds of each figure it drew
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block under ``name`` (added to earlier blocks of that name), also when it raises."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a phase name must be a non-empty string, got {name!r}")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
+
+    def add_figure(self, name: str, seconds: float) -> None:
+        """Record that plot function ``name`` drew one figure in ``seconds``."""
+        self.figures.setdefault(name, []).append(float(seconds))
+
+    def timings(self) -> dict[str, float]:
+        """``{phase: seconds, ..., "total": seconds since the watch was made}`` (the summary's ``timings_s``)."""
+        return {**self.phases, "total": time.perf_counter() - self.started}

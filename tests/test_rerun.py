@@ -88,7 +88,7 @@ def test_selection_warns_only_about_what_falls_short(scenario):
     data = kh.FashionMNIST(*[t[scenario.y_test < 3] for t in (scenario.x_test, scenario.y_test)] * 2,
                            classes=CLASSES[:3])
     probs = ksae.selection.predict(None, None, None, None)[scenario.y_test < 3, :3]
-    kh.predict = lambda *args: probs  # restored by monkeypatch (the fixture patched this attribute)
+    ksae.selection.predict = lambda *args: probs  # restored by monkeypatch (the fixture patched this attribute)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sel = kh.select_high_confidence(None, None, data, "cpu", 2, threshold=0.0, seed=3)
@@ -328,12 +328,14 @@ def test_mosaic_places_each_image_with_a_gap():
     assert np.isfinite(out).sum() == images.size
 
 
-def test_figure_seconds_count_each_outermost_plot_call_once(uneven, monkeypatch):
-    """``FIGURE_SECONDS`` gets one entry per figure a user asked for: a plot function called from inside
-    another (a styled helper) is not counted again, and the times are real (a slowed figure shows it)."""
+def test_a_stopwatch_gets_the_figures_it_is_given(uneven, monkeypatch):
+    """A plot function's seconds go to the ``Stopwatch`` it is given, once per call (a plot function called
+    inside another without the timer is not counted again), and the times are real (a slowed figure shows it).
+    No timer, no record anywhere: timings are the caller's object, not process state."""
     sel, maps = uneven
-    kh.FIGURE_SECONDS.clear()
-    kh.plot_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2)
+    watch, other = kh.Stopwatch(), kh.Stopwatch()
+    kh.plot_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2)  # no timer
+    kh.plot_class_average_maps(maps, sel.y, ["a", "b", "c"], timer=watch)
     inner = kh.plot_class_average_maps
 
     @ksae.plots.style._styled
@@ -342,10 +344,40 @@ def test_figure_seconds_count_each_outermost_plot_call_once(uneven, monkeypatch)
 
     slow = plot_figure._finish
     monkeypatch.setattr(ksae.plots.maps, "_finish", lambda fig, save: (time.sleep(0.2), slow(fig, save))[1])
-    outer()
-    assert sorted(kh.FIGURE_SECONDS) == ["outer", "plot_attribution_comparison"]
-    assert len(kh.FIGURE_SECONDS["plot_attribution_comparison"]) == 3 and len(kh.FIGURE_SECONDS["outer"]) == 1
-    assert kh.FIGURE_SECONDS["outer"][0] >= 0.2 and all(t > 0 for t in kh.FIGURE_SECONDS["plot_attribution_comparison"])
+    outer(timer=other)
+    assert list(watch.figures) == ["plot_class_average_maps"] and len(watch.figures["plot_class_average_maps"]) == 1
+    assert list(other.figures) == ["outer"] and len(other.figures["outer"]) == 1 and other.figures["outer"][0] >= 0.2
+    assert watch.figures["plot_class_average_maps"][0] > 0 and watch.phases == {} == other.phases
+
+
+def test_stopwatch_phases_add_up_and_survive_errors():
+    watch = kh.Stopwatch()
+    with watch.phase("data"):
+        time.sleep(0.05)
+    with pytest.raises(KeyError), watch.phase("load"):
+        raise KeyError("x")
+    with watch.phase("data"):
+        time.sleep(0.05)
+    timings = watch.timings()
+    assert list(timings) == ["data", "load", "total"] and timings["data"] >= 0.1
+    assert timings["total"] >= timings["data"] + timings["load"]
+    with pytest.raises(ValueError, match="phase name"):
+        with watch.phase(""):
+            pass
+
+
+def _dies():
+    """A figure call whose process ends at once (as a worker killed for memory would)."""
+    os._exit(3)
+
+
+def test_a_worker_that_dies_raises_at_once(uneven):
+    sel, maps = uneven
+    calls = [functools.partial(kh.plot_class_average_maps, maps, sel.y, ["a", "b", "c"]), functools.partial(_dies)]
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="died while drawing figure 1"):
+        kh.render_figures(calls, workers=2)
+    assert time.perf_counter() - t0 < 30
 
 
 def test_grid_figure_places_panels_at_fixed_inches():
@@ -397,19 +429,19 @@ def test_figures_pause_the_garbage_collector_and_leave_no_figure_behind(uneven):
 
 def test_render_comparison_grid_draws_the_same_pngs_in_worker_processes(uneven, tmp_path, monkeypatch):
     sel, maps = uneven
-    kh.FIGURE_SECONDS.clear()
     figs = kh.plot_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2, save_dir=str(tmp_path / "here"))
-    kh.FIGURE_SECONDS.clear()
+    watch = kh.Stopwatch()
     pngs = kh.render_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2,
-                                     save_dir=str(tmp_path / "workers"), workers=2)
+                                     save_dir=str(tmp_path / "workers"), workers=2, timer=watch)
     assert len(pngs) == 3 and pngs == [f.saved_png for f in figs]  # byte for byte what one process draws
     for name in ("comparison_a_0.png", "comparison_a_1.png", "comparison_c_0.png"):
         assert (tmp_path / "workers" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
-    assert list(kh.FIGURE_SECONDS) == ["plot_attribution_comparison"]  # in the parent, from the workers' times
-    assert len(kh.FIGURE_SECONDS["plot_attribution_comparison"]) == 3
-    kh.FIGURE_SECONDS.clear()
-    assert kh.render_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2, workers=1) == pngs  # unsaved
-    assert len(kh.FIGURE_SECONDS["plot_attribution_comparison"]) == 3  # drawn here: counted per figure, once
+    assert list(watch.figures) == ["plot_attribution_comparison"]  # in the parent, from the workers' times
+    assert len(watch.figures["plot_attribution_comparison"]) == 3
+    watch = kh.Stopwatch()
+    assert kh.render_comparison_grid(sel, maps, ["a", "b", "c"], max_samples_per_class=2, workers=1,
+                                     timer=watch) == pngs  # unsaved
+    assert len(watch.figures["plot_attribution_comparison"]) == 3  # drawn here: counted per figure, once
     assert 1 <= kh.figure_workers(10) <= kh.FIGURE_WORKERS and kh.figure_workers(1) == 1
     with pytest.raises(ValueError, match="workers"):
         kh.render_comparison_grid(sel, maps, ["a", "b", "c"], workers=0)
@@ -441,20 +473,20 @@ def test_on_cpu_moves_devices_and_keeps_cpu_objects():
 
 def test_render_figures_in_workers_any_inputs_same_bytes_and_wall_time(uneven, tmp_path, monkeypatch):
     # inputs with torch tensors and a module (inherited by the forked workers, never pickled), order kept,
-    # errors raised in the parent, and FIGURE_SECONDS gets the wall time split among the figures
+    # errors raised in the parent, and the timer gets the wall time split among the figures
     sel, maps = uneven
     sae = kh.KSparseAutoencoder(4, 784, 16)
     calls = [functools.partial(kh.plot_class_average_maps, maps, sel.y, ["a", "b", "c"]),
              functools.partial(kh.plot_feature_atlas, sae, torch.rand(16), n_units=8, save=tmp_path / "atlas.png"),
              functools.partial(kh.plot_class_average_maps, maps, sel.y, ["a", "b", "c"], methods=["decoder"])]
     here = kh.render_figures(calls, workers=1)
-    kh.FIGURE_SECONDS.clear()
+    watch = kh.Stopwatch()
     t0 = time.perf_counter()
-    forked = kh.render_figures(calls, workers=2)
+    forked = kh.render_figures(calls, workers=2, timer=watch)
     wall = time.perf_counter() - t0
     assert forked == here and len(set(forked)) == 3 and (tmp_path / "atlas.png").read_bytes() == forked[1]
-    assert sorted(kh.FIGURE_SECONDS) == ["plot_class_average_maps", "plot_feature_atlas"]
-    assert 0 < sum(sum(v) for v in kh.FIGURE_SECONDS.values()) <= wall
+    assert sorted(watch.figures) == ["plot_class_average_maps", "plot_feature_atlas"]
+    assert 0 < sum(sum(v) for v in watch.figures.values()) <= wall
     # a forked child cannot use CUDA: with CUDA in use here, figures are drawn here unless promised CUDA-free
     ran_here = []
 
@@ -491,7 +523,9 @@ def test_unsaved_figures_are_laid_out_once_and_match_saved_ones(uneven, tmp_path
     assert kh.render_figures([plot, plot], workers=1) == saved * 2 and layouts == []
     assert saved[0] == (tmp_path / "maps.png").read_bytes()
     plot()
-    assert len(layouts) == 1 and not plot_figure._RENDERING_NOW
+    assert len(layouts) == 1
+    kh.plot_class_average_maps(maps, sel.y, ["a", "b", "c"], layout=False)  # its caller renders it at once
+    assert len(layouts) == 1
 
 
 def test_show_displays_png_bytes_once(monkeypatch):

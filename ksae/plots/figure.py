@@ -23,7 +23,6 @@ from .._util import _check_int, atomic_write_bytes
 from .style import (
     CAN_FORK,
     DPI,
-    FIGURE_SECONDS,
     FIGURE_WORKERS,
     MESSAGE_LAYOUT,
     PNG_COLORS,
@@ -79,35 +78,21 @@ def png_bytes(fig: Figure, dpi: float = DPI, colors: int = PNG_COLORS) -> bytes:
 
 
 def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
-    """Save ``fig`` at ``DPI`` if ``save`` is a path (parent folders created); return ``fig``.
-
-    Without ``save`` the figure is laid out once here, so its ticks are created in the module's style (not
-    when ``_figure_png`` is building it: that renders it at once, in the same style). The figure is closed in
-    pyplot, so a notebook displays it only when it is returned (not twice).
-    """
+    """Save ``fig`` at ``DPI`` if ``save`` is a path (parent folders created); return ``fig``, closed in pyplot
+    (so a notebook displays it only when it is returned, not twice). A figure that is not saved is laid out by
+    the plot function's wrapper (``_styled``) unless its caller renders it at once."""
     if save is not None:
         fig.saved_png = png_bytes(fig)  # rendered once: ``show`` displays these bytes
         atomic_write_bytes(save, fig.saved_png)
-    elif not _RENDERING_NOW:
-        fig.draw_without_rendering()
     plt.close(fig)
     return fig
 
 
-_FORKED_CALLS: list[Callable[[], Figure]] = []  # render_figures' calls, set just before its workers fork
-
-
-_RENDERING_NOW = False  # True while ``_figure_png`` builds a figure that it renders straight away
-
-
 def _figure_png(call: Callable[[], Figure]) -> bytes:
-    """``call()``'s figure as PNG bytes: the bytes it was saved as, else drawn now in the module's style."""
-    global _RENDERING_NOW
-    _RENDERING_NOW = True
-    try:
-        fig = call()
-    finally:
-        _RENDERING_NOW = False
+    """``call()``'s figure as PNG bytes: the bytes it was saved as, else drawn now in the module's style. A plot
+    function (``_styled``) is told to skip its layout pass: the figure is rendered here at once."""
+    plot = getattr(call, "func", call)
+    fig = call(layout=False) if getattr(plot, "is_plot_function", False) else call()
     png = getattr(fig, "saved_png", None)
     if png is None:
         with _figure_style():  # the style it was built in, as a saved figure is drawn
@@ -116,14 +101,77 @@ def _figure_png(call: Callable[[], Figure]) -> bytes:
     return png
 
 
-def _forked_figure(i: int) -> tuple[bytes, str, float]:
-    """In a worker: ``_FORKED_CALLS[i]`` drawn -> (PNG bytes, plot function's name, seconds). Torch runs on
-    one thread here: a forked child must not use the parent's thread pools."""
+def _call_name(call) -> str:
+    """The plot function's name of ``call`` (a ``functools.partial`` or a function), for timings."""
+    return getattr(getattr(call, "func", call), "__name__", "figure")
+
+
+def _figure_worker(calls: list, connection) -> None:
+    """A forked worker: draws ``calls[i]`` for each index ``i`` it receives and sends back ``(i, PNG bytes,
+    seconds)``, or ``(i, None, the exception)``; stops at ``None``. ``calls`` are inherited through the fork,
+    never pickled. Torch runs on one thread here: a forked child must not use the parent's thread pools; what
+    the child inherits goes to the collector's permanent generation (``gc.freeze``): never walked, nor copied
+    on write."""
+    gc.freeze()
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    call = _FORKED_CALLS[i]
-    png = _figure_png(call)
-    return png, getattr(getattr(call, "func", call), "__name__", "figure"), time.perf_counter() - t0
+    while (i := connection.recv()) is not None:
+        t0 = time.perf_counter()
+        try:
+            connection.send((i, _figure_png(calls[i]), time.perf_counter() - t0))
+        except Exception as exc:  # noqa: BLE001 -- raised again in the parent
+            try:
+                connection.send((i, None, exc))
+            except Exception:  # noqa: BLE001 -- an exception that cannot be pickled: its text
+                connection.send((i, None, RuntimeError(f"{type(exc).__name__}: {exc}")))
+    connection.close()
+
+
+def _draw_in_workers(calls: list, workers: int) -> list[tuple[bytes, float]]:
+    """``calls`` drawn by ``workers`` forked processes, each given the next figure as soon as it is free:
+    ``[(PNG bytes, seconds drawing)]`` in order. An error in a figure is raised here; a worker that dies (e.g.
+    killed for memory) raises ``RuntimeError`` at once instead of leaving the caller waiting."""
+    from multiprocessing.connection import wait
+
+    context = multiprocessing.get_context("fork")
+    pipes = [context.Pipe() for _ in range(workers)]
+    procs = [context.Process(target=_figure_worker, args=(calls, child), daemon=True) for _, child in pipes]
+    for proc in procs:
+        proc.start()
+    for _, child in pipes:
+        child.close()
+    results: list = [None] * len(calls)
+    todo = list(range(len(calls)))[::-1]
+    busy = {}  # connection -> (process, figure index)
+    finished = False
+    try:
+        for (parent, _), proc in zip(pipes, procs):
+            if todo:
+                parent.send(i := todo.pop())
+                busy[parent] = (proc, i)
+        while busy:
+            for ready in wait(list(busy)):
+                proc, i = busy.pop(ready)
+                try:
+                    j, png, outcome = ready.recv()
+                except EOFError:
+                    raise RuntimeError(f"a figure worker (pid {proc.pid}) died while drawing figure {i} "
+                                       f"({_call_name(calls[i])}), exit code {proc.exitcode}") from None
+                if png is None:
+                    raise outcome
+                results[j] = (png, outcome)
+                if todo:
+                    ready.send(i := todo.pop())
+                    busy[ready] = (proc, i)
+        for parent, _ in pipes:
+            parent.send(None)  # all drawn: the workers end
+        finished = True
+    finally:
+        for (parent, _), proc in zip(pipes, procs):
+            parent.close()
+            if not finished:  # stopped by an error: the other figures are not needed
+                proc.terminate()
+            proc.join()
+    return results
 
 
 def figure_workers(n_jobs: int) -> int:
@@ -164,7 +212,7 @@ def _cpu_calls(calls: list) -> list | None:
 
 
 def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = None,
-                   cuda_free: bool = False) -> list[bytes]:
+                   cuda_free: bool = False, timer=None) -> list[bytes]:
     """Draw figures side by side. Each of ``calls`` builds one figure (e.g. ``functools.partial(
     kh.plot_completeness, result, save=path)``); they run in ``workers`` forked processes (default
     ``figure_workers``; 1: here, one after another) and come back, in order, as PNG bytes for ``show`` -- byte
@@ -172,8 +220,8 @@ def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = 
     work. A forked child cannot use this process's CUDA context: once CUDA is in use here, the workers get
     the calls with their arguments moved to the CPU (``_on_cpu``: tensors, modules, devices), unless
     ``cuda_free`` promises that the calls touch no CUDA tensor; calls that are not ``functools.partial``
-    objects are then drawn here. ``FIGURE_SECONDS`` gets each figure's share of the wall time (in proportion
-    to its drawing time in its worker) under its plot function's name."""
+    objects are then drawn here. ``timer`` (a ``Stopwatch``) gets each figure's share of the wall time (in
+    proportion to its drawing time in its worker) under its plot function's name."""
     calls = list(calls)
     workers = figure_workers(len(calls)) if workers is None else workers
     _check_int("workers", workers, low=1)
@@ -183,21 +231,19 @@ def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = 
     if not here and not cuda_free and torch.cuda.is_available() and torch.cuda.is_initialized():
         cpu_calls = _cpu_calls(calls)
         here, calls = (True, calls) if cpu_calls is None else (False, cpu_calls)
-    if here:
-        return [_figure_png(call) for call in calls]
     t0 = time.perf_counter()
-    _FORKED_CALLS[:] = calls
-    try:
-        # each worker moves what it inherits to the collector's permanent generation (gc.freeze): the collector
-        # never walks (nor copies on write) the parent's objects
-        with multiprocessing.get_context("fork").Pool(min(workers, len(calls)), initializer=gc.freeze) as pool:
-            results = pool.map(_forked_figure, range(len(calls)), chunksize=1)
-    finally:
-        _FORKED_CALLS.clear()
-    wall, drawing = time.perf_counter() - t0, sum(seconds for _, _, seconds in results) or 1.0
-    for _, name, seconds in results:
-        FIGURE_SECONDS.setdefault(name, []).append(wall * seconds / drawing)
-    return [png for png, _, _ in results]
+    if here:
+        results = []
+        for call in calls:
+            start = time.perf_counter()
+            results.append((_figure_png(call), time.perf_counter() - start))
+    else:
+        results = _draw_in_workers(calls, min(workers, len(calls)))
+    if timer is not None:
+        wall, drawing = time.perf_counter() - t0, sum(seconds for _, seconds in results) or 1.0
+        for call, (_, seconds) in zip(calls, results):
+            timer.add_figure(_call_name(call), wall * seconds / drawing)
+    return [png for png, _ in results]
 
 
 def _message_figure(title: str, message: str) -> Figure:

@@ -232,13 +232,13 @@ def plot_comparison_grid(selection: Selection, maps: dict, classes, methods=None
 
 
 def render_comparison_grid(selection: Selection, maps: dict, classes, methods=None, max_samples_per_class: int = 1,
-                           save_dir: str | None = None, workers: int | None = None) -> list[bytes]:
+                           save_dir: str | None = None, workers: int | None = None, timer=None) -> list[bytes]:
     """The figures of ``plot_comparison_grid`` (same arguments), drawn side by side by ``render_figures``
     (``workers`` processes, default ``figure_workers``) and returned as PNG bytes for ``show`` (saved under
-    ``save_dir`` too)."""
+    ``save_dir`` too); ``timer``: a ``Stopwatch`` that gets each figure's seconds."""
     jobs = _comparison_jobs(selection, maps, classes, methods, max_samples_per_class, save_dir)  # numpy only
     return render_figures([functools.partial(plot_attribution_comparison, **job) for job in jobs], workers,
-                          cuda_free=True)
+                          cuda_free=True, timer=timer)
 
 
 # --- attribution maps: many images ----------------------------------------------------------------------

@@ -229,13 +229,6 @@ K_SWEEP_PANELS = {  # panel title -> [(row key, line label)]; a panel with one l
 
 
 # --- shared helpers ----------------------------------------------------------------------------------
-FIGURE_SECONDS: dict[str, list[float]] = {}  # plot function -> seconds of each call (outermost calls only), this
-# process; the notebook clears it at the start and reports the sum (building, laying out and saving figures)
-
-
-_figure_depth = [0]  # plot functions running now (a grid calls a plot function per figure: counted once)
-
-
 @contextlib.contextmanager
 def _figure_style():
     """The module's seaborn style and plotting context (and ``RC_FAST``), for building and drawing a figure."""
@@ -244,22 +237,24 @@ def _figure_style():
 
 
 def _styled(fn):
-    """Build (and save) a figure inside the module's seaborn style without changing global rcParams; the time
-    of each outermost call is appended to ``FIGURE_SECONDS[fn.__name__]``. The garbage collector pauses while
-    an outermost call runs (``_gc_paused``)."""
+    """Build (and save) a figure inside the module's seaborn style without changing global rcParams, with the
+    garbage collector paused (``_gc_paused``). The wrapped plot function takes two more keyword arguments:
+    ``timer`` (a ``Stopwatch``; the call's seconds go to ``timer.figures[fn.__name__]``) and ``layout`` (True:
+    a figure that was not saved is laid out once here, in the module's style, as a notebook will show it; False
+    when the caller renders it at once, as ``render_figures`` does)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, timer=None, layout: bool = True, **kwargs):
         t0 = time.perf_counter()
-        _figure_depth[0] += 1
-        try:
-            with _gc_paused(_figure_depth[0] == 1), _figure_style():
-                return fn(*args, **kwargs)
-        finally:
-            _figure_depth[0] -= 1
-            if _figure_depth[0] == 0:
-                FIGURE_SECONDS.setdefault(fn.__name__, []).append(time.perf_counter() - t0)
+        with _gc_paused(), _figure_style():
+            fig = fn(*args, **kwargs)
+            if layout and isinstance(fig, Figure) and getattr(fig, "saved_png", None) is None:
+                fig.draw_without_rendering()
+        if timer is not None:
+            timer.add_figure(fn.__name__, time.perf_counter() - t0)
+        return fig
 
+    wrapper.is_plot_function = True  # render_figures passes layout=False to these
     return wrapper
 
 
