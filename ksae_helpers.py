@@ -54,7 +54,7 @@ from ksae.config import (
     Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES,
 )
 from ksae.runtime import (
-    device_name, pick_device, print_table, seed_everything, show, show_markdown, synchronize,
+    device_name, pick_device, print_table, seed_everything, show, show_markdown, Stopwatch, synchronize,
 )
 from ksae.data import (
     as_flat_images, CLASS_NAMES, DatasetNotFoundError, FASHION_MNIST_SHA256, FashionMNIST, load_fashion_mnist,
@@ -65,7 +65,7 @@ from ksae.models import (
 )
 from ksae.metrics import (
     dataset_fvu, encode_dataset, evaluate_autoencoder, evaluate_classifier, evaluate_models, firing_counts,
-    firing_frequency, normalized_mse, predict,
+    firing_frequency, fvu, predict,
 )
 from ksae.cuda_graphs import (
     CudaGraphBackend, graph_backend, GRAPH_WARMUP_STEPS, GraphedStep,
@@ -132,7 +132,7 @@ from ksae.plots.style import (
     AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET,
     COMPARISON_MARGINS, COMPARISON_MIN_WIDTH, COMPLETENESS_LAYOUT, COMPLETENESS_SWEEP_LAYOUT, CONFUSION_CMAP,
     CONFUSION_LAYOUT, CONTEXT, CONTROL_LABELS, CONTROL_STYLES, CORRELATION_LAYOUT, DENSITY_LAYOUT, DIVERGING_CMAP,
-    DPI, ERROR_BINS, FAITHFULNESS_LAYOUT, FALLBACK_NOTE, FIGURE_SECONDS, FIGURE_WORKERS, FONT_SCALE, HEATMAP_DARK,
+    DPI, ERROR_BINS, FAITHFULNESS_LAYOUT, FALLBACK_NOTE, FIGURE_WORKERS, FONT_SCALE, HEATMAP_DARK,
     IMAGE_CMAP, IMAGE_STATS, K_SWEEP_LAYOUT, K_SWEEP_PANELS, LEGEND_HEADROOM, LOG_BAR_MARGIN, LOG_BIN_MARGIN,
     LOG_FLOOR, LOG_MINOR_SUBS, MAP_CLIP_PERCENTILE, MESSAGE_LAYOUT, METHOD_COLORS, MOSAIC_GAP, MOSAIC_TITLE_GAP,
     NULL_CORRELATIONS, OBJECT_CONTOUR_COLOR, OBJECT_FOCUS_LAYOUT, OVERLAY_ALPHA, PAIR_CORRELATIONS, PANEL_INCHES,
@@ -174,11 +174,11 @@ from ksae._util import (
 
 __all__ = [
     "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "device_name", "pick_device", "print_table",
-    "seed_everything", "show", "show_markdown", "synchronize", "as_flat_images", "CLASS_NAMES",
+    "seed_everything", "show", "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES",
     "DatasetNotFoundError", "FASHION_MNIST_SHA256", "FashionMNIST", "load_fashion_mnist", "SYSTEM_DATA_DIR",
     "train_subset", "train_val_split", "VAL_SPLIT_SEED", "validation_indices", "densify", "KSparseAutoencoder",
     "SparseCodeClassifier", "SparseCodePipeline", "dataset_fvu", "encode_dataset", "evaluate_autoencoder",
-    "evaluate_classifier", "evaluate_models", "firing_counts", "firing_frequency", "normalized_mse", "predict",
+    "evaluate_classifier", "evaluate_models", "firing_counts", "firing_frequency", "fvu", "predict",
     "CudaGraphBackend", "graph_backend", "GRAPH_WARMUP_STEPS", "GraphedStep", "autoencoder_losses",
     "autoencoder_step", "auxk_loss", "classifier_step", "classifier_views", "CODE_MEMORY_BUDGET", "encode_views",
     "hflip", "lr_factor", "make_adam", "make_scheduler", "n_classifier_views", "set_lr_", "SHIFT_DIRECTIONS",
@@ -206,7 +206,7 @@ __all__ = [
     "ATLAS_COLUMNS", "ATLAS_HISTOGRAM_INCHES", "CAN_FORK", "CI_ALPHA", "COLORBAR_INSET", "COMPARISON_MARGINS",
     "COMPARISON_MIN_WIDTH", "COMPLETENESS_LAYOUT", "COMPLETENESS_SWEEP_LAYOUT", "CONFUSION_CMAP",
     "CONFUSION_LAYOUT", "CONTEXT", "CONTROL_LABELS", "CONTROL_STYLES", "CORRELATION_LAYOUT", "DENSITY_LAYOUT",
-    "DIVERGING_CMAP", "DPI", "ERROR_BINS", "FAITHFULNESS_LAYOUT", "FALLBACK_NOTE", "FIGURE_SECONDS",
+    "DIVERGING_CMAP", "DPI", "ERROR_BINS", "FAITHFULNESS_LAYOUT", "FALLBACK_NOTE",
     "FIGURE_WORKERS", "FONT_SCALE", "HEATMAP_DARK", "IMAGE_CMAP", "IMAGE_STATS", "K_SWEEP_LAYOUT",
     "K_SWEEP_PANELS", "LEGEND_HEADROOM", "LOG_BAR_MARGIN", "LOG_BIN_MARGIN", "LOG_FLOOR", "LOG_MINOR_SUBS",
     "MAP_CLIP_PERCENTILE", "MESSAGE_LAYOUT", "METHOD_COLORS", "MOSAIC_GAP", "MOSAIC_TITLE_GAP",

@@ -76,7 +76,7 @@ def load_model(checkpoint: str | None, device: torch.device):
         return cfg, kh.SparseCodePipeline(sae, clf).eval(), f"checkpoint {path}"
     cfg = kh.Config()
     torch.manual_seed(cfg.seed)
-    sae = kh.KSparseAutoencoder(config=cfg)
+    sae = kh.KSparseAutoencoder.from_config(cfg)
     clf = kh.SparseCodeClassifier.from_config(cfg)
     pipeline = kh.SparseCodePipeline(sae, clf).to(device).eval()
     desc = (f"randomly initialised default-size pipeline (no checkpoint at {default.relative_to(ROOT)}): "

@@ -140,10 +140,10 @@ def reference_train_autoencoder(sae: DenseTopKSAE, dataset, x_mean, cfg, device,
             x = images.view(len(images), -1).to(device)
             x_hat, z, pre = sae(x)
             loss = fvu(x_hat, x)
-            dead = since_fired >= cfg.dead_after
-            if cfg.aux_k and dead.any():  # AuxK, dense: top-aux_k dead units reconstruct the residual
-                masked = pre.masked_fill(~dead, float("-inf"))
-                v, i = masked.topk(min(cfg.aux_k, int(dead.sum())), dim=1)
+            dormant = since_fired >= cfg.dead_after
+            if cfg.aux_k and dormant.any():  # AuxK, dense: top-aux_k dormant units reconstruct the residual
+                masked = pre.masked_fill(~dormant, float("-inf"))
+                v, i = masked.topk(min(cfg.aux_k, int(dormant.sum())), dim=1)
                 z_aux = torch.zeros_like(pre).scatter(1, i, F.relu(v))
                 loss = loss + cfg.aux_coef * fvu(z_aux @ sae.W_dec, (x - x_hat).detach())
             opt.zero_grad()
@@ -247,7 +247,7 @@ def main(argv=None) -> None:
     for rep in range(args.repeats):
         # ---- ours ---------------------------------------------------------------------------------
         torch.manual_seed(cfg.seed)
-        sae = kh.KSparseAutoencoder(config=cfg)
+        sae = kh.KSparseAutoencoder.from_config(cfg)
         clf = kh.SparseCodeClassifier.from_config(cfg)
         t_ae, _ = timed(lambda: (kh.train_autoencoder(sae, x_train, cfg, device), kh.synchronize(device)))
         # train_classifier encodes every view of the training set once before its first epoch: time that

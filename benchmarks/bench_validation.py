@@ -98,7 +98,8 @@ def previous_content_seconds(inputs: dict) -> dict[str, float]:
 def reference_seconds(module, inputs: dict) -> float:
     """``module.run_validation`` (an older ``ksae_helpers``) on the same weights, images and four maps."""
     cfg = module.Config()
-    sae = module.KSparseAutoencoder(config=cfg)
+    build = getattr(module.KSparseAutoencoder, "from_config", None)  # revisions before it: config=
+    sae = build(cfg) if build else module.KSparseAutoencoder(config=cfg)
     sae.load_state_dict(inputs["sae"].state_dict())
     clf = module.SparseCodeClassifier.from_config(cfg)
     clf.load_state_dict(inputs["clf"].state_dict())

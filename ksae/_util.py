@@ -87,12 +87,14 @@ def _check_classes(classes) -> list[str]:
     return list(classes)
 
 
-def _check_labels(labels, n: int, n_classes: int) -> np.ndarray:
-    """``labels: [n]`` integer class ids in ``[0, n_classes)`` as an int64 array."""
+def _check_labels(labels, n: int, n_classes: int | None = None) -> np.ndarray:
+    """``labels: [n]`` integer class ids (tensor or array) as an int64 array; with ``n_classes``, also in
+    ``[0, n_classes)`` (one per class name). ``ValueError`` otherwise."""
     lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
-        raise ValueError(f"labels must be {n} integer class ids (shape [{n}]), got {lab.dtype} {list(lab.shape)}")
-    if n and (lab.min() < 0 or lab.max() >= n_classes):
+        shape = f"shape [{n}]" if n_classes is not None else f"shape [{n}], one per image"
+        raise ValueError(f"labels must be {n} integer class ids ({shape}), got {lab.dtype} {list(lab.shape)}")
+    if n_classes is not None and n and (lab.min() < 0 or lab.max() >= n_classes):
         raise ValueError(f"labels must be in [0, {n_classes - 1}] (one per class name), got {lab.min()}..{lab.max()}")
     return lab.astype(np.int64)
 

@@ -255,7 +255,8 @@ def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, output: str
                      internal_batch_size: int | None = None) -> torch.Tensor:
     """Input times gradient (Shrikumar et al. 2016; Captum's ``InputXGradient``): ``x * dF/dx``, shaped
     like ``inputs: [B, 784]`` (or image-shaped). Separates the x-input factor of IG from the gradient's."""
-    return inputs * simple_gradients(model, inputs, target, output=output, internal_batch_size=internal_batch_size)
+    return _times_input(inputs, simple_gradients(model, inputs, target, output=output,
+                                                 internal_batch_size=internal_batch_size))
 
 
 def input_x_smoothgrad(model: nn.Module, inputs: torch.Tensor, target, nt_samples: int = 25, stdevs: float = 0.1,
@@ -263,8 +264,14 @@ def input_x_smoothgrad(model: nn.Module, inputs: torch.Tensor, target, nt_sample
                        internal_batch_size: int | None = None) -> torch.Tensor:
     """Input times signed SmoothGrad: ``x * smoothgrad(x)``, shaped like ``inputs: [B, 784]`` (same noise
     as ``smoothgrad`` with the same ``seed``/``generator``)."""
-    return inputs * smoothgrad(model, inputs, target, nt_samples=nt_samples, stdevs=stdevs, output=output,
-                               generator=generator, seed=seed, internal_batch_size=internal_batch_size)
+    return _times_input(inputs, smoothgrad(model, inputs, target, nt_samples=nt_samples, stdevs=stdevs, output=output,
+                                           generator=generator, seed=seed, internal_batch_size=internal_batch_size))
+
+
+def _times_input(inputs: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """The x-input maps: ``inputs * gradients`` (both ``[B, 784]`` or image-shaped), e.g. input x gradient from
+    a simple-gradient map already computed (``attribute_all`` computes each gradient map once)."""
+    return inputs * gradients
 
 
 UNIT_RULES = ("rescale", "integrated")
@@ -351,13 +358,25 @@ def decoder_weighted(pipeline: SparseCodePipeline, inputs: torch.Tensor, target,
 
 
 def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cfg: Config,
-                  methods: Sequence[str] = tuple(METHOD_LABELS), seed: int | None = None) -> dict[str, torch.Tensor]:
-    """Every requested method's ``[B, 784]`` map for ``inputs`` with the config's settings."""
+                  methods: Sequence[str] = tuple(METHOD_LABELS), seed: int | None = None,
+                  return_contributions: bool = False):
+    """Every requested method's ``[B, 784]`` map for ``inputs`` with the config's settings, in the order of
+    ``methods``: ``{method: map}``. Each map is computed once (the x-input maps reuse their gradient's).
+
+    With ``return_contributions``, also decoder-weighted's unit contributions ``c: [B, H]`` (computed with
+    its map, or on their own when ``"decoder"`` is not among ``methods``): ``(maps, contributions)``.
+    """
     unknown = [m for m in methods if m not in METHOD_LABELS]
     if unknown:
         raise ValueError(f"methods must be a subset of {list(METHOD_LABELS)}, got unknown {unknown}")
     seed = cfg.seed if seed is None else seed
     maps: dict[str, torch.Tensor] = {}
+    unit_contributions: list[torch.Tensor] = []
+
+    def decoder() -> torch.Tensor:
+        attr, contributions = decoder_weighted(pipeline, inputs, target, return_contributions=True)
+        unit_contributions.append(contributions.detach())
+        return attr
 
     def get(m: str) -> torch.Tensor:  # each map computed once; the x-input maps reuse their gradient's
         if m not in maps:
@@ -370,8 +389,13 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
         "simple": lambda: simple_gradients(pipeline, inputs, target),
         "smoothgrad": lambda: smoothgrad(pipeline, inputs, target, nt_samples=cfg.smoothgrad_samples,
                                          stdevs=cfg.smoothgrad_noise, seed=seed),
-        "decoder": lambda: decoder_weighted(pipeline, inputs, target),
-        "input_x_gradient": lambda: inputs * get("simple"),  # = input_x_gradient(pipeline, inputs, target)
-        "input_x_smoothgrad": lambda: inputs * get("smoothgrad"),  # = input_x_smoothgrad(..., seed=seed)
+        "decoder": decoder,
+        "input_x_gradient": lambda: _times_input(inputs, get("simple")),  # = input_x_gradient(...)
+        "input_x_smoothgrad": lambda: _times_input(inputs, get("smoothgrad")),  # = input_x_smoothgrad(..., seed)
     }
-    return {m: get(m) for m in methods}
+    out = {m: get(m) for m in methods}
+    if not return_contributions:
+        return out
+    if not unit_contributions:
+        decoder()
+    return out, unit_contributions[0]

@@ -53,7 +53,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint")
         cfg = Config.from_dict(payload["config"])
-        sae = KSparseAutoencoder(config=cfg)
+        sae = KSparseAutoencoder.from_config(cfg)
         sae.load_state_dict(payload["sae"])
         clf = SparseCodeClassifier.from_config(cfg)
         clf.load_state_dict(payload["clf"])
@@ -62,7 +62,19 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     except Exception as exc:  # noqa: BLE001 -- unpickling/format errors all mean "unusable file"
         raise CheckpointError(f"checkpoint {path} is unusable ({type(exc).__name__}: {exc}); "
                               f"delete it or retrain with retrain=True") from exc
-    return cfg, sae.to(device).eval(), clf.to(device).eval(), payload["history"], payload["metrics"]
+    return cfg, sae.to(device).eval(), clf.to(device).eval(), _upgrade_history(payload["history"]), payload["metrics"]
+
+
+_RENAMED_HISTORY_KEYS = {"dead_fraction": "dormant_fraction"}  # old name -> name (the AuxK state is "dormant")
+
+
+def _upgrade_history(history: dict) -> dict:
+    """``history`` of a checkpoint written before a history key was renamed, with today's key names."""
+    ae = history.get("ae") if isinstance(history, dict) else None
+    for old, new in _RENAMED_HISTORY_KEYS.items():
+        if isinstance(ae, dict) and old in ae and new not in ae:
+            ae[new] = ae.pop(old)
+    return history
 
 
 def load_or_train(cfg: Config, data: FashionMNIST, device: torch.device, ckpt_dir: str | os.PathLike = "checkpoints",

@@ -15,8 +15,11 @@ if TYPE_CHECKING:
     from .models import KSparseAutoencoder, SparseCodeClassifier
 
 
-def normalized_mse(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Batch fraction of variance unexplained: ``sum((x_hat - x)^2) / sum((x - mean(x))^2)``."""
+def fvu(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Fraction of variance unexplained, the project's one definition of reconstruction error:
+    ``sum((x_hat - x)^2) / sum((x - mean(x))^2)`` over ``x, x_hat: [N, D]`` (mean over the N images; the
+    denominator floored at 1e-12, so a constant ``x`` gives a finite number). A scalar tensor (it runs inside a
+    training step); ``float()`` it for a report."""
     return (x_hat - x).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
 
 
@@ -25,7 +28,7 @@ def dataset_fvu(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device) 
     """Fraction of variance of ``x: [N, D]`` that the reconstruction misses (whole-set FVU; eval mode)."""
     x = x.to(device)
     x_hat = sae.eval().decode_sparse(*encode_dataset(sae, x, device))
-    return float((x_hat - x).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12))
+    return float(fvu(x_hat, x))
 
 
 @torch.no_grad()
@@ -53,7 +56,7 @@ def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: to
     return {
         "k": sae.k,
         "test_mse_per_pixel": float(sse / x.numel()),
-        "fvu": float(sse / (x - x.mean(dim=0)).pow(2).sum()),
+        "fvu": float(fvu(x_hat, x)),
         "mean_l0": float((values > 0).sum(dim=1).float().mean()),
         "dead_units": int((~ever_active).sum()),
         "d_hidden": sae.d_hidden,

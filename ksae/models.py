@@ -37,10 +37,8 @@ class KSparseAutoencoder(nn.Module):
     Decoding uses only the k active atoms (an embedding-bag sum over contiguous rows).
     """
 
-    def __init__(self, k: int = 50, d_input: int = 784, d_hidden: int = 1024, config: Config | None = None):
+    def __init__(self, k: int = 50, d_input: int = 784, d_hidden: int = 1024):
         super().__init__()
-        if config is not None:
-            k, d_input, d_hidden = config.k, config.d_input, config.d_hidden
         _check_int("d_input", d_input, low=1)
         _check_int("d_hidden", d_hidden, low=1)
         self.d_input, self.d_hidden = d_input, d_hidden
@@ -51,6 +49,11 @@ class KSparseAutoencoder(nn.Module):
         self.W_enc = nn.Parameter(w_dec.clone())  # [H, D]
         self.b_enc = nn.Parameter(torch.zeros(d_hidden))  # [H]
         self.b_pre = nn.Parameter(torch.zeros(d_input))  # [D]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> KSparseAutoencoder:
+        """The autoencoder ``cfg`` describes (``k``, ``d_input``, ``d_hidden``); models are built this one way."""
+        return cls(cfg.k, cfg.d_input, cfg.d_hidden)
 
     def set_k_(self, k: int) -> None:
         """Change how many units stay active (e.g. to probe a trained model at another sparsity)."""
@@ -135,6 +138,7 @@ class SparseCodeClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Config) -> SparseCodeClassifier:
+        """The classifier ``cfg`` describes (``d_hidden``, ``clf_hidden``, ``n_classes``, ``dropout``)."""
         return cls(cfg.d_hidden, cfg.clf_hidden, cfg.n_classes, cfg.dropout)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

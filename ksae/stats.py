@@ -9,6 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ._util import _check_labels
+
 
 def _rowwise_pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Pearson correlation of each row of ``a`` with the same row of ``b`` (``[N, P]`` -> ``[N]``), over the
@@ -108,15 +110,6 @@ def top_fraction_iou(a: np.ndarray, b: np.ndarray, fraction: float = 0.01) -> np
     return inter / (2 * n_top - inter)
 
 
-def _check_pairing_labels(labels, n: int) -> np.ndarray:
-    """``labels: [n]`` integer class ids (tensor or array) as an int64 array; ``ValueError`` otherwise."""
-    lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
-        raise ValueError(f"labels must be {n} integer class ids (shape [{n}], one per image), "
-                         f"got {lab.dtype} {list(lab.shape)}")
-    return lab.astype(np.int64)
-
-
 def partner_images(labels, same_class: bool, seed: int = 0) -> np.ndarray:
     """A seeded partner ``j != i`` for every image ``i``: ``labels: [N]`` -> ``partner: [N]`` indices.
 
@@ -126,7 +119,7 @@ def partner_images(labels, same_class: bool, seed: int = 0) -> np.ndarray:
     """
     if not isinstance(same_class, bool):
         raise ValueError(f"same_class must be True or False, got {same_class!r}")
-    lab = _check_pairing_labels(labels, len(labels))
+    lab = _check_labels(labels, len(labels))
     rng = np.random.default_rng(seed)
     partner = np.empty(len(lab), dtype=np.int64)
     for c in np.unique(lab):

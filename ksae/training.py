@@ -15,7 +15,7 @@ from ._util import IMAGE_SIDE
 from .config import DECAY_SCHEDULES
 from .cuda_graphs import GraphedStep, graph_backend
 from .data import train_val_split
-from .metrics import dataset_fvu, encode_dataset, firing_counts, normalized_mse
+from .metrics import dataset_fvu, encode_dataset, firing_counts, fvu
 from .models import KSparseAutoencoder, SparseCodeClassifier, densify
 from .runtime import synchronize
 
@@ -111,61 +111,64 @@ def _progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
 
 
-def auxk_loss(sae: KSparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor,
-              aux_k: int, static: bool = False) -> torch.Tensor:
-    """AuxK loss (Gao et al. 2024): the top ``aux_k`` *dead* units must reconstruct the residual.
+def auxk_loss(sae: KSparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor, dormant: torch.Tensor,
+              aux_k: int, graph_safe: bool = False) -> torch.Tensor:
+    """AuxK loss (Gao et al. 2024): the top ``aux_k`` *dormant* units must reconstruct the residual.
 
     ``pre: [B, H]`` encoder pre-activations, ``residual: [B, D]`` = x - x_hat (treated as a target),
-    ``dead: [H]`` bool. Gives dead units a gradient that points them at what the live units miss.
-    ``static=True`` computes the same loss with fixed shapes and no host sync (for a CUDA graph): it always
-    takes ``aux_k`` units, live ones at weight 0, multiplies the loss by "any unit dead", and decodes densely
+    ``dormant: [H]`` bool: units that fired on none of the last ``Config.dead_after`` training images (a
+    training-time state; a *dead* unit, in the metrics and the unit atlas, fires on no image at all). Gives
+    dormant units a gradient that points them at what the live units miss.
+    ``graph_safe=True`` computes the same loss with fixed shapes and no host sync (for a CUDA graph): it always
+    takes ``aux_k`` units, live ones at weight 0, multiplies the loss by "any unit dormant", and decodes densely
     (``embedding_bag``'s CUDA backward may sync with the host, which a capture forbids).
     """
     if aux_k == 0:
         return pre.new_zeros(())
     n_take = min(aux_k, pre.shape[1])
-    if not static:
-        n_take = min(n_take, int(dead.sum()))
+    if not graph_safe:
+        n_take = min(n_take, int(dormant.sum()))
         if n_take == 0:
             return pre.new_zeros(())
-    masked = pre.masked_fill(~dead, float("-inf"))
+    masked = pre.masked_fill(~dormant, float("-inf"))
     values, indices = torch.topk(masked, n_take, dim=1, sorted=False)
-    if static:
+    if graph_safe:
         residual_hat = densify(F.relu(values), indices, sae.d_hidden) @ sae.W_dec
     else:
         residual_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=F.relu(values), mode="sum")
-    loss = normalized_mse(residual_hat, residual.detach())
-    return loss * dead.any() if static else loss
+    loss = fvu(residual_hat, residual.detach())
+    return loss * dormant.any() if graph_safe else loss
 
 
-def autoencoder_losses(sae: KSparseAutoencoder, xb: torch.Tensor, dead: torch.Tensor, cfg: Config,
-                       static: bool = False) -> tuple[torch.Tensor, ...]:
-    """Forward pass of a training step on ``xb: [B, D]`` with dead units ``dead: [H]``: ``(loss, fvu, aux,
+def autoencoder_losses(sae: KSparseAutoencoder, xb: torch.Tensor, dormant: torch.Tensor, cfg: Config,
+                       graph_safe: bool = False) -> tuple[torch.Tensor, ...]:
+    """Forward pass of a training step on ``xb: [B, D]`` with dormant units ``dormant: [H]``: ``(loss, fvu, aux,
     values, indices)`` with loss = batch FVU + ``aux_coef`` * AuxK and the batch's codes ``values, indices:
-    [B, k]``. ``static``: fixed-shape AuxK (``auxk_loss``) and a dense decode, so the whole pass can be
+    [B, k]``. ``graph_safe``: fixed-shape AuxK (``auxk_loss``) and a dense decode, so the whole pass can be
     captured in a CUDA graph (``embedding_bag``'s CUDA backward may sync with the host)."""
     pre = sae.pre_activations(xb)
     values, indices = sae.top_k(pre)
-    x_hat = sae.decode(densify(values, indices, sae.d_hidden)) if static else sae.decode_sparse(values, indices)
-    fvu = normalized_mse(x_hat, xb)
-    aux = auxk_loss(sae, pre, xb - x_hat, dead, cfg.aux_k, static=static)
-    return fvu + cfg.aux_coef * aux, fvu, aux, values, indices
+    x_hat = sae.decode(densify(values, indices, sae.d_hidden)) if graph_safe else sae.decode_sparse(values, indices)
+    batch_fvu = fvu(x_hat, xb)
+    aux = auxk_loss(sae, pre, xb - x_hat, dormant, cfg.aux_k, graph_safe=graph_safe)
+    return batch_fvu + cfg.aux_coef * aux, batch_fvu, aux, values, indices
 
 
 def autoencoder_step(sae: KSparseAutoencoder, opt: torch.optim.Optimizer, cfg: Config, since_fired: torch.Tensor,
-                     sums: torch.Tensor, static: bool = False) -> Callable[[torch.Tensor], None]:
+                     sums: torch.Tensor, graph_safe: bool = False) -> Callable[[torch.Tensor], None]:
     """The autoencoder's training step for ``GraphedStep``: ``step(xb: [B, D])`` takes one Adam step on
     ``autoencoder_losses``, keeps the atoms at unit norm, and updates in place ``since_fired: [H]`` (images
     since each unit last fired) and ``sums: [3]`` (loss, FVU and AuxK loss, each summed over images)."""
     def step(xb: torch.Tensor) -> None:
-        loss, fvu, aux, values, indices = autoencoder_losses(sae, xb, since_fired >= cfg.dead_after, cfg, static)
+        loss, batch_fvu, aux, values, indices = autoencoder_losses(sae, xb, since_fired >= cfg.dead_after, cfg,
+                                                                   graph_safe)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_parallel_grad_()
         opt.step()
         sae.unit_norm_decoder_()
         since_fired.add_(len(xb)).masked_fill_(firing_counts(values, indices, sae.d_hidden) > 0, 0)
-        sums.add_(torch.stack([loss.detach(), fvu.detach(), aux.detach()]) * len(xb))
+        sums.add_(torch.stack([loss.detach(), batch_fvu.detach(), aux.detach()]) * len(xb))
     return step
 
 
@@ -190,9 +193,9 @@ def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Confi
     steps = math.ceil(len(x) / cfg.batch_size)
     since_fired = torch.zeros(sae.d_hidden, dtype=torch.long, device=device)  # images since last active
     sums = torch.zeros(3, device=device)
-    step = GraphedStep(autoencoder_step(sae, opt, cfg, since_fired, sums, static=backend is not None),
+    step = GraphedStep(autoencoder_step(sae, opt, cfg, since_fired, sums, graph_safe=backend is not None),
                        cfg.batch_size, backend)
-    history = {"loss": [], "fvu": [], "aux_loss": [], "dead_fraction": [], "val_fvu": []}
+    history = {"loss": [], "fvu": [], "aux_loss": [], "dormant_fraction": [], "val_fvu": []}
     bar = _progress(cfg.ae_epochs * steps, "autoencoder")
     for epoch in range(cfg.ae_epochs):
         sums.zero_()
@@ -205,13 +208,14 @@ def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Confi
             step(xb)
             bar.update()
         mean = (sums / len(x)).tolist()
-        dead_fraction = float((since_fired >= cfg.dead_after).float().mean())
-        for key, value in zip(("loss", "fvu", "aux_loss", "dead_fraction"), mean + [dead_fraction]):
+        dormant_fraction = float((since_fired >= cfg.dead_after).float().mean())
+        for key, value in zip(("loss", "fvu", "aux_loss", "dormant_fraction"), mean + [dormant_fraction]):
             history[key].append(value)
         if x_val is not None:
             history["val_fvu"].append(dataset_fvu(sae, x_val, device))
             sae.train()
-        bar.set_postfix(epoch=epoch + 1, loss=f"{mean[0]:.4f}", fvu=f"{mean[1]:.4f}", dead=f"{dead_fraction:.3f}",
+        bar.set_postfix(epoch=epoch + 1, loss=f"{mean[0]:.4f}", fvu=f"{mean[1]:.4f}",
+                        dormant=f"{dormant_fraction:.3f}",
                         **({"val_fvu": f"{history['val_fvu'][-1]:.4f}"} if x_val is not None else {}))
     bar.close()
     sae.eval()
@@ -289,12 +293,12 @@ def _accuracy_sparse(clf: SparseCodeClassifier, values, indices, y, batch_size: 
 
 
 def classifier_step(clf: SparseCodeClassifier, opt: torch.optim.Optimizer, sums: torch.Tensor,
-                    static: bool = False) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
+                    graph_safe: bool = False) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
     """The classifier's training step for ``GraphedStep``: ``step(values, indices: [B, k], yb: [B])`` takes one
     Adam step on the cross-entropy of the sparse codes' logits and adds (loss summed over images, correct
-    predictions) to ``sums: [2]`` in place. ``static``: the first layer on the dense code (graph-safe)."""
+    predictions) to ``sums: [2]`` in place. ``graph_safe``: the first layer on the dense code (graph-safe)."""
     def step(values: torch.Tensor, indices: torch.Tensor, yb: torch.Tensor) -> None:
-        logits = clf(densify(values, indices, clf.W1.shape[0])) if static else clf.forward_sparse(values, indices)
+        logits = clf(densify(values, indices, clf.W1.shape[0])) if graph_safe else clf.forward_sparse(values, indices)
         loss = F.cross_entropy(logits, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -326,7 +330,7 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
     opt = make_adam(clf.parameters(), cfg.lr, capturable=backend is not None and y.is_cuda)
     steps = math.ceil(len(y) / cfg.batch_size)
     sums = torch.zeros(2, device=device)
-    step = GraphedStep(classifier_step(clf, opt, sums, static=backend is not None), cfg.batch_size, backend)
+    step = GraphedStep(classifier_step(clf, opt, sums, graph_safe=backend is not None), cfg.batch_size, backend)
     history = {"loss": [], "train_acc": [], "val_acc": []}
     bar = _progress(cfg.clf_epochs * steps, "classifier")
     for epoch in range(cfg.clf_epochs):
@@ -358,7 +362,7 @@ def train_autoencoder_on_split(cfg: Config, data: FashionMNIST,
     took (device synchronised): what the benchmarks compare recipes with."""
     x_train, _, _, _ = train_val_split(data, cfg)
     torch.manual_seed(cfg.seed)
-    sae = KSparseAutoencoder(config=cfg)
+    sae = KSparseAutoencoder.from_config(cfg)
     t0 = time.perf_counter()
     train_autoencoder(sae, x_train, cfg, device)
     synchronize(device)
@@ -369,7 +373,7 @@ def train_models(cfg: Config, data: FashionMNIST, device: torch.device):
     """Train the autoencoder, then the classifier on its codes. Returns ``(sae, clf, history)``."""
     x_train, y_train, x_val, y_val = train_val_split(data, cfg)
     torch.manual_seed(cfg.seed)
-    sae = KSparseAutoencoder(config=cfg)
+    sae = KSparseAutoencoder.from_config(cfg)
     clf = SparseCodeClassifier.from_config(cfg)
     t0 = time.perf_counter()
     ae_history = train_autoencoder(sae, x_train, cfg, device, x_val if len(x_val) else None)

@@ -46,7 +46,8 @@ class Wrapped(nn.Module):
 def make_pipeline(seed=0):
     torch.manual_seed(seed)
     cfg = kh.Config(k=8, d_hidden=64, clf_hidden=(32, 16))
-    return kh.SparseCodePipeline(kh.KSparseAutoencoder(config=cfg), kh.SparseCodeClassifier.from_config(cfg)).eval()
+    sae, clf = kh.KSparseAutoencoder.from_config(cfg), kh.SparseCodeClassifier.from_config(cfg)
+    return kh.SparseCodePipeline(sae, clf).eval()
 
 
 def object_images(n, seed=0, dtype=torch.float32):

@@ -74,7 +74,7 @@ def trained(data):
     """One small training run, shared: ``(cfg, sae, clf, history, W_dec at init)``."""
     cfg = kh.Config(**SMALL)
     torch.manual_seed(cfg.seed)
-    w_dec_init = kh.KSparseAutoencoder(config=cfg).W_dec.detach().clone()  # what train_models starts from
+    w_dec_init = kh.KSparseAutoencoder.from_config(cfg).W_dec.detach().clone()  # what train_models starts from
     sae, clf, history = kh.train_models(cfg, data, CPU)
     return cfg, sae, clf, history, w_dec_init
 
@@ -273,7 +273,7 @@ def test_k100_autoencoder_forward_and_backward(data):
     x = data.x_test[:16]
     x_hat = sae(x)
     assert x_hat.shape == (16, D) and torch.isfinite(x_hat).all()
-    kh.normalized_mse(x_hat, x).backward()
+    kh.fvu(x_hat, x).backward()
     assert sae.W_enc.grad is not None and sae.W_dec.grad is not None
     # only the active atoms receive a decoder gradient
     active = torch.zeros(1024, dtype=torch.bool)
@@ -346,7 +346,7 @@ def dead_runs(data):
     for name, aux_k, plain in (("plain", 0, True), ("tied", 0, False), ("tied+auxk", AUXK_ON, False)):
         cfg = kh.Config(**DEAD_RUN, aux_k=aux_k)
         torch.manual_seed(cfg.seed)
-        sae = kh.KSparseAutoencoder(config=cfg)
+        sae = kh.KSparseAutoencoder.from_config(cfg)
         if plain:  # the usual independent initialisation of the encoder
             w = torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(1000))
             with torch.no_grad():
@@ -553,7 +553,7 @@ def test_classifier_trains_on_the_shifted_views(data, monkeypatch):
     for shift in (0, 1):
         cfg = kh.Config(**{**TINY, "clf_shift": shift})
         torch.manual_seed(0)
-        sae = kh.KSparseAutoencoder(config=cfg)
+        sae = kh.KSparseAutoencoder.from_config(cfg)
         clf = kh.SparseCodeClassifier.from_config(cfg)
         x, y = kh.train_subset(data, cfg.train_subset)
         kh.train_classifier(clf, sae, x, y, cfg, torch.device("cpu"))

@@ -5,7 +5,7 @@ buffers, eager short batches and fallback (with ``RecordingGraph``, a CPU stand-
 step without running it and whose ``replay`` runs it on the static buffers, as a real graph does); the
 fixed-shape pieces the graph needs (static AuxK, firing counts) against the dynamic ones; and that the
 forward pass traces as one graph (``torch.compile(fullgraph=True)``: no host sync, no data-dependent shape)
-with ``static=True`` and does not without it. What only a GPU can show (the capture itself, its speed) is
+with ``graph_safe=True`` and does not without it. What only a GPU can show (the capture itself, its speed) is
 ``benchmarks/cuda_graph_training.py``.
 """
 
@@ -81,7 +81,7 @@ def runs(data):
     out = {}
     for name, make in (("eager", lambda: None), ("graph", RecordingGraph)):
         torch.manual_seed(cfg.seed)
-        sae, clf = kh.KSparseAutoencoder(config=cfg), kh.SparseCodeClassifier.from_config(cfg)
+        sae, clf = kh.KSparseAutoencoder.from_config(cfg), kh.SparseCodeClassifier.from_config(cfg)
         ae_graph, clf_graph = make(), make()
         h_ae = kh.train_autoencoder(sae, x, cfg, CPU, x_val, backend=ae_graph)
         h_clf = kh.train_classifier(clf, sae, x, y, cfg, CPU, x_val, y_val, backend=clf_graph)
@@ -116,7 +116,7 @@ def test_failed_capture_warns_once_and_trains_eagerly(data, runs):
     cfg, _, out = runs
     x, _, _, _ = kh.train_val_split(data, cfg)
     torch.manual_seed(cfg.seed)
-    sae = kh.KSparseAutoencoder(config=cfg)
+    sae = kh.KSparseAutoencoder.from_config(cfg)
     graph = RecordingGraph(fail=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -142,7 +142,7 @@ def test_static_auxk_equals_dynamic_auxk(n_dead):
     for static in (False, True):
         sae.zero_grad()
         pre = torch.randn(8, 64, generator=torch.Generator().manual_seed(1)).requires_grad_()
-        loss = kh.auxk_loss(sae, pre, residual, dead, aux_k=16, static=static)
+        loss = kh.auxk_loss(sae, pre, residual, dead, aux_k=16, graph_safe=static)
         if loss.requires_grad:  # the dynamic loss with no dead unit is a constant 0
             loss.backward()
         grads = [torch.zeros_like(t) if t.grad is None else t.grad.clone() for t in (pre, sae.W_dec)]
@@ -183,14 +183,15 @@ def test_static_forward_pass_traces_as_one_graph():
     """What a CUDA graph cannot hold (a host sync such as ``int(dead.sum())``, a shape that depends on data)
     also breaks a ``fullgraph`` trace: the static pass must trace whole, the dynamic one must not."""
     cfg = kh.Config(k=4, d_input=20, d_hidden=64, aux_k=16)
-    sae = kh.KSparseAutoencoder(config=cfg)
+    sae = kh.KSparseAutoencoder.from_config(cfg)
     xb, dead = torch.rand(8, 20), torch.rand(64) < 0.3
     since_fired = torch.zeros(64, dtype=torch.long)
 
     def static_pass(xb, dead, since_fired):
-        loss, fvu, aux, values, indices = kh.autoencoder_losses(sae, xb, dead, cfg, static=True)
+        loss, fvu, aux, values, indices = kh.autoencoder_losses(sae, xb, dead, cfg, graph_safe=True)
         since_fired.add_(len(xb)).masked_fill_(kh.firing_counts(values, indices, 64) > 0, 0)
         return loss
 
     assert _compiles_whole(static_pass, xb, dead, since_fired)
-    assert not _compiles_whole(lambda xb, dead: kh.autoencoder_losses(sae, xb, dead, cfg, static=False)[0], xb, dead)
+    dynamic_pass = lambda xb, dead: kh.autoencoder_losses(sae, xb, dead, cfg, graph_safe=False)[0]  # noqa: E731
+    assert not _compiles_whole(dynamic_pass, xb, dead)

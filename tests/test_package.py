@@ -23,8 +23,28 @@ MAX_FACADE_LINES = 250
 
 # Top-level definitions of the pre-split module that were changed on purpose after the move, and why. Every
 # other definition must be found in the package unchanged. The test also fails if a name here is unchanged.
+_STATE = "no process-wide state: figure timings in a caller-owned Stopwatch, layout an argument, workers by pipes"
+_BUILD = "both models built from the config one way (from_config); no silently ignored config argument"
+_FVU = "one fvu() for every reconstruction error"
+_DORMANT = "AuxK's units are 'dormant' (dead = fires on no image); static= is graph_safe="
+_LABELS = "one label validator (_check_labels) instead of two copies"
+_KEYS = "completeness tables keyed by str in memory too: the same shape before and after JSON"
+_X_INPUT = "attribute_all returns unit contributions on request; one definition of the x-input maps"
 EDITED = {
     "UNIT_BROWSER_TEMPLATE": "the template path is found from ksae/, one folder further down (same file)",
+    **dict.fromkeys(["FIGURE_SECONDS", "_figure_depth", "_styled", "_finish", "_figure_png", "_forked_figure",
+                     "_FORKED_CALLS", "_RENDERING_NOW", "render_figures", "render_comparison_grid",
+                     "figure_timings"], _STATE),
+    **dict.fromkeys(["KSparseAutoencoder", "SparseCodeClassifier", "train_autoencoder_on_split", "train_models"],
+                    _BUILD),
+    "load_checkpoint": _BUILD + "; checkpoints with the old history key are read with the new one",
+    **dict.fromkeys(["normalized_mse", "dataset_fvu", "evaluate_autoencoder"], _FVU),
+    **dict.fromkeys(["auxk_loss", "autoencoder_losses", "autoencoder_step", "classifier_step", "train_autoencoder",
+                     "train_classifier", "plot_training_history"], _DORMANT),
+    **dict.fromkeys(["_check_labels", "_check_pairing_labels", "partner_images", "cross_method_statistics",
+                     "randomization_check"], _LABELS),
+    **dict.fromkeys(["completeness_decomposition", "ig_completeness", "verdict_table"], _KEYS),
+    **dict.fromkeys(["attribute_all", "input_x_gradient", "input_x_smoothgrad"], _X_INPUT),
 }
 
 

@@ -264,7 +264,7 @@ def test_unit_table_summary_counts(planted):
 
 def test_training_history_figure_one_legend_for_fvu_and_auxk():
     history = {"ae": {"fvu": [0.2, 0.1, 0.08], "val_fvu": [0.21, 0.12, 0.09], "aux_loss": [0.0, 0.5, 1.0],
-                      "dead_fraction": [0.0, 0.01, 0.02]},
+                      "dormant_fraction": [0.0, 0.01, 0.02]},
                "clf": {"loss": [1.0, 0.5], "train_acc": [0.7, 0.8], "val_acc": [0.69, 0.78]}, "seconds": {"ae": 3.0}}
     fig = kh.plot_training_history(history)
     fvu, twin = fig.axes[0], fig.axes[-1]

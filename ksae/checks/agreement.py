@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .._util import _as_maps
+from .._util import _as_maps, _check_labels
 from ..stats import (
-    _check_pairing_labels,
     _row_ranks,
     _rowwise_pearson,
     _wilcoxon_p,
@@ -87,7 +86,7 @@ def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0, x: tor
     ranks = {(m, kind): _row_ranks(f(v)) for m, v in arrays.items() for kind, f in AGREEMENT_KINDS.items()}
     null, n_null = None, 0
     if x is not None:
-        lab = _check_pairing_labels(labels, n)
+        lab = _check_labels(labels, n)
         _, cls, class_size = np.unique(lab, return_inverse=True, return_counts=True)
         keep = class_size[cls] >= 2
         n_null = int(keep.sum())  # images with a same-class partner: value and null are both measured on them

@@ -292,7 +292,7 @@ def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, ta
     for (rule, n), err in errors.items():
         rel = (err.abs() / scale).double().cpu().numpy()
         mismatch = ((err + parts["jump_sum"]).abs() / scale).double().cpu().numpy()
-        table.setdefault(rule, {})[n] = {"median_rel_error": float(np.median(rel)),
+        table.setdefault(rule, {})[str(n)] = {"median_rel_error": float(np.median(rel)),
                                          "median_mismatch": float(np.median(mismatch)),
                                          "share_within_tolerance": float((mismatch <= tolerance).mean())}
     return {"n_points": n_points, "n_steps": n_steps, "method": method, "tolerance": tolerance, "table": table,
@@ -336,7 +336,7 @@ def ig_completeness(model: nn.Module, x: torch.Tensor, target,
     table, per_image = {m: {} for m in methods}, None
     for (method, n), total in sums.items():
         rel = ((total - gap).abs() / gap.abs().clamp_min(GAP_FLOOR)).detach().cpu().numpy()
-        table[method][n] = {"median_rel_error": float(np.median(rel)), "mean_rel_error": float(rel.mean()),
+        table[method][str(n)] = {"median_rel_error": float(np.median(rel)), "mean_rel_error": float(rel.mean()),
                             "share_within_tolerance": float((rel <= tolerance).mean())}
         if method == methods[0] and n == reference_steps:
             per_image = rel

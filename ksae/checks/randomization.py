@@ -11,9 +11,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from .._util import _check_labels
 from ..attribution import METHOD_LABELS, attribute_all
 from ..data import as_flat_images
-from ..stats import _check_pairing_labels, partner_images, rowwise_spearman, summarize
+from ..stats import partner_images, rowwise_spearman, summarize
 from .agreement import PIXEL_SETS
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: t
     x, _ = as_flat_images(x)
     original = attribute_all(pipeline, x, target, cfg, methods, seed=seed)
     obj = x.cpu().numpy() > 0
-    partner = partner_images(_check_pairing_labels(target if labels is None else labels, len(x)), False, seed)
+    partner = partner_images(_check_labels(target if labels is None else labels, len(x)), False, seed)
     orig = {m: v.reshape(len(x), -1).double().cpu().numpy() for m, v in original.items()}
     stages = randomization_stages(pipeline.clf)
     result = {"stages": stages, "methods": list(methods), "n_images": len(x),

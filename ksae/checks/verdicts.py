@@ -83,8 +83,7 @@ def verdict_table(validation: dict) -> list[dict]:
                      for t, p in _randomization_verdicts(rand, method).items()]
         comp = validation.get("completeness")
         if comp and method == "integrated":
-            steps = comp["table"][comp["method"]]  # int keys in memory, str keys once read back from JSON
-            median = (steps.get(comp["n_steps"]) or steps[str(comp["n_steps"])])["median_rel_error"]
+            median = comp["table"][comp["method"]][str(comp["n_steps"])]["median_rel_error"]  # keys: str, as JSON
             rows.append({**base, "test": "completeness", "passes": median <= comp["tolerance"], "rank": None,
                          "value": median})
         if validation.get("unit_deletion") and method == "decoder":

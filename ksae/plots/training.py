@@ -95,7 +95,7 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
     """Per-epoch training curves from ``train_models``: autoencoder FVU (+ AuxK loss), dead fraction,
     classifier loss, and classifier train vs validation accuracy (the test set is never looked at per epoch).
 
-    ``history``: ``{"ae": {"loss", "fvu", "aux_loss", "dead_fraction", "val_fvu": [E]}, "clf": {"loss", "train_acc",
+    ``history``: ``{"ae": {"loss", "fvu", "aux_loss", "dormant_fraction", "val_fvu": [E]}, "clf": {"loss", "train_acc",
     "val_acc": [E]}, "seconds": {"ae", "clf"}}``; missing or empty parts are shown as 'no data', an
     empty history (e.g. from a checkpoint saved without one) as a short note.
     """
@@ -106,7 +106,8 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
         return _finish(_message_figure("Training history", note), save)
     fig, (axes,) = _grid_figure(17, 3.6, TRAINING_LAYOUT, 1, 4)
     _plot_fvu_aux(axes[0], ae)
-    _plot_epochs(axes[1], {"dead": ae.get("dead_fraction")}, "Dead units (AuxK criterion)", "fraction of units")
+    _plot_epochs(axes[1], {"dormant": ae.get("dormant_fraction")}, "Dormant units (AuxK criterion)",
+                 "fraction of units")
     _plot_epochs(axes[2], {"loss": clf.get("loss")}, "Classifier loss", "cross-entropy (train)")
     _plot_epochs(axes[3], {"train": clf.get("train_acc"), "validation": clf.get("val_acc")},
                  "Classifier accuracy", "accuracy")
