@@ -5,8 +5,9 @@ Inputs are those of the default run: a trained default checkpoint, ``SAMPLES_PER
 class, the four attribution maps, the cross-method statistics and ``run_validation``'s results. Computing
 them takes minutes on a CPU, so they are cached (``--cache``, default ``/tmp/bench_figures_inputs.pt``).
 
-With ``--reference REV`` the same figures are also drawn by the ``ksae_helpers.py`` of git revision ``REV``
-in the same process (alternating, best of ``--repeats``), and the table shows the ratio.
+With ``--reference REV`` the same figures are also drawn by the code of git revision ``REV`` (its own
+``ksae_helpers.py`` and, since the split, its own ``ksae`` package: ``load_reference``) in the same process
+(alternating, best of ``--repeats``), and the table shows the ratio.
 
     python benchmarks/bench_figures.py --checkpoint checkpoints/ksae_k50_....pt
     python benchmarks/bench_figures.py --checkpoint CKPT --reference HEAD~3 --out /tmp/figs
@@ -15,10 +16,16 @@ in the same process (alternating, best of ``--repeats``), and the table shows th
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
+import importlib.abc
+import importlib.machinery
 import importlib.util
+import io
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", default=None,
                    help="trained checkpoint (default: checkpoints/<Config().checkpoint_name()>)")
     p.add_argument("--cache", default="/tmp/bench_figures_inputs.pt", help="cache of the computed inputs")
-    p.add_argument("--reference", default=None, help="git revision whose ksae_helpers.py is timed alongside")
+    p.add_argument("--reference", default=None, help="git revision whose own code is timed alongside")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per figure; the minimum is reported")
     p.add_argument("--out", default=None, help="folder for the PNGs (default: a temporary folder)")
     return p.parse_args(argv)
@@ -132,17 +139,78 @@ def figure_calls(kh_mod, inputs: dict, sae, data, folder: Path) -> dict:
     return calls
 
 
-def load_reference(rev: str):
-    """``ksae_helpers`` as of git revision ``rev``, imported under another name."""
-    source = subprocess.run(["git", "show", f"{rev}:ksae_helpers.py"], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "ksae_helpers_reference.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("ksae_helpers_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+PACKAGE = "ksae"  # the package behind the facade (since the split; before it ksae_helpers.py was all the code)
+
+
+def _is_package_module(name: str) -> bool:
+    return name == PACKAGE or name.startswith(PACKAGE + ".")
+
+
+class _PackageRedirect(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """While a reference facade is imported: ``ksae`` and ``ksae.*`` are the reference tree's package, imported
+    under ``prefix`` (the facade's absolute ``from ksae.x import ...``; the package itself imports relatively)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self) if _is_package_module(name) else None
+
+    def create_module(self, spec):
+        return None  # a blank module, replaced in exec_module
+
+    def exec_module(self, module):
+        # the import system returns what sys.modules holds under the name once this returns: the aliased module
+        sys.modules[module.__name__] = importlib.import_module(self.prefix + module.__name__)
+
+
+def load_reference(rev: str, root: str | Path = ROOT):
+    """``ksae_helpers`` as of git revision ``rev`` of the repository at ``root``: that revision's own code.
+
+    The revision's whole tree is extracted (``git archive``) into a temporary folder (kept until this process
+    exits: templates are read and modules may be imported when a function runs) and imported as the package
+    ``ksae_reference_<commit>_<n>``: its facade as ``<that>.ksae_helpers`` and its ``ksae`` package (since the
+    split; a revision before it has none) as ``<that>.ksae``, so nothing of the working tree's ``ksae`` leaks into
+    it. Functions and classes keep referring to those modules, which stay in ``sys.modules`` under those names
+    (dataclasses look their module up while a class is built; forked figure workers unpickle functions by
+    name). The working tree's ``ksae`` modules are out of ``sys.modules`` only while the facade is imported and
+    are exactly as before when this returns."""
+    def git(*args) -> bytes:
+        return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True).stdout
+
+    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}").decode().strip()
+    folder = Path(tempfile.mkdtemp(prefix=f"ksae_reference_{commit[:12]}_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(git("archive", "--format=tar", commit))) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.12, backported to 3.9.17+/3.10.12+/3.11.4+
+            tar.extractall(folder, filter="data")
+        else:
+            tar.extractall(folder)
+    if not (folder / "ksae_helpers.py").is_file():
+        raise FileNotFoundError(f"revision {rev} ({commit[:12]}) has no ksae_helpers.py")
+    n = 0
+    while f"ksae_reference_{commit[:12]}_{n}" in sys.modules:
+        n += 1
+    name = f"ksae_reference_{commit[:12]}_{n}"
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [str(folder)]  # its submodules are the tree's top-level files and folders
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+    current = {key: module for key, module in sys.modules.items() if _is_package_module(key)}
+    redirect = _PackageRedirect(name + ".")
+    for key in current:
+        del sys.modules[key]
+    sys.meta_path.insert(0, redirect)
+    try:
+        return importlib.import_module(name + ".ksae_helpers")
+    except BaseException:
+        for key in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
+            del sys.modules[key]
+        raise
+    finally:
+        sys.meta_path.remove(redirect)
+        for key in [key for key in sys.modules if _is_package_module(key)]:  # the reference's, under ksae.*
+            del sys.modules[key]
+        sys.modules.update(current)
 
 
 def timed(fn) -> float:

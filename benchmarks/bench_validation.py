@@ -96,7 +96,8 @@ def previous_content_seconds(inputs: dict) -> dict[str, float]:
 
 
 def reference_seconds(module, inputs: dict) -> float:
-    """``module.run_validation`` (an older ``ksae_helpers``) on the same weights, images and four maps."""
+    """``module.run_validation`` (``load_reference``: an older revision's own code) on the same weights, images
+    and four maps."""
     cfg = module.Config()
     build = getattr(module.KSparseAutoencoder, "from_config", None)  # revisions before it: config=
     sae = build(cfg) if build else module.KSparseAutoencoder(config=cfg)

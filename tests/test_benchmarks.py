@@ -1,12 +1,20 @@
 """The FVU-vs-budget script measures what it says (tiny budget: a few hundred images, one or two epochs)."""
 
 import importlib.util
+import inspect
 import json
+import pickle
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import ksae
+import ksae.config
 import ksae_helpers as kh
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,3 +165,86 @@ def test_recipe_checks_only_replaces_its_rows_in_check_order(tmp_path):
     rows = recipe_checks.merged(str(path), [{"choice": choices[4], "kept": False}, {"choice": choices[2], "kept": 1}])
     assert rows == [{"choice": choices[0], "kept": True}, {"choice": choices[2], "kept": 1},
                     {"choice": choices[4], "kept": False}, {"choice": "retired", "kept": True}]
+
+
+PRE_SPLIT_REVISION = "07ecf4b"  # the last commit whose ksae_helpers.py was all the code (no ksae package)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "commit.gpgsign=false", *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _package_modules() -> dict:
+    return {name: module for name, module in sys.modules.items() if name == "ksae" or name.startswith("ksae.")}
+
+
+@pytest.fixture
+def planted_repo(tmp_path):
+    """A git repository of two commits: a copy of the current facade, ``ksae`` package and templates; then the
+    same with ``Config.k``'s default, a module constant and the template changed (the planted difference)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy2(ROOT / "ksae_helpers.py", repo / "ksae_helpers.py")
+    shutil.copytree(ROOT / "ksae", repo / "ksae", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "templates", repo / "templates")
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.name", "Test")
+    _git(repo, "config", "user.email", "test@example.com")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "current code")
+    first = _git(repo, "rev-parse", "HEAD")
+    planted_k = kh.Config().k + 3
+    config = repo / "ksae" / "config.py"
+    text, n = re.subn(r"^(    k: int = )\d+", rf"\g<1>{planted_k}", config.read_text(), count=1, flags=re.M)
+    assert n == 1, "Config.k's default line moved: update this test"
+    config.write_text(text + "\nPLANTED_CONSTANT = 'second'\n")
+    template = repo / "templates" / "unit_browser.html"
+    template.write_text(template.read_text() + "<!-- planted -->\n")
+    _git(repo, "commit", "-q", "-a", "-m", "planted difference")
+    return repo, first, _git(repo, "rev-parse", "HEAD"), planted_k
+
+
+def test_load_reference_imports_the_revisions_own_package(planted_repo):
+    """Two revisions of another repository load their own ``ksae`` package (the planted default, constant and
+    template differ), and the working tree's ``ksae`` modules are the same objects afterwards."""
+    bench_figures = _load("bench_figures")
+    repo, first_rev, second_rev, planted_k = planted_repo
+    k, before = kh.Config().k, _package_modules()
+    first = bench_figures.load_reference(first_rev, root=repo)
+    second = bench_figures.load_reference(second_rev, root=repo)
+    assert first.Config().k == k and second.Config().k == planted_k
+    config_of = {ref: sys.modules[ref.Config.__module__] for ref in (first, second)}
+    assert not hasattr(config_of[first], "PLANTED_CONSTANT") and config_of[second].PLANTED_CONSTANT == "second"
+    assert "<!-- planted -->" not in first.UNIT_BROWSER_TEMPLATE.read_text()
+    assert "<!-- planted -->" in second.UNIT_BROWSER_TEMPLATE.read_text()
+    assert Path(first.__file__).parent != Path(second.__file__).parent  # each revision its own tree
+    for ref in (first, second):
+        tree = Path(ref.__file__).resolve().parent
+        assert not tree.is_relative_to(ROOT)
+        assert Path(config_of[ref].__file__).resolve() == tree / "ksae" / "config.py"
+        assert ref.UNIT_BROWSER_TEMPLATE.resolve() == tree / "templates" / "unit_browser.html"
+        assert ref.Config is not kh.Config and config_of[ref] is not ksae.config
+        assert pickle.loads(pickle.dumps(ref.plot_k_sweep)) is ref.plot_k_sweep  # as forked figure workers see it
+    assert kh.Config().k == k and kh.Config is ksae.config.Config
+    assert sys.modules["ksae"] is ksae and sys.modules["ksae.config"] is ksae.config
+    after = _package_modules()
+    assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
+
+
+def test_load_reference_of_the_pre_split_revision_is_its_own_single_file():
+    """``ksae_helpers.py`` as of the commit before the split, read from this repository's history: one file,
+    not in the working tree, its classes its own."""
+    if subprocess.run(["git", "cat-file", "-e", f"{PRE_SPLIT_REVISION}^{{commit}}"], cwd=ROOT,
+                      capture_output=True).returncode:
+        pytest.skip(f"revision {PRE_SPLIT_REVISION} is not in this clone's history (a shallow clone?)")
+    before = _package_modules()
+    reference = _load("bench_figures").load_reference(PRE_SPLIT_REVISION)
+    path = Path(reference.__file__).resolve()
+    assert path.name == "ksae_helpers.py" and not path.is_relative_to(ROOT)
+    assert Path(inspect.getfile(reference.Config)).resolve() == path and reference.Config is not kh.Config
+    assert Path(inspect.getfile(reference.plot_completeness)).resolve() == path
+    assert reference.UNIT_BROWSER_TEMPLATE.resolve() == path.parent / "templates" / "unit_browser.html"
+    assert reference.UNIT_BROWSER_TEMPLATE.is_file()
+    after = _package_modules()
+    assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
