@@ -115,14 +115,6 @@ def seed_rows(data: dict) -> tuple[dict[str, list[dict]], str]:
     return {"this run": summary["verdicts"]}, "the default run only: the seeds file has another configuration"
 
 
-def _statements(subset: dict[str, list[dict]]) -> dict[str, list[str]]:
-    """``verdict_statements`` of one ordering and one test family, less the sentences it adds for the families the
-    rows lack (it states an empty family as holding): those are the "holds" it also gives when every row fails."""
-    out = verdict_statements(subset)
-    lacking = verdict_statements({s: [{**r, "passes": False} for r in rows] for s, rows in subset.items()})["holds"]
-    return {kind: [x for x in sentences if kind != "holds" or x not in lacking] for kind, sentences in out.items()}
-
-
 def verdict_groups(rows_per_seed: dict[str, list[dict]]) -> dict[str, dict[tuple[str, str], list[str]]]:
     """``{"holds"|"fails"|"flips": {(family, claim): [ordering, ...]}}``: ``verdict_statements`` asked about each
     ordering and test family alone, its sentence's claim (the text after the ordering's label) grouped."""
@@ -133,7 +125,7 @@ def verdict_groups(rows_per_seed: dict[str, list[dict]]) -> dict[str, dict[tuple
         for ordering in orderings:
             subset = {s: [r for r in rows if r["ordering"] == ordering and _family(r["test"]) == family]
                       for s, rows in rows_per_seed.items()}
-            for kind, sentences in (_statements(subset) if any(subset.values()) else {}).items():
+            for kind, sentences in (verdict_statements(subset) if any(subset.values()) else {}).items():
                 for sentence in sentences:
                     claim = sentence[len(_verdict_label(ordering)):].lstrip(": ").rstrip(".")
                     groups[kind].setdefault((family, claim), []).append(ordering)

@@ -120,13 +120,15 @@ def headline_table(summary: dict) -> list[tuple[str, str]]:
 
 def seeds_for_config(path: str | os.PathLike, cfg: Config) -> dict | None:
     """``benchmarks/verdicts_across_seeds.py``'s result at ``path`` if it was measured with ``cfg``'s
-    configuration (every field but the seed), else None (missing file, or another configuration)."""
+    configuration (every field but the seed and the execution fields, which change no result: ``cuda_graphs``;
+    a file written before such a field existed still matches), else None (missing file, another configuration)."""
     path = Path(path)
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    mine = {**cfg.to_dict(), "seed": None}
-    theirs = {**result.get("config", {}), "seed": None}
+    ignored = {"seed", *(set(cfg.NON_TRAINING_FIELDS) - set(cfg.ATTRIBUTION_FIELDS))}
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in ignored}
+    theirs = {k: v for k, v in result.get("config", {}).items() if k not in ignored}
     return result if json.dumps(mine, sort_keys=True) == json.dumps(theirs, sort_keys=True) else None
 
 

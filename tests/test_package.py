@@ -20,6 +20,7 @@ PRE_SPLIT = "07ecf4b"  # the last revision with the whole implementation in ksae
 FINGERPRINTS = Path(__file__).parent / "data" / "pre_split_fingerprints.json"
 MAX_MODULE_LINES = 600
 MAX_FACADE_LINES = 250
+COMMANDS = {"docs.py"}  # modules run as commands (python -m ksae.docs): not the notebook's API, not re-exported
 
 # Top-level definitions of the pre-split module that were changed on purpose after the move, and why. Every
 # other definition must be found in the package unchanged. The test also fails if a name here is unchanged.
@@ -45,6 +46,8 @@ EDITED = {
                      "randomization_check"], _LABELS),
     **dict.fromkeys(["completeness_decomposition", "ig_completeness", "verdict_table"], _KEYS),
     **dict.fromkeys(["attribute_all", "input_x_gradient", "input_x_smoothgrad"], _X_INPUT),
+    "seeds_for_config": "bug: a seeds file written before cuda_graphs existed never matched (execution fields ignored)",
+    "verdict_statements": "bug: a test family absent from the rows was stated as holding on every substrate",
 }
 
 
@@ -84,11 +87,15 @@ def pre_split_fingerprints() -> dict[str, str]:
 
 
 def package_definitions() -> dict[str, tuple[str, ast.AST]]:
-    """Every top-level definition of the package: name -> (module path, node)."""
+    """Every top-level definition of the package's library modules (not its commands): name -> (module path,
+    node). A name is defined once: the facade re-exports one flat namespace."""
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in COMMANDS:
+            continue
         for name, node in _definitions(ast.parse(path.read_text())).items():
-            out.setdefault(name, (str(path.relative_to(ROOT)), node))
+            assert name not in out or name == "__all__", f"{name} defined in {out[name][0]} and {path}"
+            out[name] = (str(path.relative_to(ROOT)), node)
     return out
 
 

@@ -288,6 +288,9 @@ def test_verdict_statements_say_where_a_verdict_flips():
     assert "Simple gradients (signed) passes the cascading randomization check in every seed." in said["holds"]
     assert any(s.startswith("Integrated gradients (signed) fails completeness") for s in said["fails"])
     assert not any(s.startswith("Integrated gradients") for s in said["holds"])
+    # a family with no test among the rows is not stated at all (not "holds on every substrate" of none)
+    no_object = {seed: [r for r in rows if not r["test"].startswith("object_")] for seed, rows in per_seed.items()}
+    assert not any("over object pixels" in s for kind in kh.verdict_statements(no_object).values() for s in kind)
     same = kh.verdict_statements({0: kh.verdict_table(_fake_validation(ig_road=True))})
     assert any(s.startswith("Integrated gradients (signed) beats the random order on every substrate")
                for s in same["holds"])
@@ -332,3 +335,8 @@ def test_verdict_markdown_marks_passes_ranks_and_seeds(tmp_path):
     assert kh.seeds_for_config(path, kh.Config(seed=5)) is not None
     assert kh.seeds_for_config(path, kh.Config(k=20)) is None
     assert kh.seeds_for_config(tmp_path / "missing.json", kh.Config()) is None
+    # an execution field changes no result: a file written without it (or with another value) still matches
+    config = {k: v for k, v in kh.Config().to_dict().items() if k != "cuda_graphs"}
+    path.write_text(json.dumps({**seeds, "config": {**config, "seed": None}}))
+    assert kh.seeds_for_config(path, kh.Config(cuda_graphs=False)) is not None
+    assert kh.seeds_for_config(path, kh.Config(ig_steps=20)) is None  # an attribution setting does

@@ -109,6 +109,8 @@ def verdict_statements(rows_per_seed: dict[str, list[dict]]) -> dict[str, list[s
         label = _verdict_label(ordering)
         for prefix, against in VERDICT_FAMILIES.items():
             family = {t[len(prefix):]: per for (o, t), per in by_key.items() if o == ordering and t.startswith(prefix)}
+            if not family:  # the rows hold no test of this family for this ordering: nothing to state
+                continue
             passed = [s for s, per in family.items() if all(per.values())]
             failed = [s for s, per in family.items() if not any(per.values())]
             mixed = [s for s in family if s not in passed and s not in failed]
