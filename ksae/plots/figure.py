@@ -149,11 +149,18 @@ def _draw_in_workers(calls: list, workers: int) -> list[tuple[bytes, float]]:
                 parent.send(i := todo.pop())
                 busy[parent] = (proc, i)
         while busy:
-            for ready in wait(list(busy)):
+            ended = {proc.sentinel: connection for connection, (proc, _) in busy.items()}  # a worker's exit
+            for ready in wait([*busy, *ended]):
+                ready = ended.get(ready, ready)
+                if ready not in busy:
+                    continue  # its result and its exit both woke this wait: handled
                 proc, i = busy.pop(ready)
-                try:
+                try:  # a busy worker that ended without a result died (its pipe may be open in a sibling)
+                    if not ready.poll():
+                        raise EOFError
                     j, png, outcome = ready.recv()
                 except EOFError:
+                    proc.join()
                     raise RuntimeError(f"a figure worker (pid {proc.pid}) died while drawing figure {i} "
                                        f"({_call_name(calls[i])}), exit code {proc.exitcode}") from None
                 if png is None:
