@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one call: every GPU number README reports, measured in one run on a lent device machine.
+# The GPU check in one call: every GPU number docs/performance.md reports, measured in one run on a lent device machine.
 #
 # Here (once):   bash benchmarks/device_check.sh --prepare
 #                  converts the notebook to .devdata/fashion_mnist_interpretability.py and copies the dataset's

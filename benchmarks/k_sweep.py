@@ -4,7 +4,7 @@ For every k: test FVU, validation FVU, dead units, mean L0, test and validation 
 and the zero-substrate deletion AUC of integrated gradients, decoder-weighted and a random order on
 confident correct test images (``ksae_helpers.run_k_sweep``). Models are cached in ``checkpoints/`` under their
 configuration's name, so a rerun only measures. Writes ``results/k_sweep.json``; the notebook's section 8 and
-README draw its figure from that file. Run from the repository root:
+docs/results.md draw from that file. Run from the repository root:
 
     .venv/bin/python benchmarks/k_sweep.py                                # k = 5..200, default epochs (~30 min CPU)
     .venv/bin/python benchmarks/k_sweep.py --ks 8 16 --epochs 1 1 --train-subset 1000 --out /tmp/k.json

@@ -4,9 +4,9 @@ Each check trains the default recipe and the recipe with one choice switched off
 value), with the library's own training functions, on the training split (55 000 images), and scores both on
 the 5 000 validation images (`Config.n_val`, class-stratified, fixed). Autoencoder choices are scored by
 validation FVU and dead units, classifier choices by validation accuracy (on the default autoencoder). The test
-set is not read. Writes ``results/recipe_checks.json``; README's "Recipe choices, on validation" table is
-printed from it. Run from the repository root (about 15 minutes on 2 CPU cores for all rows; the default models
-come from ``checkpoints/`` when cached):
+set is not read. Writes ``results/recipe_checks.json``; docs/results.md's "Recipe choices, on validation" table
+is written from it (``python -m ksae.docs``). Run from the repository root (about 15 minutes on 2 CPU cores for
+all rows; the default models come from ``checkpoints/`` when cached):
 
     .venv/bin/python benchmarks/recipe_checks.py
     .venv/bin/python benchmarks/recipe_checks.py --only decay10 decay50 lr2e-3   # these rows, merged into --out

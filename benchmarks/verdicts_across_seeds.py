@@ -5,7 +5,8 @@ correct test images (the same rule as the notebook), compute every attribution m
 validation suite (``ksae_helpers.run_validation``) and read its verdicts (``verdict_table``). Writes
 ``results/verdicts_across_seeds.json``: per seed the value, pass/fail and rank of every method x test, and per
 method x test whether pass/fail and rank are the same in every seed, plus ``verdict_statements`` (what holds
-everywhere, what fails everywhere, where it flips). The notebook's verdict table and README read this file.
+everywhere, what fails everywhere, where it flips). The notebook's verdict table, README's findings and
+docs/results.md read this file.
 Run from the repository root (on 2 CPU cores: ~5 minutes per seed to train, ~1.5 minutes to validate):
 
     .venv/bin/python benchmarks/verdicts_across_seeds.py                  # seeds 0 1 2, default recipe

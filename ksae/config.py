@@ -19,7 +19,7 @@ class Config:
     d_input: int = 784  # pixels per image (28 x 28)
     d_hidden: int = 1024  # code units (dictionary size)
     aux_k: int = 256  # AuxK (Gao et al. 2024): top this-many dead units reconstruct the residual (0 = off).
-    # Keeps the dictionary alive below k = 50 (README, k sweep); chosen on the validation split
+    # Keeps the dictionary alive below k = 50 (docs/results.md, the k sweep); chosen on the validation split
     aux_coef: float = 1 / 32  # AuxK: weight of the auxiliary loss
     dead_after: int = 20_000  # AuxK: a unit that fired on none of the last this-many images is "dead"
     # --- classifier on the codes ---
@@ -36,7 +36,7 @@ class Config:
     clf_epochs: int = 50  # classifier epochs
     clf_hflip: bool = True  # classifier sees each image or its mirror image at random (labels unchanged)
     clf_shift: int = 1  # classifier also sees each such view moved this many pixels up, down, left or right
-    # (one of the five positions at random per step; 0 = off). README: +0.6 to +1.0 points of accuracy, 3 seeds
+    # (one of the five positions at random per step; 0 = off). docs/results.md, recipe choices
     ae_hflip: bool = False  # autoencoder sees each image or its mirror image at random
     n_val: int = 5000  # training images held out as the validation split (class-stratified, fixed seed
     # VAL_SPLIT_SEED); every recipe choice and per-epoch curve uses it, the test set is evaluated once
@@ -112,7 +112,8 @@ class Config:
 
 
 DECAY_SCHEDULES = {"decay10": 0.1, "decay20": 0.2, "decay50": 0.5}  # share of the last steps over which the
-# learning rate falls linearly to 0 (constant before); decay20 is the autoencoder's default (README, recipe choices)
+# learning rate falls linearly to 0 (constant before); decay20 is the autoencoder's default (docs/results.md,
+# recipe choices)
 
 
 LR_SCHEDULES = ("constant", "cosine", *DECAY_SCHEDULES)

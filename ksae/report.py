@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .selection import Selection
 
 
-# Keys (documented in README.md, "results/summary.json"):
+# Keys (listed in docs/results.md, "What `results/summary.json` holds"):
 #   schema_version, created, config, device, torch_version, timings_s{phase: seconds},
 #   autoencoder{k, test_mse_per_pixel, fvu, mean_l0, dead_units, d_hidden},
 #   classifier{test_accuracy, per_class_accuracy{class: acc}, confusion_matrix[[...]]},

@@ -37,7 +37,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def device_name(device: torch.device) -> str:
-    """Human-readable name of ``device`` (for summaries and the README's performance table)."""
+    """Human-readable name of ``device`` (for summaries and docs/performance.md)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
