@@ -164,17 +164,9 @@ class _PackageRedirect(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         sys.modules[module.__name__] = importlib.import_module(self.prefix + module.__name__)
 
 
-def load_reference(rev: str, root: str | Path = ROOT):
-    """``ksae_helpers`` as of git revision ``rev`` of the repository at ``root``: that revision's own code.
-
-    The revision's whole tree is extracted (``git archive``) into a temporary folder (kept until this process
-    exits: templates are read and modules may be imported when a function runs) and imported as the package
-    ``ksae_reference_<commit>_<n>``: its facade as ``<that>.ksae_helpers`` and its ``ksae`` package (since the
-    split; a revision before it has none) as ``<that>.ksae``, so nothing of the working tree's ``ksae`` leaks into
-    it. Functions and classes keep referring to those modules, which stay in ``sys.modules`` under those names
-    (dataclasses look their module up while a class is built; forked figure workers unpickle functions by
-    name). The working tree's ``ksae`` modules are out of ``sys.modules`` only while the facade is imported and
-    are exactly as before when this returns."""
+def extract_tree(rev: str, root: str | Path = ROOT) -> tuple[str, Path]:
+    """``(commit, folder)``: git revision ``rev``'s whole tree (``git archive``) in a temporary folder, removed
+    when this process exits."""
     def git(*args) -> bytes:
         return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True).stdout
 
@@ -186,6 +178,21 @@ def load_reference(rev: str, root: str | Path = ROOT):
             tar.extractall(folder, filter="data")
         else:
             tar.extractall(folder)
+    return commit, folder
+
+
+def load_reference(rev: str, root: str | Path = ROOT):
+    """``ksae_helpers`` as of git revision ``rev`` of the repository at ``root``: that revision's own code.
+
+    The revision's whole tree is extracted (``git archive``) into a temporary folder (kept until this process
+    exits: templates are read and modules may be imported when a function runs) and imported as the package
+    ``ksae_reference_<commit>_<n>``: its facade as ``<that>.ksae_helpers`` and its ``ksae`` package (since the
+    split; a revision before it has none) as ``<that>.ksae``, so nothing of the working tree's ``ksae`` leaks into
+    it. Functions and classes keep referring to those modules, which stay in ``sys.modules`` under those names
+    (dataclasses look their module up while a class is built; forked figure workers unpickle functions by
+    name). The working tree's ``ksae`` modules are out of ``sys.modules`` only while the facade is imported and
+    are exactly as before when this returns."""
+    commit, folder = extract_tree(rev, root)
     if not (folder / "ksae_helpers.py").is_file():
         raise FileNotFoundError(f"revision {rev} ({commit[:12]}) has no ksae_helpers.py")
     n = 0

@@ -19,21 +19,13 @@ import re
 import sys
 from pathlib import Path
 
-from .report import (
-    METHOD_LABELS,
-    PIXEL_SETS,
-    RANDOMIZATION_VARIANTS,
-    VERDICT_NAMES,
-    VERDICT_TESTS,
-    _ci_text,
-    _verdict_label,
-    atomic_write_bytes,
-    headline_table,
-    randomization_table,
-    unit_table_summary,
-    verdict_markdown,
-    verdict_statements,
-)
+from ._util import atomic_write_bytes
+from .attribution import METHOD_LABELS
+from .checks.agreement import PIXEL_SETS
+from .checks.randomization import RANDOMIZATION_VARIANTS
+from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _verdict_label, verdict_statements
+from .report import headline_table, randomization_table, unit_table_summary, verdict_markdown
+from .stats import _ci_text
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (default --root)
 RESULTS_DIR = "results"  # inputs, relative to the root
