@@ -268,14 +268,12 @@ def test_incremental_curves_skip_unchanged_rows_exactly():
     assert not torch.allclose(curves[1, :, 1], curves[1, :, 0])  # the object-first order moved at step 1
 
 
-def test_road_curves_are_the_model_on_imputed_images(monkeypatch):
-    monkeypatch.setattr(ksae.checks.deletion, "ROAD_NOISE", 0.0)
-    monkeypatch.setattr(ksae.checks.deletion, "ROAD_TOL", 1e-9)
+def test_road_curves_are_the_model_on_imputed_images():
     model = Linear()
     x, step = object_images(4, dtype=DT), 196
     target = torch.tensor([1, 2, 3, 4])
     orders = kh.removal_order(torch.randn(4, D, generator=torch.Generator().manual_seed(0), dtype=DT))[None]
-    curves = kh.removal_curves(model, x, target, orders, "road", pixels_per_step=step)
+    curves = kh.removal_curves(model, x, target, orders, "road", pixels_per_step=step, road_noise=0.0, road_tol=1e-9)
     for t in range(1, D // step):
         removed = torch.zeros(4, D, dtype=torch.bool).scatter_(1, orders[0, :, :t * step], True)
         ref = torch.stack([torch.from_numpy(road_direct(x[i].numpy(), removed[i].numpy())) for i in range(4)])

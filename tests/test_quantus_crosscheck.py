@@ -27,7 +27,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-import ksae.checks.deletion
 import ksae_helpers as kh
 
 quantus = pytest.importorskip("quantus")  # requirements-test.txt pins it; skipped only where it is absent
@@ -85,14 +84,12 @@ def test_zero_substrate_deletion_equals_quantus_pixel_flipping(trained, use_abs)
     assert (diff <= EXACT_TOL).mean() >= 0.99 and diff.max() <= NEAR_TIE_TOL, diff.max()
 
 
-def test_road_equals_quantus_imputation_without_noise(trained, monkeypatch):
+def test_road_equals_quantus_imputation_without_noise(trained):
     from quantus.functions.perturb_func import noisy_linear_imputation
 
     pipeline, x, y, maps = trained
-    monkeypatch.setattr(ksae.checks.deletion, "ROAD_NOISE", 0.0)
-    monkeypatch.setattr(ksae.checks.deletion, "ROAD_TOL", 1e-7)
     order = kh.removal_order(maps)
-    ours = kh.removal_curves(pipeline, x, y, order[None], "road", STEP)[0]
+    ours = kh.removal_curves(pipeline, x, y, order[None], "road", STEP, road_noise=0.0, road_tol=1e-7)[0]
     for p in PERCENTAGES:
         n_removed = int(784 * p / 100)
         imputed = np.stack([noisy_linear_imputation(arr=img.reshape(1, 28, 28), indices=idx[:n_removed], noise=0.0)

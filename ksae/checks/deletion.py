@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._util import _check_int
+from .._util import _check_float, _check_int
 from ..attribution import _check_target, _score
 from ..data import as_flat_images
 from ..stats import _wilcoxon_p, summarize
@@ -127,7 +127,8 @@ def _pre_and_head(model: nn.Module):
 
 @torch.no_grad()
 def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orders: torch.Tensor,
-                   substrate: str = "zero", pixels_per_step: int = 28, seed: int = 0) -> torch.Tensor:
+                   substrate: str = "zero", pixels_per_step: int = 28, seed: int = 0,
+                   road_noise: float = ROAD_NOISE, road_tol: float = ROAD_TOL) -> torch.Tensor:
     """Target-class probability as pixels are removed in the given orders, ``pixels_per_step`` at a time,
     each removed pixel replaced by ``substrate`` (``SUBSTRATES``).
 
@@ -141,8 +142,9 @@ def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orde
     changed a pixel (removing a pixel that already equals the substrate, such as black background under the
     zero substrate, leaves the image as it was); the fully removed image is the substrate itself, evaluated
     once per image. ROAD imputes every step's image (``road_impute``, warm-started from the previous step's
-    solution). Its noise (std ``ROAD_NOISE``, seeded by ``seed``) is one field per image and step, shared by
-    every order: paired comparisons between orders see the same noise (common random numbers).
+    solution, solved to ``road_tol``). Its noise (std ``road_noise``, seeded by ``seed``) is one field per image
+    and step, shared by every order: paired comparisons between orders see the same noise (common random
+    numbers).
     """
     x, _ = as_flat_images(x, name="x")
     if substrate not in SUBSTRATES:
@@ -156,17 +158,21 @@ def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orde
     in_range = orders.dtype == torch.long and orders.numel() and 0 <= orders.min() and orders.max() < n_pix
     if not (in_range and torch.zeros_like(orders, dtype=torch.bool).scatter_(2, orders, True).all()):
         raise ValueError(f"orders must hold an int64 permutation of 0..{n_pix - 1} in every row")
+    _check_float("road_noise", road_noise, low=0.0)
+    _check_float("road_tol", road_tol, low=0.0, low_open=True)
     target = _check_target(target, n, model(x[:1]).shape[1], x.device)
     fill = _substrate(x, substrate)
     per_chunk = max(1, FAITH_ROWS // n)
     chunks = [_curves_chunk(model, x, target, orders[i:i + per_chunk].to(x.device), fill, pixels_per_step,
-                            torch.Generator().manual_seed(seed)) for i in range(0, len(orders), per_chunk)]
+                            torch.Generator().manual_seed(seed), road_noise, road_tol)
+              for i in range(0, len(orders), per_chunk)]
     return torch.cat(chunks).view(len(orders), n, -1)
 
 
-def _curves_chunk(model, x, target, orders, fill, step, gen) -> torch.Tensor:
+def _curves_chunk(model, x, target, orders, fill, step, gen, road_noise: float = ROAD_NOISE,
+                  road_tol: float = ROAD_TOL) -> torch.Tensor:
     """``removal_curves`` for ``orders: [m, N, P]`` -> ``[m * N, T + 1]`` (rows ordering-major); ``fill``:
-    ``[N, P]`` fixed substrate or None (ROAD, noise from ``gen``)."""
+    ``[N, P]`` fixed substrate or None (ROAD: noise of std ``road_noise`` from ``gen``, solved to ``road_tol``)."""
     m, (n, n_pix) = len(orders), x.shape
     order = orders.reshape(m * n, n_pix)
     xs, ts = x.repeat(m, 1), target.repeat(m)
@@ -191,9 +197,9 @@ def _curves_chunk(model, x, target, orders, fill, step, gen) -> torch.Tensor:
         if fill is not None:
             points.append(_score(model(torch.where(removed, fill.repeat(m, 1), xs)), ts, "probability"))
             continue
-        u = road_impute(xs, removed, noise=0.0, init=u, tol=ROAD_TOL)  # noise-free, warm-starts the next step
+        u = road_impute(xs, removed, noise=0.0, init=u, tol=road_tol)  # noise-free, warm-starts the next step
         eps = torch.randn((n, n_pix), generator=gen, dtype=torch.float32).to(u).repeat(m, 1)
-        points.append(_score(model(u + ROAD_NOISE * removed * eps), ts, "probability"))
+        points.append(_score(model(u + road_noise * removed * eps), ts, "probability"))
     return torch.stack(points, dim=1)
 
 
