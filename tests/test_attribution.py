@@ -1,10 +1,13 @@
 """Tests for section 8 of ksae_helpers (attribution): agreement with Captum, batching, shapes,
-decoder-weighted identities, input validation and the IG quadrature rules.
+decoder-weighted identities, input validation, the IG quadrature rules and the x-input methods.
 
 Everything runs on small, randomly initialised float64 models on the CPU (a few seconds in all):
 
 * ``mlp``      -- a smooth MLP 784 -> 32 -> Tanh -> 10;
 * ``pipeline`` -- a top-k pipeline: KSparseAutoencoder(k=8, H=64) -> SparseCodeClassifier(64 -> 32 -> 16 -> 10).
+
+The x-input methods are checked on ``helpers.make_pipeline`` (a top-k pipeline of the same shape built from a
+``Config``, in float32; imported as ``make_float32_pipeline``) and on hand-made images (``helpers.object_images``).
 
 Captum is the reference implementation; ``ksae_helpers`` is never modified by these tests.
 """
@@ -21,6 +24,8 @@ import torch.nn as nn
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 from captum.attr._core import noise_tunnel as captum_noise_tunnel
 from captum.attr._utils.approximation_methods import approximation_parameters
+from helpers import SIDE, object_images
+from helpers import make_pipeline as make_float32_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
@@ -625,3 +630,32 @@ def test_ig_quadrature_rejects_bad_arguments():
         kh.ig_quadrature(10, "riemann")
     with pytest.raises(ValueError, match="n_steps must be an integer"):
         kh.ig_quadrature(True)
+
+
+# ------------------------------------------------------------------------------------------------
+# x-input methods
+# ------------------------------------------------------------------------------------------------
+
+
+def test_input_x_gradient_equals_captum_and_input_times_smoothgrad():
+    from captum.attr import InputXGradient
+
+    pipe = make_float32_pipeline().to(DT)
+    x = object_images(4, dtype=DT)
+    target = torch.tensor([0, 3, 5, 9])
+    ours = kh.input_x_gradient(pipe, x, target)
+    ref = InputXGradient(pipe).attribute(x.clone().requires_grad_(True), target=target).detach()
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    sg = kh.smoothgrad(pipe, x.reshape(4, SIDE, SIDE), target, nt_samples=3, seed=4)
+    ixsg = kh.input_x_smoothgrad(pipe, x.reshape(4, SIDE, SIDE), target, nt_samples=3, seed=4)
+    assert ixsg.shape == (4, SIDE, SIDE)
+    torch.testing.assert_close(ixsg, x.reshape(4, SIDE, SIDE) * sg, rtol=0, atol=0)
+    assert (ixsg.reshape(4, D)[x == 0] == 0).all()  # background pixels get nothing: the x-input effect
+
+
+def test_x_input_methods_reject_bad_inputs():
+    pipe = make_float32_pipeline()
+    with pytest.raises(ValueError, match="shape"):
+        kh.input_x_gradient(pipe, torch.rand(2, 700), 0)
+    with pytest.raises(ValueError, match="nt_samples"):
+        kh.input_x_smoothgrad(pipe, torch.rand(2, D), 0, nt_samples=0)

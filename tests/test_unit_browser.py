@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_units import PLANTED_CLASS, UNIT_A, UNIT_B, _planted_data, _planted_pipeline
+from planted_units import PLANTED_CLASS, UNIT_A, UNIT_B, _planted_data, _planted_pipeline
 
 import ksae_helpers as kh
 

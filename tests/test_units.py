@@ -1,70 +1,16 @@
-"""The unit atlas: statistics of every code unit, checked on a hand-built model with planted units and
-against independent references (dense forward passes, ``decoder_weighted``) on a tiny trained model."""
+"""ksae.units: the unit atlas, statistics of every code unit, checked on a hand-built model with planted units
+(``planted_units.py``) and against independent references (dense forward passes, ``decoder_weighted``) on a
+tiny trained model.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from planted_units import A_GAIN, MARK_BIAS, N_CLASSES, N_HIDDEN, PLANTED_CLASS, UNIT_A, UNIT_B
 
-import ksae.stats
 import ksae_helpers as kh
-
-N_CLASSES = 10
-PLANTED_CLASS = 3  # unit A fires only on images of this class and feeds this class's logit
-UNIT_A, UNIT_B = 0, 1  # A: planted; B: never fires (dead)
-N_HIDDEN = 12  # code units of the hand-built autoencoder
-MARK = slice(0, 10)  # pixels set to 1 in every image of PLANTED_CLASS (0 elsewhere)
-NOISE = slice(100, 400)  # pixels holding uniform noise in every image
-A_GAIN = 2.0  # logit of PLANTED_CLASS = A_GAIN * z_A
-NOISE_WEIGHT = 0.1  # encoder weight of a noise unit on its 30 noise pixels: pre-activations in [0, 3)
-MARK_BIAS = -5.0  # unit A's bias: pre_A = 10 - 5 = 5 on planted images, -5 elsewhere
-
-
-def _planted_data(n_train: int = 300, n_test: int = 400, seed: int = 0) -> kh.FashionMNIST:
-    """Random images of 10 classes; images of PLANTED_CLASS carry the mark."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def split(n):
-        y = torch.arange(n) % N_CLASSES
-        x = torch.zeros(n, 784)
-        x[:, NOISE] = torch.rand(n, NOISE.stop - NOISE.start, generator=gen)
-        x[y == PLANTED_CLASS, MARK] = 1.0
-        return x, y
-
-    (x_tr, y_tr), (x_te, y_te) = split(n_train), split(n_test)
-    return kh.FashionMNIST(x_tr, y_tr, x_te, y_te)
-
-
-def _planted_pipeline(seed: int = 0) -> kh.SparseCodePipeline:
-    """Unit A reads the mark; unit B has a zero encoder row and a negative bias (never fires); the other
-    units each read their own block of noise (pre-activations in [0, 3): they fire, below A's 5). The
-    classifier routes A alone into PLANTED_CLASS's logit through one path of hidden units."""
-    gen = torch.Generator().manual_seed(seed)
-    sae = kh.KSparseAutoencoder(k=3, d_hidden=N_HIDDEN)
-    clf = kh.SparseCodeClassifier(N_HIDDEN, (4, 3), N_CLASSES, dropout=0.0)
-    with torch.no_grad():
-        for p in list(sae.parameters()) + list(clf.parameters()):
-            p.zero_()
-        sae.W_enc[UNIT_A, MARK] = 1.0
-        sae.b_enc[UNIT_A] = MARK_BIAS
-        sae.b_enc[UNIT_B] = -1.0
-        width = (NOISE.stop - NOISE.start) // (N_HIDDEN - 2)
-        for j in range(2, N_HIDDEN):  # each noise unit reads its own block of noise pixels
-            sae.W_enc[j, NOISE.start + width * (j - 2):NOISE.start + width * (j - 1)] = NOISE_WEIGHT
-        sae.W_dec.copy_(torch.randn(N_HIDDEN, 784, generator=gen))
-        sae.unit_norm_decoder_()
-        clf.W1[UNIT_A, 0] = 1.0
-        clf.rest[2].weight[0, 0] = 1.0
-        clf.rest[5].weight[PLANTED_CLASS, 0] = A_GAIN
-    return kh.SparseCodePipeline(sae, clf).eval()
-
-
-@pytest.fixture(scope="module")
-def planted():
-    data = _planted_data()
-    pipeline = _planted_pipeline()
-    return data, pipeline, kh.unit_statistics(pipeline, data, torch.device("cpu"))
 
 
 def test_planted_unit_is_found_with_its_class_purity_and_ablation_sign(planted):
@@ -198,14 +144,6 @@ def test_agreement_correlation_and_its_ci(tiny):
         assert lo <= agreement[key]["value"] <= hi
 
 
-def test_bootstrap_ci_of_a_statistic():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=400)
-    pairs = np.stack([x, x + rng.normal(scale=1.0, size=400)], axis=1)  # true correlation 1/sqrt(2)
-    lo, hi = kh.bootstrap_ci(pairs, statistic=lambda r: ksae.stats._rowwise_pearson(r[..., 0], r[..., 1]))
-    assert lo < 2 ** -0.5 < hi and hi - lo < 0.15
-
-
 def test_unit_statistics_rejects_bad_inputs(planted):
     data, pipeline, _ = planted
     with pytest.raises(ValueError, match="SparseCodePipeline"):
@@ -229,50 +167,3 @@ def test_unit_table_rows(planted):
     assert kh.top_units_of_classes(stats, ["Dress"]) == [UNIT_A]
     with pytest.raises(ValueError, match="unknown class"):
         kh.top_units_of_classes(stats, ["Hat"])
-
-
-def test_unit_figures(planted):
-    data, pipeline, stats = planted
-    fig = kh.plot_firing_density(stats)
-    assert "1 dead" in fig.axes[0].get_title()
-    fig.canvas.draw()  # frequencies span decades: labels at powers of 10 only, the 2x and 5x ticks unlabelled
-    assert not any(t.get_text() for t in fig.axes[0].get_xticklabels(minor=True))
-    assert any(t.get_text() for t in fig.axes[0].get_xticklabels())
-    fig = kh.plot_unit_dashboard(stats, pipeline.sae, data, [UNIT_A, 2])
-    assert len(fig.axes) == 2 * 7 + 1  # 7 panels per unit and one colour bar
-    assert any(stats.descriptions[UNIT_A] in t.get_text() for t in fig.texts)
-    agreement = kh.contribution_ablation_agreement(stats)
-    fig = kh.plot_contribution_vs_ablation(stats, agreement)
-    assert f"Pearson {agreement['pearson']['value']:.3f}" in fig.axes[0].get_title()
-    with pytest.raises(ValueError, match="unit must be <="):
-        kh.plot_unit_dashboard(stats, pipeline.sae, data, [N_HIDDEN])
-    with pytest.raises(ValueError, match="units is empty"):
-        kh.plot_unit_dashboard(stats, pipeline.sae, data, [])
-    with pytest.raises(ValueError, match="UnitStats"):
-        kh.plot_firing_density({})
-
-
-def test_unit_table_summary_counts(planted):
-    _, _, stats = planted
-    rows = dict(kh.unit_table_summary({"table": kh.unit_table(stats)}))
-    assert rows["units"] == str(N_HIDDEN) and rows["dead (no training or test image)"] == "1"
-    assert rows["zeroing lowers its class logit"] == f"1 of {N_HIDDEN - 1}"  # only A feeds a logit
-    assert rows["units whose majority class is Dress"] == str(1 + (stats.majority[2:] == PLANTED_CLASS).sum())
-    with pytest.raises(ValueError, match="non-empty 'table'"):
-        kh.unit_table_summary({"table": []})
-
-
-def test_training_history_figure_one_legend_for_fvu_and_auxk():
-    history = {"ae": {"fvu": [0.2, 0.1, 0.08], "val_fvu": [0.21, 0.12, 0.09], "aux_loss": [0.0, 0.5, 1.0],
-                      "dormant_fraction": [0.0, 0.01, 0.02]},
-               "clf": {"loss": [1.0, 0.5], "train_acc": [0.7, 0.8], "val_acc": [0.69, 0.78]}, "seconds": {"ae": 3.0}}
-    fig = kh.plot_training_history(history)
-    fvu, twin = fig.axes[0], fig.axes[-1]
-    assert fvu.get_legend() is None and twin.get_ylabel() == "AuxK loss (dashed)"
-    assert [t.get_text() for t in twin.get_legend().get_texts()] == ["train", "validation", "AuxK loss (right)"]
-    validation, aux = fvu.get_lines()[1], twin.get_lines()[0]
-    assert validation.get_color() != aux.get_color()  # the AuxK curve is not mistaken for the validation FVU
-    assert "ae 3 s" in fig.texts[0].get_text()
-    fig = kh.plot_training_history({**history, "ae": {**history["ae"], "aux_loss": []}})
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train", "validation"]
-    assert "no training history" in kh.plot_training_history({}).axes[0].texts[0].get_text()

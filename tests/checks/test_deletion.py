@@ -1,8 +1,7 @@
-"""Faithfulness under three substrates (zero, blur, ROAD), MoRF and LeRF, and the x-input methods.
-
-References are built independently of the code under test: images are assembled pixel by pixel with
-numpy masks, the ROAD imputation is a direct scipy.sparse solve written from the paper's definition,
-the blur a numpy outer product of a hand-written Gaussian, and the x-input maps Captum's.
+"""ksae.checks.deletion: deletion and insertion curves under three substrates (zero, blur, ROAD), MoRF and
+LeRF, the control maps and orderings, the faithfulness suite, and object focus, on models whose answers are
+known (a linear model's exact contributions). Reference images are assembled pixel by pixel with numpy
+masks. The cross-check against Quantus is ``test_deletion_quantus.py``.
 """
 
 import json
@@ -11,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import DT, D, N, make_pipeline, object_images, road_direct
 
 import ksae.checks.deletion
-import ksae.checks.substrates
 import ksae_helpers as kh
 
-D, C, SIDE = 784, 10, 28
-DT = torch.float64
+C = 10
 
 
 class Linear(nn.Module):
@@ -43,179 +41,12 @@ class Wrapped(nn.Module):
         return self.model(x)
 
 
-def make_pipeline(seed=0):
-    torch.manual_seed(seed)
-    cfg = kh.Config(k=8, d_hidden=64, clf_hidden=(32, 16))
-    sae, clf = kh.KSparseAutoencoder.from_config(cfg), kh.SparseCodeClassifier.from_config(cfg)
-    return kh.SparseCodePipeline(sae, clf).eval()
-
-
-def object_images(n, seed=0, dtype=torch.float32):
-    """Hand-made images: a bright random rectangle (the object) on a black background."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.zeros(n, SIDE, SIDE, dtype=dtype)
-    for i in range(n):
-        r0, c0 = torch.randint(2, 10, (2,), generator=g).tolist()
-        h, w = torch.randint(8, 16, (2,), generator=g).tolist()
-        x[i, r0:r0 + h, c0:c0 + w] = 0.3 + 0.7 * torch.rand(h, w, generator=g, dtype=dtype)
-    return x.reshape(n, D)
-
-
-def road_direct(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """ROAD's imputation by a direct sparse solve: every removed pixel equals the weighted mean of its
-    in-image neighbours (1/6 direct, 1/12 diagonal, weights renormalised over the in-image ones)."""
-    from scipy.sparse import lil_matrix
-    from scipy.sparse.linalg import spsolve
-
-    idx = np.flatnonzero(removed)
-    var = -np.ones(D, dtype=int)
-    var[idx] = np.arange(len(idx))
-    a, b = lil_matrix((len(idx), len(idx))), np.zeros(len(idx))
-    for n, i in enumerate(idx):
-        r, c = divmod(i, SIDE)
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                rr, cc = r + dr, c + dc
-                if (dr, dc) == (0, 0) or not (0 <= rr < SIDE and 0 <= cc < SIDE):
-                    continue
-                w = 1 / 12 if dr and dc else 1 / 6
-                a[n, n] += w
-                j = rr * SIDE + cc
-                if var[j] >= 0:
-                    a[n, var[j]] -= w
-                else:
-                    b[n] += w * img[j]
-    out = img.copy()
-    out[idx] = spsolve(a.tocsc(), b)
-    return out
-
-
 def images_after_removal(x, order, t, step, fill):
     """Reference image (numpy) after removing the first ``t * step`` pixels of ``order`` -> ``fill``."""
     out = x.copy()
     gone = order[: t * step]
     out[gone] = fill[gone]
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# x-input methods
-# ------------------------------------------------------------------------------------------------
-
-
-def test_input_x_gradient_equals_captum_and_input_times_smoothgrad():
-    from captum.attr import InputXGradient
-
-    pipe = make_pipeline().to(DT)
-    x = object_images(4, dtype=DT)
-    target = torch.tensor([0, 3, 5, 9])
-    ours = kh.input_x_gradient(pipe, x, target)
-    ref = InputXGradient(pipe).attribute(x.clone().requires_grad_(True), target=target).detach()
-    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
-    sg = kh.smoothgrad(pipe, x.reshape(4, SIDE, SIDE), target, nt_samples=3, seed=4)
-    ixsg = kh.input_x_smoothgrad(pipe, x.reshape(4, SIDE, SIDE), target, nt_samples=3, seed=4)
-    assert ixsg.shape == (4, SIDE, SIDE)
-    torch.testing.assert_close(ixsg, x.reshape(4, SIDE, SIDE) * sg, rtol=0, atol=0)
-    assert (ixsg.reshape(4, D)[x == 0] == 0).all()  # background pixels get nothing: the x-input effect
-
-
-def test_x_input_methods_reject_bad_inputs():
-    pipe = make_pipeline()
-    with pytest.raises(ValueError, match="shape"):
-        kh.input_x_gradient(pipe, torch.rand(2, 700), 0)
-    with pytest.raises(ValueError, match="nt_samples"):
-        kh.input_x_smoothgrad(pipe, torch.rand(2, D), 0, nt_samples=0)
-
-
-# ------------------------------------------------------------------------------------------------
-# Substrates
-# ------------------------------------------------------------------------------------------------
-
-
-def test_blur_of_a_point_is_the_gaussian_and_a_constant_stays_constant():
-    sigma = 1.5
-    x = torch.zeros(2, D, dtype=DT)
-    x[0, 14 * SIDE + 13] = 1.0
-    x[1] = 0.4
-    out = kh.blur_images(x, sigma).numpy()
-    radius = int(np.ceil(kh.BLUR_TRUNCATE * sigma))
-    g = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    g /= g.sum()
-    expected = np.zeros((SIDE, SIDE))
-    expected[14 - radius:14 + radius + 1, 13 - radius:13 + radius + 1] = np.outer(g, g)
-    np.testing.assert_allclose(out[0].reshape(SIDE, SIDE), expected, atol=1e-12)
-    np.testing.assert_allclose(out[1], 0.4, atol=1e-12)
-
-
-def test_road_imputation_matches_a_direct_sparse_solve():
-    x = object_images(3, seed=2, dtype=DT)
-    g = torch.Generator().manual_seed(0)
-    removed = torch.rand(3, D, generator=g) < torch.tensor([[0.3], [0.7], [0.97]])  # sparse holes to nearly all
-    removed[0, :SIDE] = True  # a whole border row: renormalised weights
-    ours = kh.road_impute(x, removed, noise=0.0, tol=1e-12)
-    for i in range(3):
-        ref = road_direct(x[i].numpy(), removed[i].numpy())
-        np.testing.assert_allclose(ours[i].numpy(), ref, atol=1e-9)
-    # A warm start changes nothing but the iterations; kept pixels are untouched.
-    warm = kh.road_impute(x, removed, noise=0.0, tol=1e-12, init=torch.rand(3, D, dtype=DT))
-    np.testing.assert_allclose(warm.numpy(), ours.numpy(), atol=1e-9)
-    assert torch.equal(ours[~removed], x[~removed])
-
-
-def test_road_solver_reading_convergence_less_often_reaches_the_same_solution():
-    # CUDA reads convergence every ROAD_CHECK_EVERY_CUDA iterations (each read waits for the GPU); rows then
-    # iterate a few steps past convergence, which only moves them closer to the solution
-    x = object_images(40, seed=3, dtype=DT)
-    removed = torch.rand(40, D, generator=torch.Generator().manual_seed(1)) < torch.linspace(0.05, 0.95, 40)[:, None]
-    free = removed.to(DT)
-    kept, start = x * (1 - free), torch.zeros_like(free)
-    exact = torch.stack([torch.as_tensor(road_direct(x[i].numpy(), removed[i].numpy())) for i in range(40)])
-    each = ksae.checks.substrates._road_cg(kept, free, start, 1e-6, 1000, check_every=1)
-    sparse = ksae.checks.substrates._road_cg(kept, free, start, 1e-6, 1000, check_every=kh.ROAD_CHECK_EVERY_CUDA)
-    assert kh.ROAD_CHECK_EVERY_CUDA > 1
-    err_each, err_sparse = ((each - exact) * free).abs().amax(), ((sparse - exact) * free).abs().amax()
-    assert err_sparse <= err_each and err_each < 1e-4 and not torch.equal(each, sparse)
-
-
-def test_road_chunks_solve_the_same_system():
-    # CUDA solves ROAD_CHUNK_CUDA images together (launch-bound there), the CPU ROAD_CHUNK (cache-bound): the
-    # chunking changes which rows iterate together, never the solution
-    x = object_images(12, seed=4, dtype=DT)
-    removed = torch.rand(12, D, generator=torch.Generator().manual_seed(2)) < torch.linspace(0.1, 0.9, 12)[:, None]
-    exact = torch.stack([torch.as_tensor(road_direct(x[i].numpy(), removed[i].numpy())) for i in range(12)])
-    for chunk in (1, 5, 12, 100):
-        out = kh.road_impute(x, removed, noise=0.0, tol=1e-12, chunk=chunk)
-        np.testing.assert_allclose(out.numpy(), exact.numpy(), atol=1e-9)
-    assert kh.ROAD_CHUNK_CUDA > kh.ROAD_CHUNK
-    for bad in (0, -3, 2.5):
-        with pytest.raises(ValueError, match="chunk must be"):
-            kh.road_impute(x, removed, chunk=bad)
-
-
-def test_road_hand_cases_and_noise():
-    x = torch.zeros(2, D, dtype=DT)
-    x[0] = torch.arange(D, dtype=DT) / D
-    removed = torch.zeros(2, D, dtype=torch.bool)
-    removed[0, 0] = True  # a corner: neighbours right (1/6), below (1/6), diagonal (1/12), renormalised
-    removed[0, 5 * SIDE + 5] = True  # an interior pixel surrounded by kept ones
-    removed[1] = True  # nothing kept: the minimum-norm solution 0
-    out = kh.road_impute(x, removed, noise=0.0, tol=1e-13)
-    corner = (x[0, 1] / 6 + x[0, SIDE] / 6 + x[0, SIDE + 1] / 12) / (5 / 12)
-    assert float(out[0, 0]) == pytest.approx(float(corner), abs=1e-12)
-    centre = 5 * SIDE + 5
-    nb = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
-    mean = sum(x[0, centre + dr * SIDE + dc] * (1 / 12 if dr and dc else 1 / 6) for dr, dc in nb)
-    assert float(out[0, centre]) == pytest.approx(float(mean), abs=1e-12)
-    assert (out[1] == 0).all()
-    noisy = kh.road_impute(x, removed, noise=0.05, seed=3, tol=1e-13)
-    assert float((noisy[1] - out[1]).std()) == pytest.approx(0.05, rel=0.1)
-    assert torch.equal(noisy[~removed], x[~removed])
-    assert torch.equal(noisy, kh.road_impute(x, removed, noise=0.05, seed=3, tol=1e-13))  # seeded
-
-
-# ------------------------------------------------------------------------------------------------
-# Orders and curves
-# ------------------------------------------------------------------------------------------------
 
 
 def test_removal_order_is_morf_and_breaks_ties_at_random():
@@ -360,9 +191,67 @@ def test_balanced_subset():
     assert torch.equal(kh.balanced_subset(y, 10_000), torch.arange(len(y)))
 
 
-# ------------------------------------------------------------------------------------------------
-# Bad input -> ValueError saying what was expected and what came
-# ------------------------------------------------------------------------------------------------
+def test_deletion_auc_of_true_weights_beats_random(images):
+    model = Linear().eval()
+    target = model(images).argmax(1)
+    perfect = model.W.detach()[target] * images  # exact contribution of each pixel to the target logit
+    curve = kh.perturbation_curves(model, images, target, perfect)
+    scores = torch.rand(images.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    random = kh.perturbation_curves(model, images, target, scores)
+    auc_perfect, auc_random = kh.curve_auc(curve), kh.curve_auc(random)
+    assert auc_perfect.mean() < auc_random.mean() - 0.1
+    assert (auc_perfect < auc_random).mean() > 0.95
+    # Insertion: the perfect order also wins.
+    ins = kh.curve_auc(kh.perturbation_curves(model, images, target, perfect, mode="insertion"))
+    ins_random = kh.curve_auc(kh.perturbation_curves(model, images, target, scores, mode="insertion"))
+    assert ins.mean() > ins_random.mean() + 0.1
+
+
+def test_constant_map_equals_random_in_expectation(images):
+    model = Linear().eval()
+    target = model(images).argmax(1)
+    g = torch.Generator().manual_seed(0)
+    constant, random = [], []
+    for seed in range(8):  # ties broken at random: a constant map is a random order, seed after seed
+        constant.append(kh.curve_auc(kh.perturbation_curves(model, images, target, torch.ones_like(images),
+                                                            seed=seed)).mean())
+        scores = torch.rand(images.shape, generator=g, dtype=torch.float64)
+        random.append(kh.curve_auc(kh.perturbation_curves(model, images, target, scores, seed=100 + seed)).mean())
+    assert abs(np.mean(constant) - np.mean(random)) < 3 * np.std(random) / np.sqrt(8) + 1e-3
+    # ... and not a raster scan: a constant map with a fixed tie-break seed differs from one with another seed
+    assert constant[0] != constant[1]
+
+
+def test_curves_start_and_end_where_they_should(images):
+    model = Linear().eval()
+    target = model(images).argmax(1)
+    scores = torch.rand(images.shape, dtype=torch.float64)
+    dele = kh.perturbation_curves(model, images, target, scores)
+    ins = kh.perturbation_curves(model, images, target, scores, mode="insertion")
+    p_full = model(images).softmax(1).gather(1, target[:, None])[:, 0]
+    p_zero = model(torch.zeros_like(images)).softmax(1).gather(1, target[:, None])[:, 0]
+    assert dele.shape == (N, 29)
+    torch.testing.assert_close(dele[:, 0], p_full)
+    torch.testing.assert_close(dele[:, -1], p_zero)
+    torch.testing.assert_close(ins[:, 0], p_zero)
+    torch.testing.assert_close(ins[:, -1], p_full)
+    with pytest.raises(ValueError, match="deletion"):
+        kh.perturbation_curves(model, images, target, scores, mode="sideways")
+
+
+def test_object_focus_counts_attribution_on_object_pixels():
+    x = torch.zeros(4, 784)
+    x[:, :392] = 1.0  # object = first half
+    on_object = torch.zeros(4, 784)
+    on_object[:, :10] = 1.0
+    uniform = torch.ones(4, 784)
+    focus = kh.object_focus({"on": on_object, "uniform": uniform}, x)
+    assert focus["on"]["mean"] == pytest.approx(1.0)
+    assert focus["uniform"]["mean"] == pytest.approx(0.5)
+    assert focus["object_pixel_share"]["mean"] == pytest.approx(0.5)
+
+
+# --- bad input -> ValueError saying what was expected and what came -----------------------------------------
 
 
 def test_bad_inputs_raise_value_errors():

@@ -1,12 +1,11 @@
-"""The CUDA-graph training path, checked on the CPU.
+"""ksae.cuda_graphs: the CUDA-graph training path, checked on the CPU.
 
 CI has no GPU, so everything around the capture is tested here: ``GraphedStep``'s warm-up, capture, static
 buffers, eager short batches and fallback (with ``RecordingGraph``, a CPU stand-in whose ``capture`` stores the
-step without running it and whose ``replay`` runs it on the static buffers, as a real graph does); the
-fixed-shape pieces the graph needs (static AuxK, firing counts) against the dynamic ones; and that the
-forward pass traces as one graph (``torch.compile(fullgraph=True)``: no host sync, no data-dependent shape)
-with ``graph_safe=True`` and does not without it. What only a GPU can show (the capture itself, its speed) is
-``benchmarks/cuda_graph_training.py``.
+step without running it and whose ``replay`` runs it on the static buffers, as a real graph does), and that
+training through it matches eager training. The fixed-shape pieces the graph needs (static AuxK, firing
+counts, a forward pass that traces as one graph) are tested with the training and metrics modules. What only
+a GPU can show (the capture itself, its speed) is ``benchmarks/cuda_graph_training.py``.
 """
 
 from __future__ import annotations
@@ -127,71 +126,3 @@ def test_failed_capture_warns_once_and_trains_eagerly(data, runs):
     reference = out["graph"][0]  # same static AuxK, every step run: the same weights
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(sae.state_dict()[key], value, atol=2e-5, rtol=1e-4, msg=key)
-
-
-@pytest.mark.parametrize("n_dead", [0, 3, 40, 64])
-def test_static_auxk_equals_dynamic_auxk(n_dead):
-    """Value and gradients (pre-activations, atoms) of the fixed-shape AuxK equal the dynamic one's, with no,
-    few, more than ``aux_k`` and all units dead."""
-    torch.manual_seed(n_dead)
-    sae = kh.KSparseAutoencoder(k=4, d_input=20, d_hidden=64)
-    residual = torch.randn(8, 20)
-    dead = torch.zeros(64, dtype=torch.bool)
-    dead[torch.randperm(64)[:n_dead]] = True
-    results = []
-    for static in (False, True):
-        sae.zero_grad()
-        pre = torch.randn(8, 64, generator=torch.Generator().manual_seed(1)).requires_grad_()
-        loss = kh.auxk_loss(sae, pre, residual, dead, aux_k=16, graph_safe=static)
-        if loss.requires_grad:  # the dynamic loss with no dead unit is a constant 0
-            loss.backward()
-        grads = [torch.zeros_like(t) if t.grad is None else t.grad.clone() for t in (pre, sae.W_dec)]
-        results.append((loss.detach(), *grads))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    assert (results[0][0] > 0) == (n_dead > 0)
-
-
-def test_firing_counts_count_images_with_a_positive_value():
-    values = torch.tensor([[1.0, 0.0, 2.0], [0.5, 3.0, 0.0]])
-    indices = torch.tensor([[0, 1, 2], [0, 3, 1]], dtype=torch.int32)
-    assert kh.firing_counts(values, indices, 5).tolist() == [2.0, 0.0, 1.0, 1.0, 0.0]
-    assert kh.firing_frequency(values, indices, 5).tolist() == [1.0, 0.0, 0.5, 0.5, 0.0]
-
-
-def test_set_lr_fills_a_tensor_learning_rate_in_place():
-    p = torch.nn.Parameter(torch.zeros(3))
-    opt = torch.optim.Adam([p], lr=torch.tensor(1e-3))
-    lr = opt.param_groups[0]["lr"]
-    kh.set_lr_(opt, 2.5e-4)
-    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(2.5e-4)
-    plain = kh.make_adam([p], 1e-3)
-    kh.set_lr_(plain, 5e-4)
-    assert plain.param_groups[0]["lr"] == 5e-4
-
-
-def _compiles_whole(fn, *args) -> bool:
-    torch._dynamo.reset()
-    try:
-        torch.compile(fn, fullgraph=True, backend="eager")(*args)
-        return True
-    except Exception:  # noqa: BLE001 -- dynamo reports a graph break as one of several error types
-        return False
-
-
-def test_static_forward_pass_traces_as_one_graph():
-    """What a CUDA graph cannot hold (a host sync such as ``int(dead.sum())``, a shape that depends on data)
-    also breaks a ``fullgraph`` trace: the static pass must trace whole, the dynamic one must not."""
-    cfg = kh.Config(k=4, d_input=20, d_hidden=64, aux_k=16)
-    sae = kh.KSparseAutoencoder.from_config(cfg)
-    xb, dead = torch.rand(8, 20), torch.rand(64) < 0.3
-    since_fired = torch.zeros(64, dtype=torch.long)
-
-    def static_pass(xb, dead, since_fired):
-        loss, fvu, aux, values, indices = kh.autoencoder_losses(sae, xb, dead, cfg, graph_safe=True)
-        since_fired.add_(len(xb)).masked_fill_(kh.firing_counts(values, indices, 64) > 0, 0)
-        return loss
-
-    assert _compiles_whole(static_pass, xb, dead, since_fired)
-    dynamic_pass = lambda xb, dead: kh.autoencoder_losses(sae, xb, dead, cfg, graph_safe=False)[0]  # noqa: E731
-    assert not _compiles_whole(dynamic_pass, xb, dead)
