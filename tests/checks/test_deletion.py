@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 from helpers import DT, D, N, make_pipeline, object_images, road_direct
 
-import ksae.checks.deletion
 import ksae_helpers as kh
 
 C = 10
