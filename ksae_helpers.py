@@ -7,7 +7,7 @@ contracts are in ``pyproject.toml``, checked by ``lint-imports``).
 ksae.config                 ``Config``: every knob of the project, validated, saved inside every checkpoint; and the
                             constants it validates against.
 ksae.runtime                Where code runs and how a notebook shows things: the device (chosen once), seeding,
-                            ``show``.
+                            ``show``, and the ``Stopwatch`` a run keeps its timings in.
 ksae.data                   Offline Fashion-MNIST with SHA-256 checks, the validation split, image shapes.
 ksae.models                 The top-k sparse autoencoder, the classifier on its codes, and the end-to-end pipeline.
 ksae.metrics                Reconstruction (FVU), codes of a dataset, firing counts, predictions, the test-set
@@ -47,9 +47,12 @@ ksae.unit_browser           The self-contained HTML unit browser (template in ``
 ksae._util                  Validators shared by every module (one copy each), the image side, atomic writes,
                             JSON-safe values.
 
+Not re-exported: ``ksae.docs``, a command (``python -m ksae.docs`` writes docs/ and README's findings from results/).
+
 Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` the code size (1024),
 ``C`` the number of classes (10).
 """
+
 from ksae.config import (
     Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES,
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,7 @@ def main(argv=None) -> dict:
     _, reference = extract_tree(args.reference, ROOT)
     trees = {"current": ROOT, "reference": reference}
     result = {"reference": args.reference, "scratch": args.scratch, "parameters": args.parameter,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "created": time.strftime("%Y-%m-%d"),
               "import": {v: min(import_seconds(t) for _ in range(args.imports)) for v, t in trees.items()}}
     runs = {v: [] for v in trees}
     for _ in range(args.repeats):
@@ -95,6 +97,7 @@ def main(argv=None) -> dict:
         result[key]["ratio"] = ref / cur
         print(f"| {key} | {cur:.2f} | {ref:.2f} | {ref / cur:.2f} |")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return result
 

@@ -473,6 +473,22 @@ def test_attribute_all_matches_individual_calls(pipeline, x):
     assert list(only) == ["simple"]
 
 
+def test_attribute_all_returns_decoder_weighteds_unit_contributions(pipeline, x):
+    """``return_contributions=True`` gives decoder-weighted's unit contributions with the maps (the notebook's one
+    call), in the order of ``methods``, and also when ``"decoder"`` is not among them."""
+    cfg = kh.Config(k=8, d_hidden=64, clf_hidden=(32, 16), ig_steps=8, smoothgrad_samples=4)
+    attr, expected = kh.decoder_weighted(pipeline, x, TARGETS, return_contributions=True)
+    maps, contributions = kh.attribute_all(pipeline, x, TARGETS, cfg, methods=["simple", "decoder", "integrated"],
+                                           return_contributions=True)
+    assert list(maps) == ["simple", "decoder", "integrated"] and contributions.shape == (len(x), 64)
+    torch.testing.assert_close(contributions, expected, rtol=0, atol=0)
+    torch.testing.assert_close(maps["decoder"], attr, rtol=0, atol=0)
+    assert not contributions.requires_grad
+    only, again = kh.attribute_all(pipeline, x, TARGETS, cfg, methods=["simple"], return_contributions=True)
+    assert list(only) == ["simple"]
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # Validation: bad input -> ValueError with a clear message
 # ------------------------------------------------------------------------------------------------

@@ -103,3 +103,14 @@ def test_load_or_train_trains_once_then_loads_and_retrains_when_needed(tmp_path,
     calls.clear()
     kh.load_or_train(cfg, data, CPU, ckpt_dir=tmp_path, retrain=True, verbose=False)
     assert len(calls) == 1
+
+
+def test_a_checkpoint_with_the_old_history_key_loads_with_the_new_one(tmp_path):
+    """AuxK's state was called "dead_fraction" before "dead" and "dormant" got a word each: old checkpoints load
+    with ``dormant_fraction`` (and a checkpoint written today keeps its keys)."""
+    cfg = kh.Config(k=4, d_hidden=16, clf_hidden=(8, 4))
+    sae, clf = kh.KSparseAutoencoder.from_config(cfg), kh.SparseCodeClassifier.from_config(cfg)
+    old = kh.save_checkpoint(tmp_path / "old.pt", cfg, sae, clf, {"ae": {"dead_fraction": [0.5, 0.25]}, "clf": {}})
+    assert kh.load_checkpoint(old)[3]["ae"] == {"dormant_fraction": [0.5, 0.25]}
+    new = kh.save_checkpoint(tmp_path / "new.pt", cfg, sae, clf, {"ae": {"dormant_fraction": [0.1]}, "clf": {}})
+    assert kh.load_checkpoint(new)[3]["ae"] == {"dormant_fraction": [0.1]}

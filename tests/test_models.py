@@ -110,3 +110,15 @@ def test_forward_sparse_equals_forward_untrained_random_codes():
     assert torch.allclose(out, clf(z), atol=1e-5)
     # eval mode is deterministic (dropout off)
     assert torch.equal(out, clf.forward_sparse(values, indices))
+
+
+def test_both_models_are_built_from_the_config_one_way():
+    cfg = kh.Config(k=7, d_hidden=48, clf_hidden=(16, 8), dropout=0.2)
+    torch.manual_seed(0)
+    sae, clf = kh.KSparseAutoencoder.from_config(cfg), kh.SparseCodeClassifier.from_config(cfg)
+    assert (sae.k, sae.d_input, sae.d_hidden) == (7, 784, 48) and clf.W1.shape == (48, 16)
+    torch.manual_seed(0)
+    direct = kh.KSparseAutoencoder(7, 784, 48)  # the same initialisation from the same seed
+    assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), direct.state_dict().values()))
+    with pytest.raises(TypeError):  # no config argument that would silently override k
+        kh.KSparseAutoencoder(k=3, config=cfg)

@@ -125,7 +125,8 @@ RC_FAST = {"axes.titley": 1.0}
 # figure legend); gaps ``wspace`` between columns and ``hspace`` between rows (one number, or one per gap). They are
 # the places constrained layout chose for the default run's labels (which it measured twice per figure: half of a
 # figure's time, e.g. 0.47 of plot_faithfulness' 1.1 s), widened where a y-axis may carry tick labels of up to six
-# characters ("0.0001", "−0.025"): tests/plots/test_plots_checks.py checks on other data that no label leaves the figure.
+# characters ("0.0001", "−0.025"): tests/plots/test_plots_checks.py checks on other data that no label leaves the
+# figure.
 
 
 TRAINING_LAYOUT = {"left": 0.7, "right": 0.1, "top": 0.5, "bottom": 0.52, "wspace": [1.45, 0.75, 0.8]}  # twin axis
