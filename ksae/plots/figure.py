@@ -174,9 +174,9 @@ def _draw_in_workers(calls: list, workers: int) -> list[tuple[bytes, float]]:
         finished = True
     finally:
         for (parent, _), proc in zip(pipes, procs):
-            parent.close()
             if not finished:  # stopped by an error: the other figures are not needed
                 proc.terminate()
+            parent.close()
             proc.join()
     return results
 
