@@ -25,3 +25,16 @@ def test_run_validation_end_to_end_and_its_verdicts_survive_json(small_pipeline)
     # the summary is JSON (string keys): the verdicts read from it are the same
     again = kh.verdict_table(json.loads(json.dumps(ksae._util._jsonable(val))))
     assert again == json.loads(json.dumps(rows))
+    # results have the same shape in memory as after JSON, where every key is a string
+    assert [key for key in _dict_keys(val) if not isinstance(key, str)] == []
+
+
+def _dict_keys(obj):
+    """Every key of every dict inside ``obj`` (through dicts, lists and tuples)."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield key
+            yield from _dict_keys(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _dict_keys(value)
