@@ -43,7 +43,7 @@ def test_decoder_atoms_unit_norm_after_training(trained):
 # hence a constant autoencoder learning rate here.
 
 DEAD_RUN = dict(train_subset=2000, k=20, batch_size=64, ae_epochs=4, dead_after=500, seed=0, ae_lr_schedule="constant")
-AUXK_ON = 256  # Gao et al.'s AuxK setting (off by default: no measurable effect on the full data, see README)
+AUXK_ON = 256  # Gao et al.'s AuxK setting (the default too: Config.aux_k)
 
 
 def never_active_units(sae: kh.KSparseAutoencoder, x: torch.Tensor) -> int:
