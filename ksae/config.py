@@ -18,10 +18,11 @@ class Config:
     k: int = 50  # active code units kept per image (top-k)
     d_input: int = 784  # pixels per image (28 x 28)
     d_hidden: int = 1024  # code units (dictionary size)
-    aux_k: int = 256  # AuxK (Gao et al. 2024): top this-many dead units reconstruct the residual (0 = off).
+    aux_k: int = 256  # AuxK (Gao et al. 2024): top this-many dormant units reconstruct the residual (0 = off).
     # Keeps the dictionary alive below k = 50 (docs/results.md, the k sweep); chosen on the validation split
     aux_coef: float = 1 / 32  # AuxK: weight of the auxiliary loss
-    dead_after: int = 20_000  # AuxK: a unit that fired on none of the last this-many images is "dead"
+    dead_after: int = 20_000  # AuxK: a unit that fired on none of the last this-many training images is "dormant"
+    # (a "dead" unit fires on no image at all; the field keeps its name: checkpoints and results record it)
     # --- classifier on the codes ---
     clf_hidden: tuple[int, int] = (512, 256)  # hidden widths of the MLP head
     n_classes: int = 10  # Fashion-MNIST classes
