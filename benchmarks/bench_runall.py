@@ -85,8 +85,9 @@ def main(argv=None) -> dict:
     runs = {v: [] for v in trees}
     for _ in range(args.repeats):
         for version, tree in trees.items():
-            folder = Path(tempfile.mkdtemp(prefix="bench_runall_ckpt_")) if args.scratch else Path(args.checkpoints)
-            runs[version].append(run_all_seconds(tree, folder.resolve(), args.parameter))
+            with tempfile.TemporaryDirectory(prefix="bench_runall_ckpt_") as empty:  # --scratch trains into it
+                folder = Path(empty if args.scratch else args.checkpoints).resolve()
+                runs[version].append(run_all_seconds(tree, folder, args.parameter))
     result["run_all_wall"] = {v: min(w for w, _ in r) for v, r in runs.items()}
     result["run_all_kernel"] = {v: min(t for _, t in r) for v, r in runs.items()}
     print(f"reference {args.reference}; {'from scratch' if args.scratch else 'cached'}; best of {args.repeats}")

@@ -33,8 +33,8 @@ _KEYS = "completeness tables keyed by str in memory too: the same shape before a
 _X_INPUT = "attribute_all returns unit contributions on request; one definition of the x-input maps"
 EDITED = {
     "UNIT_BROWSER_TEMPLATE": "the template path is found from ksae/, one folder further down (same file)",
-    **dict.fromkeys(["FIGURE_SECONDS", "_figure_depth", "_styled", "_finish", "_figure_png", "_forked_figure",
-                     "_FORKED_CALLS", "_RENDERING_NOW", "render_figures", "render_comparison_grid",
+    **dict.fromkeys(["FIGURE_SECONDS", "_figure_depth", "_styled", "_gc_paused", "_finish", "_figure_png",
+                     "_forked_figure", "_FORKED_CALLS", "_RENDERING_NOW", "render_figures", "render_comparison_grid",
                      "figure_timings"], _STATE),
     **dict.fromkeys(["KSparseAutoencoder", "SparseCodeClassifier", "train_autoencoder_on_split", "train_models"],
                     _BUILD),

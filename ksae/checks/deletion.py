@@ -169,8 +169,7 @@ def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orde
     return torch.cat(chunks).view(len(orders), n, -1)
 
 
-def _curves_chunk(model, x, target, orders, fill, step, gen, road_noise: float = ROAD_NOISE,
-                  road_tol: float = ROAD_TOL) -> torch.Tensor:
+def _curves_chunk(model, x, target, orders, fill, step, gen, road_noise: float, road_tol: float) -> torch.Tensor:
     """``removal_curves`` for ``orders: [m, N, P]`` -> ``[m * N, T + 1]`` (rows ordering-major); ``fill``:
     ``[N, P]`` fixed substrate or None (ROAD: noise of std ``road_noise`` from ``gen``, solved to ``road_tol``)."""
     m, (n, n_pix) = len(orders), x.shape

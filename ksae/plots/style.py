@@ -260,12 +260,13 @@ def _styled(fn):
 
 
 @contextlib.contextmanager
-def _gc_paused(pause: bool = True):
-    """Python's cyclic garbage collector off inside (if ``pause`` and it was on), back on after, even on an error.
+def _gc_paused():
+    """Python's cyclic garbage collector off inside (if it was on), back on after, even on an error; a nested
+    pause leaves it to the outer one.
     Building and drawing a figure allocates many objects and frees them by reference counting, so collector
     passes find next to nothing: they were ~15 % of a comparison figure's time. The figure's own cycles are
     collected by the next pass after it (``_finish`` closes it in pyplot)."""
-    pause = pause and gc.isenabled()
+    pause = gc.isenabled()
     if pause:
         gc.disable()
     try:
