@@ -32,6 +32,9 @@ ksae.checks.verdicts        Pass/fail and ranks per ordering and test; what hold
 ksae.checks.suite           ``run_validation``: every check, timed.
 ksae.units                  The unit atlas: statistics of every code unit (``unit_statistics``).
 ksae.sweep                  The sparsity sweep: one model pair per k.
+ksae.controls               Controls for the code: pixels, PCA, untrained and dense codes, shuffled labels; trained, cached.
+ksae.control_study          What sparsity buys: every control scored, explained, its units' claims (``run_controls``).
+ksae.checks.across_models   Checks comparing models on the same images; ksae.checks.sparseness: Gini index, object share.
 ksae.plots.style            Colours, sizes, fixed layouts and the seaborn style every figure is built in.
 ksae.plots.figure           Finishing figures: palette PNGs, saving, and drawing figures side by side in forked
                             workers.
@@ -41,6 +44,7 @@ ksae.plots.maps             Attribution maps: one image (the three-row compariso
 ksae.plots.checks           Figures of the faithfulness checks, randomization, unit deletion, object focus, the k
                             sweep.
 ksae.plots.units            Figures of the unit atlas: firing density, dashboards, contribution against ablation.
+ksae.plots.controls         Figures of the controls: models and their explanations; unit claims against controls.
 ksae.report                 ``results/summary.json``, tables and generated markdown, run names and output folders,
                             notebook compaction.
 ksae.unit_browser           The self-contained HTML unit browser (template in ``templates/unit_browser.html``).
@@ -131,6 +135,13 @@ from ksae.units import (
 from ksae.sweep import (
     run_k_sweep,
 )
+from ksae.controls import (
+    accuracy_recovered, evaluate_representation, explained_model, fit_pca, LinearCode, LinearCodePipeline,
+    load_or_train_control, load_sae, REPRESENTATION_LABELS, REPRESENTATIONS, train_representation, untrained_autoencoder,
+)
+from ksae.checks.sparseness import GINI_EPS, gini_index, object_share
+from ksae.checks.across_models import cascading_randomization, faithfulness_gaps, unit_deletion_gaps
+from ksae.control_study import CLAIM_PURITY, common_images, run_controls, unit_claims, unit_measures
 from ksae.plots.style import (
     AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET,
     COMPARISON_MARGINS, COMPARISON_MIN_WIDTH, COMPLETENESS_LAYOUT, COMPLETENESS_SWEEP_LAYOUT, CONFUSION_CMAP,
@@ -205,7 +216,11 @@ __all__ = [
     "timed_checks", "contribution_ablation_agreement", "describe_unit", "top_units_of_classes",
     "UNIT_ABLATION_ROWS", "unit_ablation_sums", "UNIT_BAND_SAMPLES", "UNIT_COFIRING", "UNIT_CONTRIBUTION_ROWS",
     "unit_contribution_sums", "UNIT_HIST_BINS", "UNIT_NEGLIGIBLE_LOGIT", "UNIT_QUANTILE_BANDS", "unit_statistics",
-    "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats", "run_k_sweep", "AGREEMENT_LAYOUT",
+    "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats", "run_k_sweep", "accuracy_recovered",
+    "evaluate_representation", "explained_model", "fit_pca", "LinearCode", "LinearCodePipeline", "load_or_train_control",
+    "load_sae", "REPRESENTATION_LABELS", "REPRESENTATIONS", "train_representation", "untrained_autoencoder", "GINI_EPS",
+    "gini_index", "object_share", "cascading_randomization", "faithfulness_gaps", "unit_deletion_gaps", "CLAIM_PURITY",
+    "common_images", "run_controls", "unit_claims", "unit_measures", "AGREEMENT_LAYOUT",
     "ATLAS_COLUMNS", "ATLAS_HISTOGRAM_INCHES", "CAN_FORK", "CI_ALPHA", "COLORBAR_INSET", "COMPARISON_MARGINS",
     "COMPARISON_MIN_WIDTH", "COMPLETENESS_LAYOUT", "COMPLETENESS_SWEEP_LAYOUT", "CONFUSION_CMAP",
     "CONFUSION_LAYOUT", "CONTEXT", "CONTROL_LABELS", "CONTROL_STYLES", "CORRELATION_LAYOUT", "DENSITY_LAYOUT",
