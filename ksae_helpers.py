@@ -32,9 +32,10 @@ ksae.checks.verdicts        Pass/fail and ranks per ordering and test; what hold
 ksae.checks.suite           ``run_validation``: every check, timed.
 ksae.units                  The unit atlas: statistics of every code unit (``unit_statistics``).
 ksae.sweep                  The sparsity sweep: one model pair per k.
-ksae.controls               Controls for the code: pixels, PCA, untrained and dense codes, shuffled labels; trained, cached.
-ksae.control_study          What sparsity buys: every control scored, explained, its units' claims (``run_controls``).
-ksae.checks.across_models   Checks comparing models on the same images; ksae.checks.sparseness: Gini index, object share.
+ksae.controls               Controls for the code: pixels, PCA, untrained and dense codes, shuffled labels (cached).
+ksae.control_study          What sparsity buys: every control scored, explained, its unit claims (``run_controls``);
+                            its generated markdown: ksae.controls_report (``controls_markdown``).
+ksae.checks.across_models   Checks comparing models on the same images; ksae.checks.sparseness: Gini, object share.
 ksae.plots.style            Colours, sizes, fixed layouts and the seaborn style every figure is built in.
 ksae.plots.figure           Finishing figures: palette PNGs, saving, and drawing figures side by side in forked
                             workers.
@@ -136,12 +137,11 @@ from ksae.sweep import (
     run_k_sweep,
 )
 from ksae.controls import (
-    accuracy_recovered, evaluate_representation, explained_model, fit_pca, LinearCode, LinearCodePipeline,
-    load_or_train_control, load_sae, REPRESENTATION_LABELS, REPRESENTATIONS, train_representation, untrained_autoencoder,
+    fit_pca, LinearCode, LinearCodePipeline, REPRESENTATIONS, train_representation, untrained_autoencoder,
 )
-from ksae.checks.sparseness import GINI_EPS, gini_index, object_share
+from ksae.checks.sparseness import gini_index, object_share
 from ksae.checks.across_models import cascading_randomization, faithfulness_gaps, unit_deletion_gaps
-from ksae.control_study import CLAIM_PURITY, common_images, run_controls, unit_claims, unit_measures
+from ksae.control_study import common_images, run_controls, unit_claims, unit_measures
 from ksae.plots.style import (
     AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET,
     COMPARISON_MARGINS, COMPARISON_MIN_WIDTH, COMPLETENESS_LAYOUT, COMPLETENESS_SWEEP_LAYOUT, CONFUSION_CMAP,
@@ -173,6 +173,8 @@ from ksae.plots.units import (
     DASHBOARD_ROW_INCHES, DASHBOARD_TOP_COLUMNS, DENSITY_BINS, MOSAIC_GAP_COLOR, plot_contribution_vs_ablation,
     plot_firing_density, plot_unit_dashboard,
 )
+from ksae.plots.controls import plot_controls_models, plot_controls_units
+from ksae.controls_report import controls_markdown
 from ksae.report import (
     build_summary, compact_notebook, DEFAULT_FIGURE_DIR, DEFAULT_SUMMARY_PATH, figure_path_fn, figure_timings,
     headline_table, output_paths, randomization_table, read_summary, RUN_DEFAULTS, run_name, RUN_NAME_MAX,
@@ -216,11 +218,11 @@ __all__ = [
     "timed_checks", "contribution_ablation_agreement", "describe_unit", "top_units_of_classes",
     "UNIT_ABLATION_ROWS", "unit_ablation_sums", "UNIT_BAND_SAMPLES", "UNIT_COFIRING", "UNIT_CONTRIBUTION_ROWS",
     "unit_contribution_sums", "UNIT_HIST_BINS", "UNIT_NEGLIGIBLE_LOGIT", "UNIT_QUANTILE_BANDS", "unit_statistics",
-    "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats", "run_k_sweep", "accuracy_recovered",
-    "evaluate_representation", "explained_model", "fit_pca", "LinearCode", "LinearCodePipeline", "load_or_train_control",
-    "load_sae", "REPRESENTATION_LABELS", "REPRESENTATIONS", "train_representation", "untrained_autoencoder", "GINI_EPS",
-    "gini_index", "object_share", "cascading_randomization", "faithfulness_gaps", "unit_deletion_gaps", "CLAIM_PURITY",
-    "common_images", "run_controls", "unit_claims", "unit_measures", "AGREEMENT_LAYOUT",
+    "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats", "run_k_sweep", "fit_pca", "LinearCode",
+    "LinearCodePipeline", "REPRESENTATIONS", "train_representation", "untrained_autoencoder", "gini_index",
+    "object_share", "cascading_randomization", "faithfulness_gaps", "unit_deletion_gaps", "common_images",
+    "run_controls", "unit_claims", "unit_measures", "plot_controls_models", "plot_controls_units", "controls_markdown",
+    "AGREEMENT_LAYOUT",
     "ATLAS_COLUMNS", "ATLAS_HISTOGRAM_INCHES", "CAN_FORK", "CI_ALPHA", "COLORBAR_INSET", "COMPARISON_MARGINS",
     "COMPARISON_MIN_WIDTH", "COMPLETENESS_LAYOUT", "COMPLETENESS_SWEEP_LAYOUT", "CONFUSION_CMAP",
     "CONFUSION_LAYOUT", "CONTEXT", "CONTROL_LABELS", "CONTROL_STYLES", "CORRELATION_LAYOUT", "DENSITY_LAYOUT",

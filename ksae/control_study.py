@@ -22,16 +22,17 @@ from .checks.substrates import SUBSTRATES
 from .config import Config
 from .controls import (
     _EXPLAINED,
-    REPRESENTATION_LABELS,
-    REPRESENTATIONS,
+    _REPRESENTATION_LABELS,
     _UNIT_REPRESENTATIONS,
-    accuracy_recovered,
+    REPRESENTATIONS,
+    _accuracy_recovered,
     _check_representations,
     _control_checkpoint_name,
-    evaluate_representation,
-    explained_model,
-    load_or_train_control,
-    load_sae,
+    _evaluate_representation,
+    _explained_model,
+    _load_or_train_control,
+    _load_sae,
+    _relabelling_null,
 )
 from .models import SparseCodePipeline
 from .runtime import device_name
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from .data import FashionMNIST
 
 
-CLAIM_PURITY = 0.9  # a unit is class-pure when at least this share of the test images it fires on is one class
+_CLAIM_PURITY = 0.9  # a unit is class-pure when at least this share of the test images it fires on is one class
 
 
 _PURITY_BINS = 10  # the purity distribution: counts of live units in this many equal bins of [0, 1]
@@ -54,10 +55,14 @@ _N_BOOT = 2000  # bootstrap resamples of the claims' differences (as ``bootstrap
 _CLAIMS = ("pure_share", "lowers_share", "agreement", "deletion_gap")  # the unit claims held against the controls
 
 
-_CLAIM_LABELS = {"pure_share": f"share of live units that are class-pure (purity >= {CLAIM_PURITY:.0%})",
+_CLAIM_LABELS = {"pure_share": f"share of live units that are class-pure (purity >= {_CLAIM_PURITY:.0%})",
                 "lowers_share": "share of live units whose ablation lowers their class's logit",
                 "agreement": "Pearson correlation of unit contribution and ablation drop",
                 "deletion_gap": "unit-deletion AUC gap, random order minus contribution order (target logit)"}
+
+
+_CODE_CLAIMS = ("pure_share",)  # claims about the code alone: the shuffled-label control shares the SAE's code, so
+# it gives the same value by construction and is no control for them (reported, marked "applies": False)
 
 
 def _representation_maps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Config) -> dict[str, torch.Tensor]:
@@ -92,8 +97,10 @@ def common_images(models: dict[str, nn.Module], data: FashionMNIST, threshold: f
         candidates[name] = len(members)
         picks.append(members[torch.randperm(len(members), generator=gen)[:n_per_class]].sort().values)
     idx = torch.cat(picks)
-    if not len(idx):
-        raise ValueError("no test image is classified correctly and confidently by every model: nothing to explain")
+    if sum(len(p) > 0 for p in picks) < 2:
+        raise ValueError(f"the common image set needs images of at least 2 classes (the randomization's reference "
+                         f"pairs different classes), got {candidates} images per class correct and above the "
+                         f"threshold {threshold} for every model")
     return {"indices": idx, "candidates": candidates,
             "per_class": {name: len(p) for name, p in zip(data.classes, picks)}}
 
@@ -104,7 +111,8 @@ def _excess(gaps: dict) -> dict:
 
 
 def _explain_representation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Config, n_subset: int,
-                           n_randomization: int, seed: int, substrates: Sequence[str] = SUBSTRATES) -> tuple[dict, dict]:
+                            n_randomization: int, seed: int,
+                            substrates: Sequence[str] = SUBSTRATES) -> tuple[dict, dict]:
     """Faithfulness gaps (against the random order), cascading randomization, object focus and Gini sparseness of
     ``model``'s maps of ``x: [N, 784]`` (targets ``y``): ``(summary, per_image)``."""
     maps = _representation_maps(model, x, y, cfg)
@@ -158,7 +166,7 @@ def unit_measures(pipeline: SparseCodePipeline, data: FashionMNIST, device: torc
     contribution, drop = stats.majority_value(stats.contribution), -stats.majority_value(stats.ablation)
     keep = np.isfinite(contribution) & np.isfinite(drop)
     _, contributions = decoder_weighted(pipeline, x, y, return_contributions=True)
-    raw = {"pure": (purity >= CLAIM_PURITY).astype(np.float64), "lowers": (drop[live] > 0).astype(np.float64),
+    raw = {"pure": (purity >= _CLAIM_PURITY).astype(np.float64), "lowers": (drop[live] > 0).astype(np.float64),
            "pairs": np.stack([contribution[keep], drop[keep]], axis=1),
            "gaps": unit_deletion_gaps(pipeline, x, y, contributions.detach(), seed)}
     hist = np.histogram(purity, bins=_PURITY_BINS, range=(0.0, 1.0))[0]
@@ -198,7 +206,9 @@ def unit_claims(raw: dict[str, dict], trained: str = "sae", seed: int = 0) -> di
     raw values per representation). The difference trained - control gets a bootstrap 95 % CI: units resampled
     independently in each model for the shares and the correlation, images paired for the deletion gap (the same
     images). A control is *beaten* when that CI lies above 0; a claim is *held* only when every control is beaten
-    (otherwise the generated text says which control gives the same)."""
+    (otherwise the generated text says which control gives the same). The shuffled-label control shares the
+    SAE's code: for a claim about the code alone (``_CODE_CLAIMS``: purity) it is reported with ``"applies":
+    False`` and left out of the rule."""
     if trained not in raw or len(raw) < 2:
         raise ValueError(f"raw must hold the trained model {trained!r} and at least one control, got {list(raw)}")
     out = {}
@@ -215,6 +225,7 @@ def unit_claims(raw: dict[str, dict], trained: str = "sae", seed: int = 0) -> di
         for name, b in raw.items():
             if name == trained:
                 continue
+            applies = not (claim in _CODE_CLAIMS and name == "shuffled")
             if claim == "deletion_gap":
                 diff = a["gaps"] - b["gaps"]
                 d_mean, d_ci = float(diff.mean()), _quantiles(_bootstrap(diff, _mean, seed))
@@ -223,10 +234,16 @@ def unit_claims(raw: dict[str, dict], trained: str = "sae", seed: int = 0) -> di
                 d_mean, d_ci = float(stat(a[key][None])[0] - stat(b[key][None])[0]), _quantiles(d_est)
             b_mean, b_ci = value(b)
             controls[name] = {"value": b_mean, "ci95": b_ci, "difference": {"mean": d_mean, "ci95": d_ci},
-                              "beaten": bool(d_ci[0] > 0)}
+                              "beaten": bool(d_ci[0] > 0), "applies": applies}
         out[claim] = {"label": _CLAIM_LABELS[claim], "trained": {"value": mean, "ci95": ci}, "controls": controls,
-                      "held": all(c["beaten"] for c in controls.values())}
+                      "held": _held(controls)}
     return out
+
+
+def _held(controls: dict) -> bool:
+    """The claim rule: at least one control applies, and the trained model beats every one that does."""
+    applies = [c for c in controls.values() if c["applies"]]
+    return bool(applies) and all(c["beaten"] for c in applies)
 
 
 # --- the study ----------------------------------------------------------------------------------------------
@@ -236,7 +253,7 @@ def run_controls(data: FashionMNIST, cfg: Config, device: torch.device, represen
                  verbose: bool = True) -> dict:
     """Train (or load from ``ckpt_dir``) the model of every representation (``ksae.controls``), score it, check
     its pixel explanations on one common image set, measure its units, and hold the SAE's unit claims against
-    the controls. The SAE pair of ``cfg`` is loaded from ``ckpt_dir`` (``load_sae``: a ``ValueError`` when it is
+    the controls. The SAE pair of ``cfg`` is loaded from ``ckpt_dir`` (``_load_sae``: a ``ValueError`` when it is
     missing) unless ``train_sae``. Image set: ``common_images`` (``n_per_class`` per class, correct and above
     ``cfg.confidence_threshold`` for every explained model); blur and ROAD on ``n_subset`` of them, the
     randomization on ``n_randomization``, the unit-deletion gaps on ``n_unit_images``. JSON-able result (the
@@ -249,20 +266,22 @@ def run_controls(data: FashionMNIST, cfg: Config, device: torch.device, represen
 
         sae, clf, history, _ = load_or_train(cfg, data, device, ckpt_dir, verbose=verbose)
     else:
-        sae, clf, history, _ = load_sae(cfg, ckpt_dir, device)
-    codes, models, histories = {"sae": sae}, {"sae": explained_model(sae, clf)}, {"sae": history}
-    seconds["load_sae"] = time.perf_counter() - t0
+        sae, clf, history, _ = _load_sae(cfg, ckpt_dir, device)
+    codes, models, histories = {"sae": sae}, {"sae": _explained_model(sae, clf)}, {"sae": history}
+    seconds["_load_sae"] = time.perf_counter() - t0
     for name in tqdm([r for r in reps if r != "sae"], desc="controls: models", disable=not verbose):
         t = time.perf_counter()
-        code, rclf, histories[name] = load_or_train_control(name, cfg, data, device, ckpt_dir, sae, verbose)
-        codes[name], models[name] = code, explained_model(code, rclf)
+        code, rclf, histories[name] = _load_or_train_control(name, cfg, data, device, ckpt_dir, sae, verbose)
+        codes[name], models[name] = code, _explained_model(code, rclf)
         seconds[f"model_{name}"] = time.perf_counter() - t
     t = time.perf_counter()
-    rows = {name: {**evaluate_representation(models[name], codes[name], data, cfg, device),
-                   "label": REPRESENTATION_LABELS[name],
+    rows = {name: {**_evaluate_representation(models[name], codes[name], data, cfg, device),
+                   "label": _REPRESENTATION_LABELS[name],
                    "checkpoint": cfg.checkpoint_name() if name == "sae" else _control_checkpoint_name(cfg, name),
                    "train_seconds": histories[name].get("seconds", {})} for name in reps}
-    recovered = accuracy_recovered(models["pixels"], codes, data, device) if "pixels" in reps else None
+    if "shuffled" in rows:
+        rows["shuffled"]["relabelling_null"] = _relabelling_null(models["shuffled"], data, device, cfg.seed)
+    recovered = _accuracy_recovered(models["pixels"], codes, data, device) if "pixels" in reps else None
     seconds["evaluate"] = time.perf_counter() - t
     explained = [r for r in reps if r in _EXPLAINED]
     images = common_images({r: models[r] for r in explained}, data, cfg.confidence_threshold, n_per_class, cfg.seed)
@@ -282,7 +301,7 @@ def run_controls(data: FashionMNIST, cfg: Config, device: torch.device, represen
         seconds[f"units_{name}"] = time.perf_counter() - t
     result = {
         "schema_version": 1, "config": cfg.to_dict(), "device": device_name(device), "representations": list(reps),
-        "labels": {r: REPRESENTATION_LABELS[r] for r in reps}, "models": rows, "accuracy_recovered": recovered,
+        "labels": {r: _REPRESENTATION_LABELS[r] for r in reps}, "models": rows, "_accuracy_recovered": recovered,
         "images": {"rule": "test images every explained model classifies correctly with confidence above the "
                            "threshold, n_per_class per class at random (seeded)",
                    "threshold": cfg.confidence_threshold, "n_per_class": n_per_class, "n_images": len(y),

@@ -30,13 +30,13 @@ if TYPE_CHECKING:
 REPRESENTATIONS = ("sae", "pixels", "pca", "untrained", "dense", "shuffled")  # what each classifier reads
 
 
-REPRESENTATION_LABELS = {
+_REPRESENTATION_LABELS = {
     "sae": "trained top-k SAE",
     "pixels": "raw pixels",
-    "pca": "PCA, k components",
-    "untrained": "untrained dictionary, top-k",
+    "pca": "PCA (k components)",
+    "untrained": "untrained dictionary (top-k)",
     "dense": "dense ReLU autoencoder",
-    "shuffled": "trained SAE, shuffled labels",
+    "shuffled": "SAE, shuffled labels",
 }
 
 
@@ -205,7 +205,7 @@ def train_representation(name: str, cfg: Config, data: FashionMNIST, device: tor
     return code.eval(), clf.eval(), history
 
 
-def explained_model(code, clf: SparseCodeClassifier) -> nn.Module:
+def _explained_model(code, clf: SparseCodeClassifier) -> nn.Module:
     """The pixels -> logits model of a representation: ``SparseCodePipeline`` for an autoencoder's code,
     ``LinearCodePipeline`` for a linear one (eval mode)."""
     pipe = SparseCodePipeline(code, clf) if isinstance(code, KSparseAutoencoder) else LinearCodePipeline(code, clf)
@@ -268,7 +268,7 @@ def _load_control(path: str | os.PathLike, name: str, cfg: Config, sae: KSparseA
     return code.to(device).eval(), clf.to(device).eval(), payload["history"]
 
 
-def load_sae(cfg: Config, ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu"):
+def _load_sae(cfg: Config, ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu"):
     """The trained SAE pair of ``cfg`` from ``ckpt_dir`` (never trained here): ``(sae, clf, history, metrics)``.
     ``ValueError`` naming the expected file, and the seeds that do have a checkpoint of this configuration,
     when it is missing; or naming the fields that differ when the file was trained with another configuration."""
@@ -285,7 +285,7 @@ def load_sae(cfg: Config, ckpt_dir: str | os.PathLike, device: torch.device | st
     return sae, clf, history, metrics
 
 
-def load_or_train_control(name: str, cfg: Config, data: FashionMNIST, device: torch.device,
+def _load_or_train_control(name: str, cfg: Config, data: FashionMNIST, device: torch.device,
                           ckpt_dir: str | os.PathLike = "checkpoints", sae: KSparseAutoencoder | None = None,
                           verbose: bool = True):
     """``(code, clf, history)`` of control ``name``: loaded from ``ckpt_dir/_control_checkpoint_name`` when it is
@@ -311,7 +311,28 @@ _EVAL_BATCH = 4096  # images per forward pass in the evaluation
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
     """Share of ``x: [N, 784]`` whose argmax logit is ``y: [N]``."""
     pred = torch.cat([model(x[i:i + _EVAL_BATCH].to(device)).argmax(1).cpu() for i in range(0, len(x), _EVAL_BATCH)])
-    return float((pred == y).float().mean())
+    return int((pred == y).sum()) / len(y)
+
+
+_NULL_DRAWS = 10_000  # random relabellings of the classes in the shuffled-label control's null
+
+
+@torch.no_grad()
+def _relabelling_null(model: nn.Module, data: FashionMNIST, device: torch.device, seed: int = 0) -> dict:
+    """Chance for a classifier whose predictions follow the images but not their labels: its test accuracy
+    against the accuracy its predictions get when the class names are permuted at random (``_NULL_DRAWS`` seeded
+    permutations of the confusion matrix's columns). ``{"accuracy", "null_mean", "null_q95", "p_value"}``,
+    ``p_value``: share of relabellings that score at least as high (a learned link to the labels gives ~0)."""
+    pred = torch.cat([model(data.x_test[i:i + _EVAL_BATCH].to(device)).argmax(1).cpu()
+                      for i in range(0, len(data.x_test), _EVAL_BATCH)])
+    n = len(data.classes)
+    confusion = torch.bincount(data.y_test * n + pred, minlength=n * n).reshape(n, n).double()
+    gen = torch.Generator().manual_seed(seed)
+    perms = torch.stack([torch.randperm(n, generator=gen) for _ in range(_NULL_DRAWS)])  # [draws, n]
+    null = confusion[torch.arange(n), perms].sum(1) / len(pred)  # trace of the relabelled confusion matrix
+    acc = float(confusion.trace() / len(pred))
+    return {"accuracy": acc, "null_mean": float(null.mean()), "null_q95": float(null.quantile(0.95)),
+            "p_value": float((null >= acc - 1e-12).double().mean())}
 
 
 @torch.no_grad()
@@ -339,7 +360,7 @@ def _code_metrics(code, data: FashionMNIST, cfg: Config, device: torch.device) -
 
 
 @torch.no_grad()
-def evaluate_representation(model: nn.Module, code, data: FashionMNIST, cfg: Config, device: torch.device) -> dict:
+def _evaluate_representation(model: nn.Module, code, data: FashionMNIST, cfg: Config, device: torch.device) -> dict:
     """Test accuracy (the test set's one scoring), validation accuracy, and ``_code_metrics``."""
     _, _, x_val, y_val = train_val_split(data, cfg)
     return {"test_accuracy": _accuracy(model, data.x_test, data.y_test, device),
@@ -348,7 +369,7 @@ def evaluate_representation(model: nn.Module, code, data: FashionMNIST, cfg: Con
 
 
 @torch.no_grad()
-def accuracy_recovered(pixel_model: nn.Module, codes: dict, data: FashionMNIST, device: torch.device) -> dict:
+def _accuracy_recovered(pixel_model: nn.Module, codes: dict, data: FashionMNIST, device: torch.device) -> dict:
     """The pixel classifier on each code's test reconstructions against on the originals: ``{"original": acc,
     name: {"accuracy", "recovered" (= accuracy / original)}}`` for every code in ``codes`` that reconstructs."""
     original = _accuracy(pixel_model, data.x_test, data.y_test, device)
