@@ -9,7 +9,7 @@ models are cached in ``checkpoints/`` (``control_<name>_<config>.pt``), so a rer
 ``results/controls.json``; the notebook's section 10 and docs/results.md draw from that file. From the repository
 root:
 
-    .venv/bin/python benchmarks/controls.py                      # the default configuration (~40 min on 2 CPU cores)
+    .venv/bin/python benchmarks/controls.py       # default configuration: ~25 min on 2 CPU cores, cached: minutes
     .venv/bin/python benchmarks/controls.py --tiny --ckpt-dir /tmp/c --out /tmp/controls.json   # CI: seconds
 """
 
@@ -37,10 +37,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="CI's tiny configuration (trains its own SAE too)")
     parser.add_argument("--representations", nargs="+", default=None, help=f"subset of {kh.REPRESENTATIONS}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-per-class", type=int, default=50, help="explained test images per class")
-    parser.add_argument("--n-subset", type=int, default=200, help="images of the blur and ROAD substrates")
-    parser.add_argument("--n-randomization", type=int, default=50, help="images of the randomization check")
-    parser.add_argument("--n-unit-images", type=int, default=200, help="images of the unit-deletion gaps")
+    parser.add_argument("--n-per-class", type=int, default=100, help="explained test images per class")
+    parser.add_argument("--n-subset", type=int, default=300, help="images of the blur and ROAD substrates")
+    parser.add_argument("--n-randomization", type=int, default=100, help="images of the randomization check")
+    parser.add_argument("--n-unit-images", type=int, default=500, help="images of the unit-deletion gaps")
     parser.add_argument("--train-sae", action="store_true", help="train the SAE if its checkpoint is missing")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: kh.pick_device())")
     parser.add_argument("--ckpt-dir", default="checkpoints")

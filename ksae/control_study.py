@@ -248,8 +248,8 @@ def _held(controls: dict) -> bool:
 
 # --- the study ----------------------------------------------------------------------------------------------
 def run_controls(data: FashionMNIST, cfg: Config, device: torch.device, representations=None,
-                 ckpt_dir: str | os.PathLike = "checkpoints", n_per_class: int = 50, n_subset: int = 200,
-                 n_randomization: int = 50, n_unit_images: int = 200, train_sae: bool = False,
+                 ckpt_dir: str | os.PathLike = "checkpoints", n_per_class: int = 100, n_subset: int = 300,
+                 n_randomization: int = 100, n_unit_images: int = 500, train_sae: bool = False,
                  verbose: bool = True) -> dict:
     """Train (or load from ``ckpt_dir``) the model of every representation (``ksae.controls``), score it, check
     its pixel explanations on one common image set, measure its units, and hold the SAE's unit claims against

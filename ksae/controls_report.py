@@ -119,8 +119,10 @@ def _claim_lines(c: dict) -> list[str]:
                                       for n, v in claim["controls"].items() if v["applies"]) + ")")
         else:
             text = (f"**not held**: the trained SAE gives {trained}; "
-                    + "; ".join(f"the {c['labels'][n]} gives the same ({_value_ci(claim['controls'][n])}, "
-                                f"difference {_ci_text(claim['controls'][n]['difference'])})" for n in same))
+                    + "; ".join(f"the {c['labels'][n]} gives "
+                                + ("more" if claim["controls"][n]["difference"]["ci95"][1] < 0 else
+                                   "the same within the CI") + f" ({_value_ci(claim['controls'][n])}, difference "
+                                f"{_ci_text(claim['controls'][n]['difference'])})" for n in same))
         skipped = [n for n, v in claim["controls"].items() if not v["applies"]]
         if skipped:
             text += (f" (the {', '.join(c['labels'][n] for n in skipped)} shares the SAE's code, so it gives the same "
@@ -153,7 +155,8 @@ def controls_markdown(controls: dict) -> str:
              f"{min(counts)}–{max(counts)} per class; blur and ROAD on {img['n_subset']} of them, randomization on "
              f"{img['n_randomization']}). Faithfulness: LeRF − MoRF AUC gap minus the random order's, maps ranked by "
              "signed value; object focus: share of |map| on object pixels (a uniform map: "
-             f"{_ci_text(img['object_pixel_share'])}); Gini of |map| (Quantus' Sparseness); randomization: Spearman "
+             f"{_ci_text(img['object_pixel_share'])}; integrated gradients from a black image is 0 wherever the pixel "
+             "is, so its share is 1 by construction); Gini of |map| (Quantus' Sparseness); randomization: Spearman "
              "|maps| after the whole cascade minus a different-class reference. Mean [95 % CI]:", "",
              *_table(["representation", "method", *[f"faithfulness, {_SUBSTRATE_NAMES[s]}" for s in subs],
                       "object focus", "Gini", "randomization"], _explanation_rows(c)), "",
@@ -163,8 +166,9 @@ def controls_markdown(controls: dict) -> str:
                       "Gini", "randomization"], _comparison_rows(c)), "",
              "Read with the CIs (a difference is named only where its CI excludes 0, on every substrate for "
              "faithfulness):", "", *_comparison_lines(c), "",
-             f"**Unit claims** (test set; unit-deletion gaps on {img['n_unit_images']} of the images). A claim is held "
-             "only where the trained SAE beats every control with a bootstrap CI of the difference above 0:", "",
+             f"**Unit claims** (test set; unit-deletion gaps on {img['n_unit_images']} of the images, in each model's "
+             "own logit units, the x-axis the share of its k code slots). A claim is held only where the trained SAE "
+             "beats every control with a bootstrap CI of the difference above 0:", "",
              *_table(["representation", "live / dead units", "class-pure units (share)", "median purity",
                       "ablation lowers its class logit", "contribution–ablation Pearson", "unit-deletion gap"],
                      _unit_rows(c)), "", *_claim_lines(c)]
@@ -177,17 +181,24 @@ def _controls_findings(controls: dict) -> str:
     accs = ", ".join(f"{controls['labels'][r]} {_pct(v['test_accuracy'])}" for r, v in m.items())
     held = [c["label"] for c in claims.values() if c["held"]]
     not_held = [c["label"] for c in claims.values() if not c["held"]]
-    return (f"- **Controls** (`results/controls.json`): test accuracy {accs}. Unit claims held against the untrained "
-            f"dictionary, the dense autoencoder and shuffled labels: {'; '.join(held) or 'none'}; not held (a control "
-            f"gives the same): {'; '.join(not_held) or 'none'}.")
+    comps = controls.get("comparisons", {})
+    maps = "; ".join(f"against the {controls['labels'][r]}: "
+                     + (", ".join(_findings(comps[r], "integrated")) or "no different")
+                     for r in ("pixels", "dense") if r in comps)
+    return (f"- **Controls** (`results/controls.json`): test accuracy {accs}. The SAE's integrated-gradients maps "
+            f"(95 % CIs of paired differences) {maps}. Unit claims held against the untrained dictionary, the dense "
+            f"autoencoder and shuffled labels: {'; '.join(held) or 'none'}; not held (a control gives the same): "
+            f"{'; '.join(not_held) or 'none'}.")
 
 
 def _controls_section(data: dict) -> list[str]:
     """``docs/results.md``'s section from ``data["controls"]`` (``results/controls.json``)."""
     c = data["controls"]
+    train = sum(sum(v.get("train_seconds", {}).values()) for v in c["models"].values())
     return ["## Controls: what sparsity buys",
-            f"`results/controls.json`, written by `benchmarks/controls.py` ({c['device']}, "
-            f"{c['seconds']['total'] / 60:.1f} min; models cached in `checkpoints/`). Six representations of the "
+            f"`results/controls.json`, written by `benchmarks/controls.py` ({c['device']}: this run "
+            f"{c['seconds']['total'] / 60:.1f} min, with the models it found cached in `checkpoints/`; training them "
+            f"took {train / 60:.1f} min, as their checkpoints record). Six representations of the "
             "same images, each with its own 512 → 256 → C classifier trained with the default recipe on the training "
             "split: the trained SAE (the default checkpoint), raw pixels, PCA with k components (fit on the training "
             "split), the SAE's own untrained initialisation (top-k), a dense ReLU autoencoder of the same width "
