@@ -268,7 +268,7 @@ def run_controls(data: FashionMNIST, cfg: Config, device: torch.device, represen
     else:
         sae, clf, history, _ = _load_sae(cfg, ckpt_dir, device)
     codes, models, histories = {"sae": sae}, {"sae": _explained_model(sae, clf)}, {"sae": history}
-    seconds["_load_sae"] = time.perf_counter() - t0
+    seconds["load_sae"] = time.perf_counter() - t0
     for name in tqdm([r for r in reps if r != "sae"], desc="controls: models", disable=not verbose):
         t = time.perf_counter()
         code, rclf, histories[name] = _load_or_train_control(name, cfg, data, device, ckpt_dir, sae, verbose)
@@ -301,7 +301,7 @@ def run_controls(data: FashionMNIST, cfg: Config, device: torch.device, represen
         seconds[f"units_{name}"] = time.perf_counter() - t
     result = {
         "schema_version": 1, "config": cfg.to_dict(), "device": device_name(device), "representations": list(reps),
-        "labels": {r: _REPRESENTATION_LABELS[r] for r in reps}, "models": rows, "_accuracy_recovered": recovered,
+        "labels": {r: _REPRESENTATION_LABELS[r] for r in reps}, "models": rows, "accuracy_recovered": recovered,
         "images": {"rule": "test images every explained model classifies correctly with confidence above the "
                            "threshold, n_per_class per class at random (seeded)",
                    "threshold": cfg.confidence_threshold, "n_per_class": n_per_class, "n_images": len(y),

@@ -27,6 +27,10 @@ def test_models_figure_draws_every_representation_with_cis(controls):
     names = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert names == [controls["labels"][r] for r in kh.REPRESENTATIONS]  # readable names, not keys
     assert fig.axes[1].texts[0].get_text() == "no decoder"  # raw pixels reconstruct nothing
+    recovered = fig.axes[2]  # the pixel classifier on each code's reconstructions: a bar per code that has a decoder
+    codes = ("sae", "pca", "untrained", "dense", "shuffled")
+    assert [round(p.get_width(), 9) for p in recovered.patches] == [
+        round(controls["accuracy_recovered"][r]["accuracy"], 9) for r in codes]
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == [controls["labels"][r] for r in ("sae", "pixels", "pca", "untrained", "dense")]
     faith = fig.axes[4]  # integrated gradients: a bar per explained representation and substrate, with its CI
