@@ -17,6 +17,7 @@ _MODELS_LAYOUT = {"left": 2.35, "right": 0.15, "top": 0.75, "bottom": 0.95, "wsp
 _UNITS_LAYOUT = {"left": 2.35, "right": 0.15, "top": 0.75, "bottom": 0.6, "wspace": 0.45, "hspace": 0.95}
 _PALETTE = "colorblind"  # one colour per representation, in ``controls["representations"]`` order
 _BAR_GROUP = 0.8  # share of a group's width its bars take
+_LEGEND_ROOM = 1.7  # the live-and-dead panel's x-axis spans this many times the widest bar (its legend sits right)
 _SUBSTRATE_LABELS = {"zero": "zero", "blur": "blur", "road": "ROAD"}
 
 
@@ -157,13 +158,16 @@ def plot_controls_units(controls: dict, save: str | None = None) -> Figure:
            title="Purity of the live units")
     ax.legend(fontsize="small")
     ax = axes[1, 2]
-    live = [units[r]["n_live"] for r in names]
+    live = np.array([units[r]["n_live"] for r in names])
+    dead = np.array([units[r]["dead"] for r in names])
+    train_only = np.array([units[r]["n_units"] for r in names]) - live - dead
     ax.barh(np.arange(len(names)), live, color=[colors[r] for r in names], label="fire on a test image")
-    ax.barh(np.arange(len(names)), [units[r]["dead"] for r in names], left=live, color="0.5", label="dead")
+    ax.barh(np.arange(len(names)), train_only, left=live, color="0.75", label="on training images only")
+    ax.barh(np.arange(len(names)), dead, left=live + train_only, color="0.35", label="dead (on none)")
     ax.set_yticks(np.arange(len(names)), [controls["labels"][r] for r in names])
     ax.invert_yaxis()
-    ax.set(xlabel="units", title="Live and dead units")
-    ax.legend(fontsize="small", loc="lower right")
+    ax.set(xlabel="units", title="Live and dead units", xlim=(0, _LEGEND_ROOM * (live + train_only + dead).max()))
+    ax.legend(fontsize="small", loc="center right")
     for ax in (axes[0, 1], axes[0, 2], axes[1, 2]):
         ax.set_yticklabels([])  # the same rows as the first column's; colours as in the purity legend
     _suptitle(fig, "Unit claims of the trained SAE against its controls (95 % CIs)")
