@@ -187,18 +187,19 @@ def _controls_findings(controls: dict) -> str:
                      for r in ("pixels", "dense") if r in comps)
     return (f"- **Controls** (`results/controls.json`): test accuracy {accs}. The SAE's integrated-gradients maps "
             f"(95 % CIs of paired differences) {maps}. Unit claims held against the untrained dictionary, the dense "
-            f"autoencoder and shuffled labels: {'; '.join(held) or 'none'}; not held (a control gives the same): "
-            f"{'; '.join(not_held) or 'none'}.")
+            f"autoencoder and shuffled labels: {'; '.join(held) or 'none'}; not held (a control gives the same or "
+            f"more): {'; '.join(not_held) or 'none'}.")
 
 
 def _controls_section(data: dict) -> list[str]:
     """``docs/results.md``'s section from ``data["controls"]`` (``results/controls.json``)."""
     c = data["controls"]
-    train = sum(sum(v.get("train_seconds", {}).values()) for v in c["models"].values())
+    train = {r: sum(v.get("train_seconds", {}).values()) / 60 for r, v in c["models"].items()}
     return ["## Controls: what sparsity buys",
             f"`results/controls.json`, written by `benchmarks/controls.py` ({c['device']}: this run "
-            f"{c['seconds']['total'] / 60:.1f} min, with the models it found cached in `checkpoints/`; training them "
-            f"took {train / 60:.1f} min, as their checkpoints record). Six representations of the "
+            f"{c['seconds']['total'] / 60:.1f} min, with the models it found cached in `checkpoints/`; training the "
+            f"controls took {sum(v for r, v in train.items() if r != 'sae'):.1f} min and the SAE pair "
+            f"{train.get('sae', 0.0):.1f} min, as their checkpoints record). Six representations of the "
             "same images, each with its own 512 → 256 → C classifier trained with the default recipe on the training "
             "split: the trained SAE (the default checkpoint), raw pixels, PCA with k components (fit on the training "
             "split), the SAE's own untrained initialisation (top-k), a dense ReLU autoencoder of the same width "

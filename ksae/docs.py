@@ -188,7 +188,7 @@ def findings_block(data: dict) -> str:
              f"- **Unit atlas:** Pearson correlation of a unit's mean contribution with the logit drop when it is "
              f"zeroed, over {units['agreement']['n_units']} units: {_ci_text(pearson)}; the same sign for "
              f"{_pct(units['agreement']['same_sign'], 0)} of them.", ""]
-    return "\n".join(lines + [_controls_findings(data["controls"]), ""] + verdict_lines(data))
+    return "\n".join(lines[:-1] + [_controls_findings(data["controls"]), ""] + verdict_lines(data))
 
 
 README_BLOCKS = {"findings": findings_block}  # name -> function(data) -> the block's text
