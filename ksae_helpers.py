@@ -6,6 +6,8 @@ contracts are in ``pyproject.toml``, checked by ``lint-imports``).
 
 ksae.config                 ``Config``: every knob of the project, validated, saved inside every checkpoint; and the
                             constants it validates against.
+ksae.parameters             The notebook's parameters (name, kind, range, default, meaning) and
+                            ``check_parameters``, run before anything expensive.
 ksae.runtime                Where code runs and how a notebook shows things: the device (chosen once), seeding,
                             ``show``, and the ``Stopwatch`` a run keeps its timings in.
 ksae.data                   Offline Fashion-MNIST with SHA-256 checks, the validation split, image shapes.
@@ -55,6 +57,9 @@ Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` 
 
 from ksae.config import (
     Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES,
+)
+from ksae.parameters import (
+    check_parameter, check_parameters, MAX_K, NOTEBOOK_PARAMETERS, Parameter,
 )
 from ksae.runtime import (
     device_name, pick_device, print_table, seed_everything, show, show_markdown, Stopwatch, synchronize,
@@ -172,11 +177,13 @@ from ksae.unit_browser import (
     read_unit_browser_data, SIGNED_TILE_ZERO, unit_browser_data, UNIT_BROWSER_TEMPLATE, write_unit_browser,
 )
 from ksae._util import (
-    atomic_write_bytes, IMAGE_SIDE,
+    atomic_write_bytes, IMAGE_SIDE, PIXEL_TOLERANCE, remove_stale_temporaries, STALE_TMP_SECONDS,
 )
 
 __all__ = [
-    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "device_name", "pick_device", "print_table",
+    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "check_parameter", "check_parameters", "MAX_K",
+    "NOTEBOOK_PARAMETERS", "Parameter", "PIXEL_TOLERANCE", "remove_stale_temporaries", "STALE_TMP_SECONDS",
+    "device_name", "pick_device", "print_table",
     "seed_everything", "show", "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES",
     "DatasetNotFoundError", "FASHION_MNIST_SHA256", "FashionMNIST", "load_fashion_mnist", "SYSTEM_DATA_DIR",
     "train_subset", "train_val_split", "VAL_SPLIT_SEED", "validation_indices", "densify", "KSparseAutoencoder",
