@@ -85,7 +85,7 @@ from ksae.training import (
     ViewCodes,
 )
 from ksae.checkpoints import (
-    CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, save_checkpoint,
+    CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, RESCUE_PREFIX, save_checkpoint,
 )
 from ksae.attribution import (
     attribute_all, decoder_weighted, DEFAULT_INTERNAL_BATCH, ig_quadrature, input_x_gradient, input_x_smoothgrad,
@@ -169,8 +169,8 @@ from ksae.plots.units import (
 )
 from ksae.report import (
     build_summary, compact_notebook, DEFAULT_FIGURE_DIR, DEFAULT_SUMMARY_PATH, figure_path_fn, figure_timings,
-    headline_table, output_paths, randomization_table, read_summary, RUN_DEFAULTS, run_name, RUN_NAME_MAX,
-    RUNS_DIR, seeds_for_config, selection_summary, SUMMARY_SCHEMA_VERSION, UNIT_PURE, unit_table_summary,
+    headline_table, output_paths, protected_folders, randomization_table, read_summary, RUN_DEFAULTS, run_name,
+    RUN_NAME_MAX, RUNS_DIR, seeds_for_config, selection_summary, SUMMARY_SCHEMA_VERSION, UNIT_PURE, unit_table_summary,
     verdict_markdown, write_summary,
 )
 from ksae.unit_browser import (
@@ -183,6 +183,7 @@ from ksae._util import (
 __all__ = [
     "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "check_parameter", "check_parameters", "MAX_K",
     "NOTEBOOK_PARAMETERS", "Parameter", "PIXEL_TOLERANCE", "remove_stale_temporaries", "STALE_TMP_SECONDS",
+    "RESCUE_PREFIX", "protected_folders",
     "device_name", "pick_device", "print_table",
     "seed_everything", "show", "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES",
     "DatasetNotFoundError", "FASHION_MNIST_SHA256", "FashionMNIST", "load_fashion_mnist", "SYSTEM_DATA_DIR",
