@@ -41,7 +41,7 @@ def _check_bool(name, value):
         raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
-def _plain_number(value):
+def _python_number(value):
     """A numpy integer or floating scalar as the Python ``int``/``float`` it holds; anything else unchanged (so a
     value validated by ``_check_int``/``_check_float`` serialises to JSON like a Python number)."""
     if isinstance(value, np.integer):
