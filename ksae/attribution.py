@@ -63,12 +63,18 @@ def ig_quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[torch.Te
     return start + torch.arange(n, dtype=torch.float64) / n, weights
 
 
-def _check_model(model: nn.Module) -> None:
+def _check_classifier(model: nn.Module) -> None:
+    """``ValueError`` unless ``model`` is a module and not the autoencoder (whose output, a reconstruction
+    ``[B, 784]``, would pass for 784 class scores)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, KSparseAutoencoder):
         raise ValueError("model must map images to class scores, got the autoencoder (KSparseAutoencoder), whose "
                          "output is a reconstruction; pass SparseCodePipeline(sae, clf)")
+
+
+def _check_model(model: nn.Module) -> None:
+    _check_classifier(model)
     if any(m.training for m in model.modules()):
         raise ValueError("model (or one of its submodules) is in training mode (dropout active, so attributions "
                          "would be random); call model.eval() first")
@@ -240,6 +246,8 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, nt_samples: int =
     """
     x, shape, target, fn = _prepare(model, inputs, target, output)
     _check_int("nt_samples", nt_samples, low=1)
+    if seed is not None:
+        _check_int("seed", seed, low=0)
     if isinstance(stdevs, bool) or not (isinstance(stdevs, (int, float)) and math.isfinite(stdevs) and stdevs >= 0):
         raise ValueError(f"stdevs must be a finite number >= 0, got {stdevs!r}")
     if generator is None:

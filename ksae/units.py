@@ -234,6 +234,7 @@ def unit_statistics(pipeline: SparseCodePipeline, data: FashionMNIST, device: to
     ``evaluate_autoencoder(...)["unit_usage_train"]``). ``seed`` draws the quantile-band samples."""
     if not isinstance(pipeline, SparseCodePipeline):
         raise ValueError(f"unit_statistics needs a SparseCodePipeline, got {type(pipeline).__name__}")
+    _check_int("seed", seed, low=0)
     t0 = time.perf_counter()
     sae, clf = pipeline.sae.eval(), pipeline.clf.eval()
     classes = _check_classes(data.classes)

@@ -193,6 +193,14 @@ CASES = [
     ("unit_deletion-nan-contributions", lambda e: kh.unit_deletion_curves(
         e["pipe"], e["x"], e["y"], e["contributions"].index_fill(1, torch.tensor([0]), math.nan)), V,
      r"contributions contains NaN"),
+    ("faithfulness-autoencoder-as-model", lambda e: kh.faithfulness_suite(e["sae"], e["x"], e["y"], e["maps"]), V,
+     r"model must map images to class scores, got the autoencoder"),
+    ("removal_curves-classifier-as-model", lambda e: kh.removal_curves(
+        e["clf"], e["x"], e["y"], kh.removal_order(e["maps"]["simple"])[None]), V,
+     r"model must map images \[B, 784\] to class scores"),
+    ("smoothgrad-seed-negative", lambda e: kh.smoothgrad(e["pipe"], e["x"], e["y"], seed=-1), V, r"seed must be >= 0"),
+    ("unit_statistics-seed-string", lambda e: kh.unit_statistics(e["pipe"], e["data"], CPU, seed="0"), V,
+     r"seed must be an integer"),
     ("summarize-inf", lambda e: kh.summarize([0.1, math.inf]), V, r"values contains inf"),
     ("bootstrap-nan", lambda e: kh.bootstrap_ci([0.1, math.nan]), V, r"values contains NaN"),
     # --- run_validation: every argument before the first check ---

@@ -57,7 +57,7 @@ EDITED = {
     **dict.fromkeys(["Config", "SparseCodePipeline", "_as_maps", "_check_model", "_prepare", "faithfulness_orderings",
                      "faithfulness_suite", "object_focus", "predict", "select_high_confidence", "run_validation",
                      "run_name", "output_paths", "_check_writable", "load_or_train", "bootstrap_ci", "write_summary",
-                     "read_summary"], _BAD_INPUT),
+                     "read_summary", "smoothgrad"], _BAD_INPUT),
     **dict.fromkeys(["_rowwise_pearson", "top_fraction_iou", "summarize", "_wilcoxon_p"], _UNDEFINED),
     **dict.fromkeys(["encode_dataset", "evaluate_classifier", "evaluate_models", "unit_ablation_sums",
                      "unit_contribution_sums", "unit_statistics"], _MODE),

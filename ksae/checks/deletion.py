@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._util import _as_maps, _check_finite, _check_float, _check_int, _check_pixels
-from ..attribution import _check_target, _score
+from ..attribution import _check_classifier, _check_target, _class_count, _score
 from ..data import as_flat_images
 from ..stats import _wilcoxon_p, summarize
 from .substrates import (
@@ -165,7 +165,8 @@ def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orde
         raise ValueError(f"orders must hold an int64 permutation of 0..{n_pix - 1} in every row")
     _check_float("road_noise", road_noise, low=0.0)
     _check_float("road_tol", road_tol, low=0.0, low_open=True)
-    target = _check_target(target, n, model(x[:1]).shape[1], x.device)
+    _check_classifier(model)
+    target = _check_target(target, n, _class_count(model, x), x.device)
     fill = _substrate(x, substrate)
     per_chunk = max(1, FAITH_ROWS // n)
     chunks = [_curves_chunk(model, x, target, orders[i:i + per_chunk].to(x.device), fill, pixels_per_step,
@@ -315,7 +316,8 @@ def faithfulness_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, maps:
     unknown = [s for s in substrates if s not in SUBSTRATES] if not isinstance(substrates, str) else [substrates]
     if unknown or not substrates:
         raise ValueError(f"substrates must be a non-empty sequence of {SUBSTRATES}, got {substrates!r}")
-    target = _check_target(y, len(flat), model(flat[:1]).shape[1], flat.device)
+    _check_classifier(model)
+    target = _check_target(y, len(flat), _class_count(model, flat), flat.device)
     _check_int("n_subset", n_subset, low=1)
     orderings = faithfulness_orderings(maps, flat, seed)
     result = {"pixels_per_step": pixels_per_step, "seed": seed, "alpha": FAITH_ALPHA, "substrates": {},
