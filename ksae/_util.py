@@ -119,7 +119,7 @@ def _check_path(name: str, value, kind: str, allow_empty: bool = False) -> Path 
         if allow_empty:
             return None
         raise ValueError(f"{name} must be a non-empty path, got {value!r}")
-    path = Path(text).expanduser()
+    path = Path(text)
     if kind == "folder" and path.exists() and not path.is_dir():
         raise ValueError(f"{name} must be a folder, got {text!r}, which is an existing file")
     if kind == "file":
@@ -157,14 +157,13 @@ IMAGE_SIDE = 28  # images are IMAGE_SIDE x IMAGE_SIDE pixels
 STALE_TMP_SECONDS = 60  # a temporary file of atomic_write_bytes older than this is a killed run's leftover
 
 
-def remove_stale_temporaries(path: str | os.PathLike, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
-    """Delete the temporary files ``atomic_write_bytes`` leaves when a run is killed mid-write
-    (``<name>*.tmp`` next to ``path``, for a folder ``path`` every ``*.tmp`` in it) that are older than
-    ``older_than`` seconds (younger ones may belong to a write in progress). Returns the deleted paths."""
-    path = Path(path)
-    pattern = str(path / "*.tmp") if path.is_dir() else str(path.parent / f"{glob.escape(path.name)}*.tmp")
+def remove_stale_temporaries(folder: str | os.PathLike, pattern: str = "*.tmp",
+                             older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Delete the temporary files ``atomic_write_bytes`` leaves when a run is killed mid-write: files in
+    ``folder`` matching ``pattern`` (``<name>*.tmp`` for one target) older than ``older_than`` seconds (younger
+    ones may belong to a write in progress). Returns the deleted paths; a missing folder deletes nothing."""
     removed = []
-    for tmp in map(Path, glob.glob(pattern)):
+    for tmp in map(Path, glob.glob(str(Path(glob.escape(str(folder))) / pattern))):
         try:
             if tmp.is_file() and time.time() - tmp.stat().st_mtime > older_than:
                 tmp.unlink()
@@ -180,7 +179,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     plain ``open(path, "w")`` would give (``mkstemp``'s own are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    remove_stale_temporaries(path.parent, f"{glob.escape(path.name)}*.tmp")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)

@@ -94,7 +94,7 @@ def load_or_train(cfg: Config, data: FashionMNIST, device: torch.device, ckpt_di
         raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
     _check_bool("retrain", retrain)
     _check_writable_folder("ckpt_dir (the notebook's CHECKPOINT_DIR)", ckpt_dir)
-    remove_stale_temporaries(ckpt_dir)
+    remove_stale_temporaries(ckpt_dir, "*.pt*.tmp")  # a killed save's leftovers
     path = Path(ckpt_dir) / cfg.checkpoint_name()
     if path.exists() and not retrain:
         try:

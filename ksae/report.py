@@ -272,7 +272,7 @@ def _check_writable(folder: Path) -> None:
 def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether ``path`` is ``folder`` or lies inside it, by location: both resolved (absolute, ``..`` and
     symbolic links followed, as far as they exist), however either is spelled."""
-    p, f = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    p, f = Path(path).resolve(), Path(folder).resolve()
     return p == f or f in p.parents
 
 

@@ -410,8 +410,14 @@ def test_a_killed_save_leaves_no_temporary_file_behind_on_the_next_run(env, tmp_
     os.utime(stale, (old, old))
     fresh = ckpt / f"{name}def456.tmp"  # a write in progress in another process right now: left alone
     fresh.write_bytes(b"being written")
+    other = ckpt / "notes.tmp"  # not a checkpoint's temporary file: left alone however old
+    other.write_bytes(b"the user's")
+    os.utime(other, (old, old))
     kh.load_or_train(env["cfg"], env["data"], CPU, ckpt, verbose=False)  # loads (no write) and cleans up
-    assert sorted(p.name for p in ckpt.iterdir()) == sorted([name, fresh.name])
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted([name, fresh.name, other.name])
+    os.utime(fresh, (old, old))  # the next write of the same file removes its own stale temporaries only
+    kh.save_checkpoint(ckpt / name, env["cfg"], env["sae"], env["clf"])
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted([name, other.name])
     # a failed write (here: the rename) removes its own temporary file at once
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
