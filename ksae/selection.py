@@ -104,7 +104,7 @@ def select_high_confidence(sae: KSparseAutoencoder, clf: SparseCodeClassifier, d
         raise ValueError("no test image is classified correctly: nothing to explain (is the model trained?)")
     warning = _shortfall_warning(shortfalls, skipped, n_per_class, threshold)
     if warning:
-        warnings.warn(warning, stacklevel=2)
+        warnings.warn(warning, stacklevel=3)  # the caller of _keeps_mode's wrapper
     idx = torch.cat(chosen)
     return Selection(idx, data.x_test[idx], data.y_test[idx], confidence[idx], counts, n_per_class,
                      torch.cat(fills), shortfalls, skipped, warning)
