@@ -6,6 +6,8 @@ contracts are in ``pyproject.toml``, checked by ``lint-imports``).
 
 ksae.config                 ``Config``: every knob of the project, validated, saved inside every checkpoint; and the
                             constants it validates against.
+ksae.parameters             The notebook's parameters (name, kind, range, default, meaning) and
+                            ``check_parameters``, run before anything expensive.
 ksae.runtime                Where code runs and how a notebook shows things: the device (chosen once), seeding,
                             ``show``, and the ``Stopwatch`` a run keeps its timings in.
 ksae.data                   Offline Fashion-MNIST with SHA-256 checks, the validation split, image shapes.
@@ -56,6 +58,9 @@ Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` 
 from ksae.config import (
     Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES,
 )
+from ksae.parameters import (
+    check_parameter, check_parameters, MAX_K, NOTEBOOK_PARAMETERS, Parameter,
+)
 from ksae.runtime import (
     device_name, pick_device, print_table, seed_everything, show, show_markdown, Stopwatch, synchronize,
 )
@@ -80,7 +85,7 @@ from ksae.training import (
     ViewCodes,
 )
 from ksae.checkpoints import (
-    CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, save_checkpoint,
+    CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, RESCUE_PREFIX, save_checkpoint,
 )
 from ksae.attribution import (
     attribute_all, decoder_weighted, DEFAULT_INTERNAL_BATCH, ig_quadrature, input_x_gradient, input_x_smoothgrad,
@@ -164,19 +169,22 @@ from ksae.plots.units import (
 )
 from ksae.report import (
     build_summary, compact_notebook, DEFAULT_FIGURE_DIR, DEFAULT_SUMMARY_PATH, figure_path_fn, figure_timings,
-    headline_table, output_paths, randomization_table, read_summary, RUN_DEFAULTS, run_name, RUN_NAME_MAX,
-    RUNS_DIR, seeds_for_config, selection_summary, SUMMARY_SCHEMA_VERSION, UNIT_PURE, unit_table_summary,
+    headline_table, output_paths, protected_folders, randomization_table, read_summary, RUN_DEFAULTS, run_name,
+    RUN_NAME_MAX, RUNS_DIR, seeds_for_config, selection_summary, SUMMARY_SCHEMA_VERSION, UNIT_PURE, unit_table_summary,
     verdict_markdown, write_summary,
 )
 from ksae.unit_browser import (
     read_unit_browser_data, SIGNED_TILE_ZERO, unit_browser_data, UNIT_BROWSER_TEMPLATE, write_unit_browser,
 )
 from ksae._util import (
-    atomic_write_bytes, IMAGE_SIDE,
+    atomic_write_bytes, IMAGE_SIDE, PIXEL_TOLERANCE, remove_stale_temporaries, STALE_TMP_SECONDS,
 )
 
 __all__ = [
-    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "device_name", "pick_device", "print_table",
+    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "check_parameter", "check_parameters", "MAX_K",
+    "NOTEBOOK_PARAMETERS", "Parameter", "PIXEL_TOLERANCE", "remove_stale_temporaries", "STALE_TMP_SECONDS",
+    "RESCUE_PREFIX", "protected_folders",
+    "device_name", "pick_device", "print_table",
     "seed_everything", "show", "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES",
     "DatasetNotFoundError", "FASHION_MNIST_SHA256", "FashionMNIST", "load_fashion_mnist", "SYSTEM_DATA_DIR",
     "train_subset", "train_val_split", "VAL_SPLIT_SEED", "validation_indices", "densify", "KSparseAutoencoder",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._util import _check_classes, _check_int, _check_labels, _numpy
+from ._util import _check_classes, _check_int, _check_labels, _keeps_mode, _numpy
 from .attribution import rescale_contributions
 from .metrics import encode_dataset, firing_frequency
 from .models import SparseCodePipeline, densify
@@ -158,6 +158,7 @@ def _cofiring(units: np.ndarray, images: np.ndarray, n_images: int, d_hidden: in
     return np.where(top > 0, ids, -1), np.maximum(top, 0.0)
 
 
+@_keeps_mode
 @torch.no_grad()
 def unit_contribution_sums(clf: SparseCodeClassifier, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """``[H, C]``: each unit's decoder-weighted contribution (``rescale_contributions``) to each class logit,
@@ -174,6 +175,7 @@ def unit_contribution_sums(clf: SparseCodeClassifier, values: torch.Tensor, indi
     return sums
 
 
+@_keeps_mode
 @torch.no_grad()
 def unit_ablation_sums(clf: SparseCodeClassifier, values: torch.Tensor, indices: torch.Tensor,
                        y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +225,7 @@ def describe_unit(stats: UnitStats, unit: int) -> str:
             f"(accuracy on them {100 * stats.ablation_accuracy[unit]:+.1f} points)")
 
 
+@_keeps_mode
 @torch.no_grad()
 def unit_statistics(pipeline: SparseCodePipeline, data: FashionMNIST, device: torch.device,
                     usage_train=None, seed: int = 0) -> UnitStats:
@@ -231,6 +234,7 @@ def unit_statistics(pipeline: SparseCodePipeline, data: FashionMNIST, device: to
     ``evaluate_autoencoder(...)["unit_usage_train"]``). ``seed`` draws the quantile-band samples."""
     if not isinstance(pipeline, SparseCodePipeline):
         raise ValueError(f"unit_statistics needs a SparseCodePipeline, got {type(pipeline).__name__}")
+    _check_int("seed", seed, low=0)
     t0 = time.perf_counter()
     sae, clf = pipeline.sae.eval(), pipeline.clf.eval()
     classes = _check_classes(data.classes)
