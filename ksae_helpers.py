@@ -34,6 +34,7 @@ ksae.checks.verdicts        Pass/fail and ranks per ordering and test; what hold
 ksae.checks.suite           ``run_validation``: every check, timed.
 ksae.units                  The unit atlas: statistics of every code unit (``unit_statistics``).
 ksae.sweep                  The sparsity sweep: one model pair per k.
+ksae.stability              Which units recur across training seeds: Hungarian matching of decoder atoms.
 ksae.plots.style            Colours, sizes, fixed layouts and the seaborn style every figure is built in.
 ksae.plots.figure           Finishing figures: palette PNGs, saving, and drawing figures side by side in forked
                             workers.
@@ -136,6 +137,10 @@ from ksae.units import (
 from ksae.sweep import (
     run_k_sweep,
 )
+from ksae.stability import (
+    compare_stability, match_atoms, run_seed_stability, seed_dictionaries, seed_stability, STABILITY_BOOTSTRAP,
+    STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms,
+)
 from ksae.plots.style import (
     AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET,
     COMPARISON_MARGINS, COMPARISON_MIN_WIDTH, COMPLETENESS_LAYOUT, COMPLETENESS_SWEEP_LAYOUT, CONFUSION_CMAP,
@@ -213,7 +218,10 @@ __all__ = [
     "timed_checks", "contribution_ablation_agreement", "describe_unit", "top_units_of_classes",
     "UNIT_ABLATION_ROWS", "unit_ablation_sums", "UNIT_BAND_SAMPLES", "UNIT_COFIRING", "UNIT_CONTRIBUTION_ROWS",
     "unit_contribution_sums", "UNIT_HIST_BINS", "UNIT_NEGLIGIBLE_LOGIT", "UNIT_QUANTILE_BANDS", "unit_statistics",
-    "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats", "run_k_sweep", "AGREEMENT_LAYOUT",
+    "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats",
+    "compare_stability", "match_atoms", "run_seed_stability", "seed_dictionaries", "seed_stability",
+    "STABILITY_BOOTSTRAP", "STABLE_COSINE", "stability_by_group", "unit_groups", "untrained_atoms",
+    "run_k_sweep", "AGREEMENT_LAYOUT",
     "ATLAS_COLUMNS", "ATLAS_HISTOGRAM_INCHES", "CAN_FORK", "CI_ALPHA", "COLORBAR_INSET", "COMPARISON_MARGINS",
     "COMPARISON_MIN_WIDTH", "COMPLETENESS_LAYOUT", "COMPLETENESS_SWEEP_LAYOUT", "CONFUSION_CMAP",
     "CONFUSION_LAYOUT", "CONTEXT", "CONTROL_LABELS", "CONTROL_STYLES", "CORRELATION_LAYOUT", "DENSITY_LAYOUT",
