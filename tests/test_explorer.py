@@ -376,3 +376,38 @@ def test_float16_page_states_its_measured_error(page, browser, tmp_path):
     results = browser.execute_script("return arguments[0].map(i => window.ksae.run(i, {maps: false}))", ids[:5])
     for r, e in zip(results, expected):
         assert _rel(r["logits"], e.numpy()) <= TOLERANCE
+
+
+def test_page_controls_show_what_python_computes(page, browser):
+    """Through the page's own controls: the probabilities it prints, a slider dragged (its row stays while it
+    moves), and a stroke drawn with the pointer on the canvas."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    path, pipeline, data, _, _, ids = page
+    _open(browser, path, f"#image-{ids[1]}")
+    with torch.no_grad():
+        probs = pipeline(data.x_test[ids[1]][None]).softmax(1)[0]
+    text = browser.find_element("id", "probs").text
+    for name, p in zip(data.classes, probs.tolist()):
+        assert f"{name} {100 * p:.1f} %" in text
+    unit = int(browser.execute_script("return document.querySelector('#units tbody tr').dataset.unit"))
+    row = browser.find_element("css selector", f'#units tr[data-unit="{unit}"]')
+    for scale in ("2.5", "0.5"):
+        browser.execute_script("const s = arguments[0].querySelector('input'); s.focus(); s.value = arguments[1]; "
+                               "s.dispatchEvent(new Event('input'))", row, scale)
+        assert browser.execute_script("return document.activeElement.dataset.unit") == str(unit)  # same slider
+        shown = browser.execute_script("const r = window.ksae.state.last; return [Array.from(r.logits), r.target]")
+        expected = _edited(pipeline, data.x_test[ids[1]], shown[1], [{"unit": unit, "scale": float(scale)}])
+        assert _rel(shown[0], expected["logits"].numpy()) <= TOLERANCE
+    assert "×0.5" in row.text and "moving" in row.get_attribute("class")
+    browser.find_element("id", "clear").click()
+    draw = browser.find_element("id", "draw")
+    ActionChains(browser).move_to_element_with_offset(draw, -40, -60).click_and_hold().move_by_offset(0, 120) \
+        .move_by_offset(60, 0).release().perform()
+    pixels = np.array(browser.execute_script("return Array.from(window.ksae.state.pixels)"))
+    assert pixels.max() == 1.0 and pixels.min() == 0.0 and (pixels > 0).sum() > 20
+    shown = browser.execute_script("return Array.from(window.ksae.state.last.logits)")
+    with torch.no_grad():
+        expected = pipeline(torch.from_numpy(pixels).float()[None])[0]
+    assert _rel(shown, expected.numpy()) <= TOLERANCE
+    assert browser.execute_script("return window.__errors") == []

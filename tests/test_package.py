@@ -51,6 +51,8 @@ EDITED = {
     "device_name": "docstring only: the performance table moved from README to docs/performance.md",
     "seeds_for_config": "bug: a seeds file written before cuda_graphs existed never matched (execution fields ignored)",
     "verdict_statements": "bug: a test family absent from the rows was stated as holding on every substrate",
+    **dict.fromkeys(["unit_browser_data", "write_unit_browser"], "a unit lists the images where it contributes "
+                    "most, linking to the explorer page (issue 23)"),
 }
 
 
