@@ -410,4 +410,10 @@ def test_page_controls_show_what_python_computes(page, browser):
     with torch.no_grad():
         expected = pipeline(torch.from_numpy(pixels).float()[None])[0]
     assert _rel(shown, expected.numpy()) <= TOLERANCE
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element("id", "class-pick")).select_by_visible_text("Bag")  # the next image of a class
+    image = browser.execute_script("return window.ksae.state.image")
+    assert data.classes[int(data.y_test[image])] == "Bag"
+    assert not browser.execute_script("return window.ksae.state.drawn")
     assert browser.execute_script("return window.__errors") == []
