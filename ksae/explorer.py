@@ -5,12 +5,12 @@ attribution maps. A sibling of the unit browser, linked both ways."""
 from __future__ import annotations
 
 import base64
+import copy
 import gzip
 import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,13 +20,10 @@ import torch.nn as nn
 from ._util import IMAGE_SIDE, _numpy, atomic_write_bytes
 from .attribution import RESCALE_EPS, ig_quadrature
 from .config import Config
+from .data import FashionMNIST
 from .models import SparseCodePipeline
 from .plots.style import DIVERGING_CMAP, MAP_CLIP_PERCENTILE
 from .units import UNIT_BROWSER_PAGE, UnitStats, unit_top_contributions
-
-if TYPE_CHECKING:
-    from .data import FashionMNIST
-
 
 EXPLORER_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "explorer.html"
 
@@ -81,8 +78,6 @@ def _check_pipeline(pipeline, data) -> list[nn.Linear]:
 
 
 def _check_arguments(pipeline, data, path, cfg, unit_stats, unit_browser, dtype) -> list[nn.Linear]:
-    from .data import FashionMNIST
-
     if not isinstance(data, FashionMNIST):
         raise ValueError(f"data must be the FashionMNIST of load_fashion_mnist, got {type(data).__name__}")
     if len(data.x_test) == 0 or data.x_test.shape[1:] != (IMAGE_SIDE * IMAGE_SIDE,):
@@ -123,8 +118,6 @@ def _weights(pipeline: SparseCodePipeline, layers: list[nn.Linear]) -> dict[str,
 @torch.no_grad()
 def _float16_error(pipeline: SparseCodePipeline, x: torch.Tensor) -> float:
     """Max |logit change| / max |logit| over ``x: [N, 784]`` when every weight is rounded to float16."""
-    import copy
-
     rounded = copy.deepcopy(pipeline).eval()
     for param in rounded.parameters():
         param.copy_(param.half().float())
