@@ -47,6 +47,8 @@ ksae.plots.units            Figures of the unit atlas: firing density, dashboard
 ksae.report                 ``results/summary.json``, tables and generated markdown, run names and output folders,
                             notebook compaction.
 ksae.unit_browser           The self-contained HTML unit browser (template in ``templates/unit_browser.html``).
+ksae.explorer               The image explorer: the trained model live in one self-contained page (its template
+                            ``templates/explorer.html``), a sibling of the unit browser, linked both ways.
 ksae._util                  Validators shared by every module (one copy each), the image side, atomic writes,
                             JSON-safe values.
 
@@ -132,7 +134,7 @@ from ksae.units import (
     contribution_ablation_agreement, describe_unit, top_units_of_classes, UNIT_ABLATION_ROWS, unit_ablation_sums,
     UNIT_BAND_SAMPLES, UNIT_COFIRING, UNIT_CONTRIBUTION_ROWS, unit_contribution_sums, UNIT_HIST_BINS,
     UNIT_NEGLIGIBLE_LOGIT, UNIT_QUANTILE_BANDS, unit_statistics, unit_table, UNIT_TABLE_DIGITS, UNIT_TOP_IMAGES,
-    UnitStats,
+    UnitStats, EXPLORER_PAGE, UNIT_BROWSER_PAGE, UNIT_TOP_CONTRIBUTIONS, unit_top_contributions,
 )
 from ksae.sweep import (
     run_k_sweep,
@@ -180,6 +182,10 @@ from ksae.report import (
 )
 from ksae.unit_browser import (
     read_unit_browser_data, SIGNED_TILE_ZERO, unit_browser_data, UNIT_BROWSER_TEMPLATE, write_unit_browser,
+)
+from ksae.explorer import (
+    EXPLORER_DTYPES, EXPLORER_GZIP_LEVEL, EXPLORER_MAX_BYTES, EXPLORER_MAX_SCALE, EXPLORER_TEMPLATE, explorer_data,
+    read_explorer_data, write_explorer,
 )
 from ksae._util import (
     atomic_write_bytes, IMAGE_SIDE, PIXEL_TOLERANCE, remove_stale_temporaries, STALE_TMP_SECONDS,
@@ -245,5 +251,7 @@ __all__ = [
     "RUN_DEFAULTS", "run_name", "RUN_NAME_MAX", "RUNS_DIR", "seeds_for_config", "selection_summary",
     "SUMMARY_SCHEMA_VERSION", "UNIT_PURE", "unit_table_summary", "verdict_markdown", "write_summary",
     "read_unit_browser_data", "SIGNED_TILE_ZERO", "unit_browser_data", "UNIT_BROWSER_TEMPLATE",
-    "write_unit_browser", "atomic_write_bytes", "IMAGE_SIDE",
+    "write_unit_browser", "EXPLORER_PAGE", "UNIT_BROWSER_PAGE", "UNIT_TOP_CONTRIBUTIONS", "unit_top_contributions",
+    "EXPLORER_DTYPES", "EXPLORER_GZIP_LEVEL", "EXPLORER_MAX_BYTES", "EXPLORER_MAX_SCALE", "EXPLORER_TEMPLATE",
+    "explorer_data", "read_explorer_data", "write_explorer", "atomic_write_bytes", "IMAGE_SIDE",
 ]

@@ -63,6 +63,8 @@ EDITED = {
                      "unit_contribution_sums", "unit_statistics"], _MODE),
     "atomic_write_bytes": "issue 24: a killed run's stale temporary files next to the target are removed",
     "_jsonable": "issue 24: numpy NaN/inf (and inside tensors) become null, so a summary always serialises",
+    **dict.fromkeys(["unit_browser_data", "write_unit_browser"], "a unit lists the images where it contributes "
+                    "most, linking to the explorer page (issue 23)"),
 }
 
 

@@ -147,3 +147,19 @@ def test_page_in_a_real_browser(page, browser):
     natural = browser.execute_script("return ['image-sprite', 'atom-sprite'].map(i => "
                                      "document.getElementById(i).naturalWidth)")
     assert min(natural) > 0
+
+
+def test_units_list_the_images_where_they_contribute_most(page, tmp_path):
+    """With ``unit_top_contributions``, each unit's entry lists those images for the explorer's links."""
+    _, stats, data, pipeline = page
+    top = kh.unit_top_contributions(pipeline, data.x_test, torch.device("cpu"))
+    path = kh.write_unit_browser(stats, pipeline.sae, data, tmp_path / "units.html", top_contributions=top)
+    embedded = kh.read_unit_browser_data(path)
+    assert embedded["explorer"] == kh.EXPLORER_PAGE
+    unit = embedded["units"][UNIT_A]
+    assert unit["contributing_images"] == [i for i in top[0][UNIT_A] if i >= 0] and unit["contributing_images"]
+    assert set(unit["contributing_images"]) <= set(embedded["image_ids"])  # drawn from the page's image sprite
+    assert "contributing_images" not in kh.read_unit_browser_data(page[0])["units"][UNIT_A]
+    with pytest.raises(ValueError, match=r"top_contributions must be .* \[H = 12, n\]"):
+        kh.write_unit_browser(stats, pipeline.sae, data, tmp_path / "x.html",
+                              top_contributions=(np.zeros((3, 2)), np.zeros((3, 2))))
