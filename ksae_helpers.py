@@ -6,6 +6,8 @@ contracts are in ``pyproject.toml``, checked by ``lint-imports``).
 
 ksae.config                 ``Config``: every knob of the project, validated, saved inside every checkpoint; and the
                             constants it validates against.
+ksae.parameters             The notebook's parameters (name, kind, range, default, meaning) and
+                            ``check_parameters``, run before anything expensive.
 ksae.runtime                Where code runs and how a notebook shows things: the device (chosen once), seeding,
                             ``show``, and the ``Stopwatch`` a run keeps its timings in.
 ksae.data                   Offline Fashion-MNIST with SHA-256 checks, the validation split, image shapes.
@@ -32,6 +34,7 @@ ksae.checks.verdicts        Pass/fail and ranks per ordering and test; what hold
 ksae.checks.suite           ``run_validation``: every check, timed.
 ksae.units                  The unit atlas: statistics of every code unit (``unit_statistics``).
 ksae.sweep                  The sparsity sweep: one model pair per k.
+ksae.stability              Which units recur across training seeds: Hungarian matching of decoder atoms.
 ksae.controls               Controls for the code: pixels, PCA, untrained and dense codes, shuffled labels (cached).
 ksae.control_study          What sparsity buys: every control scored, explained, its unit claims (``run_controls``);
                             its generated markdown: ksae.controls_report (``controls_markdown``).
@@ -49,6 +52,8 @@ ksae.plots.controls         Figures of the controls: models and their explanatio
 ksae.report                 ``results/summary.json``, tables and generated markdown, run names and output folders,
                             notebook compaction.
 ksae.unit_browser           The self-contained HTML unit browser (template in ``templates/unit_browser.html``).
+ksae.explorer               The image explorer: the trained model live in one self-contained page (its template
+                            ``templates/explorer.html``), a sibling of the unit browser, linked both ways.
 ksae._util                  Validators shared by every module (one copy each), the image side, atomic writes,
                             JSON-safe values.
 
@@ -60,6 +65,9 @@ Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` 
 
 from ksae.config import (
     Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES,
+)
+from ksae.parameters import (
+    check_parameter, check_parameters, MAX_K, NOTEBOOK_PARAMETERS, Parameter,
 )
 from ksae.runtime import (
     device_name, pick_device, print_table, seed_everything, show, show_markdown, Stopwatch, synchronize,
@@ -85,7 +93,7 @@ from ksae.training import (
     ViewCodes,
 )
 from ksae.checkpoints import (
-    CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, save_checkpoint,
+    CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, RESCUE_PREFIX, save_checkpoint,
 )
 from ksae.attribution import (
     attribute_all, decoder_weighted, DEFAULT_INTERNAL_BATCH, ig_quadrature, input_x_gradient, input_x_smoothgrad,
@@ -131,10 +139,14 @@ from ksae.units import (
     contribution_ablation_agreement, describe_unit, top_units_of_classes, UNIT_ABLATION_ROWS, unit_ablation_sums,
     UNIT_BAND_SAMPLES, UNIT_COFIRING, UNIT_CONTRIBUTION_ROWS, unit_contribution_sums, UNIT_HIST_BINS,
     UNIT_NEGLIGIBLE_LOGIT, UNIT_QUANTILE_BANDS, unit_statistics, unit_table, UNIT_TABLE_DIGITS, UNIT_TOP_IMAGES,
-    UnitStats,
+    UnitStats, EXPLORER_PAGE, UNIT_BROWSER_PAGE, UNIT_TOP_CONTRIBUTIONS, unit_top_contributions,
 )
 from ksae.sweep import (
     run_k_sweep,
+)
+from ksae.stability import (
+    compare_stability, match_atoms, run_seed_stability, seed_dictionaries, seed_stability, STABILITY_BOOTSTRAP,
+    STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms,
 )
 from ksae.controls import (
     fit_pca, LinearCode, LinearCodePipeline, REPRESENTATIONS, train_representation, untrained_autoencoder,
@@ -177,19 +189,26 @@ from ksae.plots.controls import plot_controls_models, plot_controls_units
 from ksae.controls_report import controls_markdown
 from ksae.report import (
     build_summary, compact_notebook, DEFAULT_FIGURE_DIR, DEFAULT_SUMMARY_PATH, figure_path_fn, figure_timings,
-    headline_table, output_paths, randomization_table, read_summary, RUN_DEFAULTS, run_name, RUN_NAME_MAX,
-    RUNS_DIR, seeds_for_config, selection_summary, SUMMARY_SCHEMA_VERSION, UNIT_PURE, unit_table_summary,
+    headline_table, output_paths, protected_folders, randomization_table, read_summary, RUN_DEFAULTS, run_name,
+    RUN_NAME_MAX, RUNS_DIR, seeds_for_config, selection_summary, SUMMARY_SCHEMA_VERSION, UNIT_PURE, unit_table_summary,
     verdict_markdown, write_summary,
 )
 from ksae.unit_browser import (
     read_unit_browser_data, SIGNED_TILE_ZERO, unit_browser_data, UNIT_BROWSER_TEMPLATE, write_unit_browser,
 )
+from ksae.explorer import (
+    EXPLORER_DTYPES, EXPLORER_GZIP_LEVEL, EXPLORER_MAX_BYTES, EXPLORER_MAX_SCALE, EXPLORER_TEMPLATE, explorer_data,
+    read_explorer_data, write_explorer,
+)
 from ksae._util import (
-    atomic_write_bytes, IMAGE_SIDE,
+    atomic_write_bytes, IMAGE_SIDE, PIXEL_TOLERANCE, remove_stale_temporaries, STALE_TMP_SECONDS,
 )
 
 __all__ = [
-    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "device_name", "pick_device", "print_table",
+    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "check_parameter", "check_parameters", "MAX_K",
+    "NOTEBOOK_PARAMETERS", "Parameter", "PIXEL_TOLERANCE", "remove_stale_temporaries", "STALE_TMP_SECONDS",
+    "RESCUE_PREFIX", "protected_folders",
+    "device_name", "pick_device", "print_table",
     "seed_everything", "show", "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES",
     "DatasetNotFoundError", "FASHION_MNIST_SHA256", "FashionMNIST", "load_fashion_mnist", "SYSTEM_DATA_DIR",
     "train_subset", "train_val_split", "VAL_SPLIT_SEED", "validation_indices", "densify", "KSparseAutoencoder",
@@ -218,11 +237,13 @@ __all__ = [
     "timed_checks", "contribution_ablation_agreement", "describe_unit", "top_units_of_classes",
     "UNIT_ABLATION_ROWS", "unit_ablation_sums", "UNIT_BAND_SAMPLES", "UNIT_COFIRING", "UNIT_CONTRIBUTION_ROWS",
     "unit_contribution_sums", "UNIT_HIST_BINS", "UNIT_NEGLIGIBLE_LOGIT", "UNIT_QUANTILE_BANDS", "unit_statistics",
-    "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats", "run_k_sweep", "fit_pca", "LinearCode",
-    "LinearCodePipeline", "REPRESENTATIONS", "train_representation", "untrained_autoencoder", "gini_index",
-    "object_share", "cascading_randomization", "faithfulness_gaps", "unit_deletion_gaps", "common_images",
-    "run_controls", "unit_claims", "unit_measures", "plot_controls_models", "plot_controls_units", "controls_markdown",
-    "AGREEMENT_LAYOUT",
+    "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats",
+    "compare_stability", "match_atoms", "run_seed_stability", "seed_dictionaries", "seed_stability",
+    "STABILITY_BOOTSTRAP", "STABLE_COSINE", "stability_by_group", "unit_groups", "untrained_atoms",
+    "run_k_sweep", "fit_pca", "LinearCode", "LinearCodePipeline", "REPRESENTATIONS",
+    "train_representation", "untrained_autoencoder", "gini_index", "object_share", "cascading_randomization",
+    "faithfulness_gaps", "unit_deletion_gaps", "common_images", "run_controls", "unit_claims", "unit_measures",
+    "plot_controls_models", "plot_controls_units", "controls_markdown", "AGREEMENT_LAYOUT",
     "ATLAS_COLUMNS", "ATLAS_HISTOGRAM_INCHES", "CAN_FORK", "CI_ALPHA", "COLORBAR_INSET", "COMPARISON_MARGINS",
     "COMPARISON_MIN_WIDTH", "COMPLETENESS_LAYOUT", "COMPLETENESS_SWEEP_LAYOUT", "CONFUSION_CMAP",
     "CONFUSION_LAYOUT", "CONTEXT", "CONTROL_LABELS", "CONTROL_STYLES", "CORRELATION_LAYOUT", "DENSITY_LAYOUT",
@@ -246,5 +267,7 @@ __all__ = [
     "RUN_DEFAULTS", "run_name", "RUN_NAME_MAX", "RUNS_DIR", "seeds_for_config", "selection_summary",
     "SUMMARY_SCHEMA_VERSION", "UNIT_PURE", "unit_table_summary", "verdict_markdown", "write_summary",
     "read_unit_browser_data", "SIGNED_TILE_ZERO", "unit_browser_data", "UNIT_BROWSER_TEMPLATE",
-    "write_unit_browser", "atomic_write_bytes", "IMAGE_SIDE",
+    "write_unit_browser", "EXPLORER_PAGE", "UNIT_BROWSER_PAGE", "UNIT_TOP_CONTRIBUTIONS", "unit_top_contributions",
+    "EXPLORER_DTYPES", "EXPLORER_GZIP_LEVEL", "EXPLORER_MAX_BYTES", "EXPLORER_MAX_SCALE", "EXPLORER_TEMPLATE",
+    "explorer_data", "read_explorer_data", "write_explorer", "atomic_write_bytes", "IMAGE_SIDE",
 ]

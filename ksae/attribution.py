@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import _check_int
+from ._util import _check_int, _check_no_inference_mode, _check_pixels
 from .config import IG_METHODS
 from .data import as_flat_images
-from .models import SparseCodePipeline
+from .models import KSparseAutoencoder, SparseCodePipeline
 
 if TYPE_CHECKING:
     from .config import Config
@@ -63,9 +63,18 @@ def ig_quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[torch.Te
     return start + torch.arange(n, dtype=torch.float64) / n, weights
 
 
-def _check_model(model: nn.Module) -> None:
+def _check_classifier(model: nn.Module) -> None:
+    """``ValueError`` unless ``model`` is a module and not the autoencoder (whose output, a reconstruction
+    ``[B, 784]``, would pass for 784 class scores)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, KSparseAutoencoder):
+        raise ValueError("model must map images to class scores, got the autoencoder (KSparseAutoencoder), whose "
+                         "output is a reconstruction; pass SparseCodePipeline(sae, clf)")
+
+
+def _check_model(model: nn.Module) -> None:
+    _check_classifier(model)
     if any(m.training for m in model.modules()):
         raise ValueError("model (or one of its submodules) is in training mode (dropout active, so attributions "
                          "would be random); call model.eval() first")
@@ -101,15 +110,33 @@ def _score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Ten
 
 def _prepare(model, inputs, target, output):
     """Shared validation: returns ``(x: [B, D], shape, target: [B], fn)``."""
+    _check_no_inference_mode("attribution")
     _check_model(model)
     x, shape = as_flat_images(inputs)
+    _check_pixels("inputs", x)
+    x = x.clone() if x.is_inference() else x  # made under inference_mode: autograd cannot save it
     param = next(model.parameters(), None)
     if param is not None and param.is_floating_point() and param.dtype != x.dtype:
         raise ValueError(f"inputs have dtype {x.dtype} but the model's parameters are {param.dtype}; "
                          f"convert one of them (e.g. inputs.to({param.dtype}))")
-    with torch.no_grad():
-        n_classes = model(x[:1]).shape[1]
+    n_classes = _class_count(model, x)
     return x, shape, _check_target(target, len(x), n_classes, x.device), _output_fn(model, output)
+
+
+def _class_count(model: nn.Module, x: torch.Tensor) -> int:
+    """``C`` for a model that maps images ``x: [B, 784]`` to class scores ``[B, C]`` (C >= 2), tried on one image;
+    ``ValueError`` for a model that fails on them or returns anything else."""
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ValueError(f"model must map images [B, {x.shape[1]}] to class scores [B, C]; it failed on one image: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model must map images [B, {x.shape[1]}] to class scores [B, C] with C >= 2, got output "
+                         f"{got} for one image")
+    return out.shape[1]
 
 
 def _rows_per_pass(internal_batch_size: int | None) -> int:
@@ -219,6 +246,8 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, nt_samples: int =
     """
     x, shape, target, fn = _prepare(model, inputs, target, output)
     _check_int("nt_samples", nt_samples, low=1)
+    if seed is not None:
+        _check_int("seed", seed, low=0)
     if isinstance(stdevs, bool) or not (isinstance(stdevs, (int, float)) and math.isfinite(stdevs) and stdevs >= 0):
         raise ValueError(f"stdevs must be a finite number >= 0, got {stdevs!r}")
     if generator is None:

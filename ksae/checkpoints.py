@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from ._util import atomic_write_bytes
+from ._util import _check_bool, _check_writable_folder, atomic_write_bytes, remove_stale_temporaries
 from .config import Config
 from .metrics import evaluate_models
 from .models import KSparseAutoencoder, SparseCodeClassifier
@@ -82,8 +84,17 @@ def load_or_train(cfg: Config, data: FashionMNIST, device: torch.device, ckpt_di
     """Reuse ``ckpt_dir/<cfg.checkpoint_name()>`` if its stored training config equals ``cfg``'s;
     otherwise train both models, evaluate them and save. Returns ``(sae, clf, history, metrics)``.
 
-    A corrupt checkpoint is reported (with its path) and replaced by a fresh training run.
+    A corrupt checkpoint is reported (with its path) and replaced by a fresh training run. Where the checkpoint
+    goes is settled before training: ``ckpt_dir`` is created and a file written there, else ``ValueError``
+    naming it; temporary files a killed save left there are removed. If the save still fails after training,
+    the models are saved in a new folder under the system's temporary folder instead (``_save_or_rescue``; a
+    warning says where) and returned all the same.
     """
+    if not isinstance(cfg, Config):
+        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
+    _check_bool("retrain", retrain)
+    _check_writable_folder("ckpt_dir (the notebook's CHECKPOINT_DIR)", ckpt_dir)
+    remove_stale_temporaries(ckpt_dir, "*.pt*.tmp")  # a killed save's leftovers
     path = Path(ckpt_dir) / cfg.checkpoint_name()
     if path.exists() and not retrain:
         try:
@@ -99,7 +110,31 @@ def load_or_train(cfg: Config, data: FashionMNIST, device: torch.device, ckpt_di
                 print(f"{exc}\n-> retraining and overwriting it")
     sae, clf, history = train_models(cfg, data, device)
     metrics = evaluate_models(sae, clf, data, cfg, device)
-    save_checkpoint(path, cfg, sae, clf, history, metrics)
-    if verbose:
+    saved = _save_or_rescue(path, cfg, sae, clf, history, metrics)
+    if verbose and saved == path:
         print(f"Saved {path}")
     return sae, clf, history, metrics
+
+
+RESCUE_PREFIX = "ksae-rescued-"  # folder (under the system's temporary folder) for models whose save failed
+
+
+def _save_or_rescue(path: Path, cfg: Config, sae: KSparseAutoencoder, clf: SparseCodeClassifier, history: dict,
+                    metrics: dict) -> Path | None:
+    """``save_checkpoint`` to ``path``; if that fails (disk full, folder removed or made read-only during
+    training), to a new ``RESCUE_PREFIX`` folder under the system's temporary folder, with a ``UserWarning``
+    saying why and where. Returns where the models were saved (None if nowhere: the warning says so)."""
+    try:
+        return save_checkpoint(path, cfg, sae, clf, history, metrics)
+    except (OSError, RuntimeError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    try:
+        rescued = save_checkpoint(Path(tempfile.mkdtemp(prefix=RESCUE_PREFIX)) / path.name, cfg, sae, clf, history,
+                                  metrics)
+    except (OSError, RuntimeError) as exc:
+        warnings.warn(f"could not save the trained models to {path} ({error}) nor to the temporary folder "
+                      f"({type(exc).__name__}: {exc}); they are only in memory (returned)", stacklevel=3)
+        return None
+    warnings.warn(f"could not save the trained models to {path} ({error}); saved them to {rescued} instead: move "
+                  f"that file into your checkpoint folder to reuse it", stacklevel=3)
+    return rescued

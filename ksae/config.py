@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
-from ._util import IMAGE_SIDE, _check_float, _check_int
+from ._util import IMAGE_SIDE, _check_float, _check_int, _python_number
 
 
 @dataclass
@@ -87,6 +87,8 @@ class Config:
                 raise ValueError(f"{name} must be one of {LR_SCHEDULES}, got {getattr(self, name)!r}")
         if self.ig_method not in IG_METHODS:
             raise ValueError(f"ig_method must be one of {sorted(IG_METHODS)}, got {self.ig_method!r}")
+        for f in fields(self):  # numpy scalars are accepted as their Python numbers (JSON, the checkpoint's name)
+            setattr(self, f.name, _python_number(getattr(self, f.name)))
 
     def to_dict(self) -> dict:
         """All fields as plain Python values (what a checkpoint stores)."""

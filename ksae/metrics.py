@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ._util import _check_pixels, _keeps_mode
 from .data import train_val_split
 from .models import SparseCodePipeline
 
@@ -23,6 +24,7 @@ def fvu(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x_hat - x).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
 
 
+@_keeps_mode
 @torch.no_grad()
 def dataset_fvu(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device) -> float:
     """Fraction of variance of ``x: [N, D]`` that the reconstruction misses (whole-set FVU; eval mode)."""
@@ -31,6 +33,7 @@ def dataset_fvu(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device) 
     return float(fvu(x_hat, x))
 
 
+@_keeps_mode
 @torch.no_grad()
 def encode_dataset(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device,
                    batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +43,7 @@ def encode_dataset(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.devic
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+@_keeps_mode
 @torch.no_grad()
 def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: torch.device) -> dict:
     """Test MSE per pixel, FVU, mean L0, and dead units (never active on any train or test image)."""
@@ -64,6 +68,7 @@ def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: to
     }
 
 
+@_keeps_mode
 def evaluate_models(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST, cfg: Config,
                     device: torch.device) -> dict:
     """The one evaluation of the test set (after training), plus the same metrics on the validation split."""
@@ -89,14 +94,17 @@ def firing_frequency(values: torch.Tensor, indices: torch.Tensor, d_hidden: int)
     return firing_counts(values, indices, d_hidden) / len(values)
 
 
+@_keeps_mode
 @torch.no_grad()
 def predict(sae: KSparseAutoencoder, clf: SparseCodeClassifier, x: torch.Tensor, device: torch.device,
             batch_size: int = 4096) -> torch.Tensor:
     """Class probabilities ``[N, C]`` for images ``x: [N, 784]`` (eval mode, batched)."""
+    _check_pixels("x", x)
     pipeline = SparseCodePipeline(sae, clf).eval()
     return torch.cat([pipeline(x[i:i + batch_size].to(device)).softmax(1) for i in range(0, len(x), batch_size)])
 
 
+@_keeps_mode
 @torch.no_grad()
 def evaluate_classifier(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
                         device: torch.device) -> dict:

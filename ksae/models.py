@@ -165,6 +165,12 @@ class SparseCodePipeline(nn.Module):
     """
 
     def __init__(self, sae: KSparseAutoencoder, clf: SparseCodeClassifier):
+        if not isinstance(sae, KSparseAutoencoder) or not isinstance(clf, SparseCodeClassifier):
+            raise ValueError(f"SparseCodePipeline(sae, clf) needs a KSparseAutoencoder and a SparseCodeClassifier, "
+                             f"got {type(sae).__name__} and {type(clf).__name__}")
+        if clf.W1.shape[0] != sae.d_hidden:
+            raise ValueError(f"clf must read the autoencoder's {sae.d_hidden} code units, got a classifier of "
+                             f"{clf.W1.shape[0]} inputs (models trained with different d_hidden?)")
         super().__init__()
         self.sae, self.clf = sae, clf
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -15,12 +14,13 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from ._util import _jsonable, atomic_write_bytes
+from ._util import _check_int, _check_path, _check_writable_folder, _jsonable, atomic_write_bytes
 from .attribution import METHOD_LABELS
 from .checks.agreement import PIXEL_SETS
 from .checks.randomization import RANDOMIZATION_VARIANTS
 from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _verdict_label, verdict_statements
 from .config import Config
+from .parameters import NOTEBOOK_PARAMETERS
 from .runtime import device_name
 from .stats import _ci_text
 from .units import _percent
@@ -85,9 +85,39 @@ def figure_timings(seconds: dict[str, list[float]]) -> dict:
             "slowest": [slowest, per[slowest]["max"] if slowest else 0.0], "per_function": per}
 
 
+def _unserialisable_key(obj, where: str = "summary") -> str | None:
+    """Where in ``obj`` (e.g. ``summary['validation']['seconds']``) the first value JSON cannot hold sits."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _unserialisable_key(v, f"{where}[{k!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _unserialisable_key(v, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    try:
+        json.dumps(obj, allow_nan=False)
+    except (TypeError, ValueError):
+        return f"{where} ({type(obj).__name__} {obj!r:.60})"
+    return None
+
+
 def write_summary(summary: dict, path: str | os.PathLike = "results/summary.json") -> Path:
-    """Write ``summary`` as indented JSON, atomically."""
-    return atomic_write_bytes(path, json.dumps(summary, indent=1, allow_nan=False).encode())
+    """Write ``summary`` as indented JSON, atomically. Tensors and numpy values become plain numbers and lists,
+    NaN and inf (undefined statistics) become ``null`` (``_jsonable``); a value JSON cannot hold raises
+    ``ValueError`` naming its key, before anything is written."""
+    if not isinstance(summary, dict):
+        raise ValueError(f"summary must be a dict (build_summary's), got {type(summary).__name__}")
+    _check_path("path", path, "file")
+    plain = _jsonable(summary)
+    where = _unserialisable_key(plain)
+    if where:
+        raise ValueError(f"summary must hold only JSON values (numbers, strings, lists, dicts), got {where}")
+    return atomic_write_bytes(path, json.dumps(plain, indent=1, allow_nan=False).encode())
 
 
 def headline_table(summary: dict) -> list[tuple[str, str]]:
@@ -160,8 +190,18 @@ def verdict_markdown(rows: list[dict], seeds: dict | None = None) -> str:
 
 
 def read_summary(path: str | os.PathLike = "results/summary.json") -> dict:
-    """Load a summary written by ``write_summary``."""
-    return json.loads(Path(path).read_text())
+    """Load a summary written by ``write_summary`` (any JSON object file). ``ValueError`` naming the file when
+    it is missing, unreadable or not a JSON object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"summary file {str(path)!r} does not exist (run the notebook, or the benchmark that "
+                         f"writes it, first)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"summary file {str(path)!r} must be readable JSON, got {type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"summary file {str(path)!r} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def figure_path_fn(folder: str | os.PathLike | None) -> Callable[[str], str | None]:
@@ -210,6 +250,8 @@ def run_name(cfg: Config, **run_params) -> str:
     unknown = sorted(set(run_params) - set(RUN_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown run parameter(s) {unknown}; expected some of {sorted(RUN_DEFAULTS)}")
+    for n, v in run_params.items():  # the notebook's N_SUBSET etc., by their argument names
+        _check_int(n, v, low=int(NOTEBOOK_PARAMETERS[n.upper()].low))
     default = Config().to_dict()
     settings = {**{n: v for n, v in cfg.to_dict().items() if v != default[n]},
                 **{n: run_params[n] for n in RUN_DEFAULTS  # in RUN_DEFAULTS' order: the name ignores argument order
@@ -224,12 +266,22 @@ def run_name(cfg: Config, **run_params) -> str:
 
 def _check_writable(folder: Path) -> None:
     """Create ``folder`` (and parents) and prove a file can be written there; ``ValueError`` if not."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        raise ValueError(f"output folder {str(folder)!r} must be a writable folder, got: {exc}") from exc
+    _check_writable_folder(f"output folder {str(folder)!r}", folder)
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, by location: both resolved (absolute, ``..`` and
+    symbolic links followed, as far as they exist), however either is spelled."""
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return p == f or f in p.parents
+
+
+def protected_folders(root: str | os.PathLike | None = None) -> list[Path]:
+    """The committed default run's output folders (``figures/`` and ``results/``): under the working folder
+    and under the repository holding this package (the notebook's folder), resolved."""
+    roots = [Path.cwd() if root is None else Path(root), Path(__file__).resolve().parent.parent]
+    folders = [Path(r) / d for r in roots for d in (DEFAULT_FIGURE_DIR, Path(DEFAULT_SUMMARY_PATH).parent)]
+    return list(dict.fromkeys(f.resolve() for f in folders))
 
 
 def output_paths(cfg: Config, figure_dir: str | os.PathLike | None = DEFAULT_FIGURE_DIR,
@@ -238,21 +290,26 @@ def output_paths(cfg: Config, figure_dir: str | os.PathLike | None = DEFAULT_FIG
     """Where this run saves its figures and summary, checked writable (call it before training).
 
     The default configuration (``run_name(cfg, **run_params) == "default"``) keeps ``figure_dir`` and
-    ``summary_path``. Any other configuration that would write to the default ``figures/`` or
-    ``results/summary.json`` writes to ``runs/<run_name>/figures`` and ``runs/<run_name>/summary.json``
-    instead, so it never overwrites the committed default run; paths a user chose are kept.
+    ``summary_path``. Any other configuration that would write into the default run's ``figures/`` or
+    ``results/`` (``protected_folders``; compared by location, so an absolute path, ``..`` or a symbolic link to
+    them counts too) writes to ``runs/<run_name>/figures`` and ``runs/<run_name>/summary.json`` (or the
+    summary's own file name) instead, so it never overwrites the committed default run; other paths are kept.
     ``figure_dir`` empty or None (save no figures) stays as it is. Raises ``ValueError`` for a folder that
     cannot be created or written.
     """
     name = run_name(cfg, **run_params)
+    _check_path("figure_dir", "" if figure_dir is None else figure_dir, "folder", allow_empty=True)
+    _check_path("summary_path", summary_path, "file")
     figures = str(figure_dir) if figure_dir else ""
     summary = str(summary_path)
     if name != "default":
         run = Path(runs_dir) / name
-        if figures and Path(figures) == Path(DEFAULT_FIGURE_DIR):
+        protected = protected_folders()
+        if figures and any(_inside(figures, p) for p in protected):
             figures = str(run / "figures")
-        if Path(summary) == Path(DEFAULT_SUMMARY_PATH):
-            summary = str(run / "summary.json")
+        if any(_inside(summary, p) for p in protected):
+            summary = str(run / ("summary.json" if Path(summary).name == Path(DEFAULT_SUMMARY_PATH).name
+                                 else Path(summary).name))
     for folder in ([Path(figures)] if figures else []) + [Path(summary).parent]:
         _check_writable(folder)
     return figures, summary

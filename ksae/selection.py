@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._util import _check_float, _check_int
+from ._util import _check_float, _check_int, _check_pixels, _keeps_mode
 from .metrics import predict
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ def _shortfall_warning(shortfalls: dict, skipped: list, n_per_class: int, thresh
             f"fewer for: {', '.join(parts)}")
 
 
+@_keeps_mode
 def select_high_confidence(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
                            device: torch.device, n_per_class: int, threshold: float = 0.8,
                            seed: int = 0, min_per_class: int = 1) -> Selection:
@@ -80,6 +81,8 @@ def select_high_confidence(sae: KSparseAutoencoder, clf: SparseCodeClassifier, d
     _check_int("n_per_class", n_per_class, low=1)
     _check_int("min_per_class", min_per_class, low=1)
     _check_float("threshold", threshold, low=0.0, high=1.0, high_open=True)
+    _check_int("seed", seed, low=0)
+    _check_pixels("data.x_test", data.x_test)
     probs = predict(sae, clf, data.x_test, device).cpu()
     confidence, pred = probs.max(1)
     correct_mask = pred == data.y_test
@@ -101,7 +104,7 @@ def select_high_confidence(sae: KSparseAutoencoder, clf: SparseCodeClassifier, d
         raise ValueError("no test image is classified correctly: nothing to explain (is the model trained?)")
     warning = _shortfall_warning(shortfalls, skipped, n_per_class, threshold)
     if warning:
-        warnings.warn(warning, stacklevel=2)
+        warnings.warn(warning, stacklevel=3)  # the caller of _keeps_mode's wrapper
     idx = torch.cat(chosen)
     return Selection(idx, data.x_test[idx], data.y_test[idx], confidence[idx], counts, n_per_class,
                      torch.cat(fills), shortfalls, skipped, warning)

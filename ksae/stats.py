@@ -14,7 +14,8 @@ from ._util import _check_labels
 
 def _rowwise_pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Pearson correlation of each row of ``a`` with the same row of ``b`` (``[N, P]`` -> ``[N]``), over the
-    entries where ``mask: [N, P]`` is True (all if None); 0 where a row is constant."""
+    entries where ``mask: [N, P]`` is True (all if None); NaN (undefined, never "no correlation" or "perfect
+    agreement") where a row of either is constant, e.g. an all-zero map, or has fewer than two entries."""
     if mask is None:
         a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
     else:
@@ -22,7 +23,7 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = Non
         a = np.where(mask, a - np.where(mask, a, 0.0).sum(1, keepdims=True) / count, 0.0)
         b = np.where(mask, b - np.where(mask, b, 0.0).sum(1, keepdims=True) / count, 0.0)
     denom = np.sqrt(np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", b, b))
-    return np.divide(np.einsum("ij,ij->i", a, b), denom, out=np.zeros(len(a)), where=denom > 0)
+    return np.divide(np.einsum("ij,ij->i", a, b), denom, out=np.full(len(a), np.nan), where=denom > 0)
 
 
 def _row_ranks(a: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -75,6 +76,8 @@ def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         raise ValueError("bootstrap_ci needs at least one value")
+    if not np.isfinite(values).all():
+        raise ValueError("values contains NaN or inf; expected finite numbers (summarize leaves NaN out)")
     if statistic is None and values.ndim == 1:  # the mean of each resample: its draw counts times the values
         estimates = _bootstrap_counts(len(values), n_boot, seed) @ values / len(values)
     else:
@@ -85,29 +88,45 @@ def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
 
 
 def summarize(values, seed: int = 0) -> dict:
-    """Mean, bootstrap 95 % CI, std and n of per-image values."""
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = bootstrap_ci(values, seed=seed)
-    return {"mean": float(values.mean()), "ci95": [lo, hi], "std": float(values.std()), "n": int(values.size)}
+    """Mean, bootstrap 95 % CI, std and n of per-image values ``[N]``. NaN values (a statistic undefined for that
+    image, e.g. the correlation of a constant map) are left out and counted in ``n_undefined`` (present only
+    when some are); with none left every number is NaN (null in JSON) and ``n`` is 0. Inf raises ``ValueError``."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if np.isinf(values).any():
+        raise ValueError("values contains inf; expected finite numbers (NaN marks an undefined statistic)")
+    defined = values[~np.isnan(values)]
+    undefined = {"n_undefined": int(values.size - defined.size)} if defined.size < values.size else {}
+    if defined.size == 0:
+        return {"mean": math.nan, "ci95": [math.nan, math.nan], "std": math.nan, "n": 0, **undefined}
+    lo, hi = bootstrap_ci(defined, seed=seed)
+    return {"mean": float(defined.mean()), "ci95": [lo, hi], "std": float(defined.std()), "n": int(defined.size),
+            **undefined}
 
 
 def _wilcoxon_p(values) -> float:
-    """Two-sided Wilcoxon signed-rank p-value that ``values`` are centred at 0 (1.0 if all zero)."""
+    """Two-sided Wilcoxon signed-rank p-value that ``values`` are centred at 0 (1.0 if all zero), NaN values
+    (undefined statistics) left out; NaN when none is left."""
     from scipy.stats import wilcoxon
 
     values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return math.nan
     if np.allclose(values, 0):
         return 1.0
     return float(wilcoxon(values).pvalue)
 
 
 def top_fraction_iou(a: np.ndarray, b: np.ndarray, fraction: float = 0.01) -> np.ndarray:
-    """IoU of the ``fraction`` most important pixels (by |attribution|) of two maps, per row."""
+    """IoU of the ``fraction`` most important pixels (by |attribution|) of two maps ``a, b: [N, P]``, per row;
+    NaN where either map's |values| are all equal (an all-zero map has no most important pixels: its top set
+    would be the first pixels by position, and two such maps would "agree perfectly")."""
     n_top = max(1, int(round(fraction * a.shape[1])))
     top_a = np.argsort(-np.abs(a), axis=1)[:, :n_top]
     top_b = np.argsort(-np.abs(b), axis=1)[:, :n_top]
     inter = np.array([len(np.intersect1d(ra, rb)) for ra, rb in zip(top_a, top_b)])
-    return inter / (2 * n_top - inter)
+    flat = (np.ptp(np.abs(a), axis=1) == 0) | (np.ptp(np.abs(b), axis=1) == 0)
+    return np.where(flat, np.nan, inter / (2 * n_top - inter))
 
 
 def partner_images(labels, same_class: bool, seed: int = 0) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch
 
 from ._util import IMAGE_SIDE, _numpy, atomic_write_bytes
 from .plots.style import DIVERGING_CMAP
-from .units import UNIT_BAND_SAMPLES, UNIT_QUANTILE_BANDS, UnitStats, _rounded, unit_table
+from .units import EXPLORER_PAGE, UNIT_BAND_SAMPLES, UNIT_QUANTILE_BANDS, UnitStats, _rounded, unit_table
 
 if TYPE_CHECKING:
     from .data import FashionMNIST
@@ -62,10 +62,38 @@ def _hex(rgb) -> str:
     return "#" + "".join(f"{round(255 * c):02x}" for c in rgb[:3])
 
 
-def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST) -> tuple[dict, str, str]:
+def _check_stability(stability, n_units: int) -> list[tuple[int, list, list]]:
+    """``[(seed, cosine: [H], matched unit: [H])]`` of a ``seed_stability`` result for ``n_units`` units
+    (empty for ``None``); ``ValueError`` when it is not one or describes another number of units."""
+    if stability is None:
+        return []
+    keys = ("reference", "seeds", "threshold", "cosine", "matched", "min_cosine", "share_stable")
+    if not isinstance(stability, dict) or any(k not in stability for k in keys):
+        raise ValueError(f"stability must be the dict of seed_stability or run_seed_stability (keys {keys}), got "
+                         f"{type(stability).__name__}")
+    if len(stability["min_cosine"]) != n_units:
+        raise ValueError(f"stability describes {len(stability['min_cosine'])} units but stats describe {n_units}")
+    return [(seed, stability["cosine"][str(seed)], stability["matched"][str(seed)]) for seed in stability["seeds"]]
+
+
+def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST,
+                      top_contributions: tuple[np.ndarray, np.ndarray] | None = None,
+                      explorer: str = EXPLORER_PAGE, stability: dict | None = None) -> tuple[dict, str, str]:
     """The browser's data (``unit_table`` rows plus every per-unit detail; image ids index the test set) and
-    its two base64 PNG sprites: the test images it shows, and every unit's atom then encoder row."""
-    image_ids = np.unique(np.concatenate([stats.top_images.ravel(), stats.band_images.ravel()]))
+    its two base64 PNG sprites: the test images it shows, and every unit's atom then encoder row.
+    ``top_contributions``: ``unit_top_contributions``'s ``(ids, values)``, both ``[H, n]``: each unit then lists
+    those images, each linking to the explorer page ``explorer`` (``<explorer>#image-<id>``). ``stability``:
+    a ``seed_stability`` (or ``run_seed_stability``) result whose reference is this model: each unit then shows
+    its matched cosine in every other seed, and the list can be sorted and filtered by it."""
+    per_seed = _check_stability(stability, len(stats.freq_test))
+    contributing = np.full((len(stats.freq_test), 0), -1) if top_contributions is None else top_contributions[0]
+    if top_contributions is not None and (np.shape(contributing)[:1] != (len(stats.freq_test),)
+                                          or np.shape(top_contributions[1]) != np.shape(contributing)):
+        raise ValueError(f"top_contributions must be unit_top_contributions's (ids, values), both [H = "
+                         f"{len(stats.freq_test)}, n], got shapes {np.shape(contributing)} and "
+                         f"{np.shape(top_contributions[1])}")
+    image_ids = np.unique(np.concatenate([stats.top_images.ravel(), stats.band_images.ravel(),
+                                          np.asarray(contributing).ravel()]).astype(np.int64))
     image_ids = image_ids[image_ids >= 0]
     images = np.round(255 * _numpy(data.x_test[torch.from_numpy(image_ids)]).reshape(len(image_ids), -1))
     image_sprite, image_columns = _png_sprite(images.astype(np.uint8))
@@ -84,10 +112,22 @@ def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMN
                    ablation=_rounded(stats.ablation[j]), cofiring=[int(u) for u in stats.cofiring[j] if u >= 0],
                    cofiring_jaccard=_rounded(stats.cofiring_jaccard[j][stats.cofiring[j] >= 0]),
                    atom_scale=_rounded(scales[j]), encoder_scale=_rounded(scales[n_units + j]))
+        if top_contributions is not None:
+            mine = contributing[j] >= 0
+            row.update(contributing_images=np.asarray(contributing[j])[mine].tolist(),
+                       contributing_values=_rounded(np.asarray(top_contributions[1][j])[mine]))
+        if stability is not None:
+            row.update(stability=_rounded(stability["min_cosine"][j]), stability_seeds=[
+                {"seed": seed, "cosine": _rounded(cos[j]), "unit": int(match[j])} for seed, cos, match in per_seed])
         units.append(row)
     cmap = plt.get_cmap(DIVERGING_CMAP)
     payload = {"classes": stats.classes, "tile": IMAGE_SIDE, "units": units, "image_ids": image_ids.tolist(),
                "image_columns": image_columns, "atom_columns": atom_columns, "cmap": _diverging_lut(),
+               "explorer": explorer if top_contributions is not None else None,
+               "stability": None if stability is None else {
+                   "threshold": stability["threshold"], "reference": stability["reference"],
+                   "seeds": stability["seeds"], "share_stable": stability["share_stable"],
+                   "control_max": stability["control"]["max_cosine"] if "control" in stability else None},
                "positive_color": _hex(cmap(0.85)), "negative_color": _hex(cmap(0.15)),
                "band_samples": UNIT_BAND_SAMPLES, "band_labels": [
                    f"activation quantiles {100 * lo:.0f}–{100 * hi:.0f} %" for lo, hi in UNIT_QUANTILE_BANDS]}
@@ -95,14 +135,18 @@ def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMN
 
 
 def write_unit_browser(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST,
-                       path: str | os.PathLike) -> Path:
+                       path: str | os.PathLike, top_contributions: tuple[np.ndarray, np.ndarray] | None = None,
+                       explorer: str = EXPLORER_PAGE, stability: dict | None = None) -> Path:
     """Write the self-contained HTML unit browser (``templates/unit_browser.html`` filled with the data of
-    ``unit_browser_data``: no server, no network access). Returns the path."""
+    ``unit_browser_data``: no server, no network access). Returns the path. A unit's entry opens at
+    ``<path>#unit-<j>``; with ``top_contributions`` (``unit_top_contributions``) it lists the test images where
+    the unit contributes most, each linking to ``<explorer>#image-<id>``; with ``stability``
+    (``run_seed_stability``) each unit shows how well it recurs in the other training seeds."""
     if not isinstance(stats, UnitStats):
         raise ValueError(f"stats must be the UnitStats of unit_statistics, got {type(stats).__name__}")
     if sae.d_hidden != len(stats.freq_test):
         raise ValueError(f"stats describe {len(stats.freq_test)} units but the autoencoder has {sae.d_hidden}")
-    payload, image_sprite, atom_sprite = unit_browser_data(stats, sae, data)
+    payload, image_sprite, atom_sprite = unit_browser_data(stats, sae, data, top_contributions, explorer, stability)
     text = json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     html = UNIT_BROWSER_TEMPLATE.read_text(encoding="utf-8")
     for placeholder, value in (("{{IMAGE_SPRITE}}", image_sprite), ("{{ATOM_SPRITE}}", atom_sprite),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._util import _check_classes, _check_int, _check_labels, _numpy
+from ._util import _check_classes, _check_int, _check_labels, _keeps_mode, _numpy
 from .attribution import rescale_contributions
 from .metrics import encode_dataset, firing_frequency
 from .models import SparseCodePipeline, densify
@@ -158,6 +158,7 @@ def _cofiring(units: np.ndarray, images: np.ndarray, n_images: int, d_hidden: in
     return np.where(top > 0, ids, -1), np.maximum(top, 0.0)
 
 
+@_keeps_mode
 @torch.no_grad()
 def unit_contribution_sums(clf: SparseCodeClassifier, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """``[H, C]``: each unit's decoder-weighted contribution (``rescale_contributions``) to each class logit,
@@ -174,6 +175,44 @@ def unit_contribution_sums(clf: SparseCodeClassifier, values: torch.Tensor, indi
     return sums
 
 
+UNIT_TOP_CONTRIBUTIONS = 8  # test images kept per unit where it contributes most to the predicted class's logit
+
+
+UNIT_BROWSER_PAGE = "unit_browser.html"  # file names of the two sibling pages (written side by side; each links
+EXPLORER_PAGE = "explorer.html"  # to the other: a unit's atlas entry, unit_browser.html#unit-<j>; an image,
+# explorer.html#image-<test id>)
+
+
+@_keeps_mode
+@torch.no_grad()
+def unit_top_contributions(pipeline: SparseCodePipeline, x: torch.Tensor, device: torch.device,
+                           n: int = UNIT_TOP_CONTRIBUTIONS) -> tuple[np.ndarray, np.ndarray]:
+    """For every unit, the ``n`` images of ``x: [N, 784]`` (e.g. the test set) where it contributes most to
+    the predicted class's logit (decoder-weighted, ``rescale_contributions``), among those where it fires.
+
+    Returns ``(ids: [H, n], contributions: [H, n])``, largest first; ``-1`` and 0 pad a unit firing on fewer
+    than ``n`` images. Feeds the unit browser's links to the explorer and the explorer's "a unit's images".
+    """
+    if not isinstance(pipeline, SparseCodePipeline):
+        raise ValueError(f"unit_top_contributions needs a SparseCodePipeline, got {type(pipeline).__name__}")
+    _check_int("n", n, low=1)
+    sae, clf = pipeline.sae.eval(), pipeline.clf.eval()
+    values, indices = encode_dataset(sae, x, device)
+    n = min(n, len(values))
+    best = torch.full((n, sae.d_hidden), -torch.inf, device=values.device)
+    best_ids = torch.full((n, sae.d_hidden), -1, dtype=torch.long, device=values.device)
+    for i in range(0, len(values), UNIT_CONTRIBUTION_ROWS):
+        z = densify(values[i:i + UNIT_CONTRIBUTION_ROWS], indices[i:i + UNIT_CONTRIBUTION_ROWS], sae.d_hidden)
+        c = rescale_contributions(clf, z, clf(z).argmax(1)).masked_fill(z <= 0, -torch.inf)
+        ids = torch.arange(i, i + len(z), device=z.device)[:, None].expand_as(c)
+        top, where = torch.cat([best, c]).topk(n, dim=0)
+        best, best_ids = top, torch.cat([best_ids, ids]).gather(0, where)
+    fires = torch.isfinite(best)
+    return (_numpy(torch.where(fires, best_ids, -1).T).astype(np.int64),
+            _numpy(torch.where(fires, best, 0.0).T).astype(np.float64))
+
+
+@_keeps_mode
 @torch.no_grad()
 def unit_ablation_sums(clf: SparseCodeClassifier, values: torch.Tensor, indices: torch.Tensor,
                        y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +262,7 @@ def describe_unit(stats: UnitStats, unit: int) -> str:
             f"(accuracy on them {100 * stats.ablation_accuracy[unit]:+.1f} points)")
 
 
+@_keeps_mode
 @torch.no_grad()
 def unit_statistics(pipeline: SparseCodePipeline, data: FashionMNIST, device: torch.device,
                     usage_train=None, seed: int = 0) -> UnitStats:
@@ -231,6 +271,7 @@ def unit_statistics(pipeline: SparseCodePipeline, data: FashionMNIST, device: to
     ``evaluate_autoencoder(...)["unit_usage_train"]``). ``seed`` draws the quantile-band samples."""
     if not isinstance(pipeline, SparseCodePipeline):
         raise ValueError(f"unit_statistics needs a SparseCodePipeline, got {type(pipeline).__name__}")
+    _check_int("seed", seed, low=0)
     t0 = time.perf_counter()
     sae, clf = pipeline.sae.eval(), pipeline.clf.eval()
     classes = _check_classes(data.classes)

@@ -116,6 +116,9 @@ TARGET = torch.zeros(1, dtype=torch.long)
 CLASSES = ("a", "b", "c", "d")
 
 
+SCENARIO_SCALE = 32  # the scenario's image i has every pixel i / SCENARIO_SCALE (exact, in [0, 1])
+
+
 def _scenario():
     """Test set of 4 classes with hand-set predictions: (data, probabilities [N, 4]).
 
@@ -129,7 +132,7 @@ def _scenario():
     for i, (_, pred, conf) in enumerate(rows):
         probs[i] = (1 - conf) / (len(CLASSES) - 1)
         probs[i, pred] = conf
-    x = torch.arange(len(rows), dtype=torch.float32)[:, None].expand(-1, 784).contiguous()
+    x = (torch.arange(len(rows), dtype=torch.float32)[:, None] / SCENARIO_SCALE).expand(-1, 784).contiguous()
     data = kh.FashionMNIST(x[:0], y[:0], x, y, classes=CLASSES)
     return data, probs
 

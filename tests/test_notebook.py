@@ -70,6 +70,8 @@ def test_smoke_run_produces_figures_and_summary(smoke_run):
     assert val["completeness"]["n_steps"] == SMOKE["IG_STEPS"] and len(val["randomization"]["stages"]) == 5
     assert {r["test"] for r in summary["verdicts"]} == set(kh.VERDICT_TESTS)
     assert len(summary["units"]["table"]) == 1024 and (tmp / "fig" / "unit_browser.html").is_file()
+    explorer = tmp / "fig" / kh.EXPLORER_PAGE  # the image explorer, beside the unit browser it links to
+    assert 0 < explorer.stat().st_size <= kh.EXPLORER_MAX_BYTES
 
 
 def test_notebook_has_no_magics_and_a_parameters_cell():

@@ -31,6 +31,9 @@ _DORMANT = "AuxK's units are 'dormant' (dead = fires on no image); static= is gr
 _LABELS = "one label validator (_check_labels) instead of two copies"
 _KEYS = "completeness tables keyed by str in memory too: the same shape before and after JSON"
 _X_INPUT = "attribute_all returns unit contributions on request; one definition of the x-input maps"
+_BAD_INPUT = "issue 24: bad input refused at the entry point (pixel range, NaN, model, paths by location, sizes)"
+_UNDEFINED = "issue 24: degenerate maps give undefined (NaN) statistics, left out and counted, never agreement"
+_MODE = "issue 24: the caller's model is left in the train/eval mode it was found in (_keeps_mode)"
 EDITED = {
     "UNIT_BROWSER_TEMPLATE": "the template path is found from ksae/, one folder further down (same file)",
     **dict.fromkeys(["FIGURE_SECONDS", "_figure_depth", "_styled", "_gc_paused", "_finish", "_figure_png",
@@ -53,6 +56,17 @@ EDITED = {
     "device_name": "docstring only: the performance table moved from README to docs/performance.md",
     "seeds_for_config": "bug: a seeds file written before cuda_graphs existed never matched (execution fields ignored)",
     "verdict_statements": "bug: a test family absent from the rows was stated as holding on every substrate",
+    **dict.fromkeys(["Config", "SparseCodePipeline", "_as_maps", "_check_model", "_prepare", "faithfulness_orderings",
+                     "faithfulness_suite", "object_focus", "predict", "select_high_confidence", "run_validation",
+                     "run_name", "output_paths", "_check_writable", "load_or_train", "bootstrap_ci", "write_summary",
+                     "read_summary", "smoothgrad"], _BAD_INPUT),
+    **dict.fromkeys(["_rowwise_pearson", "top_fraction_iou", "summarize", "_wilcoxon_p"], _UNDEFINED),
+    **dict.fromkeys(["encode_dataset", "evaluate_classifier", "evaluate_models", "unit_ablation_sums",
+                     "unit_contribution_sums", "unit_statistics"], _MODE),
+    "atomic_write_bytes": "issue 24: a killed run's stale temporary files next to the target are removed",
+    "_jsonable": "issue 24: numpy NaN/inf (and inside tensors) become null, so a summary always serialises",
+    **dict.fromkeys(["unit_browser_data", "write_unit_browser"], "a unit lists the images where it contributes "
+                    "most, linking to the explorer page (issue 23)"),
 }
 
 

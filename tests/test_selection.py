@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import CLASSES
+from helpers import CLASSES, SCENARIO_SCALE
 
 import ksae.selection
 import ksae_helpers as kh
@@ -26,7 +26,8 @@ def test_selection_takes_what_exists_and_falls_back_to_the_most_confident_correc
     assert sel.shortfalls == {"b": {"passing": 2, "selected": 2, "fallback": 0},
                               "c": {"passing": 0, "selected": 1, "fallback": 1}}
     assert sel.skipped == ["d"] and sel.n_candidates == {"a": 10, "b": 2, "c": 0, "d": 0}
-    assert torch.equal(sel.x[:, 0], sel.indices.float()) and torch.equal(sel.y, scenario.y_test[sel.indices])
+    assert torch.equal(sel.x[:, 0] * SCENARIO_SCALE, sel.indices.float())
+    assert torch.equal(sel.y, scenario.y_test[sel.indices])
 
 
 def test_selection_min_per_class_tops_up_in_confidence_order(scenario):

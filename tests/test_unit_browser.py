@@ -147,3 +147,70 @@ def test_page_in_a_real_browser(page, browser):
     natural = browser.execute_script("return ['image-sprite', 'atom-sprite'].map(i => "
                                      "document.getElementById(i).naturalWidth)")
     assert min(natural) > 0
+
+
+def test_units_list_the_images_where_they_contribute_most(page, tmp_path):
+    """With ``unit_top_contributions``, each unit's entry lists those images for the explorer's links."""
+    _, stats, data, pipeline = page
+    top = kh.unit_top_contributions(pipeline, data.x_test, torch.device("cpu"))
+    path = kh.write_unit_browser(stats, pipeline.sae, data, tmp_path / "units.html", top_contributions=top)
+    embedded = kh.read_unit_browser_data(path)
+    assert embedded["explorer"] == kh.EXPLORER_PAGE
+    unit = embedded["units"][UNIT_A]
+    assert unit["contributing_images"] == [i for i in top[0][UNIT_A] if i >= 0] and unit["contributing_images"]
+    assert set(unit["contributing_images"]) <= set(embedded["image_ids"])  # drawn from the page's image sprite
+    assert "contributing_images" not in kh.read_unit_browser_data(page[0])["units"][UNIT_A]
+    with pytest.raises(ValueError, match=r"top_contributions must be .* \[H = 12, n\]"):
+        kh.write_unit_browser(stats, pipeline.sae, data, tmp_path / "x.html",
+                              top_contributions=(np.zeros((3, 2)), np.zeros((3, 2))))
+
+
+def _planted_stability(pipeline) -> dict:
+    """Seed 1: every atom recurs (permuted); seed 2: atoms 0..5 recur, 6..11 are new: units 0..5 stable."""
+    atoms = pipeline.sae.W_dec.detach().double()
+    gen = torch.Generator().manual_seed(1)
+    seed1 = atoms[torch.randperm(len(atoms), generator=gen)]
+    seed2 = atoms.clone()
+    seed2[6:] = torch.randn(len(atoms) - 6, atoms.shape[1], generator=gen, dtype=torch.float64)
+    return kh.seed_stability({0: atoms, 1: seed1, 2: seed2})
+
+
+def test_units_show_their_seed_stability_sorted_and_filtered(page, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    _, stats, data, pipeline = page
+    stability = _planted_stability(pipeline)
+    assert stability["stable"] == [True] * 6 + [False] * 6
+    path = kh.write_unit_browser(stats, pipeline.sae, data, tmp_path / "units.html", stability=stability)
+    embedded = kh.read_unit_browser_data(path)
+    assert [u["stability"] for u in embedded["units"]] == pytest.approx(stability["min_cosine"], rel=1e-3)
+    assert embedded["units"][7]["stability_seeds"][1] == {
+        "seed": 2, "cosine": pytest.approx(stability["cosine"]["2"][7], rel=1e-3), "unit": stability["matched"]["2"][7]}
+    browser.get(path.resolve().as_uri())
+    _wait(browser, "return document.body.dataset.ready === '1'")
+    Select(browser.find_element(By.ID, "sort-key")).select_by_value("stability")
+    listed = _listed(browser)
+    cosines = np.asarray(stability["min_cosine"])
+    assert np.all(np.diff(cosines[listed]) <= 1e-3)  # most stable first
+    browser.find_element(By.ID, "min-stability").send_keys("0.9")
+    _wait(browser, "return document.querySelectorAll('#unit-list .unit-row').length === 6")
+    assert sorted(_listed(browser)) == list(range(6))
+    browser.find_element(By.ID, "search").send_keys("3")
+    _wait(browser, "return document.getElementById('detail').dataset.unit === '3'")
+    detail = browser.find_element(By.ID, "detail").text
+    assert "seed stability (lowest matched cosine)" in detail and "matched in seed 2" in detail
+    plain = kh.write_unit_browser(stats, pipeline.sae, data, tmp_path / "plain.html")  # no stability: no controls
+    browser.get(plain.resolve().as_uri())
+    _wait(browser, "return document.body.dataset.ready === '1'")
+    assert browser.execute_script("return document.getElementById('min-stability') === null && "
+                                  "!document.querySelector('option[value=stability]')")
+
+
+def test_stability_of_another_model_is_refused(page, tmp_path):
+    _, stats, data, pipeline = page
+    other = kh.seed_stability({0: np.eye(5, 784), 1: np.eye(5, 784)})
+    with pytest.raises(ValueError, match="stability describes 5 units but stats describe 12"):
+        kh.write_unit_browser(stats, pipeline.sae, data, tmp_path / "u.html", stability=other)
+    with pytest.raises(ValueError, match="stability must be the dict of seed_stability"):
+        kh.write_unit_browser(stats, pipeline.sae, data, tmp_path / "u.html", stability={"min_cosine": []})

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._util import _check_float, _check_int
-from ..attribution import _check_target, _score
+from .._util import _as_maps, _check_finite, _check_float, _check_int, _check_pixels
+from ..attribution import _check_classifier, _check_target, _class_count, _score
 from ..data import as_flat_images
 from ..stats import _wilcoxon_p, summarize
 from .substrates import (
@@ -86,12 +86,17 @@ def curve_auc(curves: torch.Tensor) -> np.ndarray:
 
 def object_focus(maps: dict[str, torch.Tensor], x: torch.Tensor, seed: int = 0) -> dict:
     """Share of total |attribution| on object pixels (x > 0) per method, against the share of object
-    pixels in the image (what a uniform map would give)."""
+    pixels in the image (what a uniform map would give). An all-zero map has no share: undefined (left out of
+    the summary and counted, ``summarize``). ``ValueError`` for maps with NaN or inf."""
+    if not isinstance(maps, dict) or not maps:
+        raise ValueError(f"maps must be a non-empty dict of method name -> [N, 784] map, got {type(maps).__name__}")
+    x, _ = as_flat_images(x, name="x")
     obj = (x.reshape(len(x), -1) > 0).double().cpu().numpy()
     result = {"object_pixel_share": summarize(obj.mean(1), seed)}
     for m, v in maps.items():
-        a = v.reshape(len(x), -1).abs().double().cpu().numpy()
-        share = (a * obj).sum(1) / np.maximum(a.sum(1), 1e-12)
+        a = np.abs(_as_maps(v, f"maps[{m!r}]", len(x)))
+        total = a.sum(1)
+        share = np.divide((a * obj).sum(1), total, out=np.full(len(a), np.nan), where=total > 0)
         result[m] = summarize(share, seed)
     return result
 
@@ -160,7 +165,8 @@ def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orde
         raise ValueError(f"orders must hold an int64 permutation of 0..{n_pix - 1} in every row")
     _check_float("road_noise", road_noise, low=0.0)
     _check_float("road_tol", road_tol, low=0.0, low_open=True)
-    target = _check_target(target, n, model(x[:1]).shape[1], x.device)
+    _check_classifier(model)
+    target = _check_target(target, n, _class_count(model, x), x.device)
     fill = _substrate(x, substrate)
     per_chunk = max(1, FAITH_ROWS // n)
     chunks = [_curves_chunk(model, x, target, orders[i:i + per_chunk].to(x.device), fill, pixels_per_step,
@@ -235,6 +241,7 @@ def faithfulness_orderings(maps: dict[str, torch.Tensor], x: torch.Tensor, seed:
         if not isinstance(v, torch.Tensor) or v.numel() != flat.numel():
             raise ValueError(f"maps[{name!r}] must be a tensor holding {len(flat)} maps of 784 pixels, "
                              f"got {getattr(v, 'shape', type(v).__name__)}")
+        _check_finite(f"maps[{name!r}]", v)
         scores = v.detach().reshape(flat.shape).to(flat)
         out[f"{name}/signed"] = {"name": name, "kind": "method", "ranking": "signed", "scores": scores}
         if (scores < 0).any():
@@ -305,10 +312,12 @@ def faithfulness_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, maps:
     and whether beating random holds on every substrate (a verdict only holds if it holds everywhere).
     """
     flat, _ = as_flat_images(x, name="x")
+    _check_pixels("x", flat)
     unknown = [s for s in substrates if s not in SUBSTRATES] if not isinstance(substrates, str) else [substrates]
     if unknown or not substrates:
         raise ValueError(f"substrates must be a non-empty sequence of {SUBSTRATES}, got {substrates!r}")
-    target = _check_target(y, len(flat), model(flat[:1]).shape[1], flat.device)
+    _check_classifier(model)
+    target = _check_target(y, len(flat), _class_count(model, flat), flat.device)
     _check_int("n_subset", n_subset, low=1)
     orderings = faithfulness_orderings(maps, flat, seed)
     result = {"pixels_per_step": pixels_per_step, "seed": seed, "alpha": FAITH_ALPHA, "substrates": {},

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
-from ..attribution import decoder_weighted
+from .._util import _as_maps, _check_finite, _check_int, _check_labels, _check_no_inference_mode, _check_pixels
+from ..attribution import METHOD_LABELS, decoder_weighted
+from ..config import Config
+from ..data import as_flat_images
+from ..models import SparseCodePipeline
+from ..selection import Selection
 from .agreement import cross_method_statistics
 from .completeness import completeness_decomposition
 from .deletion import faithfulness_suite, object_focus
 from .randomization import randomization_check
 from .unit_causality import unit_deletion_curves
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..models import SparseCodePipeline
-    from ..selection import Selection
 
 
 def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Config, maps: dict[str, torch.Tensor],
@@ -34,6 +34,8 @@ def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Conf
     share (equal shares unless some class fell short: ``Selection.shortfalls``). ``seconds`` holds each
     check's wall time.
     """
+    _check_validation_inputs(pipeline, selection, cfg, maps, contributions, n_subset, n_completeness,
+                             n_randomization, seed, cross_method)
     device = next(pipeline.parameters()).device
     x, y = selection.x.to(device), selection.y.to(device)
     if contributions is None:
@@ -51,6 +53,48 @@ def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Conf
     }
     results, seconds = timed_checks(checks)
     return {"n_images": len(x), **results, "seconds": seconds}
+
+
+def _check_validation_inputs(pipeline, selection, cfg, maps, contributions, n_subset, n_completeness,
+                             n_randomization, seed, cross_method) -> None:
+    """Every argument of ``run_validation`` checked before its first check runs (``ValueError`` naming it; a
+    ``RuntimeError`` under ``torch.inference_mode()``), so a mistake costs seconds, not the checks before it."""
+    _check_no_inference_mode("run_validation")
+    if not isinstance(pipeline, SparseCodePipeline):
+        raise ValueError(f"pipeline must be a SparseCodePipeline (autoencoder + classifier), got "
+                         f"{type(pipeline).__name__}")
+    if any(m.training for m in pipeline.modules()):
+        raise ValueError("pipeline is in training mode (dropout active, so attributions would be random); call "
+                         "pipeline.eval() first")
+    if not isinstance(selection, Selection):
+        raise ValueError(f"selection must be the Selection of select_high_confidence, got {type(selection).__name__}")
+    x, _ = as_flat_images(selection.x, name="selection.x")
+    _check_pixels("selection.x", x)
+    n = len(x)
+    _check_labels(selection.y, n, pipeline.clf.rest[-1].out_features)
+    if not isinstance(cfg, Config):
+        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
+    if not isinstance(maps, dict) or not maps:
+        raise ValueError(f"maps must be a non-empty dict of method name -> [N, 784] map (attribute_all), got "
+                         f"{type(maps).__name__}")
+    unknown = [m for m in maps if m not in METHOD_LABELS]
+    if unknown:
+        raise ValueError(f"maps must be keyed by methods of {list(METHOD_LABELS)}, got unknown {unknown}")
+    for m, v in maps.items():
+        _check_finite(f"maps[{m!r}]", _as_maps(v, f"maps[{m!r}]", n))
+    if contributions is not None:
+        h = pipeline.sae.d_hidden
+        if not isinstance(contributions, torch.Tensor) or tuple(contributions.shape) != (n, h):
+            raise ValueError(f"contributions must be a tensor of shape [{n}, {h}] (one per image and unit), got "
+                             f"{getattr(contributions, 'shape', type(contributions).__name__)}")
+        _check_finite("contributions", contributions)
+    _check_int("n_subset", n_subset, low=1)
+    _check_int("n_completeness", n_completeness, low=1)
+    _check_int("n_randomization", n_randomization, low=2)
+    _check_int("seed", seed, low=0)
+    if cross_method is not None and not (isinstance(cross_method, dict) and "pairs" in cross_method):
+        raise ValueError(f"cross_method must be None or the dict of cross_method_statistics, got "
+                         f"{type(cross_method).__name__}")
 
 
 def timed_checks(checks: dict[str, Callable[[], object]]) -> tuple[dict, dict[str, float]]:

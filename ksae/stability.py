@@ -1,0 +1,230 @@
+"""Stability of the dictionary across training seeds: which units come back when the seed changes.
+
+Paulo & Belrose (2025) find that only about 30 % of a sparse autoencoder's features recur across training
+seeds. Here each unit of a reference seed is matched to one unit of every other seed by its decoder atom
+(Hungarian assignment on cosine similarity, ``scipy.optimize.linear_sum_assignment``: one-to-one, the total
+cosine as large as it can be), and a unit counts as *stable* when its matched cosine reaches
+``STABLE_COSINE`` in every other seed. The control is the same matching against an untrained dictionary
+(the initialisation of another seed): what a match of unrelated atoms gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ._util import _check_float, _check_int, _numpy
+from .checkpoints import CheckpointError, load_checkpoint, load_or_train
+from .models import KSparseAutoencoder
+from .units import UnitStats
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .data import FashionMNIST
+
+STABLE_COSINE = 0.9  # a unit is stable when its matched atom has at least this cosine in every other seed
+
+
+STABILITY_BOOTSTRAP = 2000  # bootstrap resamples of the group comparisons (units resampled within each group)
+
+
+def _atoms(name: str, atoms) -> np.ndarray:
+    """``atoms: [H, D]`` (tensor or array, or a ``KSparseAutoencoder``) -> float64 unit-norm rows."""
+    if isinstance(atoms, KSparseAutoencoder):
+        atoms = atoms.W_dec
+    if not isinstance(atoms, (torch.Tensor, np.ndarray)):
+        raise ValueError(f"{name} must be a [units, pixels] tensor or array of decoder atoms (or an autoencoder), "
+                         f"got {type(atoms).__name__}")
+    a = np.asarray(_numpy(atoms), dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"{name} must have shape [units, pixels], got {list(a.shape)}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero atoms: their cosine is undefined")
+    return a / norms
+
+
+def match_atoms(atoms_a, atoms_b) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one match of dictionary ``atoms_a: [H, D]`` to ``atoms_b: [H, D]`` (rows are atoms; tensors,
+    arrays or autoencoders) maximising the total cosine similarity (Hungarian assignment).
+
+    Returns ``(match, cosine)``, both ``[H]``: unit ``i`` of ``a`` is matched to unit ``match[i]`` of ``b``
+    with cosine ``cosine[i]`` (signed: an atom and its negative are different parts)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a, b = _atoms("atoms_a", atoms_a), _atoms("atoms_b", atoms_b)
+    if a.shape != b.shape:
+        raise ValueError(f"atoms_a and atoms_b must have the same shape [units, pixels], got {list(a.shape)} "
+                         f"and {list(b.shape)}")
+    cos = a @ b.T  # [H, H]
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    match = np.empty(len(a), dtype=np.int64)
+    match[rows] = cols
+    return match, cos[np.arange(len(a)), match]
+
+
+def untrained_atoms(cfg: Config, seed: int) -> torch.Tensor:
+    """``[H, D]`` decoder atoms of the autoencoder ``cfg`` describes, as initialised for training seed ``seed``
+    (``train_models`` seeds torch, then builds the autoencoder first): the control dictionary."""
+    _check_int("seed", seed, low=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return KSparseAutoencoder.from_config(cfg).W_dec.detach().clone()
+
+
+def seed_stability(atoms: Mapping[int, object], reference: int = 0, threshold: float = STABLE_COSINE,
+                   control: Mapping[int, object] | None = None) -> dict:
+    """Match the dictionary of seed ``reference`` to that of every other seed.
+
+    ``atoms``: ``{seed: [H, D] atoms}`` (tensors, arrays or autoencoders), at least two seeds including
+    ``reference``; ``control``: optional ``{seed: [H, D]}`` untrained dictionaries (``untrained_atoms``) that
+    the reference is matched to as well, the chance level. Returns per unit of the reference its matched unit
+    and cosine in each other seed, the smallest of those cosines (``min_cosine``), the ``stable`` flags
+    (``min_cosine >= threshold``), the share of stable units, and the same for the control."""
+    if not isinstance(atoms, Mapping) or not atoms:
+        raise ValueError(f"atoms must be a non-empty {{seed: decoder atoms}} mapping, got {type(atoms).__name__}")
+    _check_int("reference", reference, low=0)
+    _check_float("threshold", threshold, low=-1.0, high=1.0)
+    if reference not in atoms:
+        raise ValueError(f"reference seed {reference} is not among the seeds given: {sorted(atoms)}")
+    others = [s for s in sorted(atoms) if s != reference]
+    if not others:
+        raise ValueError(f"seed stability needs at least two seeds, got only {sorted(atoms)}")
+    out = {"reference": reference, "seeds": others, "threshold": threshold, "matched": {}, "cosine": {}}
+    for seed in others:
+        match, cosine = match_atoms(atoms[reference], atoms[seed])
+        out["matched"][str(seed)], out["cosine"][str(seed)] = match.tolist(), cosine.tolist()
+    min_cosine = np.min([out["cosine"][str(s)] for s in others], axis=0)
+    out["min_cosine"] = min_cosine.tolist()
+    out["stable"] = (min_cosine >= threshold).tolist()
+    out["share_stable"] = float(np.mean(min_cosine >= threshold))
+    if control is not None:
+        if not isinstance(control, Mapping) or not control:
+            raise ValueError(f"control must be a non-empty {{seed: untrained atoms}} mapping, got "
+                             f"{type(control).__name__}")
+        cosines = {str(s): match_atoms(atoms[reference], control[s])[1] for s in sorted(control)}
+        control_min = np.min(list(cosines.values()), axis=0)
+        out["control"] = {"seeds": sorted(control), "cosine": {s: c.tolist() for s, c in cosines.items()},
+                          "min_cosine": control_min.tolist(), "share_stable": float(np.mean(control_min >= threshold)),
+                          "max_cosine": float(control_min.max())}
+    return out
+
+
+def unit_groups(stats: UnitStats, purity_threshold: float) -> dict[str, np.ndarray]:
+    """``{group: [H] bool}`` over the units of ``stats`` that fire on a test image: ``class-pure`` (purity
+    at least ``purity_threshold``) and the rest; ``causal`` (zeroing the unit lowers its majority class's
+    logit on average) and the rest."""
+    if not isinstance(stats, UnitStats):
+        raise ValueError(f"stats must be the UnitStats of unit_statistics, got {type(stats).__name__}")
+    _check_float("purity_threshold", purity_threshold, low=0.0, high=1.0)
+    fires = stats.n_fire > 0
+    with np.errstate(invalid="ignore"):
+        pure = fires & (np.nan_to_num(stats.purity, nan=0.0) >= purity_threshold)
+        causal = fires & (np.nan_to_num(stats.majority_value(stats.ablation), nan=0.0) < 0)
+    return {"class-pure": pure, "not class-pure": fires & ~pure, "causal": causal, "not causal": fires & ~causal}
+
+
+def compare_stability(min_cosine, group, rest, threshold: float = STABLE_COSINE, seed: int = 0,
+                      n_boot: int = STABILITY_BOOTSTRAP) -> dict:
+    """Are the units of ``group`` more stable than those of ``rest``? ``min_cosine: [H]`` (``seed_stability``),
+    ``group, rest: [H]`` bool masks. For each, its size, mean matched cosine and share of stable units; the
+    differences (group - rest) with percentile bootstrap 95 % CIs (units resampled within each group), and
+    ``more_stable``: True / False when the CI of the share's difference excludes 0 (above / below), None
+    when it does not."""
+    c = np.asarray(min_cosine, dtype=np.float64)
+    masks = []
+    for name, m in (("group", group), ("rest", rest)):
+        m = np.asarray(m)
+        if m.dtype != bool or m.shape != c.shape:
+            raise ValueError(f"{name} must be a boolean mask of shape {list(c.shape)}, got {m.dtype} "
+                             f"{list(m.shape)}")
+        if not m.any():
+            raise ValueError(f"{name} selects no unit: nothing to compare")
+        masks.append(m)
+    _check_int("n_boot", n_boot, low=1)
+    rng = np.random.default_rng(seed)
+    out, boots = {}, {}
+    for name, m in zip(("group", "rest"), masks):
+        v = c[m]
+        draws = v[rng.integers(0, len(v), size=(n_boot, len(v)))]
+        boots[name] = {"mean_cosine": draws.mean(1), "share_stable": (draws >= threshold).mean(1)}
+        out[name] = {"n": int(m.sum()), "mean_cosine": float(v.mean()), "share_stable": float((v >= threshold).mean())}
+    for stat in ("mean_cosine", "share_stable"):
+        diff = boots["group"][stat] - boots["rest"][stat]
+        out[f"{stat}_difference"] = {"value": out["group"][stat] - out["rest"][stat],
+                                     "ci95": [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))]}
+    lo, hi = out["share_stable_difference"]["ci95"]
+    out["more_stable"] = True if lo > 0 else False if hi < 0 else None
+    return out
+
+
+def stability_by_group(stability: dict, stats: UnitStats, purity_threshold: float, seed: int = 0) -> dict:
+    """``compare_stability`` of class-pure against the other firing units and of causal against the other
+    firing units (``unit_groups``), from a ``seed_stability`` result whose reference seed ``stats`` describe."""
+    c = np.asarray(stability["min_cosine"], dtype=np.float64)
+    if len(c) != len(stats.n_fire):
+        raise ValueError(f"stability describes {len(c)} units but stats describe {len(stats.n_fire)}")
+    groups = unit_groups(stats, purity_threshold)
+    return {name: compare_stability(c, groups[name], groups[f"not {name}"], stability["threshold"], seed)
+            for name in ("class-pure", "causal")}
+
+
+def seed_dictionaries(cfg: Config, data: FashionMNIST, device: torch.device, seeds: Sequence[int],
+                      ckpt_dir: str | os.PathLike = "checkpoints", train: bool = False) -> dict[int, torch.Tensor]:
+    """``{seed: [H, D] decoder atoms}`` of the autoencoders ``cfg`` describes, trained with each of ``seeds``
+    (everything else as ``cfg``), from their checkpoints in ``ckpt_dir``. A seed without a checkpoint of
+    exactly this configuration is trained (``load_or_train``) when ``train``, else a ``ValueError`` names it
+    and the file it expected."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
+        raise ValueError(f"seeds must be a non-empty sequence of training seeds, got {seeds!r}")
+    for s in seeds:
+        _check_int("seeds[i]", s, low=0)
+    if len(set(int(s) for s in seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+    if not isinstance(train, bool):
+        raise ValueError(f"train must be True or False, got {train!r}")
+    out = {}
+    for s in seeds:
+        seed_cfg = dataclasses.replace(cfg, seed=int(s))
+        path = Path(ckpt_dir) / seed_cfg.checkpoint_name()
+        if train:
+            sae = load_or_train(seed_cfg, data, device, ckpt_dir, verbose=False)[0]
+        else:
+            if not path.is_file():
+                raise ValueError(f"no checkpoint for seed {s}: expected {path} (train it with "
+                                 f"benchmarks/controls.py, or pass train=True)")
+            try:
+                stored, sae = load_checkpoint(path, device)[:2]
+            except CheckpointError as exc:
+                raise ValueError(f"the checkpoint for seed {s} cannot be read: {exc}") from exc
+            if stored.training_key() != seed_cfg.training_key():
+                raise ValueError(f"{path} was trained with another configuration than seed {s} of this one "
+                                 f"(expected {seed_cfg.training_key()}, got {stored.training_key()})")
+        out[int(s)] = sae.W_dec.detach().cpu().clone()
+    return out
+
+
+def run_seed_stability(cfg: Config, data: FashionMNIST, device: torch.device, stats: UnitStats,
+                       purity_threshold: float, seeds: Sequence[int] = (0, 1, 2),
+                       ckpt_dir: str | os.PathLike = "checkpoints", train: bool = False) -> dict:
+    """The seed-stability study: the dictionaries of ``seeds`` (``seed_dictionaries``; ``cfg.seed`` is the
+    reference and must be among them, ``stats`` its ``unit_statistics``), matched to the reference
+    (``seed_stability``, with the untrained dictionaries of the other seeds as the control), and whether
+    class-pure and causal units are more stable than the other firing units (``stability_by_group``)."""
+    if cfg.seed not in seeds:
+        raise ValueError(f"the reference seed cfg.seed = {cfg.seed} must be among seeds, got {list(seeds)}")
+    atoms = seed_dictionaries(cfg, data, device, seeds, ckpt_dir, train)
+    control = {s: untrained_atoms(cfg, s) for s in atoms if s != cfg.seed}
+    out = seed_stability(atoms, reference=cfg.seed, control=control)
+    out["groups"] = stability_by_group(out, stats, purity_threshold, seed=cfg.seed)
+    out["alive"] = (stats.n_fire > 0).tolist()
+    out["share_stable_alive"] = float(np.mean(np.asarray(out["stable"])[stats.n_fire > 0]))
+    return out
