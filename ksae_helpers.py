@@ -35,6 +35,10 @@ ksae.checks.suite           ``run_validation``: every check, timed.
 ksae.units                  The unit atlas: statistics of every code unit (``unit_statistics``).
 ksae.sweep                  The sparsity sweep: one model pair per k.
 ksae.stability              Which units recur across training seeds: Hungarian matching of decoder atoms.
+ksae.controls               Controls for the code: pixels, PCA, untrained and dense codes, shuffled labels (cached).
+ksae.control_study          What sparsity buys: every control scored, explained, its unit claims (``run_controls``);
+                            its generated markdown: ksae.controls_report (``controls_markdown``).
+ksae.checks.across_models   Checks comparing models on the same images; ksae.checks.sparseness: Gini, object share.
 ksae.plots.style            Colours, sizes, fixed layouts and the seaborn style every figure is built in.
 ksae.plots.figure           Finishing figures: palette PNGs, saving, and drawing figures side by side in forked
                             workers.
@@ -44,6 +48,7 @@ ksae.plots.maps             Attribution maps: one image (the three-row compariso
 ksae.plots.checks           Figures of the faithfulness checks, randomization, unit deletion, object focus, the k
                             sweep.
 ksae.plots.units            Figures of the unit atlas: firing density, dashboards, contribution against ablation.
+ksae.plots.controls         Figures of the controls: models and their explanations; unit claims against controls.
 ksae.report                 ``results/summary.json``, tables and generated markdown, run names and output folders,
                             notebook compaction.
 ksae.unit_browser           The self-contained HTML unit browser (template in ``templates/unit_browser.html``).
@@ -143,6 +148,12 @@ from ksae.stability import (
     compare_stability, match_atoms, run_seed_stability, seed_dictionaries, seed_stability, STABILITY_BOOTSTRAP,
     STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms,
 )
+from ksae.controls import (
+    fit_pca, LinearCode, LinearCodePipeline, REPRESENTATIONS, train_representation, untrained_autoencoder,
+)
+from ksae.checks.sparseness import gini_index, object_share
+from ksae.checks.across_models import cascading_randomization, faithfulness_gaps, unit_deletion_gaps
+from ksae.control_study import common_images, run_controls, unit_claims, unit_measures
 from ksae.plots.style import (
     AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET,
     COMPARISON_MARGINS, COMPARISON_MIN_WIDTH, COMPLETENESS_LAYOUT, COMPLETENESS_SWEEP_LAYOUT, CONFUSION_CMAP,
@@ -174,6 +185,8 @@ from ksae.plots.units import (
     DASHBOARD_ROW_INCHES, DASHBOARD_TOP_COLUMNS, DENSITY_BINS, MOSAIC_GAP_COLOR, plot_contribution_vs_ablation,
     plot_firing_density, plot_unit_dashboard,
 )
+from ksae.plots.controls import plot_controls_models, plot_controls_units
+from ksae.controls_report import controls_markdown
 from ksae.report import (
     build_summary, compact_notebook, DEFAULT_FIGURE_DIR, DEFAULT_SUMMARY_PATH, figure_path_fn, figure_timings,
     headline_table, output_paths, protected_folders, randomization_table, read_summary, RUN_DEFAULTS, run_name,
@@ -227,7 +240,10 @@ __all__ = [
     "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats",
     "compare_stability", "match_atoms", "run_seed_stability", "seed_dictionaries", "seed_stability",
     "STABILITY_BOOTSTRAP", "STABLE_COSINE", "stability_by_group", "unit_groups", "untrained_atoms",
-    "run_k_sweep", "AGREEMENT_LAYOUT",
+    "run_k_sweep", "fit_pca", "LinearCode", "LinearCodePipeline", "REPRESENTATIONS",
+    "train_representation", "untrained_autoencoder", "gini_index", "object_share", "cascading_randomization",
+    "faithfulness_gaps", "unit_deletion_gaps", "common_images", "run_controls", "unit_claims", "unit_measures",
+    "plot_controls_models", "plot_controls_units", "controls_markdown", "AGREEMENT_LAYOUT",
     "ATLAS_COLUMNS", "ATLAS_HISTOGRAM_INCHES", "CAN_FORK", "CI_ALPHA", "COLORBAR_INSET", "COMPARISON_MARGINS",
     "COMPARISON_MIN_WIDTH", "COMPLETENESS_LAYOUT", "COMPLETENESS_SWEEP_LAYOUT", "CONFUSION_CMAP",
     "CONFUSION_LAYOUT", "CONTEXT", "CONTROL_LABELS", "CONTROL_STYLES", "CORRELATION_LAYOUT", "DENSITY_LAYOUT",

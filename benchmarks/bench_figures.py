@@ -136,6 +136,11 @@ def figure_calls(kh_mod, inputs: dict, sae, data, folder: Path) -> dict:
         "unit_agreement": lambda: kh_mod.plot_contribution_vs_ablation(units, inputs["agreement"],
                                                                        save=p("unit_agreement")),
     }
+    controls_json = ROOT / "results" / "controls.json"  # section 10 draws the committed file, as here
+    if controls_json.is_file():
+        controls = kh.read_summary(controls_json)
+        calls["controls_models"] = lambda: kh_mod.plot_controls_models(controls, save=p("controls_models"))
+        calls["controls_units"] = lambda: kh_mod.plot_controls_units(controls, save=p("controls_units"))
     return calls
 
 

@@ -24,13 +24,14 @@ from .attribution import METHOD_LABELS
 from .checks.agreement import PIXEL_SETS
 from .checks.randomization import RANDOMIZATION_VARIANTS
 from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _verdict_label, verdict_statements
+from .controls_report import _controls_findings, _controls_section
 from .report import headline_table, randomization_table, unit_table_summary, verdict_markdown
 from .stats import _ci_text
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (default --root)
 RESULTS_DIR = "results"  # inputs, relative to the root
 INPUTS = {"summary": "summary.json", "k_sweep": "k_sweep.json", "recipes": "recipe_checks.json",
-          "seeds": "verdicts_across_seeds.json", "fvu_data": "fvu_55k_vs_60k.json"}
+          "seeds": "verdicts_across_seeds.json", "fvu_data": "fvu_55k_vs_60k.json", "controls": "controls.json"}
 DEVICE_RUNS = "device_runs"  # every file in results/device_runs/ goes to docs/performance.md
 BENCHMARK_RUNS = "benchmarks"  # so does every benchmark's --json output in results/benchmarks/
 RESULTS_DOC, PERFORMANCE_DOC, README = "docs/results.md", "docs/performance.md", "README.md"
@@ -187,7 +188,7 @@ def findings_block(data: dict) -> str:
              f"- **Unit atlas:** Pearson correlation of a unit's mean contribution with the logit drop when it is "
              f"zeroed, over {units['agreement']['n_units']} units: {_ci_text(pearson)}; the same sign for "
              f"{_pct(units['agreement']['same_sign'], 0)} of them.", ""]
-    return "\n".join(lines + verdict_lines(data))
+    return "\n".join(lines[:-1] + [_controls_findings(data["controls"]), ""] + verdict_lines(data))
 
 
 README_BLOCKS = {"findings": findings_block}  # name -> function(data) -> the block's text
@@ -403,7 +404,7 @@ def _units(data: dict) -> list[str]:
 
 
 RESULT_SECTIONS = (_default_run, _seeds, _verdicts, _faithfulness, _agreement, _completeness, _randomization,
-                   _unit_causality, _recipes, _k_sweep, _training_data, _units)
+                   _unit_causality, _recipes, _k_sweep, _training_data, _units, _controls_section)
 
 
 def results_markdown(data: dict) -> str:

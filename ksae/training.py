@@ -292,6 +292,16 @@ def _accuracy_sparse(clf: SparseCodeClassifier, values, indices, y, batch_size: 
     return correct / len(y)
 
 
+@torch.no_grad()
+def _accuracy_dense(clf: SparseCodeClassifier, values, indices, y, batch_size: int = 8192) -> float:
+    """``_accuracy_sparse`` with the first layer on the densified codes ``values, indices: [N, k]``."""
+    clf.eval()
+    d_hidden = clf.W1.shape[0]
+    correct = sum((clf(densify(values[i:i + batch_size], indices[i:i + batch_size], d_hidden)).argmax(1)
+                   == y[i:i + batch_size]).sum().item() for i in range(0, len(y), batch_size))
+    return correct / len(y)
+
+
 def classifier_step(clf: SparseCodeClassifier, opt: torch.optim.Optimizer, sums: torch.Tensor,
                     graph_safe: bool = False) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
     """The classifier's training step for ``GraphedStep``: ``step(values, indices: [B, k], yb: [B])`` takes one
@@ -310,7 +320,7 @@ def classifier_step(clf: SparseCodeClassifier, opt: torch.optim.Optimizer, sums:
 def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train: torch.Tensor,
                      y_train: torch.Tensor, cfg: Config, device: torch.device,
                      x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
-                     backend: CudaGraphBackend | None = None) -> dict[str, list]:
+                     backend: CudaGraphBackend | None = None, dense: bool = False) -> dict[str, list]:
     """Train ``clf`` on the frozen autoencoder's codes of ``x_train: [N, D]`` (labels ``y_train: [N]``).
 
     Codes are kept sparse (``ViewCodes``: ``[V, N, k]`` values and indices for the ``V`` views of
@@ -319,6 +329,10 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
     touches only the k active rows of the first layer (``classifier_step``; a CUDA graph as in
     ``train_autoencoder``). Returns per-epoch loss, train accuracy and (if
     given) accuracy on the validation images ``x_val: [M, D]`` (never the test set).
+
+    ``sae`` may be any encoder with ``k`` (entries per code), ``eval()`` and ``encode_sparse(x) -> (values,
+    indices)`` (the controls of ``ksae.controls``: pixels, PCA). ``dense=True`` runs the first layer on the
+    densified code (a matmul, as the graph-safe step does): the same function, faster for dense codes.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -330,7 +344,8 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
     opt = make_adam(clf.parameters(), cfg.lr, capturable=backend is not None and y.is_cuda)
     steps = math.ceil(len(y) / cfg.batch_size)
     sums = torch.zeros(2, device=device)
-    step = GraphedStep(classifier_step(clf, opt, sums, graph_safe=backend is not None), cfg.batch_size, backend)
+    step = GraphedStep(classifier_step(clf, opt, sums, graph_safe=backend is not None or dense), cfg.batch_size,
+                       backend)
     history = {"loss": [], "train_acc": [], "val_acc": []}
     bar = _progress(cfg.clf_epochs * steps, "classifier")
     for epoch in range(cfg.clf_epochs):
@@ -348,7 +363,7 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
         history["loss"].append(loss_mean)
         history["train_acc"].append(acc)
         if val is not None:
-            history["val_acc"].append(_accuracy_sparse(clf, *val))
+            history["val_acc"].append((_accuracy_dense if dense else _accuracy_sparse)(clf, *val))
         bar.set_postfix(epoch=epoch + 1, loss=f"{loss_mean:.4f}", acc=f"{acc:.3f}",
                         **({"val_acc": f"{history['val_acc'][-1]:.3f}"} if val is not None else {}))
     bar.close()

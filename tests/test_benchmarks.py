@@ -248,3 +248,33 @@ def test_load_reference_of_the_pre_split_revision_is_its_own_single_file():
     assert reference.UNIT_BROWSER_TEMPLATE.is_file()
     after = _package_modules()
     assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
+
+
+def test_controls_tiny_run_writes_every_representation_and_refuses_mismatches(tmp_path):
+    """CI's tiny controls run: one row per representation, the real models (a rerun loads the same cached models),
+    and a ValueError for an unknown name or a cached control trained with another recipe."""
+    controls = _load("controls")
+    out, ckpt = tmp_path / "controls.json", tmp_path / "ckpt"
+    args = ["--tiny", "--device", "cpu", "--ckpt-dir", str(ckpt), "--out", str(out)]
+    result = controls.main(args)
+    saved = json.loads(out.read_text())
+    assert list(saved["models"]) == list(kh.REPRESENTATIONS) and saved["models"] == result["models"]
+    rows, k = saved["models"], saved["config"]["k"]
+    assert rows["sae"]["mean_l0"] <= k and rows["pca"]["mean_l0"] == k and rows["pixels"]["fvu"] is None
+    assert rows["dense"]["d_code"] == saved["config"]["d_hidden"] and rows["dense"]["mean_l0"] > k
+    assert rows["shuffled"]["fvu"] == rows["sae"]["fvu"]  # the SAE's own code
+    assert rows["untrained"]["fvu"] > rows["sae"]["fvu"]  # the untrained dictionary reconstructs worse
+    assert set(saved["claims"]) == {"pure_share", "lowers_share", "agreement", "deletion_gap"}
+    assert all(isinstance(c["held"], bool) for c in saved["claims"].values())
+    assert saved["images"]["n_images"] == sum(saved["images"]["per_class"].values()) > 0
+    again = controls.main(args)  # every model cached: the same rows
+    assert again["models"] == json.loads(json.dumps(result["models"]))
+    with pytest.raises(ValueError, match=r"unknown \['sparse'\]"):
+        controls.main(args + ["--representations", "pca", "sparse"])
+    cfg = kh.Config(**controls.TINY)
+    path = ckpt / f"control_pca_{cfg.checkpoint_name()}"
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["lr"] = 0.5
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"lr: expected 0\.005, got 0\.5"):
+        controls.main(args)

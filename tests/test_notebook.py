@@ -56,6 +56,7 @@ def test_smoke_run_produces_figures_and_summary(smoke_run):
     assert _png_count(nb) >= 20
     saved = sorted(p.name for p in (tmp / "fig").glob("*.png"))
     assert len([n for n in saved if n.startswith("comparison_")]) == 10
+    assert {"controls_models.png", "controls_units.png"} <= set(saved)  # section 10 draws results/controls.json
     summary = json.loads((tmp / "summary.json").read_text())
     assert summary["config"]["k"] == 50 and summary["config"]["train_subset"] == SMOKE["TRAIN_SUBSET"]
     assert summary["selection"]["n_images"] == 10 * SMOKE["SAMPLES_PER_CLASS"]

@@ -51,6 +51,8 @@ EDITED = {
     **dict.fromkeys(["attribute_all", "input_x_gradient", "input_x_smoothgrad"], _X_INPUT),
     **dict.fromkeys(["removal_curves", "_curves_chunk"], "ROAD's noise and tolerance are arguments (the constants as "
                     "defaults): tests pass them instead of patching module globals"),
+    "train_classifier": _DORMANT + "; dense=True (the controls' dense codes): the first layer as a matmul, the default "
+                        "path unchanged",
     "device_name": "docstring only: the performance table moved from README to docs/performance.md",
     "seeds_for_config": "bug: a seeds file written before cuda_graphs existed never matched (execution fields ignored)",
     "verdict_statements": "bug: a test family absent from the rows was stated as holding on every substrate",

@@ -1,0 +1,35 @@
+"""How concentrated a map is: the Gini index (Quantus' ``Sparseness``) and the share of |attribution| on the
+object's pixels, per image."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._util import _as_maps
+
+_GINI_EPS = 1e-7  # added to every |attribution| before the Gini index, as Quantus' Sparseness does
+
+
+def gini_index(maps, normalise: bool = True) -> np.ndarray:
+    """Gini index of ``|maps|`` per image, ``maps: [N, 784]`` -> ``[N]`` in [0, 1): 0 for a uniform map, near 1
+    when one pixel holds everything (Chalasani et al. 2020; Quantus' ``Sparseness`` with its defaults: |.|,
+    each map divided by its largest |value| unless it is all zero (``normalise``), ``_GINI_EPS`` added, then
+    ``sum_i (2 i - P - 1) a_(i) / (P sum_i a_i)`` over the sorted values ``a_(1) <= ... <= a_(P)``)."""
+    if not isinstance(normalise, bool):
+        raise ValueError(f"normalise must be True or False, got {normalise!r}")
+    a = np.abs(_as_maps(maps, "maps"))
+    if normalise:
+        peak = a.max(1, keepdims=True)
+        a = np.divide(a, peak, out=a.copy(), where=peak > 0)
+    a = np.sort(a + _GINI_EPS, axis=1)
+    p = a.shape[1]
+    weights = 2 * np.arange(1, p + 1) - p - 1
+    return (a * weights).sum(1) / (p * a.sum(1))
+
+
+def object_share(maps, x) -> np.ndarray:
+    """Share of each map's total |attribution| on the image's object pixels (x > 0): ``maps, x: [N, 784]`` ->
+    ``[N]`` (what ``object_focus`` summarises; 0 for an all-zero map)."""
+    a = np.abs(_as_maps(maps, "maps"))
+    obj = _as_maps(x, "x", len(a)) > 0
+    return (a * obj).sum(1) / np.maximum(a.sum(1), 1e-12)
