@@ -63,12 +63,8 @@ Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` 
 ``C`` the number of classes (10).
 """
 
-from ksae.config import (
-    Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES,
-)
-from ksae.parameters import (
-    check_parameter, check_parameters, MAX_K, NOTEBOOK_PARAMETERS, Parameter,
-)
+from ksae.config import Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES
+from ksae.parameters import check_parameter, check_parameters, MAX_K, NOTEBOOK_PARAMETERS, Parameter
 from ksae.runtime import (
     device_name, pick_device, print_table, seed_everything, show, show_markdown, Stopwatch, synchronize,
 )
@@ -76,21 +72,16 @@ from ksae.data import (
     as_flat_images, CLASS_NAMES, DatasetNotFoundError, FASHION_MNIST_SHA256, FashionMNIST, load_fashion_mnist,
     SYSTEM_DATA_DIR, train_subset, train_val_split, VAL_SPLIT_SEED, validation_indices,
 )
-from ksae.models import (
-    densify, KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline,
-)
+from ksae.models import densify, KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline
 from ksae.metrics import (
     dataset_fvu, encode_dataset, evaluate_autoencoder, evaluate_classifier, evaluate_models, firing_counts,
     firing_frequency, fvu, predict,
 )
-from ksae.cuda_graphs import (
-    CudaGraphBackend, graph_backend, GRAPH_WARMUP_STEPS, GraphedStep,
-)
+from ksae.cuda_graphs import CudaGraphBackend, graph_backend, GRAPH_WARMUP_STEPS, GraphedStep
 from ksae.training import (
     autoencoder_losses, autoencoder_step, auxk_loss, classifier_step, classifier_views, CODE_MEMORY_BUDGET,
     encode_views, hflip, lr_factor, make_adam, make_scheduler, n_classifier_views, set_lr_, SHIFT_DIRECTIONS,
-    shift_images, train_autoencoder, train_autoencoder_on_split, train_classifier, train_models, view_of,
-    ViewCodes,
+    shift_images, train_autoencoder, train_autoencoder_on_split, train_classifier, train_models, view_of, ViewCodes,
 )
 from ksae.checkpoints import (
     CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, RESCUE_PREFIX, save_checkpoint,
@@ -100,15 +91,9 @@ from ksae.attribution import (
     integrated_gradients, METHOD_LABELS, OUTPUTS, rescale_contributions, RESCALE_EPS, simple_gradients, smoothgrad,
     UNIT_RULES,
 )
-from ksae.stats import (
-    BOOTSTRAP_CACHE, bootstrap_ci, partner_images, rowwise_spearman, summarize, top_fraction_iou,
-)
-from ksae.selection import (
-    select_high_confidence, Selection,
-)
-from ksae.checks.agreement import (
-    AGREEMENT_KINDS, correlation_matrix, cross_method_statistics, PIXEL_SETS,
-)
+from ksae.stats import BOOTSTRAP_CACHE, bootstrap_ci, partner_images, rowwise_spearman, summarize, top_fraction_iou
+from ksae.selection import select_high_confidence, Selection
+from ksae.checks.agreement import AGREEMENT_KINDS, correlation_matrix, cross_method_statistics, PIXEL_SETS
 from ksae.checks.completeness import (
     completeness_decomposition, COMPLETENESS_POINTS, COMPLETENESS_TOLERANCE, count_path_switches, GAP_FLOOR,
     ig_completeness, MIN_COMPLETENESS_POINTS, MIN_SUBGRID_STEPS, PATH_TOPK_STRIDE,
@@ -126,24 +111,16 @@ from ksae.checks.randomization import (
     DECODER_STAGE, randomization_check, RANDOMIZATION_SEED_OFFSET, randomization_stages, RANDOMIZATION_VARIANTS,
     READS_DECODER,
 )
-from ksae.checks.unit_causality import (
-    unit_deletion_curves, UNIT_ORDERS, UNIT_SCORES, Z_95,
-)
-from ksae.checks.verdicts import (
-    VERDICT_FAMILIES, VERDICT_NAMES, verdict_statements, verdict_table, VERDICT_TESTS,
-)
-from ksae.checks.suite import (
-    run_validation, timed_checks,
-)
+from ksae.checks.unit_causality import unit_deletion_curves, UNIT_ORDERS, UNIT_SCORES, Z_95
+from ksae.checks.verdicts import VERDICT_FAMILIES, VERDICT_NAMES, verdict_statements, verdict_table, VERDICT_TESTS
+from ksae.checks.suite import run_validation, timed_checks
 from ksae.units import (
     contribution_ablation_agreement, describe_unit, top_units_of_classes, UNIT_ABLATION_ROWS, unit_ablation_sums,
     UNIT_BAND_SAMPLES, UNIT_COFIRING, UNIT_CONTRIBUTION_ROWS, unit_contribution_sums, UNIT_HIST_BINS,
     UNIT_NEGLIGIBLE_LOGIT, UNIT_QUANTILE_BANDS, unit_statistics, unit_table, UNIT_TABLE_DIGITS, UNIT_TOP_IMAGES,
     UnitStats, EXPLORER_PAGE, UNIT_BROWSER_PAGE, UNIT_TOP_CONTRIBUTIONS, unit_top_contributions,
 )
-from ksae.sweep import (
-    run_k_sweep,
-)
+from ksae.sweep import run_k_sweep
 from ksae.stability import (
     compare_stability, match_atoms, run_seed_stability, seed_dictionaries, seed_stability, STABILITY_BOOTSTRAP,
     STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms,
@@ -155,20 +132,18 @@ from ksae.checks.sparseness import gini_index, object_share
 from ksae.checks.across_models import cascading_randomization, faithfulness_gaps, unit_deletion_gaps
 from ksae.control_study import common_images, run_controls, unit_claims, unit_measures
 from ksae.plots.style import (
-    AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET,
-    COMPARISON_MARGINS, COMPARISON_MIN_WIDTH, COMPLETENESS_LAYOUT, COMPLETENESS_SWEEP_LAYOUT, CONFUSION_CMAP,
-    CONFUSION_LAYOUT, CONTEXT, CONTROL_LABELS, CONTROL_STYLES, CORRELATION_LAYOUT, DENSITY_LAYOUT, DIVERGING_CMAP,
-    DPI, ERROR_BINS, FAITHFULNESS_LAYOUT, FALLBACK_NOTE, FIGURE_WORKERS, FONT_SCALE, HEATMAP_DARK,
-    IMAGE_CMAP, IMAGE_STATS, K_SWEEP_LAYOUT, K_SWEEP_PANELS, LEGEND_HEADROOM, LOG_BAR_MARGIN, LOG_BIN_MARGIN,
-    LOG_FLOOR, LOG_MINOR_SUBS, MAP_CLIP_PERCENTILE, MESSAGE_LAYOUT, METHOD_COLORS, MOSAIC_GAP, MOSAIC_TITLE_GAP,
-    NULL_CORRELATIONS, OBJECT_CONTOUR_COLOR, OBJECT_FOCUS_LAYOUT, OVERLAY_ALPHA, PAIR_CORRELATIONS, PANEL_INCHES,
-    PNG_COLORS, PNG_EXACT_COLORS, PNG_QUANTIZER, PNG_TOLERANCE, QUADRATURE_LABELS, RANDOMIZATION_LAYOUT,
-    RANDOMIZATION_ROW_INCHES, RC_FAST, SHORT_LABELS, SIDE_COLORBAR_INCHES, SMALL_PANEL_INCHES, STYLE, SUPTITLE_PAD,
-    TRAINING_LAYOUT, UNIT_DELETION_LAYOUT, USAGE_BINS,
+    AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET, COMPARISON_MARGINS,
+    COMPARISON_MIN_WIDTH, COMPLETENESS_LAYOUT, COMPLETENESS_SWEEP_LAYOUT, CONFUSION_CMAP, CONFUSION_LAYOUT, CONTEXT,
+    CONTROL_LABELS, CONTROL_STYLES, CORRELATION_LAYOUT, DENSITY_LAYOUT, DIVERGING_CMAP, DPI, ERROR_BINS,
+    FAITHFULNESS_LAYOUT, FALLBACK_NOTE, FIGURE_WORKERS, FONT_SCALE, HEATMAP_DARK, IMAGE_CMAP, IMAGE_STATS,
+    K_SWEEP_LAYOUT, K_SWEEP_PANELS, LEGEND_HEADROOM, LOG_BAR_MARGIN, LOG_BIN_MARGIN, LOG_FLOOR, LOG_MINOR_SUBS,
+    MAP_CLIP_PERCENTILE, MESSAGE_LAYOUT, METHOD_COLORS, MOSAIC_GAP, MOSAIC_TITLE_GAP, NULL_CORRELATIONS,
+    OBJECT_CONTOUR_COLOR, OBJECT_FOCUS_LAYOUT, OVERLAY_ALPHA, PAIR_CORRELATIONS, PANEL_INCHES, PNG_COLORS,
+    PNG_EXACT_COLORS, PNG_QUANTIZER, PNG_TOLERANCE, QUADRATURE_LABELS, RANDOMIZATION_LAYOUT, RANDOMIZATION_ROW_INCHES,
+    RC_FAST, SHORT_LABELS, SIDE_COLORBAR_INCHES, SMALL_PANEL_INCHES, STYLE, SUPTITLE_PAD, TRAINING_LAYOUT,
+    UNIT_DELETION_LAYOUT, USAGE_BINS,
 )
-from ksae.plots.figure import (
-    figure_workers, palette_png, png_bytes, render_figures,
-)
+from ksae.plots.figure import figure_workers, palette_png, png_bytes, render_figures
 from ksae.plots.training import (
     plot_class_examples, plot_class_units, plot_confusion_matrix, plot_feature_atlas, plot_reconstructions,
     plot_training_history,
@@ -200,74 +175,67 @@ from ksae.explorer import (
     EXPLORER_DTYPES, EXPLORER_GZIP_LEVEL, EXPLORER_MAX_BYTES, EXPLORER_MAX_SCALE, EXPLORER_TEMPLATE, explorer_data,
     read_explorer_data, write_explorer,
 )
-from ksae._util import (
-    atomic_write_bytes, IMAGE_SIDE, PIXEL_TOLERANCE, remove_stale_temporaries, STALE_TMP_SECONDS,
-)
+from ksae._util import atomic_write_bytes, IMAGE_SIDE, PIXEL_TOLERANCE, remove_stale_temporaries, STALE_TMP_SECONDS
 
 __all__ = [
     "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "check_parameter", "check_parameters", "MAX_K",
     "NOTEBOOK_PARAMETERS", "Parameter", "PIXEL_TOLERANCE", "remove_stale_temporaries", "STALE_TMP_SECONDS",
-    "RESCUE_PREFIX", "protected_folders",
-    "device_name", "pick_device", "print_table",
-    "seed_everything", "show", "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES",
-    "DatasetNotFoundError", "FASHION_MNIST_SHA256", "FashionMNIST", "load_fashion_mnist", "SYSTEM_DATA_DIR",
-    "train_subset", "train_val_split", "VAL_SPLIT_SEED", "validation_indices", "densify", "KSparseAutoencoder",
-    "SparseCodeClassifier", "SparseCodePipeline", "dataset_fvu", "encode_dataset", "evaluate_autoencoder",
-    "evaluate_classifier", "evaluate_models", "firing_counts", "firing_frequency", "fvu", "predict",
-    "CudaGraphBackend", "graph_backend", "GRAPH_WARMUP_STEPS", "GraphedStep", "autoencoder_losses",
-    "autoencoder_step", "auxk_loss", "classifier_step", "classifier_views", "CODE_MEMORY_BUDGET", "encode_views",
-    "hflip", "lr_factor", "make_adam", "make_scheduler", "n_classifier_views", "set_lr_", "SHIFT_DIRECTIONS",
-    "shift_images", "train_autoencoder", "train_autoencoder_on_split", "train_classifier", "train_models",
-    "view_of", "ViewCodes", "CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_or_train",
-    "save_checkpoint", "attribute_all", "decoder_weighted", "DEFAULT_INTERNAL_BATCH", "ig_quadrature",
-    "input_x_gradient", "input_x_smoothgrad", "integrated_gradients", "METHOD_LABELS", "OUTPUTS",
-    "rescale_contributions", "RESCALE_EPS", "simple_gradients", "smoothgrad", "UNIT_RULES", "BOOTSTRAP_CACHE",
-    "bootstrap_ci", "partner_images", "rowwise_spearman", "summarize", "top_fraction_iou",
+    "RESCUE_PREFIX", "protected_folders", "device_name", "pick_device", "print_table", "seed_everything", "show",
+    "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES", "DatasetNotFoundError",
+    "FASHION_MNIST_SHA256", "FashionMNIST", "load_fashion_mnist", "SYSTEM_DATA_DIR", "train_subset", "train_val_split",
+    "VAL_SPLIT_SEED", "validation_indices", "densify", "KSparseAutoencoder", "SparseCodeClassifier",
+    "SparseCodePipeline", "dataset_fvu", "encode_dataset", "evaluate_autoencoder", "evaluate_classifier",
+    "evaluate_models", "firing_counts", "firing_frequency", "fvu", "predict", "CudaGraphBackend", "graph_backend",
+    "GRAPH_WARMUP_STEPS", "GraphedStep", "autoencoder_losses", "autoencoder_step", "auxk_loss", "classifier_step",
+    "classifier_views", "CODE_MEMORY_BUDGET", "encode_views", "hflip", "lr_factor", "make_adam", "make_scheduler",
+    "n_classifier_views", "set_lr_", "SHIFT_DIRECTIONS", "shift_images", "train_autoencoder",
+    "train_autoencoder_on_split", "train_classifier", "train_models", "view_of", "ViewCodes", "CHECKPOINT_FORMAT",
+    "CheckpointError", "load_checkpoint", "load_or_train", "save_checkpoint", "attribute_all", "decoder_weighted",
+    "DEFAULT_INTERNAL_BATCH", "ig_quadrature", "input_x_gradient", "input_x_smoothgrad", "integrated_gradients",
+    "METHOD_LABELS", "OUTPUTS", "rescale_contributions", "RESCALE_EPS", "simple_gradients", "smoothgrad", "UNIT_RULES",
+    "BOOTSTRAP_CACHE", "bootstrap_ci", "partner_images", "rowwise_spearman", "summarize", "top_fraction_iou",
     "select_high_confidence", "Selection", "AGREEMENT_KINDS", "correlation_matrix", "cross_method_statistics",
-    "PIXEL_SETS", "completeness_decomposition", "COMPLETENESS_POINTS", "COMPLETENESS_TOLERANCE",
-    "count_path_switches", "GAP_FLOOR", "ig_completeness", "MIN_COMPLETENESS_POINTS", "MIN_SUBGRID_STEPS",
-    "PATH_TOPK_STRIDE", "blur_images", "BLUR_SIGMA", "BLUR_TRUNCATE", "FAITH_ALPHA", "FAITH_ROWS", "RANKINGS",
-    "ROAD_CHECK_EVERY_CUDA", "ROAD_CHUNK", "ROAD_CHUNK_CUDA", "ROAD_COMPACT", "ROAD_DIAGONAL_WEIGHT",
-    "ROAD_DIRECT_WEIGHT", "ROAD_GRID", "road_impute", "ROAD_MAX_ITER", "ROAD_NOISE", "ROAD_PIXELS_PER_STEP",
-    "ROAD_TOL", "SUBSTRATES", "balanced_subset", "control_maps", "curve_auc", "edge_map", "faithfulness_orderings",
-    "faithfulness_suite", "object_focus", "perturbation_curves", "removal_curves", "removal_order",
-    "DECODER_STAGE", "randomization_check", "RANDOMIZATION_SEED_OFFSET", "randomization_stages",
-    "RANDOMIZATION_VARIANTS", "READS_DECODER", "unit_deletion_curves", "UNIT_ORDERS", "UNIT_SCORES", "Z_95",
-    "VERDICT_FAMILIES", "VERDICT_NAMES", "verdict_statements", "verdict_table", "VERDICT_TESTS", "run_validation",
-    "timed_checks", "contribution_ablation_agreement", "describe_unit", "top_units_of_classes",
+    "PIXEL_SETS", "completeness_decomposition", "COMPLETENESS_POINTS", "COMPLETENESS_TOLERANCE", "count_path_switches",
+    "GAP_FLOOR", "ig_completeness", "MIN_COMPLETENESS_POINTS", "MIN_SUBGRID_STEPS", "PATH_TOPK_STRIDE", "blur_images",
+    "BLUR_SIGMA", "BLUR_TRUNCATE", "FAITH_ALPHA", "FAITH_ROWS", "RANKINGS", "ROAD_CHECK_EVERY_CUDA", "ROAD_CHUNK",
+    "ROAD_CHUNK_CUDA", "ROAD_COMPACT", "ROAD_DIAGONAL_WEIGHT", "ROAD_DIRECT_WEIGHT", "ROAD_GRID", "road_impute",
+    "ROAD_MAX_ITER", "ROAD_NOISE", "ROAD_PIXELS_PER_STEP", "ROAD_TOL", "SUBSTRATES", "balanced_subset", "control_maps",
+    "curve_auc", "edge_map", "faithfulness_orderings", "faithfulness_suite", "object_focus", "perturbation_curves",
+    "removal_curves", "removal_order", "DECODER_STAGE", "randomization_check", "RANDOMIZATION_SEED_OFFSET",
+    "randomization_stages", "RANDOMIZATION_VARIANTS", "READS_DECODER", "unit_deletion_curves", "UNIT_ORDERS",
+    "UNIT_SCORES", "Z_95", "VERDICT_FAMILIES", "VERDICT_NAMES", "verdict_statements", "verdict_table", "VERDICT_TESTS",
+    "run_validation", "timed_checks", "contribution_ablation_agreement", "describe_unit", "top_units_of_classes",
     "UNIT_ABLATION_ROWS", "unit_ablation_sums", "UNIT_BAND_SAMPLES", "UNIT_COFIRING", "UNIT_CONTRIBUTION_ROWS",
     "unit_contribution_sums", "UNIT_HIST_BINS", "UNIT_NEGLIGIBLE_LOGIT", "UNIT_QUANTILE_BANDS", "unit_statistics",
-    "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats",
-    "compare_stability", "match_atoms", "run_seed_stability", "seed_dictionaries", "seed_stability",
-    "STABILITY_BOOTSTRAP", "STABLE_COSINE", "stability_by_group", "unit_groups", "untrained_atoms",
-    "run_k_sweep", "fit_pca", "LinearCode", "LinearCodePipeline", "REPRESENTATIONS",
-    "train_representation", "untrained_autoencoder", "gini_index", "object_share", "cascading_randomization",
-    "faithfulness_gaps", "unit_deletion_gaps", "common_images", "run_controls", "unit_claims", "unit_measures",
-    "plot_controls_models", "plot_controls_units", "controls_markdown", "AGREEMENT_LAYOUT",
-    "ATLAS_COLUMNS", "ATLAS_HISTOGRAM_INCHES", "CAN_FORK", "CI_ALPHA", "COLORBAR_INSET", "COMPARISON_MARGINS",
-    "COMPARISON_MIN_WIDTH", "COMPLETENESS_LAYOUT", "COMPLETENESS_SWEEP_LAYOUT", "CONFUSION_CMAP",
+    "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats", "compare_stability", "match_atoms",
+    "run_seed_stability", "seed_dictionaries", "seed_stability", "STABILITY_BOOTSTRAP", "STABLE_COSINE",
+    "stability_by_group", "unit_groups", "untrained_atoms", "run_k_sweep", "fit_pca", "LinearCode",
+    "LinearCodePipeline", "REPRESENTATIONS", "train_representation", "untrained_autoencoder", "gini_index",
+    "object_share", "cascading_randomization", "faithfulness_gaps", "unit_deletion_gaps", "common_images",
+    "run_controls", "unit_claims", "unit_measures", "plot_controls_models", "plot_controls_units", "controls_markdown",
+    "AGREEMENT_LAYOUT", "ATLAS_COLUMNS", "ATLAS_HISTOGRAM_INCHES", "CAN_FORK", "CI_ALPHA", "COLORBAR_INSET",
+    "COMPARISON_MARGINS", "COMPARISON_MIN_WIDTH", "COMPLETENESS_LAYOUT", "COMPLETENESS_SWEEP_LAYOUT", "CONFUSION_CMAP",
     "CONFUSION_LAYOUT", "CONTEXT", "CONTROL_LABELS", "CONTROL_STYLES", "CORRELATION_LAYOUT", "DENSITY_LAYOUT",
-    "DIVERGING_CMAP", "DPI", "ERROR_BINS", "FAITHFULNESS_LAYOUT", "FALLBACK_NOTE",
-    "FIGURE_WORKERS", "FONT_SCALE", "HEATMAP_DARK", "IMAGE_CMAP", "IMAGE_STATS", "K_SWEEP_LAYOUT",
-    "K_SWEEP_PANELS", "LEGEND_HEADROOM", "LOG_BAR_MARGIN", "LOG_BIN_MARGIN", "LOG_FLOOR", "LOG_MINOR_SUBS",
-    "MAP_CLIP_PERCENTILE", "MESSAGE_LAYOUT", "METHOD_COLORS", "MOSAIC_GAP", "MOSAIC_TITLE_GAP",
-    "NULL_CORRELATIONS", "OBJECT_CONTOUR_COLOR", "OBJECT_FOCUS_LAYOUT", "OVERLAY_ALPHA", "PAIR_CORRELATIONS",
-    "PANEL_INCHES", "PNG_COLORS", "PNG_EXACT_COLORS", "PNG_QUANTIZER", "PNG_TOLERANCE", "QUADRATURE_LABELS",
-    "RANDOMIZATION_LAYOUT", "RANDOMIZATION_ROW_INCHES", "RC_FAST", "SHORT_LABELS", "SIDE_COLORBAR_INCHES",
-    "SMALL_PANEL_INCHES", "STYLE", "SUPTITLE_PAD", "TRAINING_LAYOUT", "UNIT_DELETION_LAYOUT", "USAGE_BINS",
-    "figure_workers", "palette_png", "png_bytes", "render_figures", "plot_class_examples", "plot_class_units",
-    "plot_confusion_matrix", "plot_feature_atlas", "plot_reconstructions", "plot_training_history",
-    "image_attribution_stats", "plot_attribution_comparison", "plot_class_average_maps", "plot_comparison_grid",
-    "plot_correlation_summary", "render_comparison_grid", "ABS_HATCH", "FAITH_CURVE_TITLES", "plot_completeness",
-    "plot_faithfulness", "plot_k_sweep", "plot_object_focus", "plot_randomization", "plot_unit_deletion",
-    "SUBSTRATE_LABELS", "UNIT_ORDER_LABELS", "UNIT_ORDER_STYLES", "DASHBOARD_ROW_INCHES", "DASHBOARD_TOP_COLUMNS",
-    "DENSITY_BINS", "MOSAIC_GAP_COLOR", "plot_contribution_vs_ablation", "plot_firing_density",
+    "DIVERGING_CMAP", "DPI", "ERROR_BINS", "FAITHFULNESS_LAYOUT", "FALLBACK_NOTE", "FIGURE_WORKERS", "FONT_SCALE",
+    "HEATMAP_DARK", "IMAGE_CMAP", "IMAGE_STATS", "K_SWEEP_LAYOUT", "K_SWEEP_PANELS", "LEGEND_HEADROOM",
+    "LOG_BAR_MARGIN", "LOG_BIN_MARGIN", "LOG_FLOOR", "LOG_MINOR_SUBS", "MAP_CLIP_PERCENTILE", "MESSAGE_LAYOUT",
+    "METHOD_COLORS", "MOSAIC_GAP", "MOSAIC_TITLE_GAP", "NULL_CORRELATIONS", "OBJECT_CONTOUR_COLOR",
+    "OBJECT_FOCUS_LAYOUT", "OVERLAY_ALPHA", "PAIR_CORRELATIONS", "PANEL_INCHES", "PNG_COLORS", "PNG_EXACT_COLORS",
+    "PNG_QUANTIZER", "PNG_TOLERANCE", "QUADRATURE_LABELS", "RANDOMIZATION_LAYOUT", "RANDOMIZATION_ROW_INCHES",
+    "RC_FAST", "SHORT_LABELS", "SIDE_COLORBAR_INCHES", "SMALL_PANEL_INCHES", "STYLE", "SUPTITLE_PAD", "TRAINING_LAYOUT",
+    "UNIT_DELETION_LAYOUT", "USAGE_BINS", "figure_workers", "palette_png", "png_bytes", "render_figures",
+    "plot_class_examples", "plot_class_units", "plot_confusion_matrix", "plot_feature_atlas", "plot_reconstructions",
+    "plot_training_history", "image_attribution_stats", "plot_attribution_comparison", "plot_class_average_maps",
+    "plot_comparison_grid", "plot_correlation_summary", "render_comparison_grid", "ABS_HATCH", "FAITH_CURVE_TITLES",
+    "plot_completeness", "plot_faithfulness", "plot_k_sweep", "plot_object_focus", "plot_randomization",
+    "plot_unit_deletion", "SUBSTRATE_LABELS", "UNIT_ORDER_LABELS", "UNIT_ORDER_STYLES", "DASHBOARD_ROW_INCHES",
+    "DASHBOARD_TOP_COLUMNS", "DENSITY_BINS", "MOSAIC_GAP_COLOR", "plot_contribution_vs_ablation", "plot_firing_density",
     "plot_unit_dashboard", "build_summary", "compact_notebook", "DEFAULT_FIGURE_DIR", "DEFAULT_SUMMARY_PATH",
     "figure_path_fn", "figure_timings", "headline_table", "output_paths", "randomization_table", "read_summary",
     "RUN_DEFAULTS", "run_name", "RUN_NAME_MAX", "RUNS_DIR", "seeds_for_config", "selection_summary",
     "SUMMARY_SCHEMA_VERSION", "UNIT_PURE", "unit_table_summary", "verdict_markdown", "write_summary",
-    "read_unit_browser_data", "SIGNED_TILE_ZERO", "unit_browser_data", "UNIT_BROWSER_TEMPLATE",
-    "write_unit_browser", "EXPLORER_PAGE", "UNIT_BROWSER_PAGE", "UNIT_TOP_CONTRIBUTIONS", "unit_top_contributions",
-    "EXPLORER_DTYPES", "EXPLORER_GZIP_LEVEL", "EXPLORER_MAX_BYTES", "EXPLORER_MAX_SCALE", "EXPLORER_TEMPLATE",
-    "explorer_data", "read_explorer_data", "write_explorer", "atomic_write_bytes", "IMAGE_SIDE",
+    "read_unit_browser_data", "SIGNED_TILE_ZERO", "unit_browser_data", "UNIT_BROWSER_TEMPLATE", "write_unit_browser",
+    "EXPLORER_PAGE", "UNIT_BROWSER_PAGE", "UNIT_TOP_CONTRIBUTIONS", "unit_top_contributions", "EXPLORER_DTYPES",
+    "EXPLORER_GZIP_LEVEL", "EXPLORER_MAX_BYTES", "EXPLORER_MAX_SCALE", "EXPLORER_TEMPLATE", "explorer_data",
+    "read_explorer_data", "write_explorer", "atomic_write_bytes", "IMAGE_SIDE",
 ]

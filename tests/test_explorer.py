@@ -94,8 +94,12 @@ def test_writer_rejects_bad_arguments(small_pipeline, tmp_path):
         args = dict(pipeline=pipeline, data=data, path=out, cfg=cfg) | override
         with pytest.raises(ValueError, match=message):
             kh.write_explorer(**args)
+    wide = kh.SparseCodeClassifier(d_hidden=48, hidden=(16,), n_classes=10)
+    with pytest.raises(ValueError, match="clf must read the autoencoder's 32 code units"):  # refused when built
+        kh.SparseCodePipeline(kh.KSparseAutoencoder(k=4, d_hidden=32), wide)
     mismatched = kh.SparseCodePipeline(kh.KSparseAutoencoder(k=4, d_hidden=32),
-                                       kh.SparseCodeClassifier(d_hidden=48, hidden=(16,), n_classes=10)).eval()
+                                       kh.SparseCodeClassifier(d_hidden=32, hidden=(16,), n_classes=10)).eval()
+    mismatched.clf = wide.eval()  # swapped in afterwards: the writer checks again
     with pytest.raises(ValueError, match="pipeline: the classifier reads 48 code units but the autoencoder has 32"):
         kh.write_explorer(mismatched, data, out, kh.Config(k=4, d_hidden=32))
     tanh = kh.SparseCodePipeline(kh.KSparseAutoencoder(k=4, d_hidden=32),
