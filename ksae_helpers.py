@@ -122,8 +122,8 @@ from ksae.units import (
 )
 from ksae.sweep import run_k_sweep
 from ksae.stability import (
-    compare_stability, match_atoms, run_seed_stability, seed_dictionaries, seed_stability, STABILITY_BOOTSTRAP,
-    STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms,
+    compare_stability, match_atoms, run_seed_stability, seed_dictionaries, seed_stability, stability_for_config,
+    STABILITY_BOOTSTRAP, STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms,
 )
 from ksae.controls import (
     fit_pca, LinearCode, LinearCodePipeline, REPRESENTATIONS, train_representation, untrained_autoencoder,
@@ -208,8 +208,8 @@ __all__ = [
     "UNIT_ABLATION_ROWS", "unit_ablation_sums", "UNIT_BAND_SAMPLES", "UNIT_COFIRING", "UNIT_CONTRIBUTION_ROWS",
     "unit_contribution_sums", "UNIT_HIST_BINS", "UNIT_NEGLIGIBLE_LOGIT", "UNIT_QUANTILE_BANDS", "unit_statistics",
     "unit_table", "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats", "compare_stability", "match_atoms",
-    "run_seed_stability", "seed_dictionaries", "seed_stability", "STABILITY_BOOTSTRAP", "STABLE_COSINE",
-    "stability_by_group", "unit_groups", "untrained_atoms", "run_k_sweep", "fit_pca", "LinearCode",
+    "run_seed_stability", "seed_dictionaries", "seed_stability", "stability_for_config", "STABILITY_BOOTSTRAP",
+    "STABLE_COSINE", "stability_by_group", "unit_groups", "untrained_atoms", "run_k_sweep", "fit_pca", "LinearCode",
     "LinearCodePipeline", "REPRESENTATIONS", "train_representation", "untrained_autoencoder", "gini_index",
     "object_share", "cascading_randomization", "faithfulness_gaps", "unit_deletion_gaps", "common_images",
     "run_controls", "unit_claims", "unit_measures", "plot_controls_models", "plot_controls_units", "controls_markdown",

@@ -41,7 +41,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--n-subset", type=int, default=300, help="images of the blur and ROAD substrates")
     parser.add_argument("--n-randomization", type=int, default=100, help="images of the randomization check")
     parser.add_argument("--n-unit-images", type=int, default=500, help="images of the unit-deletion gaps")
-    parser.add_argument("--train-sae", action="store_true", help="train the SAE if its checkpoint is missing")
+    parser.add_argument("--train-sae", action="store_true", help="train the SAE (and the other seeds' SAEs of the "
+                        "stability study) if a checkpoint is missing")
+    parser.add_argument("--stability-seeds", type=int, nargs="*", default=None,
+                        help="training seeds whose dictionaries are matched to --seed's (default: it and the next "
+                             "two; none: skip the stability study)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: kh.pick_device())")
     parser.add_argument("--ckpt-dir", default="checkpoints")
     parser.add_argument("--out", default="results/controls.json")
@@ -53,7 +57,7 @@ def main(argv=None) -> dict:
     data = kh.load_fashion_mnist("data", verbose=False)
     t0 = time.perf_counter()
     result = kh.run_controls(data, cfg, device, args.representations, args.ckpt_dir, train_sae=args.tiny or
-                             args.train_sae, **sizes)
+                             args.train_sae, stability_seeds=args.stability_seeds, **sizes)
     result["wall_seconds"] = time.perf_counter() - t0
     kh.atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
     for name, row in result["models"].items():
@@ -62,6 +66,10 @@ def main(argv=None) -> dict:
               f"FVU {fvu}  L0 {row['mean_l0']:.1f}  dead {row['dead_units']}")
     for claim, c in result["claims"].items():
         print(f"claim {claim}: {'held' if c['held'] else 'not held'}")
+    if result["stability"]:
+        st = result["stability"]
+        print(f"seed stability: {100 * st['share_stable']:.2f} % of units recur (cosine >= {st['threshold']}) in seeds "
+              f"{st['seeds']}; untrained control {100 * st['control']['share_stable']:.2f} %")
     print(f"wall {result['wall_seconds']:.0f} s; stages: " +
           ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items()))
     return result

@@ -15,6 +15,8 @@
 #   cached   the same again: Run All with the checkpoint that scratch wrote
 #   budget   benchmarks/fvu_vs_budget.py: validation and test FVU against autoencoder epochs 30, 60, 75, 120
 #   sweep    benchmarks/k_sweep.py: k = 5 ... 200 at default epochs
+#   controls benchmarks/controls.py: every control model trained on the GPU, seeds +1 and +2 for the stability
+#            study too (--train-sae, into the scratch phase's checkpoint folder)
 #   profile  the cached run once more under cProfile (-X importtime too): $OUT/profile.txt, $OUT/importtime.txt
 # The script prints "cell N: T s" (seconds since the interpreter started) as each notebook cell begins.
 # Bytecode: the lent machines' torch install has no usable compiled bytecode and a read-only folder, so every
@@ -54,7 +56,7 @@ mkdir -p "$OUT" data/FashionMNIST/raw
 cp .devdata/*-ubyte.gz data/FashionMNIST/raw/
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 
-PHASES=${PHASES:-startup graphs scratch cached budget sweep}
+PHASES=${PHASES:-startup graphs scratch cached budget sweep controls}
 phase() {  # phase NAME LIMIT_SECONDS COMMAND...: timed, if PHASES names it
   [[ " $PHASES " == *" $1 "* ]] || return 1
   timed "$@"
@@ -104,6 +106,8 @@ phase scratch 130 $PY .devdata/fashion_mnist_interpretability.py && cp results/s
 phase cached 90 $PY .devdata/fashion_mnist_interpretability.py && cp results/summary.json "$OUT/summary_cached.json"
 phase budget 100 $PY benchmarks/fvu_vs_budget.py --epochs 30 60 75 120 --device cuda --out "$OUT/fvu_vs_budget.json"
 phase sweep 100 $PY benchmarks/k_sweep.py --device cuda --out "$OUT/k_sweep.json"
+phase controls 300 $PY benchmarks/controls.py --device cuda --train-sae --ckpt-dir "$DEVICE_CHECK_CHECKPOINTS" \
+  --out "$OUT/controls.json"
 if phase profile 150 $PY -X importtime -m cProfile -o "$OUT/profile.out" .devdata/fashion_mnist_interpretability.py; then
   $PY -c "import pstats, sys; pstats.Stats(sys.argv[1], stream=open(sys.argv[2], 'w')).sort_stats('cumulative').print_stats(120)" \
     "$OUT/profile.out" "$OUT/profile.txt"

@@ -36,6 +36,7 @@ from .controls import (
 )
 from .models import SparseCodePipeline
 from .runtime import device_name
+from .stability import run_seed_stability
 from .stats import _rowwise_pearson, summarize
 from .units import contribution_ablation_agreement, unit_statistics
 
@@ -159,7 +160,7 @@ def unit_measures(pipeline: SparseCodePipeline, data: FashionMNIST, device: torc
     """The unit claims' quantities for one model (``unit_statistics`` on the test set; the unit-deletion gaps on
     ``x: [N, 784]``, ``y: [N]``): ``(summary, raw)`` with ``raw`` the per-unit and per-image values the claims
     resample: ``pure``, ``lowers`` (``[live units]`` 0/1), ``pairs`` (``[units, 2]`` contribution, ablation drop),
-    ``gaps`` (``[N]``)."""
+    ``gaps`` (``[N]``), and ``stats``, the model's ``UnitStats``."""
     stats = unit_statistics(pipeline, data, device, seed=seed)
     live = stats.n_fire > 0
     purity = stats.purity[live]
@@ -168,7 +169,7 @@ def unit_measures(pipeline: SparseCodePipeline, data: FashionMNIST, device: torc
     _, contributions = decoder_weighted(pipeline, x, y, return_contributions=True)
     raw = {"pure": (purity >= _CLAIM_PURITY).astype(np.float64), "lowers": (drop[live] > 0).astype(np.float64),
            "pairs": np.stack([contribution[keep], drop[keep]], axis=1),
-           "gaps": unit_deletion_gaps(pipeline, x, y, contributions.detach(), seed)}
+           "gaps": unit_deletion_gaps(pipeline, x, y, contributions.detach(), seed), "stats": stats}
     hist = np.histogram(purity, bins=_PURITY_BINS, range=(0.0, 1.0))[0]
     summary = {"n_units": int(len(live)), "n_live": int(live.sum()), "dead": int(stats.dead.sum()),
                "n_pure": int(raw["pure"].sum()), "pure_share": _share(raw["pure"], seed),
@@ -250,14 +251,17 @@ def _held(controls: dict) -> bool:
 def run_controls(data: FashionMNIST, cfg: Config, device: torch.device, representations=None,
                  ckpt_dir: str | os.PathLike = "checkpoints", n_per_class: int = 100, n_subset: int = 300,
                  n_randomization: int = 100, n_unit_images: int = 500, train_sae: bool = False,
-                 verbose: bool = True) -> dict:
+                 stability_seeds: Sequence[int] | None = None, verbose: bool = True) -> dict:
     """Train (or load from ``ckpt_dir``) the model of every representation (``ksae.controls``), score it, check
     its pixel explanations on one common image set, measure its units, and hold the SAE's unit claims against
     the controls. The SAE pair of ``cfg`` is loaded from ``ckpt_dir`` (``_load_sae``: a ``ValueError`` when it is
     missing) unless ``train_sae``. Image set: ``common_images`` (``n_per_class`` per class, correct and above
     ``cfg.confidence_threshold`` for every explained model); blur and ROAD on ``n_subset`` of them, the
-    randomization on ``n_randomization``, the unit-deletion gaps on ``n_unit_images``. JSON-able result (the
-    shape ``results/controls.json`` holds)."""
+    randomization on ``n_randomization``, the unit-deletion gaps on ``n_unit_images``. With the SAE among the
+    representations, also the seed stability of its dictionary (``run_seed_stability``) against the SAEs of
+    ``stability_seeds`` (default: ``cfg.seed`` and the next two; ``()`` skips it), read from ``ckpt_dir`` (a
+    missing one is a ``ValueError`` unless ``train_sae``, which trains it). JSON-able result (the shape
+    ``results/controls.json`` holds)."""
     reps = _check_representations(REPRESENTATIONS if representations is None else representations)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -299,6 +303,13 @@ def run_controls(data: FashionMNIST, cfg: Config, device: torch.device, represen
         unit_summary[name], unit_raw[name] = unit_measures(models[name], data, device, x[unit_sub], y[unit_sub],
                                                            cfg.seed)
         seconds[f"units_{name}"] = time.perf_counter() - t
+    seeds = (cfg.seed, cfg.seed + 1, cfg.seed + 2) if stability_seeds is None else tuple(stability_seeds)
+    stability = None
+    if seeds and "sae" in unit_raw:
+        t = time.perf_counter()
+        stability = run_seed_stability(cfg, data, device, unit_raw["sae"]["stats"], _CLAIM_PURITY, seeds, ckpt_dir,
+                                       train=train_sae)
+        seconds["stability"] = time.perf_counter() - t
     result = {
         "schema_version": 1, "config": cfg.to_dict(), "device": device_name(device), "representations": list(reps),
         "labels": {r: _REPRESENTATION_LABELS[r] for r in reps}, "models": rows, "accuracy_recovered": recovered,
@@ -312,6 +323,7 @@ def run_controls(data: FashionMNIST, cfg: Config, device: torch.device, represen
         "explanations": summaries, "comparisons": _compare_explanations(per_image, seed=cfg.seed) if
         "sae" in per_image else {},
         "units": unit_summary, "claims": unit_claims(unit_raw, seed=cfg.seed) if len(unit_raw) > 1 else {},
+        "stability": stability,
     }
     seconds["total"] = time.perf_counter() - t0
     result["seconds"] = seconds

@@ -131,6 +131,50 @@ def _claim_lines(c: dict) -> list[str]:
     return lines
 
 
+_STABILITY_WORDS = {True: "more stable than", False: "less stable than", None: "no more stable than (CI includes 0)"}
+
+
+def _stability_lines(c: dict) -> list[str]:
+    """The seed-stability paragraph (``run_seed_stability`` in ``c["stability"]``), or nothing without one."""
+    st = c.get("stability")
+    if not st:
+        return []
+    n_alive, min_cos = sum(st["alive"]), st["min_cosine"]
+    median = sorted(min_cos)[len(min_cos) // 2]
+    others = " and ".join(str(s) for s in st["seeds"])
+    lines = [f"**Seed stability.** The decoder atoms of seed {st['reference']} matched one-to-one to those of seeds "
+             f"{others} (Hungarian assignment on cosine): {_pct(st['share_stable'])} of its {len(min_cos)} units "
+             f"({sum(st['stable'])}) recur with cosine ≥ {st['threshold']} in every other seed "
+             f"({_pct(st['share_stable_alive'])} of the {n_alive} that fire on a test image); the median unit's "
+             f"lowest matched cosine is {median:.3f}."]
+    if st.get("control"):
+        ctl = st["control"]
+        lines[0] += (f" Matched to the untrained dictionaries of the same seeds instead, {_pct(ctl['share_stable'])} "
+                     f"recur (largest lowest cosine {ctl['max_cosine']:.3f}).")
+    for name, g in st.get("groups", {}).items():
+        if "undefined" in g:
+            lines.append(f"- {name[0].upper()}{name[1:]} units against the rest: undefined ({g['undefined']}).")
+            continue
+        d = g["share_stable_difference"]
+        grp, rest = g["group"], g["rest"]
+        lines.append(f"- {name[0].upper()}{name[1:]} units ({grp['n']}) are {_STABILITY_WORDS[g['more_stable']]} "
+                     f"the other firing units ({rest['n']}): stable {_pct(grp['share_stable'])} against "
+                     f"{_pct(rest['share_stable'])}, difference {_ci_text({'mean': d['value'], 'ci95': d['ci95']})}; "
+                     f"mean lowest cosine {grp['mean_cosine']:.3f} against {rest['mean_cosine']:.3f}.")
+    return ["", *lines]
+
+
+def _stability_finding(c: dict) -> str:
+    st = c.get("stability")
+    if not st:
+        return ""
+    groups = "; ".join(f"{name} units are {_STABILITY_WORDS[g['more_stable']]} the rest"
+                       for name, g in st.get("groups", {}).items() if "undefined" not in g)
+    control = f" (untrained dictionaries: {_pct(st['control']['share_stable'])})" if st.get("control") else ""
+    return (f" Seed stability: {_pct(st['share_stable'])} of the units recur with cosine ≥ {st['threshold']} in "
+            f"seeds {' and '.join(str(s) for s in st['seeds'])}{control}; {groups}.")
+
+
 def _unit_rows(c: dict) -> list[list]:
     return [[c["labels"][r], f"{u['n_live']} / {u['dead']}", f"{u['n_pure']} ({_value_ci(u['pure_share'])})",
              f"{u['purity_quantiles']['0.5']:.2f}", _value_ci(u["lowers_share"]),
@@ -171,7 +215,7 @@ def controls_markdown(controls: dict) -> str:
              "beats every control with a bootstrap CI of the difference above 0:", "",
              *_table(["representation", "live / dead units", "class-pure units (share)", "median purity",
                       "ablation lowers its class logit", "contribution–ablation Pearson", "unit-deletion gap"],
-                     _unit_rows(c)), "", *_claim_lines(c)]
+                     _unit_rows(c)), "", *_claim_lines(c), *_stability_lines(c)]
     return "\n".join(lines) + "\n"
 
 
@@ -188,7 +232,20 @@ def _controls_findings(controls: dict) -> str:
     return (f"- **Controls** (`results/controls.json`): test accuracy {accs}. The SAE's integrated-gradients maps "
             f"(95 % CIs of paired differences) {maps}. Unit claims held against the untrained dictionary, the dense "
             f"autoencoder and shuffled labels: {'; '.join(held) or 'none'}; not held (a control gives the same or "
-            f"more): {'; '.join(not_held) or 'none'}.")
+            f"more): {'; '.join(not_held) or 'none'}." + _stability_finding(controls))
+
+
+def _claim_note(controls: dict, claim: str) -> str:
+    """What the controls say about ``claim`` (a key of ``controls["claims"]``), to follow a statement of it:
+    held against every control, or which controls give the same or more; empty without the claim."""
+    c = controls.get("claims", {}).get(claim)
+    if not c:
+        return ""
+    if c["held"]:
+        return " Above every control (`results/controls.json`)."
+    same = [controls["labels"][n] for n, v in c["controls"].items() if v["applies"] and not v["beaten"]]
+    return (f" **Not specific to the sparse code:** the {' and the '.join(same)} give the same or more "
+            "(`results/controls.json`).")
 
 
 def _controls_section(data: dict) -> list[str]:

@@ -24,7 +24,7 @@ from .attribution import METHOD_LABELS
 from .checks.agreement import PIXEL_SETS
 from .checks.randomization import RANDOMIZATION_VARIANTS
 from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _verdict_label, verdict_statements
-from .controls_report import _controls_findings, _controls_section
+from .controls_report import _claim_note, _controls_findings, _controls_section
 from .report import headline_table, randomization_table, unit_table_summary, verdict_markdown
 from .stats import _ci_text
 
@@ -187,7 +187,7 @@ def findings_block(data: dict) -> str:
              f"({comp['n_steps']} steps, `{comp['method']}` rule).",
              f"- **Unit atlas:** Pearson correlation of a unit's mean contribution with the logit drop when it is "
              f"zeroed, over {units['agreement']['n_units']} units: {_ci_text(pearson)}; the same sign for "
-             f"{_pct(units['agreement']['same_sign'], 0)} of them.", ""]
+             f"{_pct(units['agreement']['same_sign'], 0)} of them." + _claim_note(data["controls"], "agreement"), ""]
     return "\n".join(lines[:-1] + [_controls_findings(data["controls"]), ""] + verdict_lines(data))
 
 

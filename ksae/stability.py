@@ -11,6 +11,7 @@ cosine as large as it can be), and a unit counts as *stable* when its matched co
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,11 +22,11 @@ import torch
 
 from ._util import _check_float, _check_int, _numpy
 from .checkpoints import CheckpointError, load_checkpoint, load_or_train
+from .config import Config
 from .models import KSparseAutoencoder
 from .units import UnitStats
 
 if TYPE_CHECKING:
-    from .config import Config
     from .data import FashionMNIST
 
 STABLE_COSINE = 0.9  # a unit is stable when its matched atom has at least this cosine in every other seed
@@ -168,13 +169,20 @@ def compare_stability(min_cosine, group, rest, threshold: float = STABLE_COSINE,
 
 def stability_by_group(stability: dict, stats: UnitStats, purity_threshold: float, seed: int = 0) -> dict:
     """``compare_stability`` of class-pure against the other firing units and of causal against the other
-    firing units (``unit_groups``), from a ``seed_stability`` result whose reference seed ``stats`` describe."""
+    firing units (``unit_groups``), from a ``seed_stability`` result whose reference seed ``stats`` describe. A
+    comparison with an empty side is reported as ``undefined`` (with its reason), ``more_stable`` None."""
     c = np.asarray(stability["min_cosine"], dtype=np.float64)
     if len(c) != len(stats.n_fire):
         raise ValueError(f"stability describes {len(c)} units but stats describe {len(stats.n_fire)}")
-    groups = unit_groups(stats, purity_threshold)
-    return {name: compare_stability(c, groups[name], groups[f"not {name}"], stability["threshold"], seed)
-            for name in ("class-pure", "causal")}
+    groups, out = unit_groups(stats, purity_threshold), {}
+    for name in ("class-pure", "causal"):
+        group, rest = groups[name], groups[f"not {name}"]
+        if group.any() and rest.any():
+            out[name] = compare_stability(c, group, rest, stability["threshold"], seed)
+        else:  # nothing to compare: reported, not an error (a small or untrained model may have no such unit)
+            out[name] = {"group": {"n": int(group.sum())}, "rest": {"n": int(rest.sum())}, "more_stable": None,
+                         "undefined": f"no {'firing unit outside the group' if group.any() else name + ' unit'}"}
+    return out
 
 
 def seed_dictionaries(cfg: Config, data: FashionMNIST, device: torch.device, seeds: Sequence[int],
@@ -228,3 +236,23 @@ def run_seed_stability(cfg: Config, data: FashionMNIST, device: torch.device, st
     out["alive"] = (stats.n_fire > 0).tolist()
     out["share_stable_alive"] = float(np.mean(np.asarray(out["stable"])[stats.n_fire > 0]))
     return out
+
+
+def stability_for_config(path: str | os.PathLike, cfg: Config) -> dict | None:
+    """The seed stability stored in ``path`` (``results/controls.json``, key ``stability``) when it was measured
+    for a model trained exactly as ``cfg`` says (same training fields, reference seed ``cfg.seed``); ``None``
+    when the file is absent, holds no stability, or describes another configuration (a stability of another
+    model would be read as this one's). ``ValueError`` naming the file when it is not valid JSON."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a valid JSON file: {exc}") from exc
+    stability = stored.get("stability") if isinstance(stored, dict) else None
+    if not stability or not isinstance(stored.get("config"), dict):
+        return None
+    if Config.from_dict(stored["config"]).training_key() != cfg.training_key() or stability["reference"] != cfg.seed:
+        return None
+    return stability

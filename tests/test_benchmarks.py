@@ -267,6 +267,15 @@ def test_controls_tiny_run_writes_every_representation_and_refuses_mismatches(tm
     assert set(saved["claims"]) == {"pure_share", "lowers_share", "agreement", "deletion_gap"}
     assert all(isinstance(c["held"], bool) for c in saved["claims"].values())
     assert saved["images"]["n_images"] == sum(saved["images"]["per_class"].values()) > 0
+    stability, cfg = saved["stability"], kh.Config(**controls.TINY)
+    assert stability["reference"] == 0 and stability["seeds"] == [1, 2] and len(stability["min_cosine"]) == cfg.d_hidden
+    atoms = kh.seed_dictionaries(cfg, None, torch.device("cpu"), [0, 1, 2], ckpt)  # the seeds' own checkpoints
+    for seed in (1, 2):
+        match, cosine = kh.match_atoms(atoms[0], atoms[seed])
+        assert stability["matched"][str(seed)] == match.tolist()
+        assert stability["cosine"][str(seed)] == pytest.approx(cosine.tolist(), abs=1e-12)
+    assert kh.stability_for_config(out, cfg) == stability
+    assert kh.stability_for_config(out, kh.Config(**{**controls.TINY, "ae_epochs": 3})) is None  # another model
     again = controls.main(args)  # every model cached: the same rows
     assert again["models"] == json.loads(json.dumps(result["models"]))
     with pytest.raises(ValueError, match=r"unknown \['sparse'\]"):

@@ -109,6 +109,15 @@ def test_unit_groups_on_the_planted_units(planted):
     assert not groups["class-pure"][fires & (np.arange(len(fires)) != UNIT_A)].all()
 
 
+def test_stability_by_group_reports_an_empty_group_as_undefined(planted):
+    _, pipeline, stats = planted
+    atoms = pipeline.sae.W_dec.detach().double()
+    stability = kh.seed_stability({0: atoms, 1: atoms.flip(0)})
+    none_pure = kh.stability_by_group(stability, stats, purity_threshold=0.0)  # every firing unit is "pure"
+    assert none_pure["class-pure"]["undefined"] == "no firing unit outside the group"
+    assert none_pure["class-pure"]["more_stable"] is None and none_pure["class-pure"]["rest"]["n"] == 0
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: kh.match_atoms(np.ones((3, 4)), np.ones((4, 4))), "same shape"),
     (lambda: kh.match_atoms(np.zeros((3, 4)), np.ones((3, 4))), "all-zero atoms"),
