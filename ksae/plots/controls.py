@@ -14,10 +14,10 @@ from .style import CI_ALPHA, _grid_figure, _styled, _suptitle
 
 _MODELS_LAYOUT = {"left": 2.35, "right": 0.15, "top": 0.75, "bottom": 0.95, "wspace": [1.0, 1.0, 1.0],
                   "hspace": 1.2}  # inches; representation names left of the first column
-_UNITS_LAYOUT = {"left": 2.35, "right": 0.15, "top": 0.75, "bottom": 0.6, "wspace": 0.45, "hspace": 0.95}
+_UNITS_LAYOUT = {"left": 2.35, "right": 0.15, "top": 0.75, "bottom": 0.6, "wspace": 0.6, "hspace": 0.95}
 _PALETTE = "colorblind"  # one colour per representation, in ``controls["representations"]`` order
 _BAR_GROUP = 0.8  # share of a group's width its bars take
-_LEGEND_ROOM = 1.7  # the live-and-dead panel's x-axis spans this many times the widest bar (its legend sits right)
+_STABILITY_BINS = 20  # histogram bins of the seed-stability panel on [0, 1]
 _SUBSTRATE_LABELS = {"zero": "zero", "blur": "blur", "road": "ROAD"}
 
 
@@ -129,10 +129,33 @@ def plot_controls_models(controls: dict, ranking: str = "signed", save: str | No
 
 
 @_styled
+def _stability_panel(ax, stability: dict | None, colors: dict) -> None:
+    """Histogram of each SAE unit's lowest matched cosine in the other seeds (``run_seed_stability``), against the
+    same matching to untrained dictionaries; the stability threshold as a line. Says so when not measured."""
+    ax.set(title="Seed stability of the SAE's units", xlabel="lowest matched cosine in the other seeds",
+           ylabel="share of units", xlim=(-0.05, 1.05))
+    if not stability:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        return
+    edges = np.linspace(0, 1, _STABILITY_BINS + 1)
+    series = [("trained seeds " + " and ".join(map(str, stability["seeds"])), stability["min_cosine"], colors["sae"],
+               "-", stability["share_stable"])]
+    if stability.get("control"):
+        series.append(("untrained dictionaries (control)", stability["control"]["min_cosine"], "0.45", "--",
+                       stability["control"]["share_stable"]))
+    for label, values, color, ls, share in series:
+        hist = np.histogram(np.clip(values, 0, 1), bins=edges)[0] / len(values)
+        ax.step(edges, np.append(hist, hist[-1]), where="post", color=color, ls=ls,
+                label=f"{label}: {100 * share:.1f} % stable")
+    ax.axvline(stability["threshold"], color="0.2", lw=0.8, ls=":", label=f"stable: cosine >= {stability['threshold']}")
+    ax.legend(fontsize="small")
+
+
 def plot_controls_units(controls: dict, save: str | None = None) -> Figure:
     """Unit claims of the trained SAE against the controls (``run_controls``' result): one panel per claim, a bar per
     model with its bootstrap 95 % CI, the title saying whether the claim is held (the SAE beats every control with a
-    CI of the difference above 0); then the purity distribution of the live units and the live and dead units."""
+    CI of the difference above 0); then the purity distribution of the live units, and the seed stability of the
+    SAE's dictionary (``_stability_panel``)."""
     controls = _check_controls(controls)
     claims, units = controls["claims"], controls["units"]
     if not claims:
@@ -157,18 +180,8 @@ def plot_controls_units(controls: dict, save: str | None = None) -> Figure:
     ax.set(xlabel="purity (share of the majority class)", ylabel="share of live units",
            title="Purity of the live units")
     ax.legend(fontsize="small")
-    ax = axes[1, 2]
-    live = np.array([units[r]["n_live"] for r in names])
-    dead = np.array([units[r]["dead"] for r in names])
-    train_only = np.array([units[r]["n_units"] for r in names]) - live - dead
-    ax.barh(np.arange(len(names)), live, color=[colors[r] for r in names], label="fire on a test image")
-    ax.barh(np.arange(len(names)), train_only, left=live, color="0.75", label="on training images only")
-    ax.barh(np.arange(len(names)), dead, left=live + train_only, color="0.35", label="dead (on none)")
-    ax.set_yticks(np.arange(len(names)), [controls["labels"][r] for r in names])
-    ax.invert_yaxis()
-    ax.set(xlabel="units", title="Live and dead units", xlim=(0, _LEGEND_ROOM * (live + train_only + dead).max()))
-    ax.legend(fontsize="small", loc="center right")
-    for ax in (axes[0, 1], axes[0, 2], axes[1, 2]):
+    _stability_panel(axes[1, 2], controls.get("stability"), colors)
+    for ax in (axes[0, 1], axes[0, 2]):
         ax.set_yticklabels([])  # the same rows as the first column's; colours as in the purity legend
     _suptitle(fig, "Unit claims of the trained SAE against its controls (95 % CIs)")
     return _finish(fig, save)

@@ -26,6 +26,7 @@ from .style import (
     FIGURE_WORKERS,
     MESSAGE_LAYOUT,
     PNG_COLORS,
+    PNG_COMPRESS_LEVEL,
     PNG_EXACT_COLORS,
     PNG_QUANTIZER,
     PNG_TOLERANCE,
@@ -62,7 +63,7 @@ def palette_png(rgb: np.ndarray, colors: int = PNG_COLORS) -> bytes:
     image = Image.fromarray(index, mode="P")
     image.putpalette(palette.astype(np.uint8).ravel().tolist())
     buffer = io.BytesIO()
-    image.save(buffer, format="png")
+    image.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 

@@ -50,6 +50,15 @@ def test_units_figure_says_which_claims_hold(controls):
         assert title.endswith("held" if claim["held"] else "not held") and claim["label"] in title
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [
         controls["labels"][r] for r in ("sae", "untrained", "dense", "shuffled")]
+    stability = fig.axes[5]  # the SAE's units' lowest matched cosine, trained seeds against untrained dictionaries
+    legend = [t.get_text() for t in stability.get_legend().get_texts()]
+    st = controls["stability"]
+    assert legend[0] == f"trained seeds 1 and 2: {100 * st['share_stable']:.1f} % stable"
+    assert legend[1].startswith("untrained dictionaries (control)")
+    heights = stability.lines[0].get_ydata()[:-1]
+    assert heights.sum() == pytest.approx(1.0)  # every unit in one bin
+    none = kh.plot_controls_units({**controls, "stability": None})
+    assert none.axes[5].texts[0].get_text() == "not measured"
     with pytest.raises(ValueError, match="controls must be"):
         kh.plot_controls_units({"models": {}})
     with pytest.raises(ValueError, match="no unit claims"):
