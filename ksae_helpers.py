@@ -173,7 +173,7 @@ from ksae.unit_browser import (
 )
 from ksae.explorer import (
     EXPLORER_DTYPES, EXPLORER_GZIP_LEVEL, EXPLORER_MAX_BYTES, EXPLORER_MAX_SCALE, EXPLORER_TEMPLATE, explorer_data,
-    read_explorer_data, write_explorer,
+    explorer_reference, read_explorer_data, write_explorer,
 )
 from ksae._util import atomic_write_bytes, IMAGE_SIDE, PIXEL_TOLERANCE, remove_stale_temporaries, STALE_TMP_SECONDS
 
@@ -237,5 +237,6 @@ __all__ = [
     "verdict_markdown", "write_summary", "read_unit_browser_data", "SIGNED_TILE_ZERO", "unit_browser_data",
     "UNIT_BROWSER_TEMPLATE", "write_unit_browser", "EXPLORER_PAGE", "UNIT_BROWSER_PAGE", "UNIT_TOP_CONTRIBUTIONS",
     "unit_top_contributions", "EXPLORER_DTYPES", "EXPLORER_GZIP_LEVEL", "EXPLORER_MAX_BYTES", "EXPLORER_MAX_SCALE",
-    "EXPLORER_TEMPLATE", "explorer_data", "read_explorer_data", "write_explorer", "atomic_write_bytes", "IMAGE_SIDE",
+    "EXPLORER_TEMPLATE", "explorer_data", "explorer_reference", "read_explorer_data", "write_explorer",
+    "atomic_write_bytes", "IMAGE_SIDE",
 ]

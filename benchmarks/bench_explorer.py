@@ -92,15 +92,6 @@ for (let i = 0; i < 20; i++) {  // a slider move as the page does it: recompute,
 return out;"""
 
 
-def _reference(pipeline, cfg, x, target):
-    with torch.no_grad():
-        logits, z, recon = pipeline(x), pipeline.sae.encode(x), pipeline.sae(x)
-    dec, contributions = kh.decoder_weighted(pipeline, x, target, return_contributions=True)
-    return {"logits": logits, "recon": recon, "contributions": contributions, "decoderMap": dec, "z": z,
-            "ig": kh.integrated_gradients(pipeline, x, target, n_steps=cfg.ig_steps, method=cfg.ig_method),
-            "gradient": kh.simple_gradients(pipeline, x, target)}
-
-
 def _rel(page, reference) -> float:
     reference = np.asarray(reference, dtype=np.float64)
     return float(np.abs(np.asarray(page) - reference).max() / max(np.abs(reference).max(), 1e-30))
@@ -114,7 +105,7 @@ def exactness(driver, pipeline, cfg, data, ids: list[int]) -> dict:
     x, y = data.x_test[ids], data.y_test[ids]
     out = {}
     for name, model, xs in (("float32", pipeline, x), ("float64", copy.deepcopy(pipeline).double(), x.double())):
-        ref = _reference(model, cfg, xs, y)
+        ref = kh.explorer_reference(model, cfg, xs, y)
         errors = {q: [_rel(r[q], ref[q][i].detach().numpy()) for i, r in enumerate(results)] for q in QUANTITIES}
         out[name] = {q: max(e) for q, e in errors.items()}
         out[name]["images_over_1e-4"] = {q: int(sum(v > 1e-4 for v in e)) for q, e in errors.items()}

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ._util import IMAGE_SIDE, _numpy, atomic_write_bytes
-from .attribution import RESCALE_EPS, ig_quadrature
+from .attribution import RESCALE_EPS, decoder_weighted, ig_quadrature, integrated_gradients, simple_gradients
 from .config import Config
 from .data import FashionMNIST
 from .models import SparseCodePipeline
@@ -219,3 +219,17 @@ def read_explorer_data(path: str | os.PathLike) -> tuple[dict, bytes]:
         raise ValueError(f"{path} holds no explorer data: not a page written by write_explorer")
     return json.loads(manifest.group(1)), gzip.decompress(base64.b64decode(blob.group(1)))
 
+
+
+def explorer_reference(pipeline: SparseCodePipeline, cfg: Config, x: torch.Tensor,
+                       target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the page computes, by the package's own functions, for ``x: [B, 784]`` and ``target: [B]`` class ids
+    (in the pipeline's dtype): ``logits [B, C]``, ``recon [B, 784]``, ``z [B, H]``, ``contributions [B, H]`` and
+    ``decoderMap [B, 784]`` (``decoder_weighted``), ``ig [B, 784]`` (``cfg``'s steps and quadrature) and
+    ``gradient [B, 784]``: the reference the browser test and the benchmark compare the page with."""
+    with torch.no_grad():
+        logits, z, recon = pipeline(x), pipeline.sae.encode(x), pipeline.sae(x)
+    dec, contributions = decoder_weighted(pipeline, x, target, return_contributions=True)
+    return {"logits": logits, "recon": recon, "contributions": contributions, "decoderMap": dec, "z": z,
+            "ig": integrated_gradients(pipeline, x, target, n_steps=cfg.ig_steps, method=cfg.ig_method),
+            "gradient": simple_gradients(pipeline, x, target)}

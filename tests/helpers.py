@@ -5,7 +5,10 @@ fixtures are in the ``conftest.py`` files.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pytest
 import torch
 
 import ksae_helpers as kh
@@ -15,6 +18,30 @@ N_TRAIN, N_TEST, D = 60_000, 10_000, 784  # Fashion-MNIST: training images, test
 SIDE = 28
 DT = torch.float64
 TINY = dict(train_subset=1000, ae_epochs=1, clf_epochs=1, seed=0)  # the smallest training run
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # the pages' browser tests
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def require_browser(test: str, chromium: str | None, chromedriver: str | None) -> None:
+    """Skip, saying why, unless both the browser and its driver are installed (never pass silently)."""
+    if chromium is None or chromedriver is None:
+        pytest.skip(f"no browser: {test} needs Debian's `chromium` and `chromium-driver` "
+                    f"(found chromium={chromium}, chromedriver={chromedriver}); CI installs them with apt")
+
+
+def start_chromium(test: str, page_load_timeout: float = 30, script_timeout: float | None = None):
+    """A headless Chromium driven by the system chromedriver (Selenium), or a skip naming ``test``."""
+    require_browser(test, CHROMIUM, CHROMEDRIVER)
+    webdriver = pytest.importorskip("selenium.webdriver", reason=f"{test} needs selenium (requirements-test.txt)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(page_load_timeout)
+    if script_timeout is not None:
+        driver.set_script_timeout(script_timeout)
+    return driver
 
 
 def state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

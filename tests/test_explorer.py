@@ -8,17 +8,15 @@ Relative error of a quantity on one image: max |page - Python| / max |Python| ov
 from __future__ import annotations
 
 import copy
-import shutil
 
 import numpy as np
 import pytest
 import torch
+from helpers import start_chromium
 
 import ksae_helpers as kh
 from ksae.explorer import _float16_error
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 TOLERANCE = 1e-4  # the issue's bound on the relative error of every quantity
 N_IMAGES = 50  # test images compared (spread over the test set)
 QUANTITIES = ("logits", "recon", "contributions", "decoderMap", "ig", "gradient")
@@ -41,16 +39,6 @@ def _drawn_image() -> np.ndarray:
 def _rel(page, reference) -> float:
     reference = np.asarray(reference, dtype=np.float64)
     return float(np.abs(np.asarray(page, dtype=np.float64) - reference).max() / max(np.abs(reference).max(), 1e-30))
-
-
-def _reference(pipeline, cfg, x: torch.Tensor, target: torch.Tensor) -> dict[str, np.ndarray]:
-    """The Python functions on ``x: [B, 784]``, in the pipeline's dtype: every quantity the page computes."""
-    with torch.no_grad():
-        logits, z, recon = pipeline(x), pipeline.sae.encode(x), pipeline.sae(x)
-    dec, contributions = kh.decoder_weighted(pipeline, x, target, return_contributions=True)
-    return {"logits": logits, "recon": recon, "contributions": contributions, "decoderMap": dec, "z": z,
-            "ig": kh.integrated_gradients(pipeline, x, target, n_steps=cfg.ig_steps, method=cfg.ig_method),
-            "gradient": kh.simple_gradients(pipeline, x, target)}
 
 
 def _errors(results: list[dict], reference: dict) -> dict[str, np.ndarray]:
@@ -151,24 +139,9 @@ def test_unit_top_contributions_are_the_largest_contributions(small_pipeline):
         np.testing.assert_allclose(values[j][:len(expected)], c[expected, j], rtol=1e-6)
 
 
-def _require_browser(chromium: str | None, chromedriver: str | None) -> None:
-    """Skip, saying why, unless both the browser and its driver are installed (never pass silently)."""
-    if chromium is None or chromedriver is None:
-        pytest.skip("no browser: the explorer test needs Debian's `chromium` and `chromium-driver` "
-                    f"(found chromium={chromium}, chromedriver={chromedriver}); CI installs them with apt")
-
-
 @pytest.fixture(scope="module")
 def browser():
-    _require_browser(CHROMIUM, CHROMEDRIVER)
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the explorer test needs selenium")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(120)
+    driver = start_chromium("the explorer test", page_load_timeout=60, script_timeout=120)
     yield driver
     driver.quit()
 
@@ -208,7 +181,7 @@ def _compare(driver, page) -> tuple[dict, dict, dict]:
     for model in (pipeline, full):
         n = len(x) if model is pipeline else 3
         for dtype in (torch.float32, torch.float64):
-            refs.append(_reference(copy.deepcopy(model).to(dtype), cfg, x[:n].to(dtype),
+            refs.append(kh.explorer_reference(copy.deepcopy(model).to(dtype), cfg, x[:n].to(dtype),
                                    targets[:n] if model is pipeline else torch.zeros(n, dtype=torch.long)))
     ref32 = {q: torch.cat([refs[0][q], refs[2][q].float()]) for q in refs[0]}
     ref64 = {q: torch.cat([refs[1][q], refs[3][q]]) for q in refs[1]}
@@ -298,7 +271,7 @@ def test_k_at_inference_is_a_control_on_the_same_model(page, browser):
     x, y = data.x_test[ids[:5]], data.y_test[ids[:5]]
     results = browser.execute_script("return arguments[0].map((i, n) => window.ksae.run(i, {k: 8, target: "
                                      "arguments[1][n]}))", ids[:5], y.tolist())
-    errors = _errors(results, _reference(other, cfg, x, y))
+    errors = _errors(results, kh.explorer_reference(other, cfg, x, y))
     assert max(errors[q].max() for q in QUANTITIES) <= TOLERANCE and errors["topk"].sum() == 0
     assert all(len(r["topk"]) <= 8 for r in results)
     k = browser.find_element("id", "k")

@@ -4,17 +4,14 @@ a unit's detail panel and its images."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
+from helpers import require_browser, start_chromium
 from planted_units import PLANTED_CLASS, UNIT_A, UNIT_B, _planted_data, _planted_pipeline
 
 import ksae_helpers as kh
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 MAX_BYTES = 15 * 2**20  # the issue's size limit for the page
 
 
@@ -79,29 +76,14 @@ def test_write_unit_browser_rejects_mismatched_inputs(page, tmp_path):
         kh.read_unit_browser_data(kh.UNIT_BROWSER_TEMPLATE.parent.parent / "LICENSE")
 
 
-def _require_browser(chromium: str | None, chromedriver: str | None) -> None:
-    """Skip, saying why, unless both the browser and its driver are installed (never pass silently)."""
-    if chromium is None or chromedriver is None:
-        pytest.skip("no browser: the unit-browser test needs Debian's `chromium` and `chromium-driver` "
-                    f"(found chromium={chromium}, chromedriver={chromedriver}); CI installs them with apt")
-
-
 def test_a_missing_browser_skips_with_a_message():
     with pytest.raises(pytest.skip.Exception, match="no browser: .*chromium-driver.*chromedriver=None"):
-        _require_browser("/usr/bin/chromium", None)
+        require_browser("the unit-browser test", "/usr/bin/chromium", None)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    _require_browser(CHROMIUM, CHROMEDRIVER)
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the unit-browser test needs selenium "
-                                    "(requirements-test.txt)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
+    driver = start_chromium("the unit-browser test", page_load_timeout=30)
     yield driver
     driver.quit()
 
