@@ -135,13 +135,15 @@ def fit_pca(x: torch.Tensor, n_components: int) -> tuple[torch.Tensor, torch.Ten
     return (comps * sign).float(), mean.float()
 
 
-def untrained_autoencoder(cfg: Config, x_train: torch.Tensor) -> KSparseAutoencoder:
+def untrained_autoencoder(cfg: Config, x_train: torch.Tensor | None) -> KSparseAutoencoder:
     """The autoencoder ``train_models`` starts from for ``cfg.seed``, bit for bit: built right after
-    ``torch.manual_seed(cfg.seed)``, pre-encoder bias at the mean of ``x_train: [N, D]`` (the training split),
-    atoms renormalised, as ``train_autoencoder`` does before its first step. Eval mode, on the CPU."""
+    ``torch.manual_seed(cfg.seed)``, pre-encoder bias at the mean of ``x_train: [N, D]`` (the training split;
+    ``None`` leaves it at zero, for a caller that wants only the atoms), atoms renormalised, as
+    ``train_autoencoder`` does before its first step. Eval mode, on the CPU."""
     torch.manual_seed(cfg.seed)
     sae = KSparseAutoencoder.from_config(cfg)
-    sae.init_pre_bias_(x_train)
+    if x_train is not None:
+        sae.init_pre_bias_(x_train)
     sae.unit_norm_decoder_()
     return sae.eval()
 

@@ -23,6 +23,7 @@ import torch
 from ._util import _check_float, _check_int, _numpy
 from .checkpoints import CheckpointError, load_checkpoint, load_or_train
 from .config import Config
+from .controls import untrained_autoencoder
 from .models import KSparseAutoencoder
 from .units import UnitStats
 
@@ -73,12 +74,12 @@ def match_atoms(atoms_a, atoms_b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def untrained_atoms(cfg: Config, seed: int) -> torch.Tensor:
-    """``[H, D]`` decoder atoms of the autoencoder ``cfg`` describes, as initialised for training seed ``seed``
-    (``train_models`` seeds torch, then builds the autoencoder first): the control dictionary."""
+    """``[H, D]`` decoder atoms of the autoencoder ``cfg`` describes as initialised for training seed ``seed``
+    (``untrained_autoencoder``: what training starts from), without touching the caller's random state: the
+    control dictionary."""
     _check_int("seed", seed, low=0)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return KSparseAutoencoder.from_config(cfg).W_dec.detach().clone()
+        return untrained_autoencoder(dataclasses.replace(cfg, seed=int(seed)), None).W_dec.detach().clone()
 
 
 def seed_stability(atoms: Mapping[int, object], reference: int = 0, threshold: float = STABLE_COSINE,
