@@ -37,7 +37,7 @@ from .controls import (
 from .models import SparseCodePipeline
 from .runtime import device_name
 from .stability import run_seed_stability
-from .stats import _rowwise_pearson, summarize
+from .stats import _rowwise_pearson, bootstrap_estimates, percentile_interval, summarize
 from .units import contribution_ablation_agreement, unit_statistics
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ _CLAIM_PURITY = 0.9  # a unit is class-pure when at least this share of the test
 _PURITY_BINS = 10  # the purity distribution: counts of live units in this many equal bins of [0, 1]
 
 
-_N_BOOT = 2000  # bootstrap resamples of the claims' differences (as ``bootstrap_ci``)
+_N_BOOT = 2000  # bootstrap resamples of the claims and their differences (as ``bootstrap_ci``)
 
 
 _CLAIMS = ("pure_share", "lowers_share", "agreement", "deletion_gap")  # the unit claims held against the controls
@@ -181,25 +181,19 @@ def unit_measures(pipeline: SparseCodePipeline, data: FashionMNIST, device: torc
     return summary, raw
 
 
+def _ci(estimates: np.ndarray) -> list[float]:
+    return list(percentile_interval(estimates))
+
+
 def _share(flags: np.ndarray, seed: int) -> dict:
-    est = _bootstrap(flags, _mean, seed)
-    return {"value": float(flags.mean()), "ci95": _quantiles(est)}
+    est = bootstrap_estimates(flags, _mean, _N_BOOT, seed)
+    return {"value": float(flags.mean()), "ci95": _ci(est)}
 
 
 _mean = lambda r: r.mean(1)  # noqa: E731 -- a resample statistic: [n_boot, n] -> [n_boot]
 _pearson = lambda r: _rowwise_pearson(r[..., 0], r[..., 1])  # noqa: E731 -- [n_boot, n, 2] -> [n_boot]
 _CLAIM_STATISTICS: dict[str, tuple[str, Callable]] = {"pure_share": ("pure", _mean), "lowers_share": ("lowers", _mean),
                                                      "agreement": ("pairs", _pearson)}  # unpaired: units differ
-
-
-def _bootstrap(values: np.ndarray, statistic: Callable, seed: int) -> np.ndarray:
-    """``statistic`` of ``_N_BOOT`` seeded resamples (rows drawn with replacement) of ``values: [n, ...]``."""
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(_N_BOOT, len(values)))
-    return statistic(values[draws])
-
-
-def _quantiles(estimates: np.ndarray) -> list[float]:
-    return [float(np.quantile(estimates, 0.025)), float(np.quantile(estimates, 0.975))]
 
 
 def unit_claims(raw: dict[str, dict], trained: str = "sae", seed: int = 0) -> dict:
@@ -216,11 +210,11 @@ def unit_claims(raw: dict[str, dict], trained: str = "sae", seed: int = 0) -> di
     for claim in _CLAIMS:
         a = raw[trained]
         if claim == "deletion_gap":
-            value = lambda r: (float(r["gaps"].mean()), _quantiles(_bootstrap(r["gaps"], _mean, seed)))  # noqa: E731
+            value = lambda r: (float(r["gaps"].mean()), _ci(bootstrap_estimates(r["gaps"], _mean, _N_BOOT, seed)))  # noqa: E731
         else:
             key, stat = _CLAIM_STATISTICS[claim]
             value = lambda r, key=key, stat=stat: (float(stat(r[key][None])[0]),  # noqa: E731
-                                                   _quantiles(_bootstrap(r[key], stat, seed)))
+                                                   _ci(bootstrap_estimates(r[key], stat, _N_BOOT, seed)))
         mean, ci = value(a)
         controls = {}
         for name, b in raw.items():
@@ -229,10 +223,11 @@ def unit_claims(raw: dict[str, dict], trained: str = "sae", seed: int = 0) -> di
             applies = not (claim in _CODE_CLAIMS and name == "shuffled")
             if claim == "deletion_gap":
                 diff = a["gaps"] - b["gaps"]
-                d_mean, d_ci = float(diff.mean()), _quantiles(_bootstrap(diff, _mean, seed))
+                d_mean, d_ci = float(diff.mean()), _ci(bootstrap_estimates(diff, _mean, _N_BOOT, seed))
             else:
-                d_est = _bootstrap(a[key], stat, seed) - _bootstrap(b[key], stat, seed + 1)
-                d_mean, d_ci = float(stat(a[key][None])[0] - stat(b[key][None])[0]), _quantiles(d_est)
+                d_est = (bootstrap_estimates(a[key], stat, _N_BOOT, seed)
+                         - bootstrap_estimates(b[key], stat, _N_BOOT, seed + 1))
+                d_mean, d_ci = float(stat(a[key][None])[0] - stat(b[key][None])[0]), _ci(d_est)
             b_mean, b_ci = value(b)
             controls[name] = {"value": b_mean, "ci95": b_ci, "difference": {"mean": d_mean, "ci95": d_ci},
                               "beaten": bool(d_ci[0] > 0), "applies": applies}

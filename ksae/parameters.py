@@ -32,19 +32,21 @@ class Parameter:
 MAX_K = Config.d_hidden  # K (and every k of K_SWEEP) is at most the number of code units
 
 
-NOTEBOOK_PARAMETERS = {
-    "K": Parameter("int", 50, "active code units per image (top-k)", low=1, high=MAX_K),
-    "AE_EPOCHS": Parameter("int", 30, "autoencoder epochs", low=1),
-    "CLF_EPOCHS": Parameter("int", 50, "classifier epochs", low=1),
-    "BATCH_SIZE": Parameter("int", 256, "images per training step", low=1),
-    "SEED": Parameter("int", 0, "seeds training, sample selection and SmoothGrad noise", low=0),
-    "TRAIN_SUBSET": Parameter("int", 0, "train on the first N training images; 0 means all", low=0),
+NOTEBOOK_PARAMETERS = {  # a parameter that is a Config field takes its default from Config (one copy)
+    "K": Parameter("int", Config.k, "active code units per image (top-k)", low=1, high=MAX_K),
+    "AE_EPOCHS": Parameter("int", Config.ae_epochs, "autoencoder epochs", low=1),
+    "CLF_EPOCHS": Parameter("int", Config.clf_epochs, "classifier epochs", low=1),
+    "BATCH_SIZE": Parameter("int", Config.batch_size, "images per training step", low=1),
+    "SEED": Parameter("int", Config.seed, "seeds training, sample selection and SmoothGrad noise", low=0),
+    "TRAIN_SUBSET": Parameter("int", Config.train_subset, "train on the first N training images; 0 means all", low=0),
     "SAMPLES_PER_CLASS": Parameter("int", 100, "high-confidence test images per class", low=1),
-    "CONFIDENCE_THRESHOLD": Parameter("float", 0.8, "softmax confidence an explained prediction must exceed",
-                                      low=0.0, high=1.0, high_open=True),
-    "IG_STEPS": Parameter("int", 50, "integrated-gradients steps", low=1),
-    "SMOOTHGRAD_SAMPLES": Parameter("int", 25, "SmoothGrad noisy copies per image", low=1),
-    "SMOOTHGRAD_NOISE": Parameter("float", 0.1, "SmoothGrad noise std (pixels are in [0, 1])", low=0.0),
+    "CONFIDENCE_THRESHOLD": Parameter("float", Config.confidence_threshold,
+                                      "softmax confidence an explained prediction must exceed", low=0.0, high=1.0,
+                                      high_open=True),
+    "IG_STEPS": Parameter("int", Config.ig_steps, "integrated-gradients steps", low=1),
+    "SMOOTHGRAD_SAMPLES": Parameter("int", Config.smoothgrad_samples, "SmoothGrad noisy copies per image", low=1),
+    "SMOOTHGRAD_NOISE": Parameter("float", Config.smoothgrad_noise, "SmoothGrad noise std (pixels are in [0, 1])",
+                                  low=0.0),
     "N_SUBSET": Parameter("int", 300, "images for the blur and ROAD deletion substrates", low=1),
     "N_COMPLETENESS": Parameter("int", 200, "images in the completeness decomposition", low=1),
     "N_RANDOMIZATION": Parameter("int", 100, "images in the randomization check (its different-class reference "

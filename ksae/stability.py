@@ -25,6 +25,7 @@ from .checkpoints import CheckpointError, load_checkpoint, load_or_train
 from .config import Config
 from .controls import untrained_autoencoder
 from .models import KSparseAutoencoder
+from .stats import bootstrap_estimates, percentile_interval
 from .units import UnitStats
 
 if TYPE_CHECKING:
@@ -152,17 +153,15 @@ def compare_stability(min_cosine, group, rest, threshold: float = STABLE_COSINE,
             raise ValueError(f"{name} selects no unit: nothing to compare")
         masks.append(m)
     _check_int("n_boot", n_boot, low=1)
-    rng = np.random.default_rng(seed)
+    statistics = {"mean_cosine": lambda r: r.mean(1), "share_stable": lambda r: (r >= threshold).mean(1)}
     out, boots = {}, {}
-    for name, m in zip(("group", "rest"), masks):
+    for offset, (name, m) in enumerate(zip(("group", "rest"), masks)):  # independent draws for the two sides
         v = c[m]
-        draws = v[rng.integers(0, len(v), size=(n_boot, len(v)))]
-        boots[name] = {"mean_cosine": draws.mean(1), "share_stable": (draws >= threshold).mean(1)}
+        boots[name] = {stat: bootstrap_estimates(v, f, n_boot, seed + offset) for stat, f in statistics.items()}
         out[name] = {"n": int(m.sum()), "mean_cosine": float(v.mean()), "share_stable": float((v >= threshold).mean())}
-    for stat in ("mean_cosine", "share_stable"):
-        diff = boots["group"][stat] - boots["rest"][stat]
-        out[f"{stat}_difference"] = {"value": out["group"][stat] - out["rest"][stat],
-                                     "ci95": [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))]}
+    for stat in statistics:
+        lo, hi = percentile_interval(boots["group"][stat] - boots["rest"][stat])
+        out[f"{stat}_difference"] = {"value": out["group"][stat] - out["rest"][stat], "ci95": [lo, hi]}
     lo, hi = out["share_stable_difference"]["ci95"]
     out["more_stable"] = True if lo > 0 else False if hi < 0 else None
     return out

@@ -69,22 +69,34 @@ def _bootstrap_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
     return counts
 
 
-def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                 statistic: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of ``values: [N]``, or of
-    ``statistic(resamples: [n_boot, N, ...]) -> [n_boot]`` for ``values: [N, ...]`` (rows resampled)."""
+def bootstrap_estimates(values, statistic: Callable[[np.ndarray], np.ndarray] | None = None, n_boot: int = 2000,
+                        seed: int = 0) -> np.ndarray:
+    """``[n_boot]`` bootstrap estimates: the mean of each seeded resample of ``values: [N]``, or
+    ``statistic(resamples: [n_boot, N, ...]) -> [n_boot]`` for ``values: [N, ...]`` (rows drawn with
+    replacement; the same draws for the same ``N`` and ``seed``). The one resampling of the package: CIs of a
+    difference subtract two of these."""
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         raise ValueError("bootstrap_ci needs at least one value")
     if not np.isfinite(values).all():
         raise ValueError("values contains NaN or inf; expected finite numbers (summarize leaves NaN out)")
     if statistic is None and values.ndim == 1:  # the mean of each resample: its draw counts times the values
-        estimates = _bootstrap_counts(len(values), n_boot, seed) @ values / len(values)
-    else:
-        resamples = values[np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))]
-        estimates = resamples.mean(1) if statistic is None else statistic(resamples)
+        return _bootstrap_counts(len(values), n_boot, seed) @ values / len(values)
+    resamples = values[np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))]
+    return resamples.mean(1) if statistic is None else statistic(resamples)
+
+
+def percentile_interval(estimates, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap ``estimates: [n_boot]`` (percentile method)."""
     alpha = (1 - level) / 2
     return float(np.quantile(estimates, alpha)), float(np.quantile(estimates, 1 - alpha))
+
+
+def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                 statistic: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values: [N]``, or of
+    ``statistic(resamples: [n_boot, N, ...]) -> [n_boot]`` for ``values: [N, ...]`` (rows resampled)."""
+    return percentile_interval(bootstrap_estimates(values, statistic, n_boot, seed), level)
 
 
 def summarize(values, seed: int = 0) -> dict:
