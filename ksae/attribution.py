@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import _check_int, _check_no_inference_mode, _check_pixels
-from .config import IG_METHODS
+from ._util import (
+    _check_bool,
+    _check_choice,
+    _check_choices,
+    _check_images,
+    _check_instance,
+    _check_int,
+    _check_no_inference_mode,
+    _check_tensor,
+    _describe,
+    _model_dtype,
+)
+from .config import IG_METHODS, Config
 from .data import as_flat_images
-from .models import KSparseAutoencoder, SparseCodePipeline
-
-if TYPE_CHECKING:
-    from .config import Config
-    from .models import SparseCodeClassifier
-
+from .models import KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline
 
 OUTPUTS = ("logit", "probability")
 
@@ -46,8 +52,7 @@ def ig_quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[torch.Te
     (n-1)/n, so its trapezoid attributions are ours times (n-1)/n.
     """
     _check_int("n_steps", n_steps, low=1)
-    if method not in IG_METHODS:
-        raise ValueError(f"method must be one of {IG_METHODS}, got {method!r}")
+    _check_choice("method", method, IG_METHODS)
     n = n_steps
     if method == "gausslegendre":
         nodes, w = np.polynomial.legendre.leggauss(n)
@@ -63,41 +68,44 @@ def ig_quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[torch.Te
     return start + torch.arange(n, dtype=torch.float64) / n, weights
 
 
-def _check_classifier(model: nn.Module) -> None:
+def _check_classifier(model: nn.Module, name: str = "model") -> None:
     """``ValueError`` unless ``model`` is a module and not the autoencoder (whose output, a reconstruction
     ``[B, 784]``, would pass for 784 class scores)."""
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise ValueError(f"{name} must be a torch.nn.Module, got {_describe(model)}")
     if isinstance(model, KSparseAutoencoder):
-        raise ValueError("model must map images to class scores, got the autoencoder (KSparseAutoencoder), whose "
+        raise ValueError(f"{name} must map images to class scores, got the autoencoder (KSparseAutoencoder), whose "
                          "output is a reconstruction; pass SparseCodePipeline(sae, clf)")
 
 
-def _check_model(model: nn.Module) -> None:
-    _check_classifier(model)
+def _check_model(model: nn.Module, name: str = "model") -> None:
+    _check_classifier(model, name)
     if any(m.training for m in model.modules()):
-        raise ValueError("model (or one of its submodules) is in training mode (dropout active, so attributions "
+        raise ValueError(f"{name} (or one of its submodules) is in training mode (dropout active, so attributions "
                          "would be random); call model.eval() first")
 
 
-def _check_target(target, batch: int, n_classes: int, device: torch.device) -> torch.Tensor:
+def _check_pipeline(pipeline) -> None:
+    _check_instance("pipeline", pipeline, SparseCodePipeline, "a SparseCodePipeline (autoencoder + classifier)")
+
+
+def _check_target(target, batch: int, n_classes: int, device: torch.device, name: str = "target") -> torch.Tensor:
     """``target`` (int or ``[B]`` integer tensor) -> ``[B]`` int64 tensor on ``device``."""
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         target = torch.full((batch,), int(target), dtype=torch.long)
     if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.dtype == torch.bool:
-        raise ValueError(f"target must be an int or an integer tensor of shape [{batch}], got {target!r}")
+        raise ValueError(f"{name} must be an int or an integer tensor of shape [{batch}], got {_describe(target)}")
     if target.shape != (batch,):
-        raise ValueError(f"target must have shape [{batch}] (one class per image), got {list(target.shape)}")
+        raise ValueError(f"{name} must have shape [{batch}] (one class per image), got {list(target.shape)}")
     if target.numel() and (target.min() < 0 or target.max() >= n_classes):
-        raise ValueError(f"target classes must be in [0, {n_classes - 1}], got values "
+        raise ValueError(f"{name} classes must be in [0, {n_classes - 1}], got values "
                          f"from {int(target.min())} to {int(target.max())}")
     return target.to(device=device, dtype=torch.long)
 
 
 def _output_fn(model: nn.Module, output: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``fn(x: [N, D], target: [N]) -> [N]``: the target class's logit or probability."""
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    _check_choice("output", output, OUTPUTS)
 
     return lambda x, target: _score(model(x), target, output)
 
@@ -108,33 +116,34 @@ def _score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Ten
     return scores.gather(1, target[:, None])[:, 0]
 
 
-def _prepare(model, inputs, target, output):
-    """Shared validation: returns ``(x: [B, D], shape, target: [B], fn)``."""
+def _prepare(model, inputs, target, output, name: str = "model", inputs_name: str = "inputs"):
+    """Shared validation: returns ``(x: [B, D], shape, target: [B], fn)``. Images are cast to the model's dtype
+    (float64 images into a float32 model are used, as everywhere: ``_check_images``)."""
     _check_no_inference_mode("attribution")
-    _check_model(model)
-    x, shape = as_flat_images(inputs)
-    _check_pixels("inputs", x)
+    _check_model(model, name)
+    x = _check_images(inputs_name, inputs, dtype=_model_dtype(model))
+    shape = tuple(x.shape)
+    x = x.reshape(len(x), -1)
     x = x.clone() if x.is_inference() else x  # made under inference_mode: autograd cannot save it
-    param = next(model.parameters(), None)
-    if param is not None and param.is_floating_point() and param.dtype != x.dtype:
-        raise ValueError(f"inputs have dtype {x.dtype} but the model's parameters are {param.dtype}; "
-                         f"convert one of them (e.g. inputs.to({param.dtype}))")
-    n_classes = _class_count(model, x)
-    return x, shape, _check_target(target, len(x), n_classes, x.device), _output_fn(model, output)
+    fn = _output_fn(model, output)
+    n_classes = _class_count(model, x, name)
+    return x, shape, _check_target(target, len(x), n_classes, x.device), fn
 
 
-def _class_count(model: nn.Module, x: torch.Tensor) -> int:
+def _class_count(model: nn.Module, x: torch.Tensor, name: str = "model") -> int:
     """``C`` for a model that maps images ``x: [B, 784]`` to class scores ``[B, C]`` (C >= 2), tried on one image;
     ``ValueError`` for a model that fails on them or returns anything else."""
     try:
         with torch.no_grad():
             out = model(x[:1])
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise ValueError(f"model must map images [B, {x.shape[1]}] to class scores [B, C]; it failed on one image: "
-                         f"{type(exc).__name__}: {exc}") from exc
+        hint = (" (it reads codes, not pixels: pass SparseCodePipeline(sae, clf))"
+                if isinstance(model, SparseCodeClassifier) else "")
+        raise ValueError(f"{name} must map images [B, {x.shape[1]}] to class scores [B, C]; it failed on one image: "
+                         f"{type(exc).__name__}: {exc}; got {_describe(model)}{hint}") from exc
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2:
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model must map images [B, {x.shape[1]}] to class scores [B, C] with C >= 2, got output "
+        raise ValueError(f"{name} must map images [B, {x.shape[1]}] to class scores [B, C] with C >= 2, got output "
                          f"{got} for one image")
     return out.shape[1]
 
@@ -207,6 +216,7 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target, baselin
     x, shape, target, fn = _prepare(model, inputs, target, output)
     base = torch.zeros_like(x) if baselines is None else _baseline(baselines, x)
     alphas, weights = ig_quadrature(n_steps, method)
+    _check_bool("return_convergence_delta", return_convergence_delta)
     grads = _path_integral(model, output, x, base, target, alphas, weights, _rows_per_pass(internal_batch_size))
     attr = (x - base) * grads
     if not return_convergence_delta:
@@ -230,6 +240,7 @@ def simple_gradients(model: nn.Module, inputs: torch.Tensor, target, abs: bool =
                      output: str = "logit", internal_batch_size: int | None = None) -> torch.Tensor:
     """Gradient of the target logit w.r.t. each pixel, ``dF/dx: [B, 784]`` (signed; ``abs=True`` for |.|)."""
     x, shape, target, fn = _prepare(model, inputs, target, output)
+    _check_bool("abs", abs)
     rows = _rows_per_pass(internal_batch_size)
     g = torch.cat([_grad(fn, x[i:i + rows], target[i:i + rows]) for i in range(0, len(x), rows)])
     return (g.abs() if abs else g).reshape(shape)
@@ -250,6 +261,9 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, nt_samples: int =
         _check_int("seed", seed, low=0)
     if isinstance(stdevs, bool) or not (isinstance(stdevs, (int, float)) and math.isfinite(stdevs) and stdevs >= 0):
         raise ValueError(f"stdevs must be a finite number >= 0, got {stdevs!r}")
+    _check_bool("abs", abs)
+    if generator is not None:
+        _check_instance("generator", generator, torch.Generator)
     if generator is None:
         generator = torch.Generator()
         if seed is None:
@@ -284,6 +298,7 @@ def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, output: str
                      internal_batch_size: int | None = None) -> torch.Tensor:
     """Input times gradient (Shrikumar et al. 2016; Captum's ``InputXGradient``): ``x * dF/dx``, shaped
     like ``inputs: [B, 784]`` (or image-shaped). Separates the x-input factor of IG from the gradient's."""
+    inputs = _model_inputs(model, inputs)
     return _times_input(inputs, simple_gradients(model, inputs, target, output=output,
                                                  internal_batch_size=internal_batch_size))
 
@@ -293,8 +308,15 @@ def input_x_smoothgrad(model: nn.Module, inputs: torch.Tensor, target, nt_sample
                        internal_batch_size: int | None = None) -> torch.Tensor:
     """Input times signed SmoothGrad: ``x * smoothgrad(x)``, shaped like ``inputs: [B, 784]`` (same noise
     as ``smoothgrad`` with the same ``seed``/``generator``)."""
+    inputs = _model_inputs(model, inputs)
     return _times_input(inputs, smoothgrad(model, inputs, target, nt_samples=nt_samples, stdevs=stdevs, output=output,
                                            generator=generator, seed=seed, internal_batch_size=internal_batch_size))
+
+
+def _model_inputs(model, inputs) -> torch.Tensor:
+    """``inputs`` checked and cast to ``model``'s dtype (the x-input maps multiply the images the model saw)."""
+    _check_classifier(model)
+    return _check_images("inputs", inputs, dtype=_model_dtype(model))
 
 
 def _times_input(inputs: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -318,6 +340,12 @@ def rescale_contributions(clf: SparseCodeClassifier, z: torch.Tensor, target: to
     weights. For ``output="probability"`` the softmax, a smooth function of the
     logits, is integrated from the reference logits to the image's with ``n_steps`` Gauss-Legendre points.
     """
+    _check_instance("clf", clf, SparseCodeClassifier)
+    _check_tensor("z", z, [(None, "B"), (clf.W1.shape[0], "H")], "float")
+    target = _check_target(target, len(z), clf.rest[-1].out_features, z.device)
+    _check_choice("output", output, OUTPUTS)
+    _check_int("n_steps", n_steps, low=1)
+    _check_int("rows", rows, low=1)
     pres, h, h0 = [], z @ clf.W1 + clf.b1, clf.b1.expand(len(z), -1)
     for layer in clf.rest:  # forward at z and at the reference, keeping each activation's two inputs
         if not isinstance(layer, (nn.Linear, nn.Dropout)):
@@ -368,13 +396,11 @@ def decoder_weighted(pipeline: SparseCodePipeline, inputs: torch.Tensor, target,
 
     Returns ``attr`` shaped like ``inputs`` and, with ``return_contributions``, also ``c: [B, H]``.
     """
-    if not isinstance(pipeline, SparseCodePipeline):
-        raise ValueError(f"decoder_weighted needs a SparseCodePipeline (autoencoder + classifier), "
-                         f"got {type(pipeline).__name__}")
-    if rule not in UNIT_RULES:
-        raise ValueError(f"rule must be one of {UNIT_RULES}, got {rule!r}")
-    x, shape, target, _ = _prepare(pipeline, inputs, target, output)
+    _check_pipeline(pipeline)
+    _check_choice("rule", rule, UNIT_RULES)
+    x, shape, target, _ = _prepare(pipeline, inputs, target, output, "pipeline")
     alphas, weights = ig_quadrature(n_steps, method)
+    _check_bool("return_contributions", return_contributions)
     rows = _rows_per_pass(internal_batch_size)
     with torch.no_grad():
         z = pipeline.sae.encode(x)
@@ -395,9 +421,14 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
     With ``return_contributions``, also decoder-weighted's unit contributions ``c: [B, H]`` (computed with
     its map, or on their own when ``"decoder"`` is not among ``methods``): ``(maps, contributions)``.
     """
-    unknown = [m for m in methods if m not in METHOD_LABELS]
-    if unknown:
-        raise ValueError(f"methods must be a subset of {list(METHOD_LABELS)}, got unknown {unknown}")
+    _check_pipeline(pipeline)
+    inputs = _check_images("inputs", inputs, dtype=_model_dtype(pipeline))
+    _check_target(target, len(inputs), pipeline.clf.rest[-1].out_features, inputs.device)
+    _check_instance("cfg", cfg, Config)
+    methods = _check_choices("methods", methods, METHOD_LABELS)
+    if seed is not None:
+        _check_int("seed", seed, low=0)
+    _check_bool("return_contributions", return_contributions)
     seed = cfg.seed if seed is None else seed
     maps: dict[str, torch.Tensor] = {}
     unit_contributions: list[torch.Tensor] = []

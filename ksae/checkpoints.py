@@ -7,18 +7,24 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from ._util import _check_bool, _check_writable_folder, atomic_write_bytes, remove_stale_temporaries
+from ._util import (
+    _check_bool,
+    _check_device,
+    _check_instance,
+    _check_path,
+    _check_writable_folder,
+    _describe,
+    atomic_write_bytes,
+    remove_stale_temporaries,
+)
 from .config import Config
+from .data import FashionMNIST
 from .metrics import evaluate_models
-from .models import KSparseAutoencoder, SparseCodeClassifier
+from .models import KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline
 from .training import train_models
-
-if TYPE_CHECKING:
-    from .data import FashionMNIST
 
 
 class CheckpointError(RuntimeError):
@@ -30,7 +36,20 @@ CHECKPOINT_FORMAT = "ksae-v1"
 
 def save_checkpoint(path: str | os.PathLike, cfg: Config, sae: KSparseAutoencoder, clf: SparseCodeClassifier,
                     history: dict | None = None, metrics: dict | None = None) -> Path:
-    """Write config, both state dicts, history and metrics atomically (temp file + rename)."""
+    """Write config, both state dicts, history and metrics atomically (temp file + rename). The models must be
+    the ones ``cfg`` describes (what travels together is checked together: a checkpoint is reused by its config)."""
+    _check_path("path", path, "file")
+    _check_instance("cfg", cfg, Config)
+    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("clf", clf, SparseCodeClassifier)
+    SparseCodePipeline(sae, clf)  # the classifier reads the autoencoder's code units
+    built = (sae.k, sae.d_input, sae.d_hidden, clf.rest[-1].out_features)
+    if built != (cfg.k, cfg.d_input, cfg.d_hidden, cfg.n_classes):
+        raise ValueError(f"cfg must describe the models it is saved with: cfg has (k, d_input, d_hidden, n_classes) = "
+                         f"{(cfg.k, cfg.d_input, cfg.d_hidden, cfg.n_classes)}, the models got {built}")
+    for name, value in (("history", history), ("metrics", metrics)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{name} must be None or a dict, got {_describe(value)}")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_dict(),
@@ -49,12 +68,13 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
 
     Raises ``CheckpointError`` naming the file if it cannot be read or is not one of ours.
     """
-    path = Path(path)
+    path = _check_path("path", path, "file", writable=False)
+    _check_device("device", device)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint")
-        cfg = Config.from_dict(payload["config"])
+        cfg = Config.from_dict(payload["config"], saved=True)
         sae = KSparseAutoencoder.from_config(cfg)
         sae.load_state_dict(payload["sae"])
         clf = SparseCodeClassifier.from_config(cfg)
@@ -90,9 +110,11 @@ def load_or_train(cfg: Config, data: FashionMNIST, device: torch.device, ckpt_di
     the models are saved in a new folder under the system's temporary folder instead (``_save_or_rescue``; a
     warning says where) and returned all the same.
     """
-    if not isinstance(cfg, Config):
-        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
+    _check_instance("cfg", cfg, Config)
+    _check_instance("data", data, FashionMNIST)
+    _check_device("device", device)
     _check_bool("retrain", retrain)
+    _check_bool("verbose", verbose)
     _check_writable_folder("ckpt_dir (the notebook's CHECKPOINT_DIR)", ckpt_dir)
     remove_stale_temporaries(ckpt_dir, "*.pt*.tmp")  # a killed save's leftovers
     path = Path(ckpt_dir) / cfg.checkpoint_name()

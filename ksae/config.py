@@ -7,7 +7,16 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
-from ._util import IMAGE_SIDE, _check_float, _check_int, _python_number
+from ._util import (
+    IMAGE_SIDE,
+    _check_bool,
+    _check_choice,
+    _check_float,
+    _check_int,
+    _closest,
+    _describe,
+    _python_number,
+)
 
 
 @dataclass
@@ -83,10 +92,8 @@ class Config:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("ae_lr_schedule", "clf_lr_schedule"):
-            if getattr(self, name) not in LR_SCHEDULES:
-                raise ValueError(f"{name} must be one of {LR_SCHEDULES}, got {getattr(self, name)!r}")
-        if self.ig_method not in IG_METHODS:
-            raise ValueError(f"ig_method must be one of {sorted(IG_METHODS)}, got {self.ig_method!r}")
+            _check_choice(name, getattr(self, name), LR_SCHEDULES)
+        _check_choice("ig_method", self.ig_method, IG_METHODS)
         for f in fields(self):  # numpy scalars are accepted as their Python numbers (JSON, the checkpoint's name)
             setattr(self, f.name, _python_number(getattr(self, f.name)))
 
@@ -97,9 +104,30 @@ class Config:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> Config:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict, saved: bool = False) -> Config:
+        """The ``Config`` a dict of fields describes (``to_dict``'s, a checkpoint's, a results file's ``config``).
+
+        A key that is no field raises ``ValueError`` naming the closest field; keys of older versions are
+        upgraded (``_RENAMED_FIELDS``). Fields the dict lacks take their defaults, except with ``saved=True``
+        (a complete record that a checkpoint or a result file wrote): a field added after it was written takes
+        the value in effect before the field existed (``_ADDED_FIELDS``), so an old checkpoint keeps meaning how
+        its models were trained."""
+        if not isinstance(d, dict):
+            raise ValueError(f"d must be a dict of Config fields, got {_describe(d)}")
+        _check_bool("saved", saved)
+        known = [f.name for f in fields(cls)]
+        d = dict(d)
+        for old, new in _RENAMED_FIELDS.items():
+            if old in d:
+                value = d.pop(old)
+                d.update({name: value for name in new if name not in d})
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            raise ValueError(f"d must hold Config fields only, got unknown "
+                             f"{', '.join(repr(k) + _closest(k, known) for k in unknown)}")
+        if saved:
+            d = {**{k: v for k, v in _ADDED_FIELDS.items() if k not in d}, **d}
+        return cls(**d)
 
     def training_key(self) -> dict:
         """The fields that determine the trained weights."""
@@ -112,6 +140,16 @@ class Config:
         subset = f"_n{self.train_subset}" if self.train_subset else ""
         return (f"ksae_k{self.k}_h{self.d_hidden}_clf{'x'.join(map(str, self.clf_hidden))}"
                 f"_ae{self.ae_epochs}_clf{self.clf_epochs}{subset}_seed{self.seed}_{digest}.pt")
+
+
+# Older versions' Config fields, read from their checkpoints and results files (Config.from_dict):
+_RENAMED_FIELDS = {"lr_schedule": ("ae_lr_schedule", "clf_lr_schedule")}  # one schedule for both models, split in two
+_ADDED_FIELDS = {  # fields added since the first release -> the value in effect before each existed
+    "ae_lr_schedule": "constant", "clf_lr_schedule": "constant",  # no schedule at first (then lr_schedule)
+    "clf_hflip": False, "ae_hflip": False, "clf_shift": 0,  # no augmentation
+    "n_val": 0,  # no validation split: trained on all 60 000 training images
+    "cuda_graphs": False,  # eager training steps
+}
 
 
 DECAY_SCHEDULES = {"decay10": 0.1, "decay20": 0.2, "decay50": 0.5}  # share of the last steps over which the

@@ -7,15 +7,28 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ._util import _check_int, _jsonable
-from .attribution import decoder_weighted, integrated_gradients, simple_gradients
+from ._util import (
+    _check_bool,
+    _check_choice,
+    _check_device,
+    _check_float,
+    _check_images,
+    _check_instance,
+    _check_int,
+    _check_ints,
+    _check_path,
+    _check_result,
+    _describe,
+    _jsonable,
+    _model_dtype,
+)
+from .attribution import _check_pipeline, _check_target, decoder_weighted, integrated_gradients, simple_gradients
 from .checks.across_models import cascading_randomization, faithfulness_gaps, unit_deletion_gaps
 from .checks.sparseness import gini_index, object_share
 from .checks.substrates import SUBSTRATES
@@ -34,15 +47,12 @@ from .controls import (
     _load_sae,
     _relabelling_null,
 )
+from .data import FashionMNIST
 from .models import SparseCodePipeline
 from .runtime import device_name
 from .stability import run_seed_stability
 from .stats import _rowwise_pearson, bootstrap_estimates, percentile_interval, summarize
 from .units import contribution_ablation_agreement, unit_statistics
-
-if TYPE_CHECKING:
-    from .data import FashionMNIST
-
 
 _CLAIM_PURITY = 0.9  # a unit is class-pure when at least this share of the test images it fires on is one class
 
@@ -83,7 +93,13 @@ def common_images(models: dict[str, nn.Module], data: FashionMNIST, threshold: f
     ``threshold``, ``n_per_class`` per class drawn at random (seeded; a class with fewer keeps all):
     ``{"indices": [N] sorted by class then index, "candidates": {class: n}, "per_class": {class: n}}``. The rule
     and its numbers are fixed beforehand (``Config.confidence_threshold``); no result on these images chooses it."""
+    if not isinstance(models, dict) or not models or not all(isinstance(m, nn.Module) for m in models.values()):
+        raise ValueError(f"models must be a non-empty dict of name -> model (torch.nn.Module), got "
+                         f"{_describe(models)}")
+    _check_instance("data", data, FashionMNIST)
+    _check_float("threshold", threshold, low=0.0, high=1.0, high_open=True)
     _check_int("n_per_class", n_per_class, low=1)
+    _check_int("seed", seed, low=0)
     ok = torch.ones(len(data.y_test), dtype=torch.bool)
     for model in models.values():
         device = next(model.parameters()).device
@@ -161,6 +177,9 @@ def unit_measures(pipeline: SparseCodePipeline, data: FashionMNIST, device: torc
     ``x: [N, 784]``, ``y: [N]``): ``(summary, raw)`` with ``raw`` the per-unit and per-image values the claims
     resample: ``pure``, ``lowers`` (``[live units]`` 0/1), ``pairs`` (``[units, 2]`` contribution, ablation drop),
     ``gaps`` (``[N]``), and ``stats``, the model's ``UnitStats``."""
+    _check_pipeline(pipeline)
+    x = _check_images("x", x, dtype=_model_dtype(pipeline), flat=True)
+    _check_target(y, len(x), pipeline.clf.rest[-1].out_features, x.device, name="y")
     stats = unit_statistics(pipeline, data, device, seed=seed)
     live = stats.n_fire > 0
     purity = stats.purity[live]
@@ -204,8 +223,14 @@ def unit_claims(raw: dict[str, dict], trained: str = "sae", seed: int = 0) -> di
     (otherwise the generated text says which control gives the same). The shuffled-label control shares the
     SAE's code: for a claim about the code alone (``_CODE_CLAIMS``: purity) it is reported with ``"applies":
     False`` and left out of the rule."""
-    if trained not in raw or len(raw) < 2:
+    if not isinstance(raw, dict):
+        raise ValueError(f"raw must be a dict of representation -> unit_measures' raw values, got {_describe(raw)}")
+    _check_choice("trained", trained, list(raw))
+    if len(raw) < 2:
         raise ValueError(f"raw must hold the trained model {trained!r} and at least one control, got {list(raw)}")
+    _check_int("seed", seed, low=0)
+    for name, values in raw.items():
+        _check_result(f"raw[{name!r}]", values, ("pure", "lowers", "pairs", "gaps"), "unit_measures' raw values")
     out = {}
     for claim in _CLAIMS:
         a = raw[trained]
@@ -257,7 +282,18 @@ def run_controls(data: FashionMNIST, cfg: Config, device: torch.device, represen
     ``stability_seeds`` (default: ``cfg.seed`` and the next two; ``()`` skips it), read from ``ckpt_dir`` (a
     missing one is a ``ValueError`` unless ``train_sae``, which trains it). JSON-able result (the shape
     ``results/controls.json`` holds)."""
+    _check_instance("data", data, FashionMNIST)
+    _check_instance("cfg", cfg, Config)
+    _check_device("device", device)
     reps = _check_representations(REPRESENTATIONS if representations is None else representations)
+    _check_path("ckpt_dir", ckpt_dir, "folder")
+    for name, value, low in (("n_per_class", n_per_class, 1), ("n_subset", n_subset, 1),
+                             ("n_randomization", n_randomization, 2), ("n_unit_images", n_unit_images, 1)):
+        _check_int(name, value, low=low)
+    _check_bool("train_sae", train_sae)
+    if stability_seeds is not None:
+        _check_ints("stability_seeds", stability_seeds, low=0, empty=True)
+    _check_bool("verbose", verbose)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if train_sae:

@@ -9,23 +9,28 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import atomic_write_bytes
+from ._util import (
+    _check_choices,
+    _check_device,
+    _check_finite,
+    _check_images,
+    _check_instance,
+    _check_int,
+    _check_tensor,
+    _closest,
+    atomic_write_bytes,
+)
 from .checkpoints import load_checkpoint
 from .config import Config
-from .data import train_val_split
+from .data import FashionMNIST, train_val_split
 from .metrics import fvu
 from .models import KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline
 from .training import train_autoencoder, train_classifier
-
-if TYPE_CHECKING:
-    from .data import FashionMNIST
-
 
 REPRESENTATIONS = ("sae", "pixels", "pca", "untrained", "dense", "shuffled")  # what each classifier reads
 
@@ -58,9 +63,7 @@ def _check_representations(names) -> tuple[str, ...]:
     if isinstance(names, str) or not isinstance(names, Sequence) or not names:
         raise ValueError(f"representations must be a non-empty sequence of names from {REPRESENTATIONS}, "
                          f"got {names!r}")
-    unknown = [n for n in names if n not in REPRESENTATIONS]
-    if unknown:
-        raise ValueError(f"representations must be among {REPRESENTATIONS}, got unknown {unknown}")
+    _check_choices("representations", names, REPRESENTATIONS, "among")
     return tuple(n for n in REPRESENTATIONS if n in names or n == "sae")
 
 
@@ -75,8 +78,13 @@ class LinearCode(nn.Module):
     def __init__(self, components: torch.Tensor | None = None, mean: torch.Tensor | None = None,
                  d_input: int = 784):
         super().__init__()
-        if components is not None and (components.ndim != 2 or components.shape[1] != d_input):
-            raise ValueError(f"components must have shape [d, {d_input}], got {list(components.shape)}")
+        _check_int("d_input", d_input, low=1)
+        if components is not None:
+            _check_tensor("components", components, [(None, "d"), (d_input, str(d_input))], "float")
+            _check_finite("components", components)
+        if mean is not None:
+            _check_tensor("mean", mean, [(d_input, str(d_input))], "float")
+            _check_finite("mean", mean)
         self.register_buffer("components", None if components is None else components.detach().clone())
         self.register_buffer("mean", torch.zeros(d_input) if mean is None else mean.detach().clone())
         self.reconstructs = components is not None
@@ -107,6 +115,11 @@ class LinearCodePipeline(nn.Module):
     pixel and PCA controls (``forward(x: [B, 784])``)."""
 
     def __init__(self, code: LinearCode, clf: SparseCodeClassifier):
+        _check_instance("code", code, LinearCode)
+        _check_instance("clf", clf, SparseCodeClassifier)
+        if clf.W1.shape[0] != code.d_hidden:
+            raise ValueError(f"clf must read the code's {code.d_hidden} entries, got a classifier of "
+                             f"{clf.W1.shape[0]} inputs")
         super().__init__()
         self.code, self.clf = code, clf
 
@@ -124,7 +137,8 @@ def fit_pca(x: torch.Tensor, n_components: int) -> tuple[torch.Tensor, torch.Ten
     """Principal components of ``x: [N, D]`` (fit it on the training split only): ``(components: [n, D],
     mean: [D])``, float32, rows orthonormal, by decreasing variance, each signed so that its largest-|.| entry
     is positive. From the eigenvectors of the float64 covariance (``D x D``)."""
-    if not isinstance(n_components, int) or not 1 <= n_components <= min(x.shape):
+    x = _check_images("x", x, flat=True)
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or not 1 <= n_components <= min(x.shape):
         raise ValueError(f"n_components must be an integer in [1, {min(x.shape)}], got {n_components!r}")
     x64 = x.detach().double().cpu()
     mean = x64.mean(0)
@@ -140,6 +154,9 @@ def untrained_autoencoder(cfg: Config, x_train: torch.Tensor | None) -> KSparseA
     ``torch.manual_seed(cfg.seed)``, pre-encoder bias at the mean of ``x_train: [N, D]`` (the training split;
     ``None`` leaves it at zero, for a caller that wants only the atoms), atoms renormalised, as
     ``train_autoencoder`` does before its first step. Eval mode, on the CPU."""
+    _check_instance("cfg", cfg, Config)
+    if x_train is not None:
+        x_train = _check_images("x_train", x_train, flat=True)
     torch.manual_seed(cfg.seed)
     sae = KSparseAutoencoder.from_config(cfg)
     if x_train is not None:
@@ -178,8 +195,14 @@ def train_representation(name: str, cfg: Config, data: FashionMNIST, device: tor
     """Train the models of control ``name`` with ``cfg``'s recipe on the training split (validation split for the
     per-epoch curves; the test set is not read). ``sae``: the trained SAE (``"shuffled"`` reuses it).
     Returns ``(code, clf, history)``; ``code`` is a ``KSparseAutoencoder`` or a ``LinearCode``."""
-    if name not in REPRESENTATIONS or name == "sae":
-        raise ValueError(f"name must be a control among {REPRESENTATIONS[1:]}, got {name!r}")
+    if name not in REPRESENTATIONS[1:]:
+        raise ValueError(f"name must be a control among {REPRESENTATIONS[1:]}, got {name!r}"
+                         f"{_closest(name, REPRESENTATIONS[1:])}")
+    _check_instance("cfg", cfg, Config)
+    _check_instance("data", data, FashionMNIST)
+    _check_device("device", device)
+    if sae is not None:
+        _check_instance("sae", sae, KSparseAutoencoder)
     rcfg = _representation_config(cfg, name)
     x_train, y_train, x_val, y_val = train_val_split(data, rcfg)
     val = (x_val, y_val) if len(x_val) else ()
@@ -237,7 +260,7 @@ def _save_control(path: str | os.PathLike, name: str, cfg: Config, code, clf: Sp
 
 def _config_difference(stored: dict, expected: Config) -> str:
     """'field: expected A, got B; ...' over the training fields that differ."""
-    want, got = expected.training_key(), Config.from_dict(stored).training_key()
+    want, got = expected.training_key(), Config.from_dict(stored, saved=True).training_key()
     return "; ".join(f"{k}: expected {want[k]!r}, got {got.get(k)!r}" for k in want if want[k] != got.get(k))
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ._util import _describe
 from .attribution import METHOD_LABELS
 from .stats import _ci_text
 
@@ -188,7 +189,7 @@ def controls_markdown(controls: dict) -> str:
     and the unit claims with the rule's outcome. Every number is read from ``controls``."""
     if not isinstance(controls, dict) or "models" not in controls or "sae" not in controls.get("models", {}):
         raise ValueError("controls must be run_controls' result (results/controls.json) with the SAE's row, got "
-                         f"{sorted(controls) if isinstance(controls, dict) else type(controls).__name__}")
+                         f"{sorted(controls) if isinstance(controls, dict) else _describe(controls)}")
     c, img = controls, controls["images"]
     subs = list(next(iter(c["explanations"].values()))["faithfulness"]) if c["explanations"] else []
     counts = list(img["per_class"].values())

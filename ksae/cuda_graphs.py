@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
-if TYPE_CHECKING:
-    from .config import Config
-
+from ._util import _check_callable, _check_device, _check_instance, _check_int, _describe
+from .config import Config
 
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before a CUDA graph is captured (PyTorch's recipe)
 
@@ -40,7 +39,17 @@ class CudaGraphBackend:
 
 def graph_backend(cfg: Config, device: torch.device) -> CudaGraphBackend | None:
     """A fresh ``CudaGraphBackend`` if ``cfg.cuda_graphs`` and ``device`` is CUDA, else ``None`` (eager)."""
-    return CudaGraphBackend() if cfg.cuda_graphs and torch.device(device).type == "cuda" else None
+    _check_instance("cfg", cfg, Config)
+    return CudaGraphBackend() if cfg.cuda_graphs and _check_device("device", device).type == "cuda" else None
+
+
+def _check_backend(backend) -> None:
+    """``None`` (eager) or a backend with ``side_stream``, ``capture`` and ``replay`` (``CudaGraphBackend``, or a
+    stand-in that records)."""
+    if backend is not None and not all(callable(getattr(backend, m, None)) for m in ("side_stream", "capture",
+                                                                                    "replay")):
+        raise ValueError(f"backend must be None or a CudaGraphBackend (side_stream, capture, replay), got "
+                         f"{_describe(backend)}")
 
 
 class GraphedStep:
@@ -56,6 +65,10 @@ class GraphedStep:
     """
 
     def __init__(self, step: Callable[..., None], rows: int, backend=None, warmup: int = GRAPH_WARMUP_STEPS):
+        _check_callable("step", step)
+        _check_int("rows", rows, low=1)
+        _check_backend(backend)
+        _check_int("warmup", warmup, low=0)
         self.step, self.rows, self.backend, self.warmup = step, rows, backend, warmup
         self.static: list[torch.Tensor] | None = None
         self.warmed = self.replays = 0

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._util import _check_int
+from ._util import (
+    _check_bool,
+    _check_classes,
+    _check_images,
+    _check_instance,
+    _check_int,
+    _check_labels,
+    _check_path,
+    _check_text,
+)
 
 if TYPE_CHECKING:
     from .config import Config
@@ -50,6 +59,15 @@ class FashionMNIST:
     y_test: torch.Tensor  # [10000]
     classes: tuple[str, ...] = CLASS_NAMES  # class names, index = label
     source: str = ""  # the folder the files were read from
+
+    def __post_init__(self):
+        """Images and labels that travel together are checked together: pixel values, one label per image,
+        every label naming a class."""
+        classes = _check_classes(self.classes)
+        for split in ("train", "test"):
+            x = _check_images(f"x_{split}", getattr(self, f"x_{split}"), empty=True)
+            _check_labels(getattr(self, f"y_{split}"), len(x), len(classes), name=f"y_{split}")
+        _check_text("source", self.source, allow_empty=True)
 
 
 def _read_idx_bytes(folder: Path, name: str) -> bytes:
@@ -111,7 +129,10 @@ def load_fashion_mnist(root: str | os.PathLike = "data", system_dir: str | os.Pa
     torchvision's download into ``root``. Every file's SHA-256 is checked. If nothing works, one
     ``DatasetNotFoundError`` says what was tried and the three ways to get the data.
     """
-    root = Path(root)
+    root = _check_path("root", root, "folder", writable=False)
+    _check_path("system_dir", system_dir, "folder", writable=False)
+    _check_bool("download", download)
+    _check_bool("verbose", verbose)
     candidates = [("local", lambda: root / "FashionMNIST" / "raw"), ("system", lambda: Path(system_dir))]
     if download:
         candidates.append(("download", lambda: _torchvision_download(root)))
@@ -138,7 +159,8 @@ def load_fashion_mnist(root: str | os.PathLike = "data", system_dir: str | os.Pa
 
 def train_subset(data: FashionMNIST, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` training images and labels (all of them when ``n`` is 0)."""
-    _check_int("train_subset", n, low=0, high=len(data.x_train), high_name="the training set size")
+    _check_instance("data", data, FashionMNIST)
+    _check_int("n (train_subset)", n, low=0, high=len(data.x_train), high_name="the training set size")
     if n == 0:
         return data.x_train, data.y_train
     return data.x_train[:n], data.y_train[:n]
@@ -152,6 +174,8 @@ def validation_indices(y_train: torch.Tensor, n_val: int, n_classes: int) -> tor
 
     ``y_train: [N]`` labels. Each class gives ``n_val // n_classes`` images (the remainder goes to the first
     classes), drawn at random without replacement."""
+    _check_int("n_classes", n_classes, low=1)
+    _check_labels(y_train, n_classes=n_classes, name="y_train")
     _check_int("n_val", n_val, low=0, high=len(y_train) - n_classes, high_name="the training set size minus a class")
     gen = torch.Generator().manual_seed(VAL_SPLIT_SEED)
     picks = []
@@ -167,6 +191,10 @@ def validation_indices(y_train: torch.Tensor, n_val: int, n_classes: int) -> tor
 def train_val_split(data: FashionMNIST, cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_train, y_train, x_val, y_val)``: the validation split (``cfg.n_val`` images, stratified) and the
     rest of the training set, of which the first ``cfg.train_subset`` images (0 = all) are trained on."""
+    from .config import Config
+
+    _check_instance("data", data, FashionMNIST)
+    _check_instance("cfg", cfg, Config)
     val = validation_indices(data.y_train, cfg.n_val, len(data.classes))
     keep = torch.ones(len(data.y_train), dtype=torch.bool)
     keep[val] = False
@@ -178,16 +206,9 @@ def train_val_split(data: FashionMNIST, cfg: Config) -> tuple[torch.Tensor, torc
 def as_flat_images(x: torch.Tensor, name: str = "inputs") -> tuple[torch.Tensor, tuple[int, ...]]:
     """Validate images and flatten them to ``[B, 784]``; also returns the original shape.
 
-    Accepts ``[B, 784]``, ``[B, 28, 28]`` or ``[B, 1, 28, 28]`` floating tensors with finite values.
+    Accepts ``[B, 784]``, ``[B, 28, 28]`` or ``[B, 1, 28, 28]`` floating tensors of pixel values in [0, 1]
+    (``_check_images``; ``name`` is the argument's name in its messages).
     """
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor (float32/float64), got dtype {x.dtype}")
-    shape = tuple(x.shape)
-    if not (shape[1:] in ((784,), (28, 28), (1, 28, 28)) and len(shape) >= 2 and shape[0] >= 1):
-        raise ValueError(f"{name} must have shape [B, 784], [B, 28, 28] or [B, 1, 28, 28] with B >= 1, "
-                         f"got {list(shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf values")
-    return x.reshape(shape[0], 784), shape
+    _check_text("name", name)
+    x = _check_images(name, x)
+    return x.reshape(x.shape[0], 784), tuple(x.shape)

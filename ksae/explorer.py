@@ -17,13 +17,31 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ._util import IMAGE_SIDE, _numpy, atomic_write_bytes
-from .attribution import RESCALE_EPS, decoder_weighted, ig_quadrature, integrated_gradients, simple_gradients
+from ._util import (
+    IMAGE_SIDE,
+    _check_choice,
+    _check_images,
+    _check_instance,
+    _check_path,
+    _check_top_contributions,
+    _model_dtype,
+    _numpy,
+    atomic_write_bytes,
+)
+from .attribution import (
+    RESCALE_EPS,
+    _check_pipeline,
+    _check_target,
+    decoder_weighted,
+    ig_quadrature,
+    integrated_gradients,
+    simple_gradients,
+)
 from .config import Config
 from .data import FashionMNIST
 from .models import SparseCodePipeline
 from .plots.style import DIVERGING_CMAP, MAP_CLIP_PERCENTILE
-from .units import UNIT_BROWSER_PAGE, UnitStats, unit_top_contributions
+from .units import UNIT_BROWSER_PAGE, UnitStats, _check_stats, unit_top_contributions
 
 EXPLORER_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "explorer.html"
 
@@ -59,10 +77,8 @@ def _linear_layers(pipeline: SparseCodePipeline) -> list[nn.Linear]:
     return layers
 
 
-def _check_pipeline(pipeline, data) -> list[nn.Linear]:
-    if not isinstance(pipeline, SparseCodePipeline):
-        raise ValueError(f"pipeline must be a SparseCodePipeline (autoencoder + classifier), got "
-                         f"{type(pipeline).__name__}")
+def _check_page_pipeline(pipeline, data) -> list[nn.Linear]:
+    _check_pipeline(pipeline)
     sae, clf = pipeline.sae, pipeline.clf
     if sae.d_input != IMAGE_SIDE * IMAGE_SIDE:
         raise ValueError(f"pipeline: the page shows {IMAGE_SIDE} x {IMAGE_SIDE} images, so the autoencoder must "
@@ -82,13 +98,12 @@ def _check_arguments(pipeline, data, path, cfg, unit_stats, unit_browser, dtype)
         raise ValueError(f"data must be the FashionMNIST of load_fashion_mnist, got {type(data).__name__}")
     if len(data.x_test) == 0 or data.x_test.shape[1:] != (IMAGE_SIDE * IMAGE_SIDE,):
         raise ValueError(f"data.x_test must be [N >= 1, {IMAGE_SIDE ** 2}], got {list(data.x_test.shape)}")
-    layers = _check_pipeline(pipeline, data)
+    layers = _check_page_pipeline(pipeline, data)
     if not isinstance(path, (str, os.PathLike)) or str(path) == "":
         raise ValueError(f"path must be a file path (str or os.PathLike), got {path!r}")
     if Path(path).is_dir():
         raise ValueError(f"path must name a file, got the folder {path}")
-    if not isinstance(cfg, Config):
-        raise ValueError(f"cfg must be a Config (its ig_steps and ig_method), got {type(cfg).__name__}")
+    _check_instance("cfg", cfg, Config, "a Config (its ig_steps and ig_method)")
     if cfg.k != pipeline.sae.k or cfg.d_hidden != pipeline.sae.d_hidden:
         raise ValueError(f"cfg (k={cfg.k}, d_hidden={cfg.d_hidden}) does not describe the pipeline (k="
                          f"{pipeline.sae.k}, d_hidden={pipeline.sae.d_hidden})")
@@ -96,11 +111,12 @@ def _check_arguments(pipeline, data, path, cfg, unit_stats, unit_browser, dtype)
                                    or len(unit_stats.descriptions) != pipeline.sae.d_hidden):
         raise ValueError(f"unit_stats must be None or the UnitStats of unit_statistics for this pipeline's "
                          f"{pipeline.sae.d_hidden} units, got {type(unit_stats).__name__}")
+    if unit_stats is not None:
+        _check_stats(unit_stats, "unit_stats", sae=pipeline.sae, data=data)
     if not isinstance(unit_browser, str) or not unit_browser or any(c in unit_browser for c in "\"'<>#"):
         raise ValueError(f"unit_browser must be the unit browser's relative address (e.g. 'unit_browser.html'), "
                          f"got {unit_browser!r}")
-    if dtype not in EXPLORER_DTYPES:
-        raise ValueError(f"dtype must be one of {EXPLORER_DTYPES}, got {dtype!r}")
+    _check_choice("dtype", dtype, EXPLORER_DTYPES)
     return layers
 
 
@@ -133,6 +149,8 @@ def explorer_data(pipeline: SparseCodePipeline, data: FashionMNIST, cfg: Config,
     descriptions) and the binary it describes (weights in ``dtype``, then the test images as uint8 and their
     labels), uncompressed. ``top_contributions``: ``unit_top_contributions``'s ``(ids, values)`` if computed."""
     layers = _check_arguments(pipeline, data, "explorer.html", cfg, unit_stats, unit_browser, dtype)
+    if top_contributions is not None:
+        _check_top_contributions("top_contributions", top_contributions, pipeline.sae.d_hidden, len(data.x_test))
     pipeline = pipeline.eval()
     device = next(pipeline.parameters()).device
     images = np.round(255 * _numpy(data.x_test)).astype(np.uint8)
@@ -212,7 +230,7 @@ def write_explorer(pipeline: SparseCodePipeline, data: FashionMNIST, path: str |
 
 def read_explorer_data(path: str | os.PathLike) -> tuple[dict, bytes]:
     """The manifest and the (inflated) binary embedded in a page written by ``write_explorer``."""
-    html = Path(path).read_text(encoding="utf-8")
+    html = _check_path("path", path, "file", writable=False).read_text(encoding="utf-8")
     manifest = re.search(r'<script type="application/json" id="explorer-data">(.*?)</script>', html, re.S)
     blob = re.search(r'<script type="application/octet-stream" id="explorer-blob">(.*?)</script>', html, re.S)
     if manifest is None or blob is None:
@@ -227,6 +245,10 @@ def explorer_reference(pipeline: SparseCodePipeline, cfg: Config, x: torch.Tenso
     (in the pipeline's dtype): ``logits [B, C]``, ``recon [B, 784]``, ``z [B, H]``, ``contributions [B, H]`` and
     ``decoderMap [B, 784]`` (``decoder_weighted``), ``ig [B, 784]`` (``cfg``'s steps and quadrature) and
     ``gradient [B, 784]``: the reference the browser test and the benchmark compare the page with."""
+    _check_pipeline(pipeline)
+    _check_instance("cfg", cfg, Config)
+    x = _check_images("x", x, dtype=_model_dtype(pipeline), flat=True)
+    _check_target(target, len(x), pipeline.clf.rest[-1].out_features, x.device)
     with torch.no_grad():
         logits, z, recon = pipeline(x), pipeline.sae.encode(x), pipeline.sae(x)
     dec, contributions = decoder_weighted(pipeline, x, target, return_contributions=True)

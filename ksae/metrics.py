@@ -2,18 +2,53 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from ._util import _check_pixels, _keeps_mode
-from .data import train_val_split
-from .models import SparseCodePipeline
+from ._util import (
+    _check_device,
+    _check_images,
+    _check_instance,
+    _check_int,
+    _check_same_shape,
+    _check_tensor,
+    _describe,
+    _keeps_mode,
+    _model_dtype,
+    _part_hint,
+)
+from .config import Config
+from .data import FashionMNIST, train_val_split
+from .models import KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline, _check_codes
 
-if TYPE_CHECKING:
-    from .config import Config
-    from .data import FashionMNIST
-    from .models import KSparseAutoencoder, SparseCodeClassifier
+
+def _check_encoder(name: str, sae) -> None:
+    """An encoder of images into sparse codes: ``KSparseAutoencoder`` or a stand-in with ``k``, ``eval()`` and
+    ``encode_sparse(x) -> (values, indices)`` (the controls' pixel and PCA codes, ``LinearCode``)."""
+    if not all(hasattr(sae, attr) for attr in ("k", "eval", "encode_sparse")):
+        hint = _part_hint(sae, lambda v: isinstance(v, KSparseAutoencoder))
+        raise ValueError(f"{name} must be an encoder with k, eval() and encode_sparse (a KSparseAutoencoder), got "
+                         f"{_describe(sae)}{hint}")
+
+
+def _check_model_input(sae, x, device, encoder: bool = False) -> torch.Tensor:
+    """The autoencoder (any encoder where ``encoder``), its images ``x`` (flattened, cast to the model's dtype) and
+    the device, at the door."""
+    if encoder:
+        _check_encoder("sae", sae)
+    else:
+        _check_instance("sae", sae, KSparseAutoencoder)
+    _check_device("device", device)
+    dtype = _model_dtype(sae) if isinstance(sae, torch.nn.Module) else None
+    return _check_images("x", x, dtype=dtype, flat=True)
+
+
+def _check_model_data(sae, clf, data, device) -> None:
+    """The autoencoder, the classifier on its codes (unless None), the dataset and the device, at the door."""
+    _check_instance("sae", sae, KSparseAutoencoder)
+    if clf is not None:
+        SparseCodePipeline(sae, clf)  # the classifier must read the autoencoder's code units
+    _check_instance("data", data, FashionMNIST)
+    _check_device("device", device)
 
 
 def fvu(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -21,6 +56,9 @@ def fvu(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     ``sum((x_hat - x)^2) / sum((x - mean(x))^2)`` over ``x, x_hat: [N, D]`` (mean over the N images; the
     denominator floored at 1e-12, so a constant ``x`` gives a finite number). A scalar tensor (it runs inside a
     training step); ``float()`` it for a report."""
+    _check_tensor("x_hat", x_hat, [(None, "N"), (None, "D")], "float")
+    _check_tensor("x", x, [(None, "N"), (None, "D")], "float")
+    _check_same_shape("x_hat and x", x_hat, x)
     return (x_hat - x).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
 
 
@@ -28,7 +66,7 @@ def fvu(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def dataset_fvu(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device) -> float:
     """Fraction of variance of ``x: [N, D]`` that the reconstruction misses (whole-set FVU; eval mode)."""
-    x = x.to(device)
+    x = _check_model_input(sae, x, device).to(device)
     x_hat = sae.eval().decode_sparse(*encode_dataset(sae, x, device))
     return float(fvu(x_hat, x))
 
@@ -38,6 +76,8 @@ def dataset_fvu(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device) 
 def encode_dataset(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device,
                    batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse codes of ``x: [N, D]`` as ``(values: [N, k], indices: [N, k])`` on ``device``."""
+    x = _check_model_input(sae, x, device, encoder=True)
+    _check_int("batch_size", batch_size, low=1)
     sae.eval()
     parts = [sae.encode_sparse(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -47,6 +87,7 @@ def encode_dataset(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.devic
 @torch.no_grad()
 def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: torch.device) -> dict:
     """Test MSE per pixel, FVU, mean L0, and dead units (never active on any train or test image)."""
+    _check_model_data(sae, None, data, device)
     sae.eval()
     x = data.x_test.to(device)
     values, indices = encode_dataset(sae, x, device)
@@ -72,6 +113,8 @@ def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: to
 def evaluate_models(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST, cfg: Config,
                     device: torch.device) -> dict:
     """The one evaluation of the test set (after training), plus the same metrics on the validation split."""
+    _check_model_data(sae, clf, data, device)
+    _check_instance("cfg", cfg, Config)
     _, _, x_val, y_val = train_val_split(data, cfg)
     metrics = {"autoencoder": evaluate_autoencoder(sae, data, device),
                "classifier": evaluate_classifier(sae, clf, data, device)}
@@ -85,6 +128,8 @@ def evaluate_models(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: Fa
 def firing_counts(values: torch.Tensor, indices: torch.Tensor, d_hidden: int) -> torch.Tensor:
     """Number ``[H]`` (float) of images on which each unit fires (value > 0); ``values, indices: [N, k]`` sparse
     codes. Fixed shapes, no boolean indexing: it runs inside a CUDA graph (``autoencoder_step``)."""
+    _check_codes(values, indices)
+    _check_int("d_hidden", d_hidden, low=1)
     fired = (values.detach() > 0).reshape(-1).to(torch.float32)
     return torch.zeros(d_hidden, device=values.device).index_add_(0, indices.reshape(-1), fired)
 
@@ -99,8 +144,9 @@ def firing_frequency(values: torch.Tensor, indices: torch.Tensor, d_hidden: int)
 def predict(sae: KSparseAutoencoder, clf: SparseCodeClassifier, x: torch.Tensor, device: torch.device,
             batch_size: int = 4096) -> torch.Tensor:
     """Class probabilities ``[N, C]`` for images ``x: [N, 784]`` (eval mode, batched)."""
-    _check_pixels("x", x)
     pipeline = SparseCodePipeline(sae, clf).eval()
+    x = _check_model_input(sae, x, device)
+    _check_int("batch_size", batch_size, low=1)
     return torch.cat([pipeline(x[i:i + batch_size].to(device)).softmax(1) for i in range(0, len(x), batch_size)])
 
 
@@ -109,6 +155,7 @@ def predict(sae: KSparseAutoencoder, clf: SparseCodeClassifier, x: torch.Tensor,
 def evaluate_classifier(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
                         device: torch.device) -> dict:
     """Test accuracy, per-class accuracy (by class name) and the confusion matrix (rows = true class)."""
+    _check_model_data(sae, clf, data, device)
     pred = predict(sae, clf, data.x_test, device).argmax(1).cpu()
     n = len(data.classes)
     confusion = torch.bincount(data.y_test * n + pred, minlength=n * n).reshape(n, n)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import _check_float, _check_int
+from ._util import _check_float, _check_int, _check_same_shape, _check_tensor, _describe, _part_hint
 
 if TYPE_CHECKING:
     from .config import Config
@@ -17,8 +17,18 @@ if TYPE_CHECKING:
 
 def densify(values: torch.Tensor, indices: torch.Tensor, d_hidden: int) -> torch.Tensor:
     """Sparse codes ``values, indices: [B, k]`` (distinct indices per row) -> dense ``z: [B, H]``."""
+    _check_codes(values, indices)
+    _check_int("d_hidden", d_hidden, low=1)
     return torch.zeros(len(values), d_hidden, dtype=values.dtype, device=values.device).scatter(
         1, indices.long(), values)
+
+
+def _check_codes(values, indices) -> None:
+    """Sparse codes at the door: ``values: [B, k]`` floating, ``indices: [B, k]`` integer (shapes and dtypes only:
+    they run inside training steps, where reading a value would be a host sync)."""
+    _check_tensor("values", values, [(None, "B"), (None, "k")], "float")
+    _check_tensor("indices", indices, [(None, "B"), (None, "k")], "int")
+    _check_same_shape("values and indices", values, indices)
 
 
 class KSparseAutoencoder(nn.Module):
@@ -126,6 +136,12 @@ class SparseCodeClassifier(nn.Module):
     def __init__(self, d_hidden: int = 1024, hidden: Sequence[int] = (512, 256), n_classes: int = 10,
                  dropout: float = 0.3):
         super().__init__()
+        _check_int("d_hidden", d_hidden, low=1)
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (list, tuple)) or not hidden:
+            raise ValueError(f"hidden must be a non-empty sequence of layer widths, got {_describe(hidden)}")
+        for width in hidden:
+            _check_int("hidden width", width, low=1)
+        _check_int("n_classes", n_classes, low=1)
         _check_float("dropout", dropout, low=0.0, high=1.0, high_open=True)
         first = nn.Linear(d_hidden, hidden[0])  # for PyTorch's default initialisation
         self.W1 = nn.Parameter(first.weight.detach().T.contiguous())  # [H, hidden0], row j = unit j's fan-out
@@ -166,8 +182,10 @@ class SparseCodePipeline(nn.Module):
 
     def __init__(self, sae: KSparseAutoencoder, clf: SparseCodeClassifier):
         if not isinstance(sae, KSparseAutoencoder) or not isinstance(clf, SparseCodeClassifier):
+            hint = (_part_hint(sae, lambda v: isinstance(v, KSparseAutoencoder)).replace("its", "sae's")
+                    + _part_hint(clf, lambda v: isinstance(v, SparseCodeClassifier)).replace("its", "clf's"))
             raise ValueError(f"SparseCodePipeline(sae, clf) needs a KSparseAutoencoder and a SparseCodeClassifier, "
-                             f"got {type(sae).__name__} and {type(clf).__name__}")
+                             f"got {type(sae).__name__} and {type(clf).__name__}{hint}")
         if clf.W1.shape[0] != sae.d_hidden:
             raise ValueError(f"clf must read the autoencoder's {sae.d_hidden} code units, got a classifier of "
                              f"{clf.W1.shape[0]} inputs (models trained with different d_hidden?)")

@@ -3,13 +3,12 @@ each, and ``check_parameters``, which the configuration cell calls before anythi
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._util import _check_path
+from ._util import _check_bool, _check_choice, _check_float, _check_path, _check_text, _closest_option
 from .config import Config
 
 
@@ -27,6 +26,18 @@ class Parameter:
     low_open: bool = False
     high_open: bool = False
     allow_empty: bool = False
+
+    def __post_init__(self):
+        _check_choice("kind", self.kind, _PARAMETER_KINDS)
+        _check_text("help", self.help)
+        for name in ("low", "high"):
+            if getattr(self, name) is not None:
+                _check_float(name, getattr(self, name))
+        for name in ("low_open", "high_open", "allow_empty"):
+            _check_bool(name, getattr(self, name))
+
+
+_PARAMETER_KINDS = ("int", "float", "bool", "int_list", "folder", "file")
 
 
 MAX_K = Config.d_hidden  # K (and every k of K_SWEEP) is at most the number of code units
@@ -82,6 +93,7 @@ def check_parameter(name: str, value) -> None:
     """``ValueError`` naming the parameter ``name`` unless ``value`` is of its kind and in its range
     (``NOTEBOOK_PARAMETERS``); paths are checked for their form and that their nearest existing folder is
     writable (nothing is created)."""
+    _check_choice("name", name, NOTEBOOK_PARAMETERS)
     p = NOTEBOOK_PARAMETERS[name]
     got = f"got {value!r} ({type(value).__name__})"
     if p.kind == "bool":
@@ -122,8 +134,8 @@ def check_parameters(params: dict) -> None:
     if unknown:
         hints = []
         for name in unknown:
-            close = difflib.get_close_matches(str(name).upper(), NOTEBOOK_PARAMETERS, n=1, cutoff=0.6)
-            hints.append(f"{name!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+            close = _closest_option(str(name).upper(), NOTEBOOK_PARAMETERS)
+            hints.append(f"{name!r}" + (f" (did you mean {close}?)" if close else ""))
         raise ValueError(f"unknown parameter {', '.join(hints)}; the notebook's parameters are "
                          f"{', '.join(NOTEBOOK_PARAMETERS)}")
     for name, value in params.items():

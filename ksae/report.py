@@ -9,25 +9,34 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
-from ._util import _check_int, _check_path, _check_writable_folder, _jsonable, atomic_write_bytes
+from ._util import (
+    _check_choices,
+    _check_device,
+    _check_float,
+    _check_instance,
+    _check_int,
+    _check_path,
+    _check_result,
+    _check_writable_folder,
+    _describe,
+    _jsonable,
+    atomic_write_bytes,
+)
 from .attribution import METHOD_LABELS
 from .checks.agreement import PIXEL_SETS
 from .checks.randomization import RANDOMIZATION_VARIANTS
-from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _verdict_label, verdict_statements
+from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _check_verdict_rows, _verdict_label, verdict_statements
 from .config import Config
 from .parameters import NOTEBOOK_PARAMETERS
 from .runtime import device_name
+from .selection import Selection
 from .stats import _ci_text
 from .units import _percent
-
-if TYPE_CHECKING:
-    from .selection import Selection
-
 
 # Keys (listed in docs/results.md, "What `results/summary.json` holds"):
 #   schema_version, created, config, device, torch_version, timings_s{phase: seconds},
@@ -44,6 +53,8 @@ SUMMARY_SCHEMA_VERSION = 1
 
 def selection_summary(selection: Selection, threshold: float) -> dict:
     """The ``selection`` block of the summary: sizes, per-class counts and any shortfall."""
+    _check_instance("selection", selection, Selection, "the Selection of select_high_confidence")
+    _check_float("threshold", threshold, low=0.0, high=1.0, high_open=True)
     classes = list(selection.n_candidates)
     fallback = selection.fallback
     return {"n_images": len(selection.y), "threshold": threshold,
@@ -56,6 +67,15 @@ def selection_summary(selection: Selection, threshold: float) -> dict:
 def build_summary(cfg: Config, device: torch.device, metrics: dict, timings: dict,
                   selection: Selection | None = None, validation: dict | None = None, **extra) -> dict:
     """Everything a reader or a script needs to check the notebook's claims, as one dict."""
+    _check_instance("cfg", cfg, Config)
+    _check_device("device", device)
+    _check_result("metrics", metrics, ("autoencoder", "classifier"), "evaluate_models' result")
+    _check_choices("metrics' keys", list(metrics), ("autoencoder", "classifier"), "among")
+    _check_seconds("timings", timings)
+    if selection is not None:
+        _check_instance("selection", selection, Selection, "the Selection of select_high_confidence")
+    if validation is not None:
+        _check_result("validation", validation, ("faithfulness",), "the dict run_validation returns")
     ae = {k: v for k, v in metrics["autoencoder"].items() if k != "unit_usage_train"}
     summary = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
@@ -75,10 +95,23 @@ def build_summary(cfg: Config, device: torch.device, metrics: dict, timings: dic
     return _jsonable(summary)
 
 
+def _check_seconds(name: str, timings) -> None:
+    """``timings`` as a dict of name -> finite seconds >= 0 (a ``Stopwatch``'s ``timings()``)."""
+    if not isinstance(timings, dict):
+        raise ValueError(f"{name} must be a dict of phase -> seconds (Stopwatch.timings()), got {_describe(timings)}")
+    for phase, value in timings.items():
+        _check_float(f"{name}[{phase!r}]", value, low=0.0)
+
+
 def figure_timings(seconds: dict[str, list[float]]) -> dict:
     """Figure-drawing time (``seconds``: plot function -> seconds of each figure, e.g. a ``Stopwatch``'s
     ``figures``) summed up, in seconds: ``{"total", "n_figures", "slowest": [function, s], "per_function":
     {function: {"calls", "total", "max"}}}``."""
+    if not isinstance(seconds, dict) or not all(isinstance(t, (list, tuple)) for t in seconds.values()):
+        raise ValueError(f"seconds must be a dict of plot function -> list of seconds (a Stopwatch's figures), got "
+                         f"{_describe(seconds)}")
+    for name, t in seconds.items():
+        _check_seconds(f"seconds[{name!r}]", dict(enumerate(t)))
     per = {name: {"calls": len(t), "total": sum(t), "max": max(t)} for name, t in seconds.items() if t}
     slowest = max(per, key=lambda name: per[name]["max"], default=None)
     return {"total": sum(p["total"] for p in per.values()), "n_figures": sum(p["calls"] for p in per.values()),
@@ -122,6 +155,7 @@ def write_summary(summary: dict, path: str | os.PathLike = "results/summary.json
 
 def headline_table(summary: dict) -> list[tuple[str, str]]:
     """The headline numbers of a summary as (name, value) rows, for the notebook's closing table."""
+    _check_result("summary", summary, ("autoencoder", "classifier"), "a summary (build_summary, read_summary)")
     ae, clf = summary["autoencoder"], summary["classifier"]
     rows = [("k (active units)", f"{ae['k']}"), ("Test FVU", f"{ae['fvu']:.4f}"),
             ("Test MSE / pixel", f"{ae['test_mse_per_pixel']:.5f}"), ("Mean L0", f"{ae['mean_l0']:.1f}"),
@@ -152,7 +186,8 @@ def seeds_for_config(path: str | os.PathLike, cfg: Config) -> dict | None:
     """``benchmarks/verdicts_across_seeds.py``'s result at ``path`` if it was measured with ``cfg``'s
     configuration (every field but the seed and the execution fields, which change no result: ``cuda_graphs``;
     a file written before such a field existed still matches), else None (missing file, another configuration)."""
-    path = Path(path)
+    path = _check_path("path", path, "file", writable=False)
+    _check_instance("cfg", cfg, Config)
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
@@ -167,6 +202,9 @@ def verdict_markdown(rows: list[dict], seeds: dict | None = None) -> str:
     ✓ / ✗ (pass / fail in this run), the rank among all orderings where there is one, and, if ``seeds``
     (``seeds_for_config``) is given, ``seeds: ✓✓✗`` with the outcome in each seed (— when a test does not
     apply). Then the plain statements: from ``seeds`` when given, else from this run alone."""
+    _check_verdict_rows("rows", rows)
+    if seeds is not None:
+        _check_result("seeds", seeds, ("seeds", "statements"), "seeds_for_config's result (None: this run only)")
     tests = list(VERDICT_TESTS)
     stability = {(e["ordering"], e["test"]): e for e in (seeds or {}).get("stability", [])}
     table = {}
@@ -192,20 +230,25 @@ def verdict_markdown(rows: list[dict], seeds: dict | None = None) -> str:
 def read_summary(path: str | os.PathLike = "results/summary.json") -> dict:
     """Load a summary written by ``write_summary`` (any JSON object file). ``ValueError`` naming the file when
     it is missing, unreadable or not a JSON object."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"path must be the summary file's path (a string), got {_describe(path)}")
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ValueError(f"summary file {str(path)!r} does not exist (run the notebook, or the benchmark that "
+        raise ValueError(f"path: summary file {str(path)!r} does not exist (run the notebook, or the benchmark that "
                          f"writes it, first)") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"summary file {str(path)!r} must be readable JSON, got {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"path: summary file {str(path)!r} must be readable JSON, got {type(exc).__name__}: "
+                         f"{exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"summary file {str(path)!r} must hold a JSON object, got {type(data).__name__}")
+        raise ValueError(f"path: summary file {str(path)!r} must hold a JSON object, got {type(data).__name__}")
     return data
 
 
 def figure_path_fn(folder: str | os.PathLike | None) -> Callable[[str], str | None]:
     """``fn(name) -> "folder/name.png"``, or ``None`` for every name when ``folder`` is empty."""
+    if folder is not None:
+        _check_path("folder", folder, "folder", allow_empty=True)
     return lambda name: str(Path(folder) / f"{name}.png") if folder else None
 
 
@@ -245,8 +288,7 @@ def run_name(cfg: Config, **run_params) -> str:
 
     ``run_params``: notebook parameters named in ``RUN_DEFAULTS`` (others raise ``ValueError``).
     """
-    if not isinstance(cfg, Config):
-        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
+    _check_instance("cfg", cfg, Config)
     unknown = sorted(set(run_params) - set(RUN_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown run parameter(s) {unknown}; expected some of {sorted(RUN_DEFAULTS)}")
@@ -279,6 +321,8 @@ def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 def protected_folders(root: str | os.PathLike | None = None) -> list[Path]:
     """The committed default run's output folders (``figures/`` and ``results/``): under the working folder
     and under the repository holding this package (the notebook's folder), resolved."""
+    if root is not None:
+        _check_path("root", root, "folder", writable=False)
     roots = [Path.cwd() if root is None else Path(root), Path(__file__).resolve().parent.parent]
     folders = [Path(r) / d for r in roots for d in (DEFAULT_FIGURE_DIR, Path(DEFAULT_SUMMARY_PATH).parent)]
     return list(dict.fromkeys(f.resolve() for f in folders))
@@ -300,6 +344,7 @@ def output_paths(cfg: Config, figure_dir: str | os.PathLike | None = DEFAULT_FIG
     name = run_name(cfg, **run_params)
     _check_path("figure_dir", "" if figure_dir is None else figure_dir, "folder", allow_empty=True)
     _check_path("summary_path", summary_path, "file")
+    _check_path("runs_dir", runs_dir, "folder")
     figures = str(figure_dir) if figure_dir else ""
     summary = str(summary_path)
     if name != "default":
@@ -343,7 +388,7 @@ def compact_notebook(path: str | os.PathLike) -> tuple[int, int]:
     Run it after papermill: ``papermill nb.ipynb nb.ipynb && python -c "import ksae_helpers as kh;
     kh.compact_notebook('nb.ipynb')"``.
     """
-    path = Path(path)
+    path = _check_path("path", path, "file")
     try:
         raw = path.read_bytes()
         nb = json.loads(raw)
@@ -365,6 +410,10 @@ def randomization_table(rand: dict) -> list[tuple[str, str]]:
     """Rows "method: all pixels / object pixels" of the randomization check's similarity after the last
     stage that changes the model (the encoder: cascading, and the encoder alone: independent), next to
     the different-class reference on the same pixel sets."""
+    _check_result("rand", rand, ("stages", "variants", "reference"), "randomization_check's result")
+    if "encoder" not in rand["stages"]:
+        raise ValueError(f"rand must be randomization_check's result (its stages reach the encoder), got stages "
+                         f"{rand['stages']}")
     stage = rand["stages"].index("encoder")
     rows = [("Spearman |maps| with the original (all pixels / object pixels)",
              "cascading to the encoder | encoder alone | different-class reference")]

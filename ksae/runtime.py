@@ -12,9 +12,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ._util import _check_bool, _check_device, _check_int, _check_text, _describe
+
 
 def pick_device(verbose: bool = True) -> torch.device:
     """CUDA if present, then Apple MPS, then CPU. Call once and pass the result around."""
+    _check_bool("verbose", verbose)
     if torch.cuda.is_available():
         device = torch.device("cuda")
         name = torch.cuda.get_device_name(device)
@@ -29,7 +32,7 @@ def pick_device(verbose: bool = True) -> torch.device:
 
 def synchronize(device: torch.device) -> None:
     """Wait until ``device`` has finished its queued work (for honest wall-clock timings; no-op on CPU)."""
-    device = torch.device(device)
+    device = _check_device("device", device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -38,7 +41,7 @@ def synchronize(device: torch.device) -> None:
 
 def device_name(device: torch.device) -> str:
     """Human-readable name of ``device`` (for summaries and docs/performance.md)."""
-    device = torch.device(device)
+    device = _check_device("device", device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
@@ -59,6 +62,8 @@ def _jupyter_display():
 def show(fig) -> None:
     """Display ``fig`` (a figure, or PNG bytes such as ``render_figures``') inline when running under
     Jupyter, then close it (a no-op display elsewhere, so the notebook also runs as a plain script)."""
+    if not isinstance(fig, (bytes, plt.Figure)):
+        raise ValueError(f"fig must be a matplotlib Figure or PNG bytes (render_figures'), got {_describe(fig)}")
     jupyter = _jupyter_display()
     png = fig if isinstance(fig, bytes) else getattr(fig, "saved_png", None)  # rendered already: no second render
     if jupyter is not None:
@@ -70,12 +75,14 @@ def show(fig) -> None:
 
 def seed_everything(seed: int) -> None:
     """Seed Python-side RNGs used by this module (torch, numpy)."""
+    _check_int("seed", seed, low=0, high=2**32 - 1)
     torch.manual_seed(seed)
     np.random.seed(seed)
 
 
 def show_markdown(text: str) -> None:
     """Render ``text`` as Markdown under Jupyter; print it elsewhere (the notebook also runs as a script)."""
+    _check_text("text", text, allow_empty=True)
     jupyter = _jupyter_display()
     if jupyter is None:
         print(text)
@@ -86,6 +93,10 @@ def show_markdown(text: str) -> None:
 
 def print_table(rows: Sequence[tuple[str, str]]) -> None:
     """Print (name, value) rows as an aligned two-column table."""
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, (list, tuple)) or any(
+            not isinstance(r, (list, tuple)) or len(r) != 2 for r in rows):
+        raise ValueError(f"rows must be a list of (name, value) pairs, got {_describe(rows)}"
+                         + (f": {rows!r:.60}" if isinstance(rows, (list, tuple)) else ""))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

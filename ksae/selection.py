@@ -8,11 +8,25 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._util import _check_float, _check_int, _check_pixels, _keeps_mode
+from ._util import (
+    _check_device,
+    _check_finite,
+    _check_float,
+    _check_images,
+    _check_instance,
+    _check_int,
+    _check_labels,
+    _check_pixels,
+    _check_tensor,
+    _check_text,
+    _describe,
+    _keeps_mode,
+)
+from .data import FashionMNIST
 from .metrics import predict
+from .models import SparseCodePipeline
 
 if TYPE_CHECKING:
-    from .data import FashionMNIST
     from .models import KSparseAutoencoder, SparseCodeClassifier
 
 
@@ -36,6 +50,26 @@ class Selection:
     shortfalls: dict = field(default_factory=dict)  # class name -> {"passing", "selected", "fallback"} (short ones)
     skipped: list = field(default_factory=list)  # class names with no correctly classified test image
     warning: str | None = None  # the one-line warning issued for the shortfalls (None when balanced)
+
+    def __post_init__(self):
+        """What travels together is checked together: one index, image, label and confidence per selected image."""
+        x = _check_images("x", self.x, empty=True)
+        n = len(x)
+        _check_tensor("indices", self.indices, [(n, "N")], "int")
+        _check_labels(self.y, n, name="y")
+        _check_tensor("confidence", self.confidence, [(n, "N")], "float")
+        _check_finite("confidence", self.confidence)
+        if n and not bool(((self.confidence >= 0) & (self.confidence <= 1)).all()):
+            raise ValueError(f"confidence must hold probabilities in [0, 1], got {_describe(self.confidence)} with "
+                             f"values outside it")
+        if self.fallback is not None:
+            _check_tensor("fallback", self.fallback, [(n, "N")], "bool")
+        for name in ("n_candidates", "shortfalls"):
+            _check_instance(name, getattr(self, name), dict, "a dict")
+        _check_instance("skipped", self.skipped, list, "a list of class names")
+        _check_int("n_requested", self.n_requested, low=0)
+        if self.warning is not None:
+            _check_text("warning", self.warning)
 
     def per_class(self, classes) -> dict:
         """Class name -> number of selected images, for every name in ``classes``."""
@@ -78,6 +112,9 @@ def select_high_confidence(sae: KSparseAutoencoder, clf: SparseCodeClassifier, d
     one with no correct image is left out. Any shortfall issues one ``UserWarning`` naming the classes
     and counts, also kept in ``Selection.warning`` / ``shortfalls`` / ``skipped``.
     """
+    SparseCodePipeline(sae, clf)  # the autoencoder and the classifier on its codes, at the door
+    _check_instance("data", data, FashionMNIST)
+    _check_device("device", device)
     _check_int("n_per_class", n_per_class, low=1)
     _check_int("min_per_class", min_per_class, low=1)
     _check_float("threshold", threshold, low=0.0, high=1.0, high_open=True)

@@ -15,21 +15,29 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ._util import _check_float, _check_int, _numpy
+from ._util import (
+    _as_numbers,
+    _check_bool,
+    _check_device,
+    _check_float,
+    _check_instance,
+    _check_int,
+    _check_ints,
+    _check_path,
+    _check_result,
+    _numpy,
+)
 from .checkpoints import CheckpointError, load_checkpoint, load_or_train
 from .config import Config
 from .controls import untrained_autoencoder
+from .data import FashionMNIST
 from .models import KSparseAutoencoder
 from .stats import bootstrap_estimates, percentile_interval
-from .units import UnitStats
-
-if TYPE_CHECKING:
-    from .data import FashionMNIST
+from .units import UnitStats, _check_stats
 
 STABLE_COSINE = 0.9  # a unit is stable when its matched atom has at least this cosine in every other seed
 
@@ -48,7 +56,7 @@ def _atoms(name: str, atoms) -> np.ndarray:
     if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
         raise ValueError(f"{name} must have shape [units, pixels], got {list(a.shape)}")
     if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or inf values")
+        raise ValueError(f"{name} contains NaN or inf values; expected finite numbers")
     norms = np.linalg.norm(a, axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero atoms: their cosine is undefined")
@@ -78,6 +86,7 @@ def untrained_atoms(cfg: Config, seed: int) -> torch.Tensor:
     """``[H, D]`` decoder atoms of the autoencoder ``cfg`` describes as initialised for training seed ``seed``
     (``untrained_autoencoder``: what training starts from), without touching the caller's random state: the
     control dictionary."""
+    _check_instance("cfg", cfg, Config)
     _check_int("seed", seed, low=0)
     with torch.random.fork_rng(devices=[]):
         return untrained_autoencoder(dataclasses.replace(cfg, seed=int(seed)), None).W_dec.detach().clone()
@@ -100,7 +109,8 @@ def seed_stability(atoms: Mapping[int, object], reference: int = 0, threshold: f
         raise ValueError(f"reference seed {reference} is not among the seeds given: {sorted(atoms)}")
     others = [s for s in sorted(atoms) if s != reference]
     if not others:
-        raise ValueError(f"seed stability needs at least two seeds, got only {sorted(atoms)}")
+        raise ValueError(f"atoms must hold at least two seeds (seed stability needs at least two seeds), got only "
+                         f"{sorted(atoms)}")
     out = {"reference": reference, "seeds": others, "threshold": threshold, "matched": {}, "cosine": {}}
     for seed in others:
         match, cosine = match_atoms(atoms[reference], atoms[seed])
@@ -142,7 +152,9 @@ def compare_stability(min_cosine, group, rest, threshold: float = STABLE_COSINE,
     differences (group - rest) with percentile bootstrap 95 % CIs (units resampled within each group), and
     ``more_stable``: True / False when the CI of the share's difference excludes 0 (above / below), None
     when it does not."""
-    c = np.asarray(min_cosine, dtype=np.float64)
+    c = _as_numbers("min_cosine", min_cosine, ndim=1)
+    _check_float("threshold", threshold, low=-1.0, high=1.0)
+    _check_int("seed", seed, low=0)
     masks = []
     for name, m in (("group", group), ("rest", rest)):
         m = np.asarray(m)
@@ -171,7 +183,11 @@ def stability_by_group(stability: dict, stats: UnitStats, purity_threshold: floa
     """``compare_stability`` of class-pure against the other firing units and of causal against the other
     firing units (``unit_groups``), from a ``seed_stability`` result whose reference seed ``stats`` describe. A
     comparison with an empty side is reported as ``undefined`` (with its reason), ``more_stable`` None."""
-    c = np.asarray(stability["min_cosine"], dtype=np.float64)
+    stability = _check_result("stability", stability, ("min_cosine", "threshold"), "the dict seed_stability returns")
+    c = _as_numbers("stability['min_cosine']", stability["min_cosine"], ndim=1)
+    _check_stats(stats)
+    _check_float("purity_threshold", purity_threshold, low=0.0, high=1.0)
+    _check_int("seed", seed, low=0)
     if len(c) != len(stats.n_fire):
         raise ValueError(f"stability describes {len(c)} units but stats describe {len(stats.n_fire)}")
     groups, out = unit_groups(stats, purity_threshold), {}
@@ -191,6 +207,11 @@ def seed_dictionaries(cfg: Config, data: FashionMNIST, device: torch.device, see
     (everything else as ``cfg``), from their checkpoints in ``ckpt_dir``. A seed without a checkpoint of
     exactly this configuration is trained (``load_or_train``) when ``train``, else a ``ValueError`` names it
     and the file it expected."""
+    _check_instance("cfg", cfg, Config)
+    if train is True or data is not None:  # the dataset is read only to train a missing seed
+        _check_instance("data", data, FashionMNIST)
+    _check_device("device", device)
+    _check_path("ckpt_dir", ckpt_dir, "folder", writable=False)
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
         raise ValueError(f"seeds must be a non-empty sequence of training seeds, got {seeds!r}")
     for s in seeds:
@@ -227,8 +248,20 @@ def run_seed_stability(cfg: Config, data: FashionMNIST, device: torch.device, st
     reference and must be among them, ``stats`` its ``unit_statistics``), matched to the reference
     (``seed_stability``, with the untrained dictionaries of the other seeds as the control), and whether
     class-pure and causal units are more stable than the other firing units (``stability_by_group``)."""
+    _check_instance("cfg", cfg, Config)
+    seeds = _check_ints("seeds", seeds, low=0)
     if cfg.seed not in seeds:
         raise ValueError(f"the reference seed cfg.seed = {cfg.seed} must be among seeds, got {list(seeds)}")
+    _check_bool("train", train)
+    if train or data is not None:  # the dataset is read only to train a missing seed
+        _check_instance("data", data, FashionMNIST)
+    _check_device("device", device)
+    _check_stats(stats)
+    if len(stats.freq_test) != cfg.d_hidden:
+        raise ValueError(f"stats must describe cfg's model ({cfg.d_hidden} units), got statistics of "
+                         f"{len(stats.freq_test)} units")
+    _check_float("purity_threshold", purity_threshold, low=0.0, high=1.0)
+    _check_path("ckpt_dir", ckpt_dir, "folder", writable=False)
     atoms = seed_dictionaries(cfg, data, device, seeds, ckpt_dir, train)
     control = {s: untrained_atoms(cfg, s) for s in atoms if s != cfg.seed}
     out = seed_stability(atoms, reference=cfg.seed, control=control)
@@ -243,7 +276,8 @@ def stability_for_config(path: str | os.PathLike, cfg: Config) -> dict | None:
     for a model trained exactly as ``cfg`` says (same training fields, reference seed ``cfg.seed``); ``None``
     when the file is absent, holds no stability, or describes another configuration (a stability of another
     model would be read as this one's). ``ValueError`` naming the file when it is not valid JSON."""
-    path = Path(path)
+    path = _check_path("path", path, "file", writable=False)
+    _check_instance("cfg", cfg, Config)
     if not path.is_file():
         return None
     try:
@@ -253,6 +287,7 @@ def stability_for_config(path: str | os.PathLike, cfg: Config) -> dict | None:
     stability = stored.get("stability") if isinstance(stored, dict) else None
     if not stability or not isinstance(stored.get("config"), dict):
         return None
-    if Config.from_dict(stored["config"]).training_key() != cfg.training_key() or stability["reference"] != cfg.seed:
+    stored_cfg = Config.from_dict(stored["config"], saved=True)
+    if stored_cfg.training_key() != cfg.training_key() or stability["reference"] != cfg.seed:
         return None
     return stability

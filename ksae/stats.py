@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._util import _check_labels
+from ._util import _as_numbers, _check_bool, _check_callable, _check_float, _check_int, _check_labels, _describe
 
 
 def _rowwise_pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -49,9 +49,22 @@ def _row_ranks(a: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return ranks.numpy()
 
 
+def _check_rows(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Two ``[N, P]`` arrays of finite numbers, row i of one compared with row i of the other."""
+    a, b = _as_numbers("a", a, ndim=2), _as_numbers("b", b, ndim=2)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape [N, P], got {list(a.shape)} and {list(b.shape)}")
+    return a, b
+
+
 def rowwise_spearman(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Spearman rank correlation per row (average ranks for ties): ``[N, P], [N, P]`` -> ``[N]``, over the
     entries where ``mask: [N, P]`` is True (all if None; entries outside it are neither ranked nor compared)."""
+    a, b = _check_rows(a, b)
+    if mask is not None:
+        m = np.asarray(mask) if not isinstance(mask, (str, dict)) else None
+        if m is None or m.dtype != bool or m.shape != a.shape:
+            raise ValueError(f"mask must be None or a bool array of shape {list(a.shape)}, got {_describe(mask)}")
     return _rowwise_pearson(_row_ranks(a, mask), _row_ranks(b, mask), mask)
 
 
@@ -75,11 +88,13 @@ def bootstrap_estimates(values, statistic: Callable[[np.ndarray], np.ndarray] | 
     ``statistic(resamples: [n_boot, N, ...]) -> [n_boot]`` for ``values: [N, ...]`` (rows drawn with
     replacement; the same draws for the same ``N`` and ``seed``). The one resampling of the package: CIs of a
     difference subtract two of these."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
-    if not np.isfinite(values).all():
-        raise ValueError("values contains NaN or inf; expected finite numbers (summarize leaves NaN out)")
+    if values is not None and np.size(values) == 0 and not isinstance(values, (str, dict)):
+        raise ValueError("values must hold at least one number (bootstrap_ci needs at least one value), got none")
+    values = _as_numbers("values", values)
+    if statistic is not None:
+        _check_callable("statistic", statistic)
+    _check_int("n_boot", n_boot, low=1)
+    _check_int("seed", seed, low=0)
     if statistic is None and values.ndim == 1:  # the mean of each resample: its draw counts times the values
         return _bootstrap_counts(len(values), n_boot, seed) @ values / len(values)
     resamples = values[np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))]
@@ -87,7 +102,10 @@ def bootstrap_estimates(values, statistic: Callable[[np.ndarray], np.ndarray] | 
 
 
 def percentile_interval(estimates, level: float = 0.95) -> tuple[float, float]:
-    """The central ``level`` interval of bootstrap ``estimates: [n_boot]`` (percentile method)."""
+    """The central ``level`` interval of bootstrap ``estimates: [n_boot]`` (percentile method; NaN when an estimate
+    is NaN, a statistic undefined in a resample)."""
+    estimates = _as_numbers("estimates", estimates, nan=True)
+    _check_float("level", level, low=0.0, high=1.0, low_open=True, high_open=True)
     alpha = (1 - level) / 2
     return float(np.quantile(estimates, alpha)), float(np.quantile(estimates, 1 - alpha))
 
@@ -96,6 +114,7 @@ def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
                  statistic: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean of ``values: [N]``, or of
     ``statistic(resamples: [n_boot, N, ...]) -> [n_boot]`` for ``values: [N, ...]`` (rows resampled)."""
+    _check_float("level", level, low=0.0, high=1.0, low_open=True, high_open=True)
     return percentile_interval(bootstrap_estimates(values, statistic, n_boot, seed), level)
 
 
@@ -103,9 +122,8 @@ def summarize(values, seed: int = 0) -> dict:
     """Mean, bootstrap 95 % CI, std and n of per-image values ``[N]``. NaN values (a statistic undefined for that
     image, e.g. the correlation of a constant map) are left out and counted in ``n_undefined`` (present only
     when some are); with none left every number is NaN (null in JSON) and ``n`` is 0. Inf raises ``ValueError``."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if np.isinf(values).any():
-        raise ValueError("values contains inf; expected finite numbers (NaN marks an undefined statistic)")
+    values = _as_numbers("values", values, nan=True, empty=True).ravel()
+    _check_int("seed", seed, low=0)
     defined = values[~np.isnan(values)]
     undefined = {"n_undefined": int(values.size - defined.size)} if defined.size < values.size else {}
     if defined.size == 0:
@@ -133,6 +151,8 @@ def top_fraction_iou(a: np.ndarray, b: np.ndarray, fraction: float = 0.01) -> np
     """IoU of the ``fraction`` most important pixels (by |attribution|) of two maps ``a, b: [N, P]``, per row;
     NaN where either map's |values| are all equal (an all-zero map has no most important pixels: its top set
     would be the first pixels by position, and two such maps would "agree perfectly")."""
+    a, b = _check_rows(a, b)
+    _check_float("fraction", fraction, low=0.0, high=1.0, low_open=True)
     n_top = max(1, int(round(fraction * a.shape[1])))
     top_a = np.argsort(-np.abs(a), axis=1)[:, :n_top]
     top_b = np.argsort(-np.abs(b), axis=1)[:, :n_top]
@@ -148,9 +168,9 @@ def partner_images(labels, same_class: bool, seed: int = 0) -> np.ndarray:
     every image is some image's partner once); ``same_class=False``: an image of a different class, drawn
     uniformly. Raises ``ValueError`` if a class has one image only (same) or there is one class (different).
     """
-    if not isinstance(same_class, bool):
-        raise ValueError(f"same_class must be True or False, got {same_class!r}")
-    lab = _check_labels(labels, len(labels))
+    _check_bool("same_class", same_class)
+    lab = _check_labels(labels)
+    _check_int("seed", seed, low=0)
     rng = np.random.default_rng(seed)
     partner = np.empty(len(lab), dtype=np.int64)
     for c in np.unique(lab):

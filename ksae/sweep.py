@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
+from ._util import _check_device, _check_instance, _check_int, _check_ints, _check_path, _describe
 from .attribution import decoder_weighted, integrated_gradients
 from .checkpoints import load_or_train
 from .checks.deletion import control_maps, curve_auc, perturbation_curves
 from .config import Config
+from .data import FashionMNIST
 from .models import SparseCodePipeline
 from .runtime import device_name
 from .selection import select_high_confidence
-
-if TYPE_CHECKING:
-    from .data import FashionMNIST
 
 
 def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Sequence[int],
@@ -27,8 +25,14 @@ def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Seque
     overrides its epochs) and measure FVU, dead units, mean L0, test accuracy, training seconds, and the
     zero-substrate deletion AUC of integrated gradients, decoder-weighted and a random order on ``n_per_class``
     confident correct test images per class (fewer where a class has fewer: ``select_high_confidence``)."""
+    _check_instance("data", data, FashionMNIST)
+    _check_instance("cfg", cfg, Config)
+    _check_device("device", device)
     if not ks:
-        raise ValueError("ks must name at least one k")
+        raise ValueError(f"ks must name at least one k, got {_describe(ks)}")
+    ks = _check_ints("ks", ks, low=1)
+    _check_path("ckpt_dir", ckpt_dir, "folder")
+    _check_int("n_per_class", n_per_class, low=1)
     if epochs is not None and (len(epochs) != 2 or any(isinstance(e, bool) or e < 1 for e in epochs)):
         raise ValueError(f"epochs must be (ae_epochs, clf_epochs), two integers >= 1, got {epochs!r}")
     rows = []

@@ -11,18 +11,29 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ._util import IMAGE_SIDE
-from .config import DECAY_SCHEDULES
-from .cuda_graphs import GraphedStep, graph_backend
-from .data import train_val_split
-from .metrics import dataset_fvu, encode_dataset, firing_counts, fvu
+from ._util import (
+    IMAGE_SIDE,
+    _check_bool,
+    _check_choice,
+    _check_device,
+    _check_float,
+    _check_images,
+    _check_instance,
+    _check_int,
+    _check_labels,
+    _check_tensor,
+    _describe,
+    _model_dtype,
+)
+from .config import DECAY_SCHEDULES, LR_SCHEDULES, Config
+from .cuda_graphs import GraphedStep, _check_backend, graph_backend
+from .data import FashionMNIST, train_val_split
+from .metrics import _check_encoder, dataset_fvu, encode_dataset, firing_counts, fvu
 from .models import KSparseAutoencoder, SparseCodeClassifier, densify
 from .runtime import synchronize
 
 if TYPE_CHECKING:
-    from .config import Config
     from .cuda_graphs import CudaGraphBackend
-    from .data import FashionMNIST
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
@@ -37,7 +48,13 @@ def make_adam(params, lr: float, capturable: bool = False) -> torch.optim.Optimi
     ``capturable=True`` (CUDA graphs): the learning rate is a device tensor (``set_lr_`` fills it without a
     host sync) and the step count lives on the device, so ``step()`` can be replayed inside a graph.
     """
+    if isinstance(params, torch.Tensor) or not hasattr(params, "__iter__"):
+        raise ValueError(f"params must be the model's parameters (model.parameters()), got {_describe(params)}")
     params = list(params)
+    if not params or not all(isinstance(p, torch.Tensor) for p in params):
+        raise ValueError(f"params must be a non-empty iterable of parameter tensors, got {_describe(params)}")
+    _check_float("lr", lr, low=0.0, low_open=True)
+    _check_bool("capturable", capturable)
     if capturable:
         lr_tensor = torch.tensor(lr, device=params[0].device)
         try:
@@ -52,6 +69,9 @@ def make_adam(params, lr: float, capturable: bool = False) -> torch.optim.Optimi
 
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     """Multiplier of the peak learning rate at ``step`` of ``total_steps``."""
+    _check_choice("schedule", schedule, LR_SCHEDULES)
+    _check_int("step", step, low=0)
+    _check_int("total_steps", total_steps, low=0)
     progress = min(step / max(total_steps, 1), 1.0)
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
@@ -63,12 +83,17 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
     """Per-step learning-rate schedule (see ``lr_factor``) as a PyTorch scheduler (the benchmarks' reference
     loops; ours call ``set_lr_`` before every step, which also works for a capturable optimiser's tensor lr)."""
+    _check_instance("opt", opt, torch.optim.Optimizer)
+    _check_choice("schedule", schedule, LR_SCHEDULES)
+    _check_int("total_steps", total_steps, low=0)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(schedule, step, total_steps))
 
 
 def set_lr_(opt: torch.optim.Optimizer, lr: float) -> None:
     """Set every parameter group's learning rate to ``lr`` (a tensor learning rate is filled in place, with no
     host sync: what a CUDA graph's captured ``opt.step()`` reads)."""
+    _check_instance("opt", opt, torch.optim.Optimizer)
+    _check_float("lr", lr, low=0.0)
     for group in opt.param_groups:
         if isinstance(group["lr"], torch.Tensor):
             group["lr"].fill_(lr)
@@ -78,11 +103,15 @@ def set_lr_(opt: torch.optim.Optimizer, lr: float) -> None:
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
     """Mirror ``x: [N, 784]`` images left-right."""
+    _check_batch("x", x)
     return x.reshape(-1, IMAGE_SIDE, IMAGE_SIDE).flip(2).reshape(len(x), -1)
 
 
 def shift_images(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """Move ``x: [N, 784]`` images ``dy`` pixels down and ``dx`` right (negative: up, left); what moves in is 0."""
+    _check_batch("x", x)
+    _check_int("dy", dy, low=-(IMAGE_SIDE - 1), high=IMAGE_SIDE - 1, high_name="the image side minus 1")
+    _check_int("dx", dx, low=-(IMAGE_SIDE - 1), high=IMAGE_SIDE - 1, high_name="the image side minus 1")
     if max(abs(dy), abs(dx)) >= IMAGE_SIDE:
         raise ValueError(f"shift must be smaller than the image side {IMAGE_SIDE}, got dy={dy}, dx={dx}")
     pad = max(abs(dy), abs(dx))
@@ -98,6 +127,13 @@ def classifier_views(x: torch.Tensor, cfg: Config) -> Iterator[torch.Tensor]:
     """Yield, one at a time (only one shifted copy in memory), the versions of ``x: [N, 784]`` the classifier
     trains on: the images, their mirror images if ``cfg.clf_hflip``, then each of those moved
     ``cfg.clf_shift`` pixels down, up, right and left (images first, then mirror images)."""
+    _check_batch("x", x)
+    _check_instance("cfg", cfg, Config)
+    return _views(x, cfg)
+
+
+def _views(x: torch.Tensor, cfg: Config) -> Iterator[torch.Tensor]:
+    """``classifier_views``' generator (its arguments checked by the caller, before the first view)."""
     bases = [x, hflip(x)] if cfg.clf_hflip else [x]
     yield from bases
     s = cfg.clf_shift
@@ -105,6 +141,12 @@ def classifier_views(x: torch.Tensor, cfg: Config) -> Iterator[torch.Tensor]:
         for base in bases:
             for dy, dx in SHIFT_DIRECTIONS:
                 yield shift_images(base, dy * s, dx * s)
+
+
+def _check_batch(name: str, x) -> None:
+    """A batch of flattened images ``[B, 784]`` inside the training loop: its kind, dtype and shape only (reading its
+    values would be a host sync on every step)."""
+    _check_tensor(name, x, [(None, "B"), (IMAGE_SIDE**2, str(IMAGE_SIDE**2))], "float")
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -123,6 +165,10 @@ def auxk_loss(sae: KSparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor
     takes ``aux_k`` units, live ones at weight 0, multiplies the loss by "any unit dormant", and decodes densely
     (``embedding_bag``'s CUDA backward may sync with the host, which a capture forbids).
     """
+    _check_step_tensors(sae, "residual", residual, dormant)
+    _check_tensor("pre", pre, [(len(residual), "B"), (sae.d_hidden, "H")], "float")
+    _check_int("aux_k", aux_k, low=0)
+    _check_bool("graph_safe", graph_safe)
     if aux_k == 0:
         return pre.new_zeros(())
     n_take = min(aux_k, pre.shape[1])
@@ -146,6 +192,9 @@ def autoencoder_losses(sae: KSparseAutoencoder, xb: torch.Tensor, dormant: torch
     values, indices)`` with loss = batch FVU + ``aux_coef`` * AuxK and the batch's codes ``values, indices:
     [B, k]``. ``graph_safe``: fixed-shape AuxK (``auxk_loss``) and a dense decode, so the whole pass can be
     captured in a CUDA graph (``embedding_bag``'s CUDA backward may sync with the host)."""
+    _check_step_tensors(sae, "xb", xb, dormant)
+    _check_instance("cfg", cfg, Config)
+    _check_bool("graph_safe", graph_safe)
     pre = sae.pre_activations(xb)
     values, indices = sae.top_k(pre)
     x_hat = sae.decode(densify(values, indices, sae.d_hidden)) if graph_safe else sae.decode_sparse(values, indices)
@@ -154,11 +203,26 @@ def autoencoder_losses(sae: KSparseAutoencoder, xb: torch.Tensor, dormant: torch
     return batch_fvu + cfg.aux_coef * aux, batch_fvu, aux, values, indices
 
 
+def _check_step_tensors(sae, residual_name: str, residual, dormant) -> None:
+    """A training step's autoencoder, ``[B, D]`` batch and ``dormant: [H]`` flags, by kind and shape only (reading a
+    value would be a host sync on every step)."""
+    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_tensor(residual_name, residual, [(None, "B"), (sae.d_input, "D")], "float")
+    _check_tensor("dormant", dormant, [(sae.d_hidden, "H")], "bool")
+
+
 def autoencoder_step(sae: KSparseAutoencoder, opt: torch.optim.Optimizer, cfg: Config, since_fired: torch.Tensor,
                      sums: torch.Tensor, graph_safe: bool = False) -> Callable[[torch.Tensor], None]:
     """The autoencoder's training step for ``GraphedStep``: ``step(xb: [B, D])`` takes one Adam step on
     ``autoencoder_losses``, keeps the atoms at unit norm, and updates in place ``since_fired: [H]`` (images
     since each unit last fired) and ``sums: [3]`` (loss, FVU and AuxK loss, each summed over images)."""
+    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("opt", opt, torch.optim.Optimizer)
+    _check_instance("cfg", cfg, Config)
+    _check_tensor("since_fired", since_fired, [(sae.d_hidden, "H")], "int")
+    _check_tensor("sums", sums, [(3, "3")], "float")
+    _check_bool("graph_safe", graph_safe)
+
     def step(xb: torch.Tensor) -> None:
         loss, batch_fvu, aux, values, indices = autoencoder_losses(sae, xb, since_fired >= cfg.dead_after, cfg,
                                                                    graph_safe)
@@ -182,6 +246,13 @@ def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Confi
     full batch replays one CUDA graph (``GraphedStep``; ``backend`` overrides ``graph_backend``, for tests).
     Deterministic on CPU for a fixed ``cfg.seed``.
     """
+    _check_instance("sae", sae, KSparseAutoencoder)
+    x_train = _check_images("x_train", x_train, dtype=_model_dtype(sae), flat=True)
+    _check_instance("cfg", cfg, Config)
+    _check_device("device", device)
+    if x_val is not None:
+        x_val = _check_images("x_val", x_val, dtype=_model_dtype(sae), flat=True)
+    _check_backend(backend)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     x = x_train.to(device)
@@ -227,11 +298,15 @@ CODE_MEMORY_BUDGET = 2 * 2**30  # bytes: the classifier's view codes are held up
 
 def n_classifier_views(cfg: Config) -> int:
     """How many views ``classifier_views`` yields for ``cfg``."""
+    _check_instance("cfg", cfg, Config)
     return (1 + cfg.clf_hflip) * (1 + len(SHIFT_DIRECTIONS) * (cfg.clf_shift > 0))
 
 
 def view_of(x: torch.Tensor, view: torch.Tensor, cfg: Config) -> torch.Tensor:
     """Each image of ``x: [B, D]`` as its view number ``view: [B]`` of ``classifier_views`` (same order)."""
+    _check_batch("x", x)
+    _check_tensor("view", view, [(len(x), "B")], "int")
+    _check_instance("cfg", cfg, Config)
     n_bases = 1 + cfg.clf_hflip
     out = torch.empty_like(x)
     for v in view.unique().tolist():
@@ -249,6 +324,10 @@ def encode_views(sae: KSparseAutoencoder, x: torch.Tensor, cfg: Config,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse codes of every ``classifier_views`` view of ``x: [N, D]``: ``(values, indices)``, each
     ``[V, N, k]`` on ``device``, indices int32 (what ``ViewCodes`` holds when it fits)."""
+    _check_encoder("sae", sae)
+    x = _check_images("x", x, dtype=_model_dtype(sae) if isinstance(sae, torch.nn.Module) else None, flat=True)
+    _check_instance("cfg", cfg, Config)
+    _check_device("device", device)
     n_views = n_classifier_views(cfg)
     values = torch.empty(n_views, len(x), sae.k, device=device)
     indices = torch.empty(n_views, len(x), sae.k, dtype=torch.int32, device=device)
@@ -265,6 +344,12 @@ class ViewCodes:
 
     def __init__(self, sae: KSparseAutoencoder, x: torch.Tensor, cfg: Config, device: torch.device,
                  budget: int | None = None):
+        _check_encoder("sae", sae)
+        _check_images("x", x, flat=True)
+        _check_instance("cfg", cfg, Config)
+        _check_device("device", device)
+        if budget is not None:
+            _check_int("budget", budget, low=0)
         self.n_views = n_classifier_views(cfg)
         self.nbytes = self.n_views * len(x) * sae.k * 8  # float32 value + int32 index per active unit
         self.held = self.nbytes <= (CODE_MEMORY_BUDGET if budget is None else budget)
@@ -307,6 +392,11 @@ def classifier_step(clf: SparseCodeClassifier, opt: torch.optim.Optimizer, sums:
     """The classifier's training step for ``GraphedStep``: ``step(values, indices: [B, k], yb: [B])`` takes one
     Adam step on the cross-entropy of the sparse codes' logits and adds (loss summed over images, correct
     predictions) to ``sums: [2]`` in place. ``graph_safe``: the first layer on the dense code (graph-safe)."""
+    _check_instance("clf", clf, SparseCodeClassifier)
+    _check_instance("opt", opt, torch.optim.Optimizer)
+    _check_tensor("sums", sums, [(2, "2")], "float")
+    _check_bool("graph_safe", graph_safe)
+
     def step(values: torch.Tensor, indices: torch.Tensor, yb: torch.Tensor) -> None:
         logits = clf(densify(values, indices, clf.W1.shape[0])) if graph_safe else clf.forward_sparse(values, indices)
         loss = F.cross_entropy(logits, yb)
@@ -334,6 +424,22 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
     indices)`` (the controls of ``ksae.controls``: pixels, PCA). ``dense=True`` runs the first layer on the
     densified code (a matmul, as the graph-safe step does): the same function, faster for dense codes.
     """
+    _check_instance("clf", clf, SparseCodeClassifier)
+    _check_encoder("sae", sae)
+    dtype = _model_dtype(sae) if isinstance(sae, torch.nn.Module) else None
+    x_train = _check_images("x_train", x_train, dtype=dtype, flat=True)
+    n_classes = clf.rest[-1].out_features
+    _check_labels(y_train, len(x_train), n_classes, name="y_train")
+    _check_instance("cfg", cfg, Config)
+    _check_device("device", device)
+    if x_val is not None:
+        x_val = _check_images("x_val", x_val, dtype=dtype, flat=True)
+    if (x_val is None) != (y_val is None):
+        raise ValueError(f"x_val and y_val must be given together, got {_describe(x_val)} and {_describe(y_val)}")
+    if y_val is not None:
+        _check_labels(y_val, len(x_val), n_classes, name="y_val")
+    _check_backend(backend)
+    _check_bool("dense", dense)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     codes = ViewCodes(sae, x_train, cfg, device)
@@ -375,6 +481,7 @@ def train_autoencoder_on_split(cfg: Config, data: FashionMNIST,
                                device: torch.device) -> tuple[KSparseAutoencoder, float]:
     """A fresh autoencoder trained with ``cfg`` on the training split (``train_val_split``), and the seconds it
     took (device synchronised): what the benchmarks compare recipes with."""
+    _check_device("device", device)
     x_train, _, _, _ = train_val_split(data, cfg)
     torch.manual_seed(cfg.seed)
     sae = KSparseAutoencoder.from_config(cfg)
@@ -386,6 +493,7 @@ def train_autoencoder_on_split(cfg: Config, data: FashionMNIST,
 
 def train_models(cfg: Config, data: FashionMNIST, device: torch.device):
     """Train the autoencoder, then the classifier on its codes. Returns ``(sae, clf, history)``."""
+    _check_device("device", device)
     x_train, y_train, x_val, y_val = train_val_split(data, cfg)
     torch.manual_seed(cfg.seed)
     sae = KSparseAutoencoder.from_config(cfg)

@@ -15,9 +15,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ._util import IMAGE_SIDE, _numpy, atomic_write_bytes
+from ._util import (
+    IMAGE_SIDE,
+    _check_instance,
+    _check_page_address,
+    _check_path,
+    _check_top_contributions,
+    _numpy,
+    atomic_write_bytes,
+)
+from .data import FashionMNIST
+from .models import KSparseAutoencoder
 from .plots.style import DIVERGING_CMAP
-from .units import EXPLORER_PAGE, UNIT_BAND_SAMPLES, UNIT_QUANTILE_BANDS, UnitStats, _rounded, unit_table
+from .units import EXPLORER_PAGE, UNIT_BAND_SAMPLES, UNIT_QUANTILE_BANDS, UnitStats, _check_stats, _rounded, unit_table
 
 if TYPE_CHECKING:
     from .data import FashionMNIST
@@ -85,13 +95,14 @@ def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMN
     those images, each linking to the explorer page ``explorer`` (``<explorer>#image-<id>``). ``stability``:
     a ``seed_stability`` (or ``run_seed_stability``) result whose reference is this model: each unit then shows
     its matched cosine in every other seed, and the list can be sorted and filtered by it."""
+    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("data", data, FashionMNIST)
+    _check_stats(stats, sae=sae, data=data)
+    if top_contributions is not None:
+        _check_top_contributions("top_contributions", top_contributions, len(stats.freq_test), len(data.x_test))
+    _check_page_address("explorer", explorer)
     per_seed = _check_stability(stability, len(stats.freq_test))
     contributing = np.full((len(stats.freq_test), 0), -1) if top_contributions is None else top_contributions[0]
-    if top_contributions is not None and (np.shape(contributing)[:1] != (len(stats.freq_test),)
-                                          or np.shape(top_contributions[1]) != np.shape(contributing)):
-        raise ValueError(f"top_contributions must be unit_top_contributions's (ids, values), both [H = "
-                         f"{len(stats.freq_test)}, n], got shapes {np.shape(contributing)} and "
-                         f"{np.shape(top_contributions[1])}")
     image_ids = np.unique(np.concatenate([stats.top_images.ravel(), stats.band_images.ravel(),
                                           np.asarray(contributing).ravel()]).astype(np.int64))
     image_ids = image_ids[image_ids >= 0]
@@ -142,10 +153,7 @@ def write_unit_browser(stats: UnitStats, sae: KSparseAutoencoder, data: FashionM
     ``<path>#unit-<j>``; with ``top_contributions`` (``unit_top_contributions``) it lists the test images where
     the unit contributes most, each linking to ``<explorer>#image-<id>``; with ``stability``
     (``run_seed_stability``) each unit shows how well it recurs in the other training seeds."""
-    if not isinstance(stats, UnitStats):
-        raise ValueError(f"stats must be the UnitStats of unit_statistics, got {type(stats).__name__}")
-    if sae.d_hidden != len(stats.freq_test):
-        raise ValueError(f"stats describe {len(stats.freq_test)} units but the autoencoder has {sae.d_hidden}")
+    _check_path("path", path, "file")
     payload, image_sprite, atom_sprite = unit_browser_data(stats, sae, data, top_contributions, explorer, stability)
     text = json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     html = UNIT_BROWSER_TEMPLATE.read_text(encoding="utf-8")
@@ -158,7 +166,7 @@ def write_unit_browser(stats: UnitStats, sae: KSparseAutoencoder, data: FashionM
 
 def read_unit_browser_data(path: str | os.PathLike) -> dict:
     """The JSON data embedded in a page written by ``write_unit_browser`` (for checks and other tools)."""
-    html = Path(path).read_text(encoding="utf-8")
+    html = _check_path("path", path, "file", writable=False).read_text(encoding="utf-8")
     match = re.search(r'<script type="application/json" id="unit-data">(.*?)</script>', html, re.S)
     if match is None:
         raise ValueError(f"{path} holds no unit-data script: not a page written by write_unit_browser")

@@ -6,21 +6,30 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ._util import _check_classes, _check_int, _check_labels, _keeps_mode, _numpy
-from .attribution import rescale_contributions
+from ._util import (
+    _check_choices,
+    _check_classes,
+    _check_device,
+    _check_float,
+    _check_fractions,
+    _check_images,
+    _check_instance,
+    _check_int,
+    _check_labels,
+    _describe,
+    _keeps_mode,
+    _model_dtype,
+    _numpy,
+)
+from .attribution import _check_pipeline, rescale_contributions
+from .data import FashionMNIST
 from .metrics import encode_dataset, firing_frequency
-from .models import SparseCodePipeline, densify
+from .models import SparseCodeClassifier, SparseCodePipeline, _check_codes, densify
 from .stats import _rowwise_pearson, bootstrap_ci, rowwise_spearman
-
-if TYPE_CHECKING:
-    from .data import FashionMNIST
-    from .models import SparseCodeClassifier
-
 
 # --- the unit atlas: statistics of every code unit -------------------------------------------------------
 UNIT_TOP_IMAGES = 16  # test images with the largest activation kept per unit
@@ -77,6 +86,35 @@ class UnitStats:
     dead: np.ndarray  # [H] bool: fires on no training and no test image
     descriptions: list[str]  # [H] one line per unit, generated from the numbers above
     seconds: float = 0.0  # wall time of `unit_statistics`
+
+    def __post_init__(self):
+        """What travels together is checked together: every per-unit array has one row per unit (H, from
+        ``freq_test``), the per-class ones one column per class name, the firing frequencies are fractions."""
+        classes = _check_classes(self.classes)
+        h = len(_check_fractions("freq_test", self.freq_test))
+        if len(_check_fractions("freq_train", self.freq_train)) != h:
+            raise ValueError(f"freq_train and freq_test must hold one value per unit each, got {len(self.freq_train)} "
+                             f"and {h}")
+        shapes = {"n_fire": (h,), "hist": (h, None), "hist_max": (h,), "top_images": (h, None), "top_values": (h, None),
+                  "band_images": (h, None, None), "class_counts": (h, len(classes)), "majority": (h,), "purity": (h,),
+                  "recall": (h,), "contribution": (h, len(classes)), "ablation": (h, len(classes)),
+                  "ablation_accuracy": (h,), "cofiring": (h, None), "cofiring_jaccard": (h, None), "dead": (h,)}
+        for name, shape in shapes.items():
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.ndim != len(shape) or any(
+                    size is not None and size != got for size, got in zip(shape, a.shape)):
+                dims = ", ".join("any" if d is None else str(d) for d in shape)
+                raise ValueError(f"{name} must be an array of shape [{dims}] (H = {h} units as in freq_test, "
+                                 f"C = {len(classes)} classes), got {_describe(a)}")
+        if not isinstance(self.descriptions, list) or len(self.descriptions) not in (0, h):
+            raise ValueError(f"descriptions must be a list of {h} lines (or empty), got {_describe(self.descriptions)}")
+        _check_float("seconds", self.seconds, low=0.0)
+
+    def n_test_images(self) -> int | None:
+        """How many test images these statistics were computed on (``n_fire / freq_test`` of a unit that fires; None
+        if none does): what ``_check_stats`` holds against a dataset."""
+        fires = np.flatnonzero(self.n_fire > 0)
+        return None if not len(fires) else int(round(self.n_fire[fires[0]] / self.freq_test[fires[0]]))
 
     def majority_value(self, table: np.ndarray) -> np.ndarray:
         """``table: [H, C]`` read at each unit's majority class -> ``[H]`` (NaN for units without one)."""
@@ -163,6 +201,8 @@ def _cofiring(units: np.ndarray, images: np.ndarray, n_images: int, d_hidden: in
 def unit_contribution_sums(clf: SparseCodeClassifier, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """``[H, C]``: each unit's decoder-weighted contribution (``rescale_contributions``) to each class logit,
     summed over the images of the sparse codes ``values, indices: [N, k]``."""
+    _check_instance("clf", clf, SparseCodeClassifier)
+    _check_codes(values, indices)
     clf.eval()
     d_hidden, n_classes = clf.W1.shape[0], clf.rest[-1].out_features
     sums = torch.zeros(d_hidden, n_classes, device=values.device)
@@ -193,8 +233,9 @@ def unit_top_contributions(pipeline: SparseCodePipeline, x: torch.Tensor, device
     Returns ``(ids: [H, n], contributions: [H, n])``, largest first; ``-1`` and 0 pad a unit firing on fewer
     than ``n`` images. Feeds the unit browser's links to the explorer and the explorer's "a unit's images".
     """
-    if not isinstance(pipeline, SparseCodePipeline):
-        raise ValueError(f"unit_top_contributions needs a SparseCodePipeline, got {type(pipeline).__name__}")
+    _check_pipeline(pipeline)
+    x = _check_images("x", x, dtype=_model_dtype(pipeline), flat=True)
+    _check_device("device", device)
     _check_int("n", n, low=1)
     sae, clf = pipeline.sae.eval(), pipeline.clf.eval()
     values, indices = encode_dataset(sae, x, device)
@@ -222,6 +263,9 @@ def unit_ablation_sums(clf: SparseCodeClassifier, values: torch.Tensor, indices:
     ``values, indices: [N, k]`` sparse codes, ``y: [N]`` labels. All ``N * k`` ablated codes go through the
     head in batches: the first layer is updated by subtracting the unit's row, ``h - z_j W1[j]``.
     """
+    _check_instance("clf", clf, SparseCodeClassifier)
+    _check_codes(values, indices)
+    _check_labels(y, len(values), clf.rest[-1].out_features, name="y")
     clf.eval()
     d_hidden, k = clf.W1.shape[0], values.shape[1]
     n_classes = clf.rest[-1].out_features
@@ -248,6 +292,8 @@ def _percent(fraction: float) -> str:
 def describe_unit(stats: UnitStats, unit: int) -> str:
     """One line about ``unit`` from its statistics, e.g. 'fires on 9.1 % of test images, 92 % of them Trouser;
     zeroing it lowers the Trouser logit by 1.8 (accuracy on them -3.5 points)'."""
+    _check_stats(stats)
+    _check_int("unit", unit, low=0, high=len(stats.freq_test) - 1, high_name="the last unit id")
     if stats.dead[unit]:
         return "dead: fires on no training and no test image"
     if stats.n_fire[unit] == 0:
@@ -269,8 +315,11 @@ def unit_statistics(pipeline: SparseCodePipeline, data: FashionMNIST, device: to
     """Every statistic of ``UnitStats`` for all units, from the codes of ``data.x_test: [N, 784]`` (and
     ``data.x_train`` for the training frequency, unless ``usage_train: [H]`` passes it in, e.g.
     ``evaluate_autoencoder(...)["unit_usage_train"]``). ``seed`` draws the quantile-band samples."""
-    if not isinstance(pipeline, SparseCodePipeline):
-        raise ValueError(f"unit_statistics needs a SparseCodePipeline, got {type(pipeline).__name__}")
+    _check_pipeline(pipeline)
+    _check_instance("data", data, FashionMNIST)
+    _check_device("device", device)
+    if usage_train is not None:
+        _check_fractions("usage_train", usage_train, pipeline.sae.d_hidden)
     _check_int("seed", seed, low=0)
     t0 = time.perf_counter()
     sae, clf = pipeline.sae.eval(), pipeline.clf.eval()
@@ -321,6 +370,8 @@ def contribution_ablation_agreement(stats: UnitStats, seed: int = 0) -> dict:
     """How the mean decoder-weighted contribution of each unit to its majority class's logit agrees with the
     logit drop when the unit is zeroed (minus the ablation change), across every unit that fires on a test
     image: Pearson and Spearman correlation with bootstrap 95 % CIs (units resampled), and ``n`` units."""
+    _check_stats(stats)
+    _check_int("seed", seed, low=0)
     contribution = stats.majority_value(stats.contribution)
     drop = -stats.majority_value(stats.ablation)
     keep = np.isfinite(contribution) & np.isfinite(drop)
@@ -336,9 +387,26 @@ def contribution_ablation_agreement(stats: UnitStats, seed: int = 0) -> dict:
     return out
 
 
-def _check_stats(stats) -> UnitStats:
-    if not isinstance(stats, UnitStats):
-        raise ValueError(f"stats must be the UnitStats of unit_statistics, got {type(stats).__name__}")
+def _check_stats(stats, name: str = "stats", sae=None, data=None) -> UnitStats:
+    """``stats`` as ``unit_statistics``' ``UnitStats``; with the autoencoder ``sae`` and the dataset ``data`` they
+    travel with, also of that many units, class names and test images (statistics of another model or image
+    set would be shown as this one's)."""
+    _check_instance(name, stats, UnitStats, "the UnitStats of unit_statistics")
+    n_units = len(stats.freq_test)
+    if sae is not None and getattr(sae, "d_hidden", n_units) != n_units:
+        raise ValueError(f"{name} must describe the autoencoder's units: {name} describe {n_units} units but the "
+                         f"autoencoder has {sae.d_hidden} (another model?)")
+    if data is not None:
+        n, classes = stats.n_test_images(), list(getattr(data, "classes", []))
+        if stats.classes != classes:
+            raise ValueError(f"{name} must describe the classes of data, got {stats.classes} for data's {classes}")
+        if n is not None and n != len(data.x_test):
+            raise ValueError(f"{name} must come from data's {len(data.x_test)} test images, got statistics of {n} "
+                             f"images (another image set?)")
+        ids = np.concatenate([stats.top_images.ravel(), stats.band_images.ravel()])
+        if ids.size and ids.max() >= len(data.x_test):
+            raise ValueError(f"{name} must index data's {len(data.x_test)} test images, got image ids up to "
+                             f"{ids.max()} (another image set?)")
     return stats
 
 
@@ -347,12 +415,11 @@ def top_units_of_classes(stats: UnitStats, classes: Sequence[str], n: int = 1) -
     mean contribution times the number of test images they fire on (a rare unit with a large mean does not
     win). The units a dashboard shows first."""
     stats = _check_stats(stats)
+    classes = _check_choices("classes", classes, stats.classes, "a list of the class names of stats:")
     _check_int("n", n, low=1)
     contribution = stats.majority_value(stats.contribution) * stats.n_fire
     units = []
     for name in classes:
-        if name not in stats.classes:
-            raise ValueError(f"unknown class {name!r}; classes are {stats.classes}")
         mine = np.flatnonzero(stats.majority == stats.classes.index(name))
         units += mine[np.argsort(-contribution[mine], kind="stable")[:n]].tolist()
     return units
@@ -374,6 +441,7 @@ def unit_table(stats: UnitStats) -> list[dict]:
     """One compact row per unit for ``results/summary.json``: frequencies, majority class (name, None if it
     fires on no test image), purity, recall, mean contribution to and ablation change of its majority class's
     logit, change of accuracy on the images where it fires, dead flag."""
+    _check_stats(stats)
     contribution, ablation = stats.majority_value(stats.contribution), stats.majority_value(stats.ablation)
     return [{"unit": j, "freq_train": _rounded(stats.freq_train[j]), "freq_test": _rounded(stats.freq_test[j]),
              "majority_class": stats.classes[stats.majority[j]] if stats.majority[j] >= 0 else None,

@@ -146,6 +146,12 @@ CLASSES = ("a", "b", "c", "d")
 SCENARIO_SCALE = 32  # the scenario's image i has every pixel i / SCENARIO_SCALE (exact, in [0, 1])
 
 
+# stand-ins for the scenario's models (its predictions are set by hand: ``predict`` is patched); models are checked
+# at the door, so they are a real autoencoder and a classifier that reads its codes
+SCENARIO_MODELS = (kh.KSparseAutoencoder(k=2, d_hidden=8),
+                   kh.SparseCodeClassifier(d_hidden=8, hidden=(4,), n_classes=len(CLASSES)))
+
+
 def _scenario():
     """Test set of 4 classes with hand-set predictions: (data, probabilities [N, 4]).
 

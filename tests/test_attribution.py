@@ -581,7 +581,7 @@ def test_training_mode_model_rejected(method):
 
 @pytest.mark.parametrize("model_fn", [make_mlp, lambda: make_pipeline().clf, lambda: make_pipeline().sae.eval()])
 def test_decoder_weighted_needs_pipeline(model_fn):
-    with pytest.raises(ValueError, match="needs a SparseCodePipeline"):
+    with pytest.raises(ValueError, match="pipeline must be a SparseCodePipeline"):
         kh.decoder_weighted(model_fn(), torch.rand(2, D, dtype=DT), 0)
 
 

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from api_cases import NOT_COVERED, SPECIAL, make_env, not_covered, plan
 
+import ksae
 import ksae.checkpoints
 import ksae.checks.suite
 import ksae_helpers as kh
@@ -31,24 +33,9 @@ N, D, H, C = 6, 784, 32, 3
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A tiny untrained pipeline (H = 32 code units, 3 classes), images in [0, 1], maps, contributions, a
-    selection, a small dataset and a scratch folder holding a file (``blocker``) and a folder (``folder``)."""
-    torch.manual_seed(0)
-    sae = kh.KSparseAutoencoder(k=4, d_hidden=H)
-    clf = kh.SparseCodeClassifier(d_hidden=H, hidden=(16, 8), n_classes=C)
-    pipe = kh.SparseCodePipeline(sae, clf).eval()
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(N, D, generator=g) * (torch.rand(N, D, generator=g) > 0.4)
-    y = torch.tensor([0, 0, 1, 1, 2, 2])
-    cfg = kh.Config(k=4, d_hidden=H, clf_hidden=(16, 8), n_classes=C, ig_steps=4, smoothgrad_samples=2)
-    maps, contributions = kh.attribute_all(pipe, x, y, cfg, methods=["integrated", "simple"],
-                                           return_contributions=True)
-    sel = kh.Selection(torch.arange(N), x, y, torch.full((N,), 0.9), n_requested=2)
-    data = kh.FashionMNIST(x, y, x, y, classes=("a", "b", "c"))
-    tmp = tmp_path_factory.mktemp("bad_input")
-    (tmp / "blocker").write_text("a file where a folder is meant")
-    (tmp / "folder").mkdir()
-    return dict(sae=sae, clf=clf, pipe=pipe, x=x, y=y, cfg=cfg, maps=maps, contributions=contributions, sel=sel,
-                data=data, tmp=tmp)
+    selection, a small dataset, unit statistics, the committed results and a scratch folder holding a file
+    (``blocker``) and a folder (``folder``): ``api_cases.make_env``."""
+    return make_env(tmp_path_factory.mktemp("bad_input"))
 
 
 def _with(maps: dict, name: str, index: int, value: float) -> dict:
@@ -70,7 +57,9 @@ def _train_mode(e):
 
 
 V = ValueError
-# (case id, call(env), expected exception type, regex the message must match: it names the argument)
+GENERATED, UNRESOLVED = plan()  # cases generated from the API's signatures (tests/api_cases.py)
+# (case id, call(env), expected exception type, regex the message must match: it names the argument); the hand-made
+# cases, then the generated ones
 CASES = [
     # --- Config: kinds and ranges; numpy scalars accepted like Python numbers, bools are not numbers ---
     ("config-k-0", lambda e: kh.Config(k=0), V, r"k must be >= 1, got 0"),
@@ -273,7 +262,9 @@ CASES = [
                                                                 retrain="False"), V, r"retrain must be True or False"),
     ("load_or_train-cfg-a-dict", lambda e: kh.load_or_train({"k": 4}, e["data"], CPU, e["tmp"] / "c"), V,
      r"cfg must be a Config"),
+    *[(c.id, c.call, (ValueError, TypeError), c.pattern) for c in GENERATED],
 ]
+PACKAGE = Path(ksae.__file__).resolve().parent
 
 
 @pytest.mark.parametrize("call, error, pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -282,12 +273,33 @@ def test_bad_input_is_refused_naming_the_argument(env, monkeypatch, call, error,
         raise AssertionError("trained despite bad input")
 
     monkeypatch.setattr(ksae.checkpoints, "train_models", no_training)
-    with pytest.raises(error, match=pattern):
+    monkeypatch.chdir(env["tmp"])  # a default path (checkpoints/, results/) never reaches the repository's
+    with pytest.raises(error, match=pattern) as caught:
         call(env)
+    raised_in = Path(caught.traceback[-1].path).resolve()  # the package refused it, not torch, numpy or matplotlib
+    assert raised_in.is_relative_to(PACKAGE), f"raised in {raised_in}: {caught.value!r}"
 
 
 def test_there_are_at_least_80_cases():
     assert len(CASES) >= 80 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_every_public_callable_has_cases():
+    """A new public name fails here until its parameters map to families (tests/api_cases.py) or it is listed in
+    NOT_COVERED with the reason it cannot be called with bad arguments."""
+    covered = {c.fn for c in GENERATED}
+    missing = {name for name in kh.__all__ if callable(getattr(kh, name))} - covered - set(not_covered())
+    assert not missing, f"public callables without bad-input cases: {sorted(missing)} (tests/api_cases.py)"
+    assert not UNRESOLVED, f"parameters without a family (add to SPECIAL in tests/api_cases.py): {UNRESOLVED}"
+    assert set(NOT_COVERED) <= {name for name in kh.__all__}, "NOT_COVERED names a name that is not public"
+    assert not set(NOT_COVERED) & covered, "a name in NOT_COVERED has cases: drop it from NOT_COVERED"
+    assert set(SPECIAL) <= set(kh.__all__), "SPECIAL names a name that is not public"
+
+
+def test_names_without_cases_are_listed_with_a_reason():
+    for name, why in not_covered().items():
+        print(f"not covered: {name}: {why}")
+        assert why
 
 
 def test_run_validation_checks_every_argument_before_its_first_check(env, monkeypatch):

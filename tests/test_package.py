@@ -34,6 +34,8 @@ _X_INPUT = "attribute_all returns unit contributions on request; one definition 
 _BAD_INPUT = "issue 24: bad input refused at the entry point (pixel range, NaN, model, paths by location, sizes)"
 _UNDEFINED = "issue 24: degenerate maps give undefined (NaN) statistics, left out and counted, never agreement"
 _MODE = "issue 24: the caller's model is left in the train/eval mode it was found in (_keeps_mode)"
+_DOOR = ("issue 30: every public callable checks its arguments at its door (tests/api_cases.py generates the cases); "
+         "float images are cast to the model's dtype; what travels together is checked together")
 EDITED = {
     "UNIT_BROWSER_TEMPLATE": "the template path is found from ksae/, one folder further down (same file)",
     **dict.fromkeys(["FIGURE_SECONDS", "_figure_depth", "_styled", "_gc_paused", "_finish", "_figure_png",
@@ -68,6 +70,27 @@ EDITED = {
     "_jsonable": "issue 24: numpy NaN/inf (and inside tensors) become null, so a summary always serialises",
     **dict.fromkeys(["unit_browser_data", "write_unit_browser"], "a unit lists the images where it contributes "
                     "most, linking to the explorer page (issue 23)"),
+    **dict.fromkeys(["FashionMNIST", "GraphedStep", "Selection", "UnitStats", "ViewCodes", "_as_image",
+                     "_check_classes",
+                     "_check_stats", "_check_target", "_comparison_jobs", "_output_fn", "_resolve_methods",
+                     "as_flat_images", "balanced_subset", "build_summary", "classifier_views",
+                     "compact_notebook", "contribution_ablation_agreement", "control_maps",
+                     "correlation_matrix", "count_path_switches", "curve_auc", "decoder_weighted", "densify",
+                     "describe_unit", "edge_map", "encode_views", "figure_path_fn", "figure_workers",
+                     "firing_counts", "graph_backend", "headline_table", "hflip", "ig_quadrature",
+                     "image_attribution_stats", "integrated_gradients", "load_fashion_mnist", "lr_factor",
+                     "make_adam", "make_scheduler", "n_classifier_views", "perturbation_curves", "pick_device",
+                     "plot_attribution_comparison", "plot_class_examples", "plot_class_units",
+                     "plot_completeness", "plot_confusion_matrix", "plot_contribution_vs_ablation",
+                     "plot_correlation_summary", "plot_feature_atlas", "plot_k_sweep", "plot_object_focus",
+                     "plot_randomization", "plot_reconstructions", "plot_unit_dashboard", "plot_unit_deletion",
+                     "png_bytes", "print_table", "randomization_stages", "randomization_table",
+                     "read_unit_browser_data", "removal_order", "rescale_contributions", "road_impute",
+                     "rowwise_spearman", "run_k_sweep", "save_checkpoint", "seed_everything",
+                     "selection_summary", "set_lr_", "shift_images", "show", "show_markdown",
+                     "simple_gradients", "synchronize", "timed_checks", "top_units_of_classes", "train_subset",
+                     "train_val_split", "unit_deletion_curves", "unit_table", "validation_indices",
+                     "verdict_markdown", "view_of"], _DOOR),
 }
 
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import _fake_validation
+from helpers import SCENARIO_MODELS, _fake_validation
 from planted_units import N_HIDDEN, PLANTED_CLASS
 
 import ksae._util
@@ -44,7 +44,7 @@ def test_other_configurations_write_under_runs(tmp_path, monkeypatch):
 def test_output_paths_reject_bad_input_before_anything_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "blocker").write_text("a file where a folder should be")
-    with pytest.raises(ValueError, match="blocker.*writable folder"):
+    with pytest.raises(ValueError, match="runs_dir must be a folder, got 'blocker', which is an existing file"):
         kh.output_paths(kh.Config(k=20), runs_dir="blocker")
     with pytest.raises(ValueError, match="blocker"):
         kh.output_paths(kh.Config(), "blocker/figures")
@@ -109,7 +109,7 @@ def test_compact_notebook_rejects_what_is_not_a_notebook(tmp_path):
 
 def test_selection_summary_records_the_shortfall_as_json(scenario):
     with pytest.warns(UserWarning):
-        sel = kh.select_high_confidence(None, None, scenario, "cpu", 4, threshold=0.8)
+        sel = kh.select_high_confidence(*SCENARIO_MODELS, scenario, "cpu", 4, threshold=0.8)
     block = json.loads(json.dumps(ksae._util._jsonable(kh.selection_summary(sel, 0.8))))
     assert block["n_images"] == 7 and block["n_per_class"] == 4 and block["n_fallback"] == 1
     assert block["selected_per_class"] == {"a": 4, "b": 2, "c": 1, "d": 0}

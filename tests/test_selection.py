@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from helpers import CLASSES, SCENARIO_SCALE
+from helpers import SCENARIO_MODELS as MODELS
 
 import ksae.selection
 import ksae_helpers as kh
@@ -14,7 +15,7 @@ import ksae_helpers as kh
 
 def test_selection_takes_what_exists_and_falls_back_to_the_most_confident_correct(scenario):
     with pytest.warns(UserWarning) as record:
-        sel = kh.select_high_confidence(None, None, scenario, "cpu", 4, threshold=0.8, seed=0)
+        sel = kh.select_high_confidence(*MODELS, scenario, "cpu", 4, threshold=0.8, seed=0)
     assert len(record) == 1  # one warning, one line, naming every short class with its count
     message = str(record[0].message)
     assert "\n" not in message and "b 2" in message and "c 1 (1 below the threshold)" in message
@@ -32,7 +33,7 @@ def test_selection_takes_what_exists_and_falls_back_to_the_most_confident_correc
 
 def test_selection_min_per_class_tops_up_in_confidence_order(scenario):
     with pytest.warns(UserWarning):
-        sel = kh.select_high_confidence(None, None, scenario, "cpu", 4, threshold=0.8, seed=0, min_per_class=3)
+        sel = kh.select_high_confidence(*MODELS, scenario, "cpu", 4, threshold=0.8, seed=0, min_per_class=3)
     assert sel.indices[sel.y == 1].tolist() == [10, 11, 14]  # 2 passing + the 0.7 one
     assert sel.indices[sel.y == 2].tolist() == [16, 17, 18]  # 0.3, 0.7, 0.6: all three (sorted by index)
     assert sel.indices[sel.y == 0].tolist() == sorted(sel.indices[sel.y == 0].tolist()) and (sel.y == 0).sum() == 4
@@ -41,7 +42,7 @@ def test_selection_min_per_class_tops_up_in_confidence_order(scenario):
 
 def test_selection_warns_only_about_what_falls_short(scenario):
     with pytest.warns(UserWarning) as record:
-        sel = kh.select_high_confidence(None, None, scenario, "cpu", 1, threshold=0.0, seed=3)
+        sel = kh.select_high_confidence(*MODELS, scenario, "cpu", 1, threshold=0.0, seed=3)
     assert len(record) == 1 and str(record[0].message).endswith("fewer for: d 0 (no correct image: class left out)")
     assert sel.per_class(CLASSES) == {"a": 1, "b": 1, "c": 1, "d": 0}
     assert sel.skipped == ["d"] and sel.shortfalls == {} and not sel.fallback.any()
@@ -51,7 +52,7 @@ def test_selection_warns_only_about_what_falls_short(scenario):
     ksae.selection.predict = lambda *args: probs  # restored by monkeypatch (the fixture patched this attribute)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sel = kh.select_high_confidence(None, None, data, "cpu", 2, threshold=0.0, seed=3)
+        sel = kh.select_high_confidence(*MODELS, data, "cpu", 2, threshold=0.0, seed=3)
     assert sel.warning is None and sel.per_class(CLASSES[:3]) == {"a": 2, "b": 2, "c": 2}
 
 
@@ -59,7 +60,7 @@ def test_selection_rejects_bad_arguments(scenario):
     for kwargs in ({"n_per_class": 0}, {"n_per_class": 2.5}, {"threshold": 1.0}, {"min_per_class": 0}):
         args = {"n_per_class": 2, **kwargs}
         with pytest.raises(ValueError):
-            kh.select_high_confidence(None, None, scenario, "cpu", **args)
+            kh.select_high_confidence(*MODELS, scenario, "cpu", **args)
 
 
 def test_select_high_confidence_is_balanced_deterministic_and_reports_shortfalls(small_pipeline):

@@ -9,10 +9,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .._util import _check_int, _check_labels
-from ..attribution import _check_target
+from .._util import (
+    _check_callable,
+    _check_choices,
+    _check_finite,
+    _check_images,
+    _check_int,
+    _check_labels,
+    _describe,
+    _model_dtype,
+)
+from ..attribution import _check_classifier, _check_pipeline, _check_target, _class_count
 from ..controls import LinearCodePipeline
-from ..data import as_flat_images
 from ..models import SparseCodeClassifier, SparseCodePipeline, densify
 from ..stats import partner_images, rowwise_spearman, summarize
 from .deletion import balanced_subset, curve_auc, faithfulness_orderings, removal_curves, removal_order
@@ -32,11 +40,14 @@ def faithfulness_gaps(model: nn.Module, x: torch.Tensor, target, maps: dict[str,
     x, key: [n] gaps}}``. ``x: [N, 784]``, ``target: [N]``, ``maps[m]: [N, 784]``; zero substrate on every image,
     blur and ROAD on the class-balanced seeded subset of ``n_subset`` (``balanced_subset``): the same images for
     every model explained on the same ``x``, ``target`` and ``seed``."""
-    flat, _ = as_flat_images(x, name="x")
-    if isinstance(substrates, str) or not substrates or any(s not in SUBSTRATES for s in substrates):
-        raise ValueError(f"substrates must be a non-empty sequence of {SUBSTRATES}, got {substrates!r}")
-    target = _check_target(target, len(flat), model(flat[:1]).shape[1], flat.device)
+    _check_classifier(model)
+    flat = _check_images("x", x, dtype=_model_dtype(model), flat=True)
+    substrates = _check_choices("substrates", substrates, SUBSTRATES, "a non-empty sequence of", empty=False)
+    target = _check_target(target, len(flat), _class_count(model, flat), flat.device)
     _check_int("n_subset", n_subset, low=1)
+    for name, step in (("pixels_per_step", pixels_per_step), ("road_pixels_per_step", road_pixels_per_step)):
+        _check_int(name, step, low=1, high=flat.shape[1], high_name="the number of pixels")
+    _check_int("seed", seed, low=0)
     orderings = {k: o for k, o in faithfulness_orderings(maps, flat, seed).items()
                  if o["kind"] == "method" or k == _RANDOM_CONTROL}
     out = {}
@@ -65,7 +76,7 @@ def _randomization_groups(model: nn.Module) -> list[tuple[str, list[torch.Tensor
         encoder = [] if model.code.components is None else [model.code.components]
     else:
         raise ValueError(f"model must be a SparseCodePipeline, LinearCodePipeline or SparseCodeClassifier, "
-                         f"got {type(model).__name__}")
+                         f"got {_describe(model)}")
     linears = [[clf.W1, clf.b1]] + [[m.weight, m.bias] for m in clf.rest if isinstance(m, nn.Linear)]
     names = [f"classifier layer {i}" + (" (logits)" if i == len(linears) else "") for i in range(len(linears), 0, -1)]
     return list(zip(names, reversed(linears))) + ([("encoder", encoder)] if encoder else [])
@@ -92,8 +103,13 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, target, maps_fn: 
     stage; final: after the whole cascade) and ``per_image = {method: {"head", "final", "reference": [N]}}``."""
     import copy
 
-    flat, _ = as_flat_images(x, name="x")
     groups = _randomization_groups(model)
+    flat = _check_images("x", x, dtype=_model_dtype(model), flat=True)
+    _check_target(target, len(flat), _class_count(model, flat), flat.device)
+    _check_callable("maps_fn", maps_fn)
+    _check_int("seed", seed, low=0)
+    if labels is not None:
+        _check_labels(labels, len(flat))
     n_head = sum(name.startswith("classifier") for name, _ in groups)
     original = {m: v.reshape(len(flat), -1).double().cpu().numpy() for m, v in maps_fn(model).items()}
     partner = partner_images(_check_labels(target if labels is None else labels, len(flat)), False, seed)
@@ -124,14 +140,15 @@ def unit_deletion_gaps(pipeline: SparseCodePipeline, x: torch.Tensor, target, co
     (``unit_deletion_curves``' deletion/logit curves, the same seeded orders; positive: deleting the units with
     the largest contributions first lowers the logit faster). ``x: [N, 784]``, ``target: [N]``,
     ``contributions: [N, H]``. The head runs on the densified code (a matmul: wide dense codes stay fast)."""
-    if not isinstance(pipeline, SparseCodePipeline):
-        raise ValueError(f"unit_deletion_gaps needs a SparseCodePipeline, got {type(pipeline).__name__}")
-    flat, _ = as_flat_images(x, name="x")
+    _check_pipeline(pipeline)
+    flat = _check_images("x", x, dtype=_model_dtype(pipeline), flat=True)
     h = pipeline.sae.d_hidden
     if not isinstance(contributions, torch.Tensor) or contributions.shape != (len(flat), h):
         raise ValueError(f"contributions must be a tensor of shape [{len(flat)}, {h}], got "
                          f"{getattr(contributions, 'shape', type(contributions).__name__)}")
+    _check_finite("contributions", contributions)
     target = _check_target(target, len(flat), pipeline.clf.rest[-1].out_features, flat.device)
+    _check_int("seed", seed, low=0)
     values, indices = pipeline.sae.encode_sparse(flat)
     ranks = _unit_ranks(values, contributions.to(values.device).gather(1, indices), seed)
     aucs = {}

@@ -7,7 +7,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .._util import _as_maps, _check_labels
+from .._util import (
+    _as_maps,
+    _check_choice,
+    _check_choices,
+    _check_images,
+    _check_int,
+    _check_labels,
+    _check_result,
+    _describe,
+)
 from ..stats import (
     _row_ranks,
     _rowwise_pearson,
@@ -81,8 +90,14 @@ def cross_method_statistics(maps: dict[str, torch.Tensor], seed: int = 0, x: tor
     n = len(next(iter(arrays.values())))
     if any(len(v) != n for v in arrays.values()):
         raise ValueError(f"every method needs maps of the same images, got {[len(v) for v in arrays.values()]}")
+    _check_int("seed", seed, low=0)
+    if x is not None:
+        _check_images("x", x)
+    if labels is not None:
+        _check_labels(labels, n)
     if (x is None) != (labels is None):
-        raise ValueError("pass both x and labels (for the different-image null) or neither")
+        raise ValueError(f"x and labels must be given together: pass both x and labels (for the different-image null) "
+                         f"or neither, got {_describe(x)} and {_describe(labels)}")
     ranks = {(m, kind): _row_ranks(f(v)) for m, v in arrays.items() for kind, f in AGREEMENT_KINDS.items()}
     null, n_null = None, 0
     if x is not None:
@@ -122,9 +137,18 @@ def correlation_matrix(stats: dict, methods: Sequence[str], key: str = "spearman
                        statistic: str | None = None) -> np.ndarray:
     """``[M, M]`` matrix of the mean per-image correlation ``key`` from ``cross_method_statistics``; with
     ``statistic`` ("value", "null" or "excess") ``key`` names a ``vs_null`` entry (e.g. "spearman_signed_object");
-    the diagonal is 1 for correlations and NaN (undefined, drawn blank) for the null and the excess."""
-    if statistic not in (None, "value", "null", "excess"):
-        raise ValueError(f"statistic must be None, 'value', 'null' or 'excess', got {statistic!r}")
+    the diagonal is 1 for correlations and NaN (undefined, drawn blank) for the null and the excess. A method the
+    statistics do not hold, or a ``key`` they do not hold, is an error (never a correlation of 0)."""
+    stats = _check_result("stats", stats, ("pairs", "per_method"), "the dict cross_method_statistics returns")
+    methods = _check_choices("methods", methods, list(stats["per_method"]), "a list of the methods of stats:")
+    _check_choice("statistic", statistic, (None, "value", "null", "excess"))
+    entries = list(stats["pairs"].values())
+    if statistic is not None and not all("vs_null" in e for e in entries):
+        raise ValueError(f"statistic must be None for statistics without the different-image null, got {statistic!r} "
+                         "(cross_method_statistics(maps, x=..., labels=...) measures the null)")
+    keys = list(dict.fromkeys(k for e in entries for k in (e if statistic is None else e["vs_null"])
+                              if k != "vs_null"))
+    _check_choice("key", key, keys)
     m = np.eye(len(methods)) if statistic in (None, "value") else np.diag(np.full(len(methods), np.nan))
     for i, a in enumerate(methods):
         for j, b in enumerate(methods):

@@ -11,23 +11,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._util import _check_float, _check_int
+from .._util import (
+    _check_choice,
+    _check_choices,
+    _check_float,
+    _check_images,
+    _check_instance,
+    _check_int,
+    _check_ints,
+    _model_dtype,
+)
 from ..attribution import (
     DEFAULT_INTERNAL_BATCH,
-    _check_target,
-    _output_fn,
+    _check_pipeline,
     _prepare,
     _rows_per_pass,
     _score,
     ig_quadrature,
     integrated_gradients,
 )
-from ..data import as_flat_images
-from ..models import SparseCodePipeline
+from ..config import IG_METHODS
+from ..models import KSparseAutoencoder, SparseCodePipeline
 from ..stats import summarize
 
 if TYPE_CHECKING:
-    from ..models import KSparseAutoencoder, SparseCodeClassifier
+    from ..models import SparseCodeClassifier
 
 
 COMPLETENESS_POINTS = 1024  # intervals of the dense straight path scanned by completeness_decomposition
@@ -227,7 +235,8 @@ def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, n_points: int 
     Scans ``n_points`` intervals of the encoder's pre-activations (``_topk_changes``): ReLU zero-crossings
     and swaps below 0 are continuous and not counted; several swaps inside one interval all count.
     """
-    x, _ = as_flat_images(x)
+    _check_instance("sae", sae, KSparseAutoencoder)
+    x = _check_images("x", x, dtype=_model_dtype(sae), flat=True)
     _check_int("n_points", n_points, low=1)
     alphas = torch.linspace(0, 1, n_points + 1, dtype=x.dtype, device=x.device)
     with torch.no_grad():
@@ -264,19 +273,20 @@ def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, ta
     that many points), and for free for the trapezoid rule at every n with ``n - 1`` dividing
     ``n_points`` (its points are scan points: 17, 33, ..., n_points + 1 for n_points = 1024).
     """
-    if not isinstance(pipeline, SparseCodePipeline):
-        raise ValueError(f"completeness_decomposition needs a SparseCodePipeline, got {type(pipeline).__name__}")
-    x, _, target, _ = _prepare(pipeline, x, target, output)
+    _check_pipeline(pipeline)
+    x, _, target, _ = _prepare(pipeline, x, target, output, "pipeline", "x")
     _check_int("n_points", n_points, low=MIN_COMPLETENESS_POINTS)
+    _check_int("n_steps", n_steps, low=1)
+    _check_choice("method", method, IG_METHODS)
     _check_float("tolerance", tolerance, low=0.0, low_open=True)
+    n_steps_list = _check_ints("n_steps_list", n_steps_list, low=1, empty=True)
+    _check_int("seed", seed, low=0)
     rows = _rows_per_pass(internal_batch_size)
     alphas = torch.linspace(0, 1, n_points + 1, dtype=torch.float64)
     values, slopes, swaps, jumps = _scan_path(pipeline, x, target, alphas, output, rows, pipeline.sae.k)
     smooth = (slopes[:, 1:] + slopes[:, :-1]) / (2 * n_points)  # [N, n_points] gradient integral per interval
     jump = torch.where(jumps, values[:, 1:] - values[:, :-1] - smooth, torch.zeros_like(smooth))
     gap = values[:, -1] - values[:, 0]
-    for n in n_steps_list:
-        _check_int("n_steps_list entry", n, low=1)
     steps = sorted({n_steps, *map(int, n_steps_list)})
     errors = {rule: s - gap for rule, s in _ig_sums(pipeline, x, target, [(method, n) for n in steps], output,
                                                      rows).items()}
@@ -326,10 +336,12 @@ def ig_completeness(model: nn.Module, x: torch.Tensor, target,
     first method at ``reference_steps`` (None if that n_steps was not run). Models with ``affine_split``
     compute every rule in one scan of the head (``_ig_sums``).
     """
-    x, _ = as_flat_images(x)
-    fn = _output_fn(model, output)
+    x, _, target, fn = _prepare(model, x, target, output, "model", "x")
+    n_steps_list = _check_ints("n_steps_list", n_steps_list, low=1)
+    methods = _check_choices("methods", methods, IG_METHODS)
+    _check_float("tolerance", tolerance, low=0.0, low_open=True)
+    _check_int("reference_steps", reference_steps, low=1)
     with torch.no_grad():
-        target = _check_target(target, len(x), model(x[:1]).shape[1], x.device)
         gap = fn(x, target) - fn(torch.zeros_like(x), target)
     rules = [(m, int(n)) for m in methods for n in n_steps_list]
     sums = _ig_sums(model, x, target, rules, output, DEFAULT_INTERNAL_BATCH)

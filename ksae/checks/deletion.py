@@ -10,7 +10,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._util import _as_maps, _check_finite, _check_float, _check_int, _check_pixels
+from .._util import (
+    _as_maps,
+    _check_choice,
+    _check_choices,
+    _check_finite,
+    _check_float,
+    _check_images,
+    _check_int,
+    _check_tensor,
+    _describe,
+    _model_dtype,
+)
 from ..attribution import _check_classifier, _check_target, _class_count, _score
 from ..data import as_flat_images
 from ..stats import _wilcoxon_p, summarize
@@ -30,6 +41,7 @@ from .substrates import (
 
 def edge_map(x: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude of each image, ``[N, 784]`` -> ``[N, 784]`` (a model-free control map)."""
+    x = _check_images("x", x, flat=True)
     img = x.reshape(-1, 1, 28, 28)
     sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
     kernels = torch.stack([sobel, sobel.T])[:, None]  # [2, 1, 3, 3]
@@ -41,6 +53,8 @@ def control_maps(x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
     """Orderings that know nothing about the model, each ``[N, 784]`` and non-negative: random over all
     pixels; random over object pixels only (``random_object``: the object pixels, x > 0, first in random
     order, then the rest in random order); pixel intensity |x|; Sobel edges."""
+    x = _check_images("x", x, flat=True)
+    _check_int("seed", seed, low=0)
     gen = torch.Generator().manual_seed(seed)
     random = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
     return {"random": random, "random_object": random + (x > 0).to(x.dtype), "intensity": x.abs(),
@@ -54,6 +68,9 @@ def removal_order(scores: torch.Tensor, seed: int = 0) -> torch.Tensor:
     Ties are broken at random (seeded): the columns are shuffled, then sorted stably, so a constant map
     behaves exactly like a random ordering rather than a raster scan.
     """
+    _check_tensor("scores", scores, [(None, "N"), (None, "P")], "float")
+    _check_finite("scores", scores)
+    _check_int("seed", seed, low=0)
     gen = torch.Generator().manual_seed(seed)
     shuffle = torch.rand(scores.shape, generator=gen).argsort(dim=1).to(scores.device)  # [N, P] per-row shuffle
     return shuffle.gather(1, scores.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
@@ -69,8 +86,10 @@ def perturbation_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     ``x, scores: [N, 784]``, ``target: [N]`` -> ``[N, n_points]`` with ``n_points = 784/pixels_per_step + 1``
     (the first point is the untouched image for deletion, the zero image for insertion).
     """
-    if mode not in ("deletion", "insertion"):
-        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+    _check_classifier(model)
+    x = _check_images("x", x, dtype=_model_dtype(model), flat=True)
+    _check_tensor("scores", scores, [(len(x), "N"), (x.shape[1], "784")], "float")
+    _check_choice("mode", mode, ("deletion", "insertion"))
     order = removal_order(scores.to(x.device), seed)
     if mode == "insertion":
         order = order.flip(1)
@@ -80,6 +99,8 @@ def perturbation_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
 
 def curve_auc(curves: torch.Tensor) -> np.ndarray:
     """Area under each curve ``[N, T]`` on a [0, 1] x-axis (trapezoid rule) -> ``[N]``."""
+    _check_tensor("curves", curves, [(None, "N"), (None, "T")], "float")
+    _check_finite("curves", curves)
     y = curves.double().cpu().numpy()
     return ((y[:, 1:] + y[:, :-1]) / 2).mean(1)
 
@@ -91,6 +112,7 @@ def object_focus(maps: dict[str, torch.Tensor], x: torch.Tensor, seed: int = 0) 
     if not isinstance(maps, dict) or not maps:
         raise ValueError(f"maps must be a non-empty dict of method name -> [N, 784] map, got {type(maps).__name__}")
     x, _ = as_flat_images(x, name="x")
+    _check_int("seed", seed, low=0)
     obj = (x.reshape(len(x), -1) > 0).double().cpu().numpy()
     result = {"object_pixel_share": summarize(obj.mean(1), seed)}
     for m, v in maps.items():
@@ -107,6 +129,7 @@ def balanced_subset(y: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point():
         raise ValueError(f"y must be a 1-D integer tensor of class ids, got {getattr(y, 'shape', type(y).__name__)}")
     _check_int("n", n, low=1)
+    _check_int("seed", seed, low=0)
     if n >= len(y):
         return torch.arange(len(y))
     gen = torch.Generator().manual_seed(seed)
@@ -151,9 +174,9 @@ def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orde
     and step, shared by every order: paired comparisons between orders see the same noise (common random
     numbers).
     """
-    x, _ = as_flat_images(x, name="x")
-    if substrate not in SUBSTRATES:
-        raise ValueError(f"substrate must be one of {SUBSTRATES}, got {substrate!r}")
+    _check_classifier(model)
+    x = _check_images("x", x, dtype=_model_dtype(model), flat=True)
+    _check_choice("substrate", substrate, SUBSTRATES)
     n, n_pix = x.shape
     _check_int("pixels_per_step", pixels_per_step, low=1, high=n_pix, high_name="the number of pixels")
     if n_pix % pixels_per_step:
@@ -162,10 +185,11 @@ def removal_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, orde
         raise ValueError(f"orders must be a tensor of shape [M, {n}, {n_pix}], got {getattr(orders, 'shape', orders)}")
     in_range = orders.dtype == torch.long and orders.numel() and 0 <= orders.min() and orders.max() < n_pix
     if not (in_range and torch.zeros_like(orders, dtype=torch.bool).scatter_(2, orders, True).all()):
-        raise ValueError(f"orders must hold an int64 permutation of 0..{n_pix - 1} in every row")
+        raise ValueError(f"orders must hold an int64 permutation of 0..{n_pix - 1} in every row, got "
+                         f"{_describe(orders)}")
     _check_float("road_noise", road_noise, low=0.0)
     _check_float("road_tol", road_tol, low=0.0, low_open=True)
-    _check_classifier(model)
+    _check_int("seed", seed, low=0)
     target = _check_target(target, n, _class_count(model, x), x.device)
     fill = _substrate(x, substrate)
     per_chunk = max(1, FAITH_ROWS // n)
@@ -311,14 +335,16 @@ def faithfulness_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, maps:
     controls. ``verdicts[key]``: ``beats_random`` / ``beats_random_object`` and ``rank`` per substrate,
     and whether beating random holds on every substrate (a verdict only holds if it holds everywhere).
     """
-    flat, _ = as_flat_images(x, name="x")
-    _check_pixels("x", flat)
-    unknown = [s for s in substrates if s not in SUBSTRATES] if not isinstance(substrates, str) else [substrates]
-    if unknown or not substrates:
-        raise ValueError(f"substrates must be a non-empty sequence of {SUBSTRATES}, got {substrates!r}")
     _check_classifier(model)
-    target = _check_target(y, len(flat), _class_count(model, flat), flat.device)
+    flat = _check_images("x", x, dtype=_model_dtype(model), flat=True)
+    substrates = _check_choices("substrates", substrates, SUBSTRATES, "a non-empty sequence of", empty=False)
+    target = _check_target(y, len(flat), _class_count(model, flat), flat.device, name="y")
+    _check_int("seed", seed, low=0)
     _check_int("n_subset", n_subset, low=1)
+    for name, step in (("pixels_per_step", pixels_per_step), ("road_pixels_per_step", road_pixels_per_step)):
+        _check_int(name, step, low=1, high=flat.shape[1], high_name="the number of pixels")
+        if flat.shape[1] % step:
+            raise ValueError(f"{name} must divide the {flat.shape[1]} pixels, got {step}")
     orderings = faithfulness_orderings(maps, flat, seed)
     result = {"pixels_per_step": pixels_per_step, "seed": seed, "alpha": FAITH_ALPHA, "substrates": {},
               "blur_sigma": BLUR_SIGMA, "road_noise": ROAD_NOISE, "orderings": list(orderings)}

@@ -11,20 +11,21 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .._util import _check_labels
-from ..attribution import METHOD_LABELS, attribute_all
-from ..data import as_flat_images
+from .._util import _check_choices, _check_images, _check_instance, _check_int, _check_labels, _model_dtype
+from ..attribution import METHOD_LABELS, _check_pipeline, _check_target, attribute_all
+from ..config import Config
+from ..models import SparseCodeClassifier
 from ..stats import partner_images, rowwise_spearman, summarize
 from .agreement import PIXEL_SETS
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..models import SparseCodeClassifier, SparseCodePipeline
+    from ..models import SparseCodePipeline
 
 
 def randomization_stages(clf: SparseCodeClassifier) -> list[str]:
     """Cascade order for the randomization check: classifier layers top (logits) down, then the
     encoder, then the decoder atoms (which only the decoder-weighted map reads)."""
+    _check_instance("clf", clf, SparseCodeClassifier)
     n_linear = 1 + sum(isinstance(m, nn.Linear) for m in clf.rest)
     return [f"classifier layer {i}" + (" (logits)" if i == n_linear else "") for i in range(n_linear, 0, -1)] + [
         "encoder", "decoder atoms"]
@@ -78,9 +79,15 @@ def randomization_check(pipeline: SparseCodePipeline, x: torch.Tensor, target: t
     this reference once the model is destroyed. ``x: [N, 784]``, ``target: [N]``. ``variants``: which of
     ``RANDOMIZATION_VARIANTS`` to run (both by default).
     """
-    if isinstance(variants, str) or not variants or any(v not in RANDOMIZATION_VARIANTS for v in variants):
-        raise ValueError(f"variants must be a non-empty sequence of {RANDOMIZATION_VARIANTS}, got {variants!r}")
-    x, _ = as_flat_images(x)
+    _check_pipeline(pipeline)
+    x = _check_images("x", x, dtype=_model_dtype(pipeline), flat=True)
+    _check_target(target, len(x), pipeline.clf.rest[-1].out_features, x.device)
+    _check_instance("cfg", cfg, Config)
+    methods = _check_choices("methods", methods, METHOD_LABELS)
+    _check_int("seed", seed, low=0)
+    if labels is not None:
+        _check_labels(labels, len(x))
+    variants = _check_choices("variants", variants, RANDOMIZATION_VARIANTS, "a non-empty sequence of", empty=False)
     original = attribute_all(pipeline, x, target, cfg, methods, seed=seed)
     obj = x.cpu().numpy() > 0
     partner = partner_images(_check_labels(target if labels is None else labels, len(x)), False, seed)

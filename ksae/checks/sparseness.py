@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._util import _as_maps
+from .._util import _as_maps, _check_bool
 
 _GINI_EPS = 1e-7  # added to every |attribution| before the Gini index, as Quantus' Sparseness does
 
@@ -15,9 +15,8 @@ def gini_index(maps, normalise: bool = True) -> np.ndarray:
     when one pixel holds everything (Chalasani et al. 2020; Quantus' ``Sparseness`` with its defaults: |.|,
     each map divided by its largest |value| unless it is all zero (``normalise``), ``_GINI_EPS`` added, then
     ``sum_i (2 i - P - 1) a_(i) / (P sum_i a_i)`` over the sorted values ``a_(1) <= ... <= a_(P)``)."""
-    if not isinstance(normalise, bool):
-        raise ValueError(f"normalise must be True or False, got {normalise!r}")
     a = np.abs(_as_maps(maps, "maps"))
+    _check_bool("normalise", normalise)
     if normalise:
         peak = a.max(1, keepdims=True)
         a = np.divide(a, peak, out=a.copy(), where=peak > 0)

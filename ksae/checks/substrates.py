@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._util import IMAGE_SIDE, _check_float, _check_int
+from .._util import IMAGE_SIDE, _check_finite, _check_float, _check_instance, _check_int
 from ..data import as_flat_images
 
 # --- faithfulness under three substrates, MoRF and LeRF --------------------------------------------------
@@ -173,12 +173,17 @@ def road_impute(x: torch.Tensor, removed: torch.Tensor, noise: float = ROAD_NOIS
     flat, _ = as_flat_images(x, name="x")
     removed = _check_removed(removed, flat)
     _check_float("noise", noise, low=0.0)
+    _check_int("seed", seed, low=0)
     _check_float("tol", tol, low=0.0, low_open=True)
     _check_int("max_iter", max_iter, low=1)
     chunk = (ROAD_CHUNK_CUDA if flat.is_cuda else ROAD_CHUNK) if chunk is None else chunk
     _check_int("chunk", chunk, low=1)
     if init is not None and (not isinstance(init, torch.Tensor) or init.shape != flat.shape):
         raise ValueError(f"init must be a tensor of shape {list(flat.shape)}, got {getattr(init, 'shape', init)}")
+    if init is not None:
+        _check_finite("init", init)
+    if generator is not None:
+        _check_instance("generator", generator, torch.Generator)
     free = removed.to(flat.dtype)  # 1 on the unknowns
     kept = flat * (1 - free)
     v = torch.zeros_like(free) if init is None else init.to(flat) * free

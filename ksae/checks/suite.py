@@ -7,8 +7,18 @@ from typing import Callable
 
 import torch
 
-from .._util import _as_maps, _check_finite, _check_int, _check_labels, _check_no_inference_mode, _check_pixels
-from ..attribution import METHOD_LABELS, decoder_weighted
+from .._util import (
+    _as_maps,
+    _check_finite,
+    _check_instance,
+    _check_int,
+    _check_labels,
+    _check_no_inference_mode,
+    _check_pixels,
+    _check_result,
+    _describe,
+)
+from ..attribution import METHOD_LABELS, _check_pipeline, decoder_weighted
 from ..config import Config
 from ..data import as_flat_images
 from ..models import SparseCodePipeline
@@ -60,20 +70,16 @@ def _check_validation_inputs(pipeline, selection, cfg, maps, contributions, n_su
     """Every argument of ``run_validation`` checked before its first check runs (``ValueError`` naming it; a
     ``RuntimeError`` under ``torch.inference_mode()``), so a mistake costs seconds, not the checks before it."""
     _check_no_inference_mode("run_validation")
-    if not isinstance(pipeline, SparseCodePipeline):
-        raise ValueError(f"pipeline must be a SparseCodePipeline (autoencoder + classifier), got "
-                         f"{type(pipeline).__name__}")
+    _check_pipeline(pipeline)
     if any(m.training for m in pipeline.modules()):
         raise ValueError("pipeline is in training mode (dropout active, so attributions would be random); call "
                          "pipeline.eval() first")
-    if not isinstance(selection, Selection):
-        raise ValueError(f"selection must be the Selection of select_high_confidence, got {type(selection).__name__}")
+    _check_instance("selection", selection, Selection, "the Selection of select_high_confidence")
     x, _ = as_flat_images(selection.x, name="selection.x")
     _check_pixels("selection.x", x)
     n = len(x)
     _check_labels(selection.y, n, pipeline.clf.rest[-1].out_features)
-    if not isinstance(cfg, Config):
-        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
+    _check_instance("cfg", cfg, Config)
     if not isinstance(maps, dict) or not maps:
         raise ValueError(f"maps must be a non-empty dict of method name -> [N, 784] map (attribute_all), got "
                          f"{type(maps).__name__}")
@@ -92,14 +98,16 @@ def _check_validation_inputs(pipeline, selection, cfg, maps, contributions, n_su
     _check_int("n_completeness", n_completeness, low=1)
     _check_int("n_randomization", n_randomization, low=2)
     _check_int("seed", seed, low=0)
-    if cross_method is not None and not (isinstance(cross_method, dict) and "pairs" in cross_method):
-        raise ValueError(f"cross_method must be None or the dict of cross_method_statistics, got "
-                         f"{type(cross_method).__name__}")
+    if cross_method is not None:
+        _check_result("cross_method", cross_method, ("pairs", "per_method"),
+                      "None or the dict of cross_method_statistics")
 
 
 def timed_checks(checks: dict[str, Callable[[], object]]) -> tuple[dict, dict[str, float]]:
     """Run ``checks`` (name -> zero-argument function) in order -> ``(results, seconds)``: each check's result
     and wall seconds by name, ``seconds["total"]`` their sum."""
+    if not isinstance(checks, dict) or not all(callable(c) for c in checks.values()):
+        raise ValueError(f"checks must be a dict of name -> zero-argument function, got {_describe(checks)}")
     results, seconds = {}, {}
     for name, check in checks.items():
         t0 = time.perf_counter()

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from ..attribution import _prepare
+from .._util import _check_int
+from ..attribution import _check_pipeline, _prepare
 from ..models import SparseCodePipeline
 from ..stats import _wilcoxon_p, summarize
 from .deletion import curve_auc
@@ -52,16 +53,16 @@ def unit_deletion_curves(pipeline: SparseCodePipeline, x: torch.Tensor, target, 
     Wilcoxon tests of the contribution order against random and activation order (deletion: lower AUC
     is better; insertion: higher).
     """
-    if not isinstance(pipeline, SparseCodePipeline):
-        raise ValueError(f"unit_deletion_curves needs a SparseCodePipeline, got {type(pipeline).__name__}")
-    x, _, target, _ = _prepare(pipeline, x, target, "logit")
+    _check_pipeline(pipeline)
+    x, _, target, _ = _prepare(pipeline, x, target, "logit", "pipeline", "x")
     h = pipeline.sae.d_hidden
     if not isinstance(contributions, torch.Tensor) or contributions.shape != (len(x), h):
         shape = list(contributions.shape) if isinstance(contributions, torch.Tensor) else type(contributions).__name__
         raise ValueError(f"contributions must be a tensor of shape [{len(x)}, {h}] (one per image and unit), "
                          f"got {shape}")
     if not torch.isfinite(contributions).all():
-        raise ValueError("contributions contains NaN or inf values")
+        raise ValueError("contributions contains NaN or inf values; expected finite numbers")
+    _check_int("seed", seed, low=0)
     values, indices = pipeline.sae.encode_sparse(x)
     ranks = _unit_ranks(values, contributions.to(values.device).gather(1, indices), seed)
     k = values.shape[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._util import _check_result, _describe
 from ..attribution import METHOD_LABELS
 from .agreement import PIXEL_SETS
 from .randomization import DECODER_STAGE, READS_DECODER
@@ -65,7 +66,9 @@ def verdict_table(validation: dict) -> list[dict]:
     ``VERDICT_TESTS`` that applies to it (completeness: integrated gradients; unit causality:
     decoder-weighted). ``rank``: position by LeRF-MoRF gap among the orderings of the same ranking (signed or |value|)
     and the controls (1 = best)."""
-    faith = validation["faithfulness"]
+    validation = _check_result("validation", validation, ("faithfulness",), "the dict run_validation returns")
+    faith = _check_result("validation['faithfulness']", validation["faithfulness"], ("substrates", "verdicts"),
+                          "faithfulness_suite's result")
     rows = []
     for key, v in faith["verdicts"].items():
         method, ranking = key.split("/")
@@ -92,6 +95,18 @@ def verdict_table(validation: dict) -> list[dict]:
     return rows
 
 
+def _check_verdict_rows(name: str, rows) -> list[dict]:
+    """``rows`` as ``verdict_table``'s rows (a list of dicts with ``ordering``, ``test`` and ``passes``, in memory
+    or read back from JSON); ``ValueError`` naming ``name`` otherwise."""
+    keys = ("ordering", "test", "passes")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in keys) for r in rows):
+        bad = next((r for r in rows if not (isinstance(r, dict) and all(k in r for k in keys))), None) \
+            if isinstance(rows, list) else None
+        raise ValueError(f"{name} must be verdict_table's rows (dicts with keys {list(keys)}), got {_describe(rows)}"
+                         + (f" holding {_describe(bad)}" if bad is not None else ""))
+    return rows
+
+
 VERDICT_FAMILIES = {"faithful_": "the random order", "object_": "a random order over object pixels"}  # per substrate
 
 
@@ -99,6 +114,11 @@ def verdict_statements(rows_per_seed: dict[str, list[dict]]) -> dict[str, list[s
     """Plain sentences from ``{seed: verdict_table rows}``: ``holds`` (passes in every seed and substrate),
     ``fails`` (fails everywhere) and ``flips`` (where it flips: which substrates or seeds). Per-substrate
     tests (``VERDICT_FAMILIES``) are stated together, naming the substrates where they hold."""
+    if not isinstance(rows_per_seed, dict) or not rows_per_seed:
+        raise ValueError(f"rows_per_seed must be a non-empty dict {{seed: verdict_table rows}}, got "
+                         f"{_describe(rows_per_seed)}")
+    for seed, rows in rows_per_seed.items():
+        _check_verdict_rows(f"rows_per_seed[{seed!r}]", rows)
     seeds = list(rows_per_seed)
     by_key: dict[tuple, dict] = {}
     for seed, rows in rows_per_seed.items():

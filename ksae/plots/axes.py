@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .._util import IMAGE_SIDE, _numpy
+from .._util import IMAGE_SIDE, _check_choices, _describe, _numpy
 from ..attribution import METHOD_LABELS
 from .style import (
     CONTROL_LABELS,
@@ -133,26 +133,29 @@ def _ordered(names) -> list[str]:
 
 
 def _resolve_methods(methods, available, what: str = "maps") -> list[str]:
-    """Validated method names. ``methods=None`` means every method of ``available`` (METHOD_LABELS order).
+    """Validated method names. ``methods=None`` means every method of ``available`` (``maps``, a dict keyed by
+    method; METHOD_LABELS order).
 
-    Raises ValueError for names not in METHOD_LABELS, names missing from ``available``, duplicates or none.
+    Raises ValueError for ``available`` that is not a dict, names not in METHOD_LABELS (naming the closest),
+    names missing from ``available``, duplicates or none.
     """
+    if not isinstance(available, dict):
+        raise ValueError(f"{what} must be a dict of method name -> map, got {_describe(available)}")
     available = list(available)
     if methods is None:
         chosen = [m for m in METHOD_LABELS if m in available]
     else:
-        chosen = [methods] if isinstance(methods, str) else list(methods)
-        unknown = [m for m in chosen if m not in METHOD_LABELS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; methods must be among {list(METHOD_LABELS)}")
+        chosen = _check_choices("methods", [methods] if isinstance(methods, str) else methods, METHOD_LABELS,
+                                "among")
         missing = [m for m in chosen if m not in available]
         if missing:
-            raise ValueError(f"method(s) {missing} are not in the {what} (which hold {available})")
+            raise ValueError(f"methods must be among the {what}'s, got {missing}, which the {what} lack (they hold "
+                             f"{available})")
     if not chosen:
-        raise ValueError("methods is empty" if methods is not None else
-                         f"no methods to plot: the {what} hold {available}, none of them in {list(METHOD_LABELS)}")
+        raise ValueError(f"methods must not be empty, got {_describe(methods)}" if methods is not None else
+                         f"{what} must hold a method to plot, got {available}, none of them in {list(METHOD_LABELS)}")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"methods contains duplicates: {chosen}")
+        raise ValueError(f"methods must be distinct, got duplicates: {chosen}")
     return chosen
 
 

@@ -7,7 +7,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from .._util import _numpy
+from .._util import _check_result, _describe, _numpy
 from ..checks.agreement import PIXEL_SETS
 from ..checks.randomization import RANDOMIZATION_VARIANTS
 from ..checks.unit_causality import UNIT_SCORES
@@ -211,6 +211,7 @@ def plot_completeness(comp: dict, save: str | None = None) -> Figure:
     ``per_image_50: [N] | None``, optional ``path_switches``): the error and the share within tolerance
     per quadrature rule, and (if present) the per-image errors at 50 steps.
     """
+    comp = _check_result("comp", comp, ("table",), "completeness_decomposition's or ig_completeness' result")
     if "per_image" in comp:
         fig, (axes,) = _grid_figure(23, 4.8, COMPLETENESS_LAYOUT, 1, 4)
         _decomposition_steps(axes[0], axes[1], comp)
@@ -279,6 +280,7 @@ def plot_randomization(rand: dict, save: str | None = None) -> Figure:
     ``rand``: ``randomization_check`` output: ``stages: [S]``, ``variants[variant][pixels][method]: [S]``
     summaries, ``reference[method][pixels]`` summaries.
     """
+    rand = _check_result("rand", rand, ("stages", "variants", "reference"), "randomization_check's result")
     variants = [v for v in RANDOMIZATION_VARIANTS if v in rand["variants"]]
     fig, axes = _grid_figure(15, RANDOMIZATION_ROW_INCHES * len(variants), RANDOMIZATION_LAYOUT, len(variants),
                              len(PIXEL_SETS), sharey=True)
@@ -326,9 +328,7 @@ def plot_unit_deletion(result: dict, save: str | None = None) -> Figure:
 
     ``result``: ``unit_deletion_curves`` output.
     """
-    missing = [key for key in ("orders", "curves", "auc", "tests") if key not in result]
-    if missing:
-        raise ValueError(f"result must be unit_deletion_curves output; it lacks {missing}")
+    _check_result("result", result, ("orders", "curves", "auc", "tests"), "unit_deletion_curves output")
     fig, axes = _grid_figure(15, 9.5, UNIT_DELETION_LAYOUT, len(UNIT_SCORES), 2)
     for r, score in enumerate(UNIT_SCORES):
         for c, mode in enumerate(("deletion", "insertion")):
@@ -345,6 +345,7 @@ def plot_object_focus(focus: dict, save: str | None = None) -> Figure:
 
     ``focus``: ``object_focus`` output: ``object_pixel_share`` and one summary (``mean``, ``ci95``) per method.
     """
+    _check_result("focus", focus, ("object_pixel_share",), "object_focus' result")
     methods = _ordered(k for k in focus if k != "object_pixel_share")
     if not methods:
         raise ValueError("focus holds no method results (only 'object_pixel_share')")
@@ -368,8 +369,10 @@ def plot_k_sweep(rows: list, save: str | None = None) -> Figure:
     ``rows: [R]`` dicts (``run_k_sweep`` output, or ``results/k_sweep.json``'s rows) with ``k`` and any of the
     keys in ``K_SWEEP_PANELS``; ``None`` or missing values are skipped. Log-2 x-axis.
     """
-    if not rows or any("k" not in r for r in rows):
-        raise ValueError("rows must be a non-empty list of dicts, each with a 'k' entry")
+    if not isinstance(rows, list) or not rows or any(not isinstance(r, dict) or "k" not in r for r in rows):
+        raise ValueError(f"rows must be a non-empty list of dicts, each with a 'k' entry (run_k_sweep's rows), got "
+                         f"{_describe(rows)}" + (f" holding {_describe(rows[0])}" if isinstance(rows, list) and rows
+                                                  else ""))
     rows = sorted(rows, key=lambda r: r["k"])
     ks = [r["k"] for r in rows]
     fig, (axes,) = _grid_figure(17, 3.8, K_SWEEP_LAYOUT, 1, len(K_SWEEP_PANELS))

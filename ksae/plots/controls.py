@@ -6,6 +6,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from .._util import _check_choice, _check_path, _check_result
 from ..attribution import METHOD_LABELS
 from ..checks.substrates import SUBSTRATES
 from .axes import _ci_errors
@@ -23,10 +24,7 @@ _SUBSTRATE_LABELS = {"zero": "zero", "blur": "blur", "road": "ROAD"}
 
 def _check_controls(controls) -> dict:
     keys = ("representations", "labels", "models", "explanations", "units", "claims")
-    if not isinstance(controls, dict) or any(k not in controls for k in keys):
-        raise ValueError(f"controls must be run_controls' result (results/controls.json) with keys {keys}, got "
-                         f"{sorted(controls) if isinstance(controls, dict) else type(controls).__name__}")
-    return controls
+    return _check_result("controls", controls, keys, "run_controls' result (results/controls.json)")
 
 
 def _colors(controls: dict) -> dict:
@@ -79,8 +77,7 @@ def plot_controls_models(controls: dict, ranking: str = "signed", save: str | No
     the LeRF - MoRF gap over the random order's for integrated and simple gradients (maps ranked by ``ranking``)
     per substrate, object focus and Gini sparseness per method. Error bars: bootstrap 95 % CIs."""
     controls = _check_controls(controls)
-    if ranking not in ("signed", "abs"):
-        raise ValueError(f"ranking must be 'signed' or 'abs', got {ranking!r}")
+    _check_choice("ranking", ranking, ("signed", "abs"))
     reps, models, expl = controls["representations"], controls["models"], controls["explanations"]
     explained = [r for r in reps if r in expl]
     fig, axes = _grid_figure(19, 9.5, _MODELS_LAYOUT, 2, 4)
@@ -156,6 +153,8 @@ def plot_controls_units(controls: dict, save: str | None = None) -> Figure:
     model with its bootstrap 95 % CI, the title saying whether the claim is held (the SAE beats every control with a
     CI of the difference above 0); then the purity distribution of the live units, and the seed stability of the
     SAE's dictionary (``_stability_panel``)."""
+    if save is not None:  # not a @_styled function (its decorator sits on _stability_panel): checked here
+        _check_path("save", save, "file")
     controls = _check_controls(controls)
     claims, units = controls["claims"], controls["units"]
     if not claims:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
-from .._util import _check_int, atomic_write_bytes
+from .._util import _check_float, _check_instance, _check_int, _describe, atomic_write_bytes
 from .style import (
     CAN_FORK,
     DPI,
@@ -30,6 +30,7 @@ from .style import (
     PNG_EXACT_COLORS,
     PNG_QUANTIZER,
     PNG_TOLERANCE,
+    _check_timer,
     _figure_style,
     _grid_figure,
 )
@@ -46,6 +47,9 @@ def palette_png(rgb: np.ndarray, colors: int = PNG_COLORS) -> bytes:
     would shift by more than ``PNG_TOLERANCE`` levels (a thin contour line or a legend patch keeps its colour)."""
     from PIL import Image, ImageChops
 
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be a uint8 array of shape [H, W, 3], got {_describe(rgb)}")
+    _check_int("colors", colors, low=PNG_EXACT_COLORS + 1, high=256, high_name="a PNG palette's size")
     original = Image.fromarray(rgb)
     quantized = original.quantize(colors - PNG_EXACT_COLORS, method=PNG_QUANTIZER, dither=Image.Dither.NONE)
     channels = ImageChops.difference(quantized.convert("RGB"), original).split()
@@ -72,6 +76,9 @@ def png_bytes(fig: Figure, dpi: float = DPI, colors: int = PNG_COLORS) -> bytes:
     PNG; the figures are flat colours, text and 28 x 28 maps, so nothing visible is lost)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    _check_instance("fig", fig, Figure, "a matplotlib Figure")
+    _check_float("dpi", dpi, low=0.0, low_open=True)
+    _check_int("colors", colors, low=PNG_EXACT_COLORS + 1, high=256, high_name="a PNG palette's size")
     fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
@@ -185,6 +192,7 @@ def _draw_in_workers(calls: list, workers: int) -> list[tuple[bytes, float]]:
 def figure_workers(n_jobs: int) -> int:
     """Processes to draw ``n_jobs`` figures with: one per usable core, at most ``FIGURE_WORKERS`` and
     ``n_jobs``; 1 (draw here) where the platform cannot fork safely (``CAN_FORK``: Linux only)."""
+    _check_int("n_jobs", n_jobs, low=0)
     if not CAN_FORK:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -230,6 +238,10 @@ def render_figures(calls: Sequence[Callable[[], Figure]], workers: int | None = 
     ``cuda_free`` promises that the calls touch no CUDA tensor; calls that are not ``functools.partial``
     objects are then drawn here. ``timer`` (a ``Stopwatch``) gets each figure's share of the wall time (in
     proportion to its drawing time in its worker) under its plot function's name."""
+    if isinstance(calls, (str, bytes)) or not isinstance(calls, Sequence) or not all(callable(c) for c in calls):
+        raise ValueError(f"calls must be a list of functions that each build a figure (functools.partial of a "
+                         f"plot function), got {_describe(calls)}")
+    _check_timer(timer)
     calls = list(calls)
     workers = figure_workers(len(calls)) if workers is None else workers
     _check_int("workers", workers, low=1)

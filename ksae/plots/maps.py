@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,8 +12,23 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
-from .._util import IMAGE_SIDE, _as_image, _as_maps, _check_classes, _check_int, _check_labels, _numpy
+from .._util import (
+    IMAGE_SIDE,
+    _as_image,
+    _as_maps,
+    _check_classes,
+    _check_float,
+    _check_instance,
+    _check_int,
+    _check_labels,
+    _check_path,
+    _check_pixels,
+    _check_result,
+    _check_text,
+    _numpy,
+)
 from ..checks.agreement import correlation_matrix
+from ..selection import Selection
 from ..stats import rowwise_spearman
 from .axes import (
     _ci_errors,
@@ -49,14 +63,12 @@ from .style import (
     PAIR_CORRELATIONS,
     PANEL_INCHES,
     SHORT_LABELS,
+    _check_timer,
     _fixed_grid,
     _grid_figure,
     _styled,
     _suptitle,
 )
-
-if TYPE_CHECKING:
-    from ..selection import Selection
 
 
 # --- attribution maps: one image -------------------------------------------------------------------------
@@ -67,7 +79,9 @@ def image_attribution_stats(image: torch.Tensor, maps: dict, methods=None) -> di
     of sum |attr| on object pixels (``image > 0``), as in ``object_focus``.
     """
     methods = _resolve_methods(methods, maps)
-    obj = _as_image(image).ravel() > 0
+    image = _as_image(image, "image")
+    _check_pixels("image", image)
+    obj = image.ravel() > 0
     stats = {}
     for m in methods:
         a = _as_image(maps[m], f"maps[{m!r}]").ravel()
@@ -171,11 +185,12 @@ def plot_attribution_comparison(image: torch.Tensor, maps: dict, label: str, con
     subset of ``maps`` (default: all), 1 to 4 names from METHOD_LABELS.
     """
     methods = _resolve_methods(methods, maps)
-    img = _as_image(image)
+    img = _as_image(image, "image")
+    _check_text("label", label, allow_empty=True)
+    _check_float("confidence", confidence, low=0.0, high=1.0)
+    if stats is not None:
+        _check_result("stats", stats, methods, "image_attribution_stats' result, one entry per method shown")
     stats = image_attribution_stats(img, maps, methods) if stats is None else stats
-    missing = [m for m in methods if m not in stats]
-    if missing:
-        raise ValueError(f"stats has no entry for method(s) {missing}")
     n_cols = len(methods) + 1
     width, height = max(COMPARISON_MIN_WIDTH, PANEL_INCHES * 1.25 * n_cols), 3.6 * PANEL_INCHES
     fig = plt.figure(figsize=(width, height))  # fixed layout (margins in inches): no layout engine, one draw
@@ -201,7 +216,10 @@ def _comparison_jobs(selection: Selection, maps: dict, classes, methods, max_sam
                      save_dir: str | None) -> list[dict]:
     """Keyword arguments of ``plot_attribution_comparison`` for the first ``max_samples_per_class`` selected
     images of each class (numpy arrays: drawing them needs no CUDA tensor)."""
+    _check_instance("selection", selection, Selection, "the Selection of select_high_confidence")
     classes = _check_classes(classes)
+    if save_dir is not None:
+        _check_path("save_dir", save_dir, "folder")
     _check_int("max_samples_per_class", max_samples_per_class, low=1)
     methods = _resolve_methods(methods, maps)
     arrays = {m: _as_maps(maps[m], f"maps[{m!r}]", len(selection.x)) for m in methods}
@@ -236,6 +254,7 @@ def render_comparison_grid(selection: Selection, maps: dict, classes, methods=No
     """The figures of ``plot_comparison_grid`` (same arguments), drawn side by side by ``render_figures``
     (``workers`` processes, default ``figure_workers``) and returned as PNG bytes for ``show`` (saved under
     ``save_dir`` too); ``timer``: a ``Stopwatch`` that gets each figure's seconds."""
+    _check_timer(timer)
     jobs = _comparison_jobs(selection, maps, classes, methods, max_samples_per_class, save_dir)  # numpy only
     return render_figures([functools.partial(plot_attribution_comparison, **job) for job in jobs], workers,
                           cuda_free=True, timer=timer)
@@ -326,7 +345,9 @@ def plot_correlation_summary(cross_stats: dict, methods, save: str | None = None
 
     ``cross_stats``: ``cross_method_statistics`` output; ``methods``: at least two names from METHOD_LABELS.
     """
-    methods = _resolve_methods(methods, cross_stats.get("per_method", {}), "cross-method statistics")
+    cross_stats = _check_result("cross_stats", cross_stats, ("pairs", "per_method"),
+                                "the dict cross_method_statistics returns")
+    methods = _resolve_methods(methods, cross_stats["per_method"], "cross_stats['per_method']")
     if len(methods) < 2:
         raise ValueError(f"plot_correlation_summary needs at least two methods, got {methods}")
     pairs = _pair_entries(cross_stats, methods)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import inspect
 import sys
 import time
 
@@ -13,6 +14,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from .._util import _check_bool, _check_path, _describe
 from ..attribution import METHOD_LABELS
 
 # Every function builds a figure, optionally saves it as a PNG (``save=path``; parent folders are created)
@@ -241,6 +243,12 @@ def _figure_style():
         yield
 
 
+def _check_timer(timer) -> None:
+    """``None`` or a ``Stopwatch`` (anything with ``add_figure(name, seconds)``)."""
+    if timer is not None and not callable(getattr(timer, "add_figure", None)):
+        raise ValueError(f"timer must be None or a Stopwatch (kh.Stopwatch()), got {_describe(timer)}")
+
+
 def _styled(fn):
     """Build (and save) a figure inside the module's seaborn style without changing global rcParams, with the
     garbage collector paused (``_gc_paused``). The wrapped plot function takes two more keyword arguments:
@@ -248,8 +256,15 @@ def _styled(fn):
     a figure that was not saved is laid out once here, in the module's style, as a notebook will show it; False
     when the caller renders it at once, as ``render_figures`` does)."""
 
+    signature = inspect.signature(fn)
+
     @functools.wraps(fn)
     def wrapper(*args, timer=None, layout: bool = True, **kwargs):
+        save = signature.bind_partial(*args, **kwargs).arguments.get("save")
+        if save is not None:  # checked at the door: a bad path costs no drawing
+            _check_path("save", save, "file")
+        _check_timer(timer)
+        _check_bool("layout", layout)
         t0 = time.perf_counter()
         with _gc_paused(), _figure_style():
             fig = fn(*args, **kwargs)

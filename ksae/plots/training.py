@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
@@ -11,7 +9,23 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .._util import IMAGE_SIDE, _as_image, _check_classes, _check_int, _check_labels, _numpy
+from .._util import (
+    IMAGE_SIDE,
+    _as_image,
+    _as_numbers,
+    _check_choices,
+    _check_classes,
+    _check_device,
+    _check_fractions,
+    _check_instance,
+    _check_int,
+    _check_labels,
+    _check_result,
+    _describe,
+    _numpy,
+)
+from ..data import FashionMNIST
+from ..models import KSparseAutoencoder
 from .axes import _first_per_class, _mosaic, _show_image, _show_mosaic, _show_signed, _side_colorbar, _symmetric_limit
 from .figure import _finish, _message_figure
 from .maps import _annotated_heatmap
@@ -30,10 +44,6 @@ from .style import (
     _suptitle,
 )
 
-if TYPE_CHECKING:
-    from ..data import FashionMNIST
-    from ..models import KSparseAutoencoder
-
 
 # --- data and training ---------------------------------------------------------------------------------
 @_styled
@@ -42,6 +52,7 @@ def plot_class_examples(data: FashionMNIST, n_per_class: int = 8, save: str | No
 
     ``data``: FashionMNIST with ``x_train: [N, 784]``, ``y_train: [N]`` and ``classes: [C]`` names.
     """
+    _check_instance("data", data, FashionMNIST)
     _check_int("n_per_class", n_per_class, low=1)
     classes = list(data.classes)
     idx = _first_per_class(data.y_train, len(classes), n_per_class, classes)
@@ -99,6 +110,12 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
     "val_acc": [E]}, "seconds": {"ae", "clf"}}``; missing or empty parts are shown as 'no data', an
     empty history (e.g. from a checkpoint saved without one) as a short note.
     """
+    if history is not None and not isinstance(history, dict):
+        raise ValueError(f"history must be train_models' history (a dict), got {_describe(history)}")
+    _check_choices("history's keys", list(history or {}), ("ae", "clf", "seconds"), "among")
+    for part in ("ae", "clf", "seconds"):
+        if (history or {}).get(part) is not None and not isinstance(history[part], dict):
+            raise ValueError(f"history[{part!r}] must be a dict of per-epoch lists, got {_describe(history[part])}")
     history = history or {}
     ae, clf = history.get("ae") or {}, history.get("clf") or {}
     if not any(ae.values()) and not any(clf.values()):
@@ -126,6 +143,9 @@ def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: to
 
     ``sae``: the autoencoder (on ``device``); ``data``: FashionMNIST (``x_test: [N, 784]``, ``y_test: [N]``).
     """
+    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("data", data, FashionMNIST)
+    _check_device("device", device)
     _check_int("n_per_class", n_per_class, low=1)
     classes = list(data.classes)
     idx = _first_per_class(data.y_test, len(classes), n_per_class, classes)  # [C, n]
@@ -167,10 +187,9 @@ def plot_feature_atlas(sae: KSparseAutoencoder, usage, n_units: int = 32, save: 
     ``usage: [H]`` fraction of training images on which each unit fires
     (``evaluate_autoencoder(...)["unit_usage_train"]``).
     """
-    usage = _numpy(usage)
+    _check_instance("sae", sae, KSparseAutoencoder)
     atoms_all = _numpy(sae.W_dec)
-    if usage.shape != (len(atoms_all),):
-        raise ValueError(f"usage must hold one value per unit ({len(atoms_all)}), got shape {list(usage.shape)}")
+    usage = _check_fractions("usage", usage, len(atoms_all))
     _check_int("n_units", n_units, low=1, high=len(atoms_all), high_name="the number of units")
     order = np.argsort(-usage, kind="stable")[:n_units]
     limit = _symmetric_limit(atoms_all[order])
@@ -212,7 +231,8 @@ def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: KSp
     ``contributions: [N, H]`` per-unit contributions to the target logit
     (``decoder_weighted(..., return_contributions=True)[1]``); ``labels: [N]`` class ids; ``classes: [C]`` names.
     """
-    contrib = _numpy(contributions)
+    contrib = _as_numbers("contributions", contributions, ndim=2)
+    _check_instance("sae", sae, KSparseAutoencoder)
     atoms = _numpy(sae.W_dec)
     if contrib.ndim != 2 or contrib.shape[1] != len(atoms):
         raise ValueError(f"contributions must have shape [N, {len(atoms)}], got {list(contrib.shape)}")
@@ -255,6 +275,8 @@ def plot_confusion_matrix(metrics_clf: dict, classes, save: str | None = None) -
     ``metrics_clf``: ``evaluate_classifier`` output (``confusion_matrix: [C][C]`` counts, ``test_accuracy``,
     ``per_class_accuracy: {name: acc}``); ``classes: [C]`` names.
     """
+    _check_result("metrics_clf", metrics_clf, ("confusion_matrix", "per_class_accuracy"),
+                  "evaluate_classifier's result")
     classes = _check_classes(classes)
     confusion = np.asarray(metrics_clf["confusion_matrix"], dtype=np.float64)
     if confusion.shape != (len(classes), len(classes)):

@@ -11,7 +11,9 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
-from .._util import IMAGE_SIDE, _check_int, _numpy
+from .._util import IMAGE_SIDE, _check_instance, _check_int, _check_result, _describe, _numpy
+from ..data import FashionMNIST
+from ..models import KSparseAutoencoder
 from ..units import (
     UNIT_BAND_SAMPLES,
     UNIT_HIST_BINS,
@@ -26,8 +28,6 @@ from .figure import _finish, _message_figure
 from .style import AGREEMENT_LAYOUT, DENSITY_LAYOUT, IMAGE_CMAP, LOG_BIN_MARGIN, MOSAIC_GAP, _grid_figure, _styled
 
 if TYPE_CHECKING:
-    from ..data import FashionMNIST
-    from ..models import KSparseAutoencoder
     from ..units import UnitStats
 
 
@@ -144,12 +144,16 @@ def plot_unit_dashboard(stats: UnitStats, sae: KSparseAutoencoder, data: Fashion
     top-activating test images, 4 random test images from each activation quantile band (top band first),
     activation histogram, class distribution, and mean contribution against ablation per class logit.
     The unit's one-line description heads its row."""
-    stats = _check_stats(stats)
+    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("data", data, FashionMNIST)
+    stats = _check_stats(stats, sae=sae, data=data)
+    if not isinstance(units, (int, np.integer, list, tuple, np.ndarray)) or isinstance(units, bool):
+        raise ValueError(f"units must be a unit id or a list of them, got {_describe(units)}")
     units = [units] if isinstance(units, (int, np.integer)) else list(units)
     if not units:
         raise ValueError("units is empty: pass the ids of the units to show")
     for j in units:
-        _check_int("unit", j, low=0, high=len(stats.freq_test) - 1, high_name="the last unit id")
+        _check_int("units: unit", j, low=0, high=len(stats.freq_test) - 1, high_name="the last unit id")
     # a fixed grid, not constrained layout: laying out ~7 axes per unit was most of the figure's time
     fig = plt.figure(figsize=(24, DASHBOARD_ROW_INCHES * len(units)))
     grid = fig.add_gridspec(len(units), 7, width_ratios=[1, 1, 3.3, 1.7, 1.5, 1.6, 1.6], left=0.07, right=0.99,
@@ -173,6 +177,9 @@ def plot_contribution_vs_ablation(stats: UnitStats, agreement: dict | None = Non
     logit against the drop of that logit when it is zeroed, coloured by that class, with the y = x line and
     the correlations (bootstrap 95 % CIs) of ``contribution_ablation_agreement`` (computed if not given)."""
     stats = _check_stats(stats)
+    if agreement is not None:
+        _check_result("agreement", agreement, ("n_units", "pearson", "spearman", "same_sign"),
+                      "contribution_ablation_agreement's result")
     agreement = agreement or contribution_ablation_agreement(stats)
     x, y = stats.majority_value(stats.contribution), -stats.majority_value(stats.ablation)
     fig, ((ax,),) = _grid_figure(7.5, 5.5, AGREEMENT_LAYOUT)

@@ -61,5 +61,5 @@ def test_unit_deletion_gaps_are_unit_deletion_curves_difference(small):
     assert gaps.mean() == pytest.approx(-ref["tests"]["deletion"]["logit"]["vs_random"]["mean_diff"], abs=1e-5)
     with pytest.raises(ValueError, match="contributions must be a tensor of shape"):
         kh.unit_deletion_gaps(pipe, x, y, contributions[:, :3])
-    with pytest.raises(ValueError, match="needs a SparseCodePipeline"):
+    with pytest.raises(ValueError, match="pipeline must be a SparseCodePipeline"):
         kh.unit_deletion_gaps(pipe.clf, x, y, contributions)

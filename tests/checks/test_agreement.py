@@ -33,7 +33,7 @@ def test_agreement_excess_over_the_same_class_null():
     noise = [torch.randn(n, 784, generator=g) for _ in range(4)]
     maps = {"a": template + own + noise[0], "b": template + own + noise[1],  # share the image: value 2/3, null 1/3
             "c": template + noise[2], "d": template + noise[3]}  # share only the class: value = null = 1/2
-    x = torch.rand(n, 784, generator=g) + 0.01  # every pixel is an object pixel: both pixel sets agree
+    x = 0.01 + 0.99 * torch.rand(n, 784, generator=g)  # every pixel is an object pixel: both pixel sets agree
     stats = kh.cross_method_statistics(maps, seed=0, x=x, labels=labels)
     shared = stats["pairs"]["a|b"]["vs_null"]["spearman_signed_all"]
     assert shared["value"]["mean"] == pytest.approx(gaussian_spearman(2 / 3), abs=0.01)
@@ -56,7 +56,7 @@ def test_agreement_null_leaves_out_images_alone_in_their_class():
     n, labels = 61, torch.cat([torch.arange(60) % 3, torch.tensor([3])])
     maps = {"a": torch.randn(n, 784, generator=g), "b": torch.randn(n, 784, generator=g)}
     maps["b"][-1] = maps["a"][-1]  # the lone image's maps agree perfectly: it must not enter the value
-    x = torch.rand(n, 784, generator=g) + 0.01
+    x = 0.01 + 0.99 * torch.rand(n, 784, generator=g)
     stats = kh.cross_method_statistics(maps, seed=0, x=x, labels=labels)
     assert stats["null_n_images"] == 60
     value = stats["pairs"]["a|b"]["vs_null"]["spearman_signed_all"]["value"]["mean"]

@@ -111,7 +111,7 @@ def test_render_figures_in_workers_any_inputs_same_bytes_and_wall_time(uneven, t
     assert kh.render_figures([noted(c) for c in calls], workers=2, cuda_free=True) == here and len(ran_here) == 3
     with pytest.raises(ValueError, match="cuda_free"):
         kh.render_figures(calls, cuda_free="yes")
-    with pytest.raises(ValueError, match="not in the cross-method statistics"):  # raised in a worker
+    with pytest.raises(ValueError, match="cross_stats must be the dict cross_method_statistics"):  # in a worker
         kh.render_figures([calls[0], functools.partial(kh.plot_correlation_summary, {"pairs": {}}, ["simple"])],
                           workers=2)
 
