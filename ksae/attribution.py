@@ -26,7 +26,8 @@ from ._util import (
 )
 from .config import IG_METHODS, Config
 from .data import as_flat_images
-from .models import KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline
+from .models import SparseCodeClassifier, SparseCodePipeline
+from .sae import SparseAutoencoder
 
 OUTPUTS = ("logit", "probability")
 
@@ -73,9 +74,9 @@ def _check_classifier(model: nn.Module, name: str = "model") -> None:
     ``[B, 784]``, would pass for 784 class scores)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"{name} must be a torch.nn.Module, got {_describe(model)}")
-    if isinstance(model, KSparseAutoencoder):
-        raise ValueError(f"{name} must map images to class scores, got the autoencoder (KSparseAutoencoder), whose "
-                         "output is a reconstruction; pass SparseCodePipeline(sae, clf)")
+    if isinstance(model, SparseAutoencoder):
+        raise ValueError(f"{name} must map images to class scores, got the autoencoder ({type(model).__name__}), "
+                         f"whose output is a reconstruction; pass SparseCodePipeline(sae, clf)")
 
 
 def _check_model(model: nn.Module, name: str = "model") -> None:

@@ -1,4 +1,5 @@
-"""Reconstruction (FVU), codes of a dataset, firing counts, predictions, the test-set evaluation."""
+"""Codes of a dataset, reconstruction (FVU: ``fvu`` and ``firing_counts`` live in ``ksae.sae.base``), firing
+frequency, predictions, the test-set evaluation."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from ._util import (
     _check_images,
     _check_instance,
     _check_int,
-    _check_same_shape,
-    _check_tensor,
     _describe,
     _keeps_mode,
     _model_dtype,
@@ -18,15 +17,17 @@ from ._util import (
 )
 from .config import Config
 from .data import FashionMNIST, train_val_split
-from .models import KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline, _check_codes
+from .models import SparseCodeClassifier, SparseCodePipeline
+from .sae import SparseAutoencoder
+from .sae.base import _cat_codes, firing_counts, fvu
 
 
 def _check_encoder(name: str, sae) -> None:
-    """An encoder of images into sparse codes: ``KSparseAutoencoder`` or a stand-in with ``k``, ``eval()`` and
+    """An encoder of images into sparse codes: a ``SparseAutoencoder`` or a stand-in with ``k``, ``eval()`` and
     ``encode_sparse(x) -> (values, indices)`` (the controls' pixel and PCA codes, ``LinearCode``)."""
     if not all(hasattr(sae, attr) for attr in ("k", "eval", "encode_sparse")):
-        hint = _part_hint(sae, lambda v: isinstance(v, KSparseAutoencoder))
-        raise ValueError(f"{name} must be an encoder with k, eval() and encode_sparse (a KSparseAutoencoder), got "
+        hint = _part_hint(sae, lambda v: isinstance(v, SparseAutoencoder))
+        raise ValueError(f"{name} must be an encoder with k, eval() and encode_sparse (a SparseAutoencoder), got "
                          f"{_describe(sae)}{hint}")
 
 
@@ -36,7 +37,7 @@ def _check_model_input(sae, x, device, encoder: bool = False) -> torch.Tensor:
     if encoder:
         _check_encoder("sae", sae)
     else:
-        _check_instance("sae", sae, KSparseAutoencoder)
+        _check_instance("sae", sae, SparseAutoencoder, "a sparse autoencoder (a SparseAutoencoder)")
     _check_device("device", device)
     dtype = _model_dtype(sae) if isinstance(sae, torch.nn.Module) else None
     return _check_images("x", x, dtype=dtype, flat=True)
@@ -44,27 +45,16 @@ def _check_model_input(sae, x, device, encoder: bool = False) -> torch.Tensor:
 
 def _check_model_data(sae, clf, data, device) -> None:
     """The autoencoder, the classifier on its codes (unless None), the dataset and the device, at the door."""
-    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("sae", sae, SparseAutoencoder, "a sparse autoencoder (a SparseAutoencoder)")
     if clf is not None:
         SparseCodePipeline(sae, clf)  # the classifier must read the autoencoder's code units
     _check_instance("data", data, FashionMNIST)
     _check_device("device", device)
 
 
-def fvu(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Fraction of variance unexplained, the project's one definition of reconstruction error:
-    ``sum((x_hat - x)^2) / sum((x - mean(x))^2)`` over ``x, x_hat: [N, D]`` (mean over the N images; the
-    denominator floored at 1e-12, so a constant ``x`` gives a finite number). A scalar tensor (it runs inside a
-    training step); ``float()`` it for a report."""
-    _check_tensor("x_hat", x_hat, [(None, "N"), (None, "D")], "float")
-    _check_tensor("x", x, [(None, "N"), (None, "D")], "float")
-    _check_same_shape("x_hat and x", x_hat, x)
-    return (x_hat - x).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
-
-
 @_keeps_mode
 @torch.no_grad()
-def dataset_fvu(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device) -> float:
+def dataset_fvu(sae: SparseAutoencoder, x: torch.Tensor, device: torch.device) -> float:
     """Fraction of variance of ``x: [N, D]`` that the reconstruction misses (whole-set FVU; eval mode)."""
     x = _check_model_input(sae, x, device).to(device)
     x_hat = sae.eval().decode_sparse(*encode_dataset(sae, x, device))
@@ -73,19 +63,22 @@ def dataset_fvu(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device) 
 
 @_keeps_mode
 @torch.no_grad()
-def encode_dataset(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device,
+def encode_dataset(sae: SparseAutoencoder, x: torch.Tensor, device: torch.device,
                    batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparse codes of ``x: [N, D]`` as ``(values: [N, k], indices: [N, k])`` on ``device``."""
+    """Sparse codes of ``x: [N, D]`` as ``(values: [N, w], indices: [N, w])`` on ``device`` (``w = k`` for top-k;
+    kinds with a varying number of active units pad every row to the widest, ``_cat_codes``)."""
     x = _check_model_input(sae, x, device, encoder=True)
     _check_int("batch_size", batch_size, low=1)
     sae.eval()
     parts = [sae.encode_sparse(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    if len({p[0].shape[1] for p in parts}) > 1:
+        return _cat_codes(parts, sae.d_hidden)
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 @_keeps_mode
 @torch.no_grad()
-def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: torch.device) -> dict:
+def evaluate_autoencoder(sae: SparseAutoencoder, data: FashionMNIST, device: torch.device) -> dict:
     """Test MSE per pixel, FVU, mean L0, and dead units (never active on any train or test image)."""
     _check_model_data(sae, None, data, device)
     sae.eval()
@@ -110,7 +103,7 @@ def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: to
 
 
 @_keeps_mode
-def evaluate_models(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST, cfg: Config,
+def evaluate_models(sae: SparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST, cfg: Config,
                     device: torch.device) -> dict:
     """The one evaluation of the test set (after training), plus the same metrics on the validation split."""
     _check_model_data(sae, clf, data, device)
@@ -125,15 +118,6 @@ def evaluate_models(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: Fa
     return metrics
 
 
-def firing_counts(values: torch.Tensor, indices: torch.Tensor, d_hidden: int) -> torch.Tensor:
-    """Number ``[H]`` (float) of images on which each unit fires (value > 0); ``values, indices: [N, k]`` sparse
-    codes. Fixed shapes, no boolean indexing: it runs inside a CUDA graph (``autoencoder_step``)."""
-    _check_codes(values, indices)
-    _check_int("d_hidden", d_hidden, low=1)
-    fired = (values.detach() > 0).reshape(-1).to(torch.float32)
-    return torch.zeros(d_hidden, device=values.device).index_add_(0, indices.reshape(-1), fired)
-
-
 def firing_frequency(values: torch.Tensor, indices: torch.Tensor, d_hidden: int) -> torch.Tensor:
     """Fraction ``[H]`` of images on which each unit fires (value > 0); ``values, indices: [N, k]`` sparse codes."""
     return firing_counts(values, indices, d_hidden) / len(values)
@@ -141,7 +125,7 @@ def firing_frequency(values: torch.Tensor, indices: torch.Tensor, d_hidden: int)
 
 @_keeps_mode
 @torch.no_grad()
-def predict(sae: KSparseAutoencoder, clf: SparseCodeClassifier, x: torch.Tensor, device: torch.device,
+def predict(sae: SparseAutoencoder, clf: SparseCodeClassifier, x: torch.Tensor, device: torch.device,
             batch_size: int = 4096) -> torch.Tensor:
     """Class probabilities ``[N, C]`` for images ``x: [N, 784]`` (eval mode, batched)."""
     pipeline = SparseCodePipeline(sae, clf).eval()
@@ -152,7 +136,7 @@ def predict(sae: KSparseAutoencoder, clf: SparseCodeClassifier, x: torch.Tensor,
 
 @_keeps_mode
 @torch.no_grad()
-def evaluate_classifier(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
+def evaluate_classifier(sae: SparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
                         device: torch.device) -> dict:
     """Test accuracy, per-class accuracy (by class name) and the confusion matrix (rows = true class)."""
     _check_model_data(sae, clf, data, device)

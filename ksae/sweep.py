@@ -11,7 +11,7 @@ from ._util import _check_device, _check_instance, _check_int, _check_ints, _che
 from .attribution import decoder_weighted, integrated_gradients
 from .checkpoints import load_or_train
 from .checks.deletion import control_maps, curve_auc, perturbation_curves
-from .config import Config
+from .config import SAE_KNOBS, Config
 from .data import FashionMNIST
 from .models import SparseCodePipeline
 from .runtime import device_name
@@ -28,6 +28,9 @@ def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Seque
     _check_instance("data", data, FashionMNIST)
     _check_instance("cfg", cfg, Config)
     _check_device("device", device)
+    if "k" not in cfg.reads():
+        raise ValueError(f"run_k_sweep varies k, which sae_kind {cfg.sae_kind!r} does not read (k is read by "
+                         f"{', '.join(SAE_KNOBS['k'])}); expected a configuration of one of those kinds")
     if not ks:
         raise ValueError(f"ks must name at least one k, got {_describe(ks)}")
     ks = _check_ints("ks", ks, low=1)

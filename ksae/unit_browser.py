@@ -9,7 +9,6 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,14 +24,9 @@ from ._util import (
     atomic_write_bytes,
 )
 from .data import FashionMNIST
-from .models import KSparseAutoencoder
 from .plots.style import DIVERGING_CMAP
+from .sae import SparseAutoencoder
 from .units import EXPLORER_PAGE, UNIT_BAND_SAMPLES, UNIT_QUANTILE_BANDS, UnitStats, _check_stats, _rounded, unit_table
-
-if TYPE_CHECKING:
-    from .data import FashionMNIST
-    from .models import KSparseAutoencoder
-
 
 UNIT_BROWSER_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "unit_browser.html"
 
@@ -86,7 +80,7 @@ def _check_stability(stability, n_units: int) -> list[tuple[int, list, list]]:
     return [(seed, stability["cosine"][str(seed)], stability["matched"][str(seed)]) for seed in stability["seeds"]]
 
 
-def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST,
+def unit_browser_data(stats: UnitStats, sae: SparseAutoencoder, data: FashionMNIST,
                       top_contributions: tuple[np.ndarray, np.ndarray] | None = None,
                       explorer: str = EXPLORER_PAGE, stability: dict | None = None) -> tuple[dict, str, str]:
     """The browser's data (``unit_table`` rows plus every per-unit detail; image ids index the test set) and
@@ -95,7 +89,7 @@ def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMN
     those images, each linking to the explorer page ``explorer`` (``<explorer>#image-<id>``). ``stability``:
     a ``seed_stability`` (or ``run_seed_stability``) result whose reference is this model: each unit then shows
     its matched cosine in every other seed, and the list can be sorted and filtered by it."""
-    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("sae", sae, SparseAutoencoder, "a sparse autoencoder (a SparseAutoencoder)")
     _check_instance("data", data, FashionMNIST)
     _check_stats(stats, sae=sae, data=data)
     if top_contributions is not None:
@@ -145,7 +139,7 @@ def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMN
     return payload, image_sprite, atom_sprite
 
 
-def write_unit_browser(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST,
+def write_unit_browser(stats: UnitStats, sae: SparseAutoencoder, data: FashionMNIST,
                        path: str | os.PathLike, top_contributions: tuple[np.ndarray, np.ndarray] | None = None,
                        explorer: str = EXPLORER_PAGE, stability: dict | None = None) -> Path:
     """Write the self-contained HTML unit browser (``templates/unit_browser.html`` filled with the data of

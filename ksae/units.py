@@ -28,7 +28,8 @@ from ._util import (
 from .attribution import _check_pipeline, rescale_contributions
 from .data import FashionMNIST
 from .metrics import encode_dataset, firing_frequency
-from .models import SparseCodeClassifier, SparseCodePipeline, _check_codes, densify
+from .models import SparseCodeClassifier, SparseCodePipeline, densify
+from .sae.base import _check_codes
 from .stats import _rowwise_pearson, bootstrap_ci, rowwise_spearman
 
 # --- the unit atlas: statistics of every code unit -------------------------------------------------------

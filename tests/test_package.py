@@ -36,6 +36,7 @@ _UNDEFINED = "issue 24: degenerate maps give undefined (NaN) statistics, left ou
 _MODE = "issue 24: the caller's model is left in the train/eval mode it was found in (_keeps_mode)"
 _DOOR = ("issue 30: every public callable checks its arguments at its door (tests/api_cases.py generates the cases); "
          "float images are cast to the model's dtype; what travels together is checked together")
+_VARIANTS = "issue 31: any autoencoder kind (a SparseAutoencoder; its activation, code width, loss terms, path changes)"
 EDITED = {
     "UNIT_BROWSER_TEMPLATE": "the template path is found from ksae/, one folder further down (same file)",
     **dict.fromkeys(["FIGURE_SECONDS", "_figure_depth", "_styled", "_gc_paused", "_finish", "_figure_png",
@@ -67,6 +68,10 @@ EDITED = {
                      "unit_contribution_sums", "unit_statistics"], _MODE),
     "palette_png": "zlib level 9 (PNG_COMPRESS_LEVEL): every figure 7.5 % smaller, the notebook under 2 MB",
     "atomic_write_bytes": "issue 24: a killed run's stale temporary files next to the target are removed",
+    **dict.fromkeys(["ViewCodes", "_dashboard_row", "_pipeline_slopes", "_scan_path", "count_path_switches",
+                     "encode_views", "plot_class_units", "plot_feature_atlas", "plot_reconstructions",
+                     "plot_unit_dashboard", "save_checkpoint"], _VARIANTS),
+    "_name_part": _VARIANTS + ": a run's name spells the kind by its name alone",
     "_jsonable": "issue 24: numpy NaN/inf (and inside tensors) become null, so a summary always serialises",
     **dict.fromkeys(["unit_browser_data", "write_unit_browser"], "a unit lists the images where it contributes "
                     "most, linking to the explorer page (issue 23)"),
@@ -92,6 +97,13 @@ EDITED = {
                      "train_val_split", "unit_deletion_curves", "unit_table", "validation_indices",
                      "verdict_markdown", "view_of"], _DOOR),
 }
+
+for _name in ["KSparseAutoencoder", "SparseCodePipeline", "Config", "train_autoencoder_on_split", "train_models",
+              "train_autoencoder", "train_classifier", "autoencoder_step", "autoencoder_losses", "auxk_loss",
+              "load_checkpoint", "load_or_train", "dataset_fvu", "encode_dataset", "evaluate_autoencoder",
+              "evaluate_classifier", "evaluate_models", "predict", "completeness_decomposition",
+              "select_high_confidence", "unit_browser_data", "write_unit_browser"]:  # edited again for the variants
+    EDITED[_name] += "; " + _VARIANTS
 
 
 def _definitions(tree: ast.Module) -> dict[str, ast.AST]:

@@ -25,7 +25,7 @@ from .._util import (
     _numpy,
 )
 from ..data import FashionMNIST
-from ..models import KSparseAutoencoder
+from ..sae import SparseAutoencoder
 from .axes import _first_per_class, _mosaic, _show_image, _show_mosaic, _show_signed, _side_colorbar, _symmetric_limit
 from .figure import _finish, _message_figure
 from .maps import _annotated_heatmap
@@ -136,14 +136,14 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
 
 # --- autoencoder ---------------------------------------------------------------------------------------
 @_styled
-def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: torch.device,
+def plot_reconstructions(sae: SparseAutoencoder, data: FashionMNIST, device: torch.device,
                          n_per_class: int = 2, save: str | None = None) -> Figure:
     """The first ``n_per_class`` test images of every class (one column per class), each above its
     reconstruction, with the per-image MSE (mean over 784 pixels).
 
     ``sae``: the autoencoder (on ``device``); ``data``: FashionMNIST (``x_test: [N, 784]``, ``y_test: [N]``).
     """
-    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("sae", sae, SparseAutoencoder, "a sparse autoencoder (a SparseAutoencoder)")
     _check_instance("data", data, FashionMNIST)
     _check_device("device", device)
     _check_int("n_per_class", n_per_class, low=1)
@@ -165,7 +165,7 @@ def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: to
         axes[2 * i, 0].set_ylabel("original")
         axes[2 * i + 1, 0].set_ylabel("reconstruction")
     _side_colorbar(fig, im, axes, "pixel intensity\n(reconstructions clipped to [0, 1])", shrink=0.7)
-    fig.suptitle(f"Reconstructions with k = {sae.k} active units (mean MSE of these images {mse.mean():.4f})")
+    fig.suptitle(f"Reconstructions with {sae.activation_label()} (mean MSE of these images {mse.mean():.4f})")
     return _finish(fig, save)
 
 
@@ -180,14 +180,14 @@ def _usage_histogram(ax, usage: np.ndarray) -> None:
 
 
 @_styled
-def plot_feature_atlas(sae: KSparseAutoencoder, usage, n_units: int = 32, save: str | None = None) -> Figure:
+def plot_feature_atlas(sae: SparseAutoencoder, usage, n_units: int = 32, save: str | None = None) -> Figure:
     """Decoder atoms (rows of ``sae.W_dec: [H, 784]``) of the ``n_units`` most used units, shared
     diverging scale, titled with unit id and usage; below them a histogram of every unit's usage.
 
     ``usage: [H]`` fraction of training images on which each unit fires
     (``evaluate_autoencoder(...)["unit_usage_train"]``).
     """
-    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("sae", sae, SparseAutoencoder, "a sparse autoencoder (a SparseAutoencoder)")
     atoms_all = _numpy(sae.W_dec)
     usage = _check_fractions("usage", usage, len(atoms_all))
     _check_int("n_units", n_units, low=1, high=len(atoms_all), high_name="the number of units")
@@ -223,7 +223,7 @@ def _top_units_per_class(contrib: np.ndarray, labels: np.ndarray, n_classes: int
 
 
 @_styled
-def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: KSparseAutoencoder,
+def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: SparseAutoencoder,
                      classes, n_units: int = 5, save: str | None = None) -> Figure:
     """For every class, the atoms of the ``n_units`` units with the largest mean contribution over
     that class's images; one row per class, titled 'unit j, c̄ = +value'.
@@ -232,7 +232,7 @@ def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: KSp
     (``decoder_weighted(..., return_contributions=True)[1]``); ``labels: [N]`` class ids; ``classes: [C]`` names.
     """
     contrib = _as_numbers("contributions", contributions, ndim=2)
-    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("sae", sae, SparseAutoencoder, "a sparse autoencoder (a SparseAutoencoder)")
     atoms = _numpy(sae.W_dec)
     if contrib.ndim != 2 or contrib.shape[1] != len(atoms):
         raise ValueError(f"contributions must have shape [N, {len(atoms)}], got {list(contrib.shape)}")

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from .._util import IMAGE_SIDE, _check_instance, _check_int, _check_result, _describe, _numpy
 from ..data import FashionMNIST
-from ..models import KSparseAutoencoder
+from ..sae import SparseAutoencoder
 from ..units import (
     UNIT_BAND_SAMPLES,
     UNIT_HIST_BINS,
@@ -113,7 +113,7 @@ def _dashboard_bars(ax_cls, ax_eff, stats: UnitStats, unit: int, legend: bool) -
         ax_eff.legend(fontsize="x-small", loc="lower right")
 
 
-def _dashboard_row(fig, cells, stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST, unit: int,
+def _dashboard_row(fig, cells, stats: UnitStats, sae: SparseAutoencoder, data: FashionMNIST, unit: int,
                    legend: bool):
     """One unit's dashboard in ``cells`` (a row of 7 gridspec cells); returns the encoder row's image artist."""
     atoms = [_numpy(sae.W_dec[unit]), _numpy(sae.W_enc[unit])]
@@ -138,13 +138,13 @@ def _dashboard_row(fig, cells, stats: UnitStats, sae: KSparseAutoencoder, data: 
 
 
 @_styled
-def plot_unit_dashboard(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST, units: Sequence[int],
+def plot_unit_dashboard(stats: UnitStats, sae: SparseAutoencoder, data: FashionMNIST, units: Sequence[int],
                         save: str | None = None) -> Figure:
     """A dashboard row per unit of ``units``: decoder atom and encoder row (diverging, centred at 0), its 16
     top-activating test images, 4 random test images from each activation quantile band (top band first),
     activation histogram, class distribution, and mean contribution against ablation per class logit.
     The unit's one-line description heads its row."""
-    _check_instance("sae", sae, KSparseAutoencoder)
+    _check_instance("sae", sae, SparseAutoencoder, "a sparse autoencoder (a SparseAutoencoder)")
     _check_instance("data", data, FashionMNIST)
     stats = _check_stats(stats, sae=sae, data=data)
     if not isinstance(units, (int, np.integer, list, tuple, np.ndarray)) or isinstance(units, bool):
