@@ -143,7 +143,8 @@ def evaluate_classifier(sae: SparseAutoencoder, clf: SparseCodeClassifier, data:
     pred = predict(sae, clf, data.x_test, device).argmax(1).cpu()
     n = len(data.classes)
     confusion = torch.bincount(data.y_test * n + pred, minlength=n * n).reshape(n, n)
-    per_class = (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist()
+    sizes = confusion.sum(1)  # a class with no test image has no accuracy: NaN (null in JSON), never 0
+    per_class = torch.where(sizes > 0, confusion.diag() / sizes.clamp_min(1), torch.nan).tolist()
     return {
         "test_accuracy": int((pred == data.y_test).sum()) / len(data.y_test),
         "per_class_accuracy": dict(zip(data.classes, per_class)),

@@ -242,7 +242,8 @@ FAMILIES: dict[str, Family] = {
     "matrix": _family([("nan", lambda e: _with_nan(e["maps"]["simple"]).numpy(), "NaN"),
                        ("shape", lambda e: e["maps"]["simple"][:, :783].numpy(), "")],
                       lambda e, c: e["maps"][{"a": "simple", "b": "integrated"}.get(c.param, "simple")].numpy()),
-    "numbers_or_nan": Family(_const(("inf", [0.1, math.inf], "inf"), ("string", "abc", "")), lambda e, c: [0.1, math.nan]),
+    "numbers_or_nan": Family(_const(("inf", [0.1, math.inf], "inf"), ("string", "abc", "")),
+                             lambda e, c: [0.1, math.nan]),
     "label_vector": _family([("float", lambda e: e["y"].float(), "")], lambda e, c: e["y"]),
     "mask": Family(_const(("float", np.ones((N, 784)), ""), ("shape", np.ones((N, 783), bool), ""))),
     "codes_values": _family([("shape", lambda e: e["values"][:, :2], ""), ("int", lambda e: e["indices"], "")],
@@ -250,13 +251,15 @@ FAMILIES: dict[str, Family] = {
     "codes_indices": _family([("shape", lambda e: e["indices"][:, :2], ""), ("float", lambda e: e["values"], "")],
                              lambda e, c: e["indices"]),
     "codes": _family([("shape", lambda e: torch.zeros(N, H - 1), "")], lambda e, c: e["sae"].encode(e["x"]).detach()),
-    "unit_mask": _family([("float", lambda e: torch.zeros(H), ""), ("shape", lambda e: torch.zeros(H - 1, dtype=torch.bool),
-                                                                       "")], lambda e, c: torch.zeros(H, dtype=torch.bool)),
+    "unit_mask": _family([("float", lambda e: torch.zeros(H), ""),
+                          ("shape", lambda e: torch.zeros(H - 1, dtype=torch.bool), "")],
+                         lambda e, c: torch.zeros(H, dtype=torch.bool)),
     "pre": _family([("shape", lambda e: torch.zeros(N, H - 1), "")], lambda e, c: torch.zeros(N, H)),
     "backend": Family(_const(("number", 5, ""))),
     "parameters": Family(_const(("number", 5, ""), ("empty", [], "")), lambda e, c: list(e["sae"].parameters())),
-    "view_ids": _family([("float", lambda e: torch.zeros(N), ""), ("shape", lambda e: torch.zeros(N - 1, dtype=torch.long),
-                                                                   "")], lambda e, c: torch.zeros(N, dtype=torch.long)),
+    "view_ids": _family([("float", lambda e: torch.zeros(N), ""),
+                         ("shape", lambda e: torch.zeros(N - 1, dtype=torch.long), "")],
+                        lambda e, c: torch.zeros(N, dtype=torch.long)),
     "baselines": Family(lambda c: [("nan", lambda e: _with_nan(e["x"][:1], (0, 2)), "NaN"),
                                    ("count", lambda e: e["x"][:2], ""), ("0..255", lambda e: e["x"] * 255, "255")]),
     "removed": _family([("float", lambda e: torch.zeros_like(e["x"]), ""), ("shape", lambda e: torch.zeros(N, 783,
@@ -311,7 +314,8 @@ FAMILIES: dict[str, Family] = {
     "stability": _result(lambda e: kh.seed_stability({0: e["sae"].W_dec.detach(), 1: e["sae"].W_dec.detach().flip(0)})),
     "top_contributions": Family(_const(("one-array", (np.zeros((H, 2)),), ""), ("shape", (np.zeros((H - 1, 2)),
                                                                                           np.zeros((H - 1, 2))), ""))),
-    "atoms": _family([("nan", lambda e: np.full((H, 784), math.nan), "NaN"), ("shape", lambda e: np.ones((H, 700)), "")],
+    "atoms": _family([("nan", lambda e: np.full((H, 784), math.nan), "NaN"),
+                      ("shape", lambda e: np.ones((H, 700)), "")],
                      lambda e, c: e["sae"].W_dec.detach()),
     "atoms_map": _family([("list", lambda e: [e["sae"].W_dec.detach()], ""), ("one-seed", lambda e: {0: e["sae"]}, "")],
                          lambda e, c: {0: e["sae"].W_dec.detach(), 1: e["sae"].W_dec.detach().flip(0)}),
@@ -328,7 +332,8 @@ FAMILIES: dict[str, Family] = {
     "index_tensor": _family([("float", lambda e: torch.zeros(N), ""), ("length", lambda e: torch.arange(N - 1), "")],
                             lambda e, c: torch.arange(N)),
     "fraction_tensor": _family([("nan", lambda e: torch.full((N,), math.nan), "NaN"),
-                                ("length", lambda e: torch.full((N - 1,), 0.9), "")], lambda e, c: torch.full((N,), 0.9)),
+                                ("length", lambda e: torch.full((N - 1,), 0.9), "")],
+                               lambda e, c: torch.full((N,), 0.9)),
     "flags_tensor": Family(_const(("float", torch.zeros(N), ""), ("length", torch.zeros(N - 1, dtype=torch.bool), ""))),
     "text_or_none": Family(_const(("number", 5, ""))),
     "param_name": Family(lambda c: [("misspelt", lambda e: "SAMPLES_PER_CLAS", "did you mean 'SAMPLES_PER_CLASS'"),
@@ -363,7 +368,17 @@ NAMES = {
     "controls": "controls", "history": "history", "metrics_clf": "classifier_metrics", "usage": "fractions",
     "usage_train": "fractions", "stats": "unit_stats",
     "threshold": "fraction", "level": "fraction", "fraction": "fraction", "confidence": "fraction",
-    "purity_threshold": "fraction",
+    "purity_threshold": "fraction", "values": "codes_values", "indices": "codes_indices", "z": "codes",
+    "backend": "backend", "dormant": "unit_mask", "since_fired": "unit_mask", "sums": "pre", "pre": "pre",
+    "ctx": "training_context", "params": "parameters", "view": "view_ids", "baselines": "baselines",
+    "removed": "removed", "scores": "scores", "orders": "orders", "curves": "curves", "rows_per_seed": "seed_rows",
+    "cross_method": "cross_method", "checks": "checks", "min_cosine": "cosines", "group": "unit_flags",
+    "rest": "unit_flags", "atoms_a": "atoms", "atoms_b": "atoms", "atoms": "atoms_map", "control": "atoms_control",
+    "stability": "stability", "components": "components", "mean": "mean_image", "code": "linear_code",
+    "models": "models", "rgb": "rgb", "calls": "calls", "agreement": "agreement", "metrics": "metrics",
+    "timings": "timings",
+    "top_contributions": "top_contributions", "explorer": "page_name", "unit_browser": "page_name",
+    "label": "text", "help": "text", "pattern": "text", "text": "text", "name": "text", "source": "text",
 }
 
 CLOSED = {  # closed sets of names: parameter -> the valid names (the first one is used as the valid value)
@@ -379,7 +394,8 @@ ANNOTATIONS = [  # (regex on the annotation without "| None", family), first mat
     (r"^Config$", "config"), (r"^KSparseAutoencoder$", "autoencoder"), (r"^SparseCodeClassifier$", "classifier"),
     (r"^SparseCodePipeline$", "pipeline"), (r"^(nn|torch\.nn)\.Module$", "model"), (r"^FashionMNIST$", "dataset"),
     (r"^torch\.device$", "device"), (r"^UnitStats$", "unit_stats"), (r"^Selection$", "selection"),
-    (r"^bool$", "flag"), (r"^int$", "count"), (r"^float$", "number"), (r"^(Sequence\[int\]|tuple\[int, \.\.\.\])$", "int_list"),
+    (r"^bool$", "flag"), (r"^int$", "count"), (r"^float$", "number"),
+    (r"^(Sequence\[int\]|tuple\[int, \.\.\.\])$", "int_list"),
     (r"^Callable", "callable"), (r"^str \| os\.PathLike$", "out_path"),
 ]
 
@@ -414,133 +430,89 @@ def family_of(fn: str, param: inspect.Parameter) -> tuple[str | None, Ctx]:
 
 SPECIAL: dict[str, dict] = {  # name -> {"families": {param: family or (family, options)}, "valid": env -> kwargs,
     #                                    "skip": {param: why it gets no case}}
+    # --- configuration and notebook parameters
     "Config": {"families": {"clf_hidden": "widths", "confidence_threshold": "fraction", "dropout": "fraction"}},
     "check_parameter": {"families": {"name": "param_name"}, "valid": lambda e: {"value": 5},
                         "skip": {"value": "its kind depends on name: the hand-made cases cover every parameter"}},
     "check_parameters": {"families": {"params": "dict"}},
-    "Parameter": {"families": {"kind": "param_kind", "help": "text"}, "valid": lambda e: {"default": 1},
+    "Parameter": {"families": {"kind": "param_kind"}, "valid": lambda e: {"default": 1},
                   "skip": {"default": "any value (the parameter's default)"}},
-    "remove_stale_temporaries": {"families": {"pattern": "text"}},
     "print_table": {"families": {"rows": "pairs"}},
-    "show": {"families": {"fig": "figure"}},
-    "show_markdown": {"families": {"text": "text"}},
-    "as_flat_images": {"families": {"name": "text"}, "valid": lambda e: {"name": "x"}},
-    "FashionMNIST": {"families": {"x_test": "images", "y_test": "labels", "source": "text",
-                                  "classes": "classes"}, "valid": lambda e: {"classes": e["data"].classes}},
+    "as_flat_images": {"valid": lambda e: {"name": "x"}},  # its messages name the argument its caller names
+    # --- data, models, training
+    "FashionMNIST": {"families": {"x_test": "images", "y_test": "labels"},
+                     "valid": lambda e: {"classes": e["data"].classes}},
     "validation_indices": {"families": {"y_train": "label_ids"}, "valid": lambda e: {"n_classes": C}},
-    **dict.fromkeys(["densify", "firing_counts", "firing_frequency"], {"families": {
-        "values": "codes_values", "indices": "codes_indices"}, "valid": lambda e: {"d_hidden": H}}),
-    "fvu": {"families": {"x_hat": "batch", "x": "batch"}},
-    "GraphedStep": {"families": {"backend": "backend"}},
-    "autoencoder_step": {"families": {"since_fired": "unit_mask", "sums": "pre", "ctx": "training_context"},
-                         "valid": lambda e: {"since_fired": torch.zeros(H, dtype=torch.long), "sums": torch.zeros(4)}},
-    "MatryoshkaAutoencoder": {"valid": lambda e: {"d_hidden": H, "k": K, "prefixes": (4, 16)}},
-    "auxk_loss": {"families": {"pre": "pre", "residual": "batch", "dormant": "unit_mask"}, "valid": lambda e: {
-        "aux_k": 4}},
-    "classifier_step": {"families": {"sums": "pre"}, "valid": lambda e: {"sums": torch.zeros(2)}},
-    "classifier_views": {"families": {"x": "batch"}},
-    "hflip": {"families": {"x": "batch"}},
+    **dict.fromkeys(["densify", "firing_counts", "firing_frequency"], {"valid": lambda e: {"d_hidden": H}}),
+    **{fn: {"families": {"x": "batch"}} for fn in ("classifier_views", "hflip", "view_of")},  # inside training steps:
+    "fvu": {"families": {"x_hat": "batch", "x": "batch"}},  # kinds and shapes only (a value check is a host sync)
     "shift_images": {"families": {"x": "batch", "dy": "offset", "dx": "offset"}},
-    "view_of": {"families": {"x": "batch", "view": "view_ids"}},
-    "make_adam": {"families": {"params": "parameters"}, "valid": lambda e: {"lr": 1e-3}},
-    "set_lr_": {"valid": lambda e: {"lr": 1e-3}},
-    **dict.fromkeys(["train_autoencoder", "train_classifier"], {"families": {"backend": "backend"}}),
-    "train_classifier": {"families": {"backend": "backend", "sae": "encoder"}},
-    "lr_factor": {"valid": lambda e: {"step": 1, "total_steps": 10}},
-    "make_scheduler": {"valid": lambda e: {"total_steps": 10}},
-    "load_checkpoint": {"families": {"path": "in_path"}, "valid": lambda e: {"path": e["checkpoint"]}},
+    "auxk_loss": {"families": {"residual": "batch"}},
+    "autoencoder_step": {"valid": lambda e: {"since_fired": torch.zeros(H, dtype=torch.long), "sums": torch.zeros(4)}},
+    "classifier_step": {"valid": lambda e: {"sums": torch.zeros(2)}},
+    "train_classifier": {"families": {"sae": "encoder"}},
+    "MatryoshkaAutoencoder": {"valid": lambda e: {"d_hidden": H, "k": K, "prefixes": (4, 16)}},
+    "LinearCodePipeline": {"valid": lambda e: {"clf": kh.SparseCodeClassifier(d_hidden=784, hidden=(8,), n_classes=C)}},
     "save_checkpoint": {"families": {"history": "dict", "metrics": "dict"}},
-    "integrated_gradients": {"families": {"baselines": "baselines"}},
-    "rescale_contributions": {"families": {"z": "codes"}},
-    **dict.fromkeys(["bootstrap_ci", "bootstrap_estimates"], {"families": {"values": "numbers"}}),
-    "percentile_interval": {"families": {"estimates": "numbers_or_nan"}},
-    "summarize": {"families": {"values": "numbers_or_nan"}},
-    "partner_images": {"families": {"labels": "label_vector"}, "valid": lambda e: {"same_class": True}},
-    **dict.fromkeys(["rowwise_spearman", "top_fraction_iou"], {"families": {"a": "matrix", "b": "matrix",
-                                                                            "mask": "mask"}}),
-    "Selection": {"families": {"y": "labels_n", "indices": "index_tensor", "confidence": "fraction_tensor", "n_candidates": "dict",
-                               "fallback": "flags_tensor", "shortfalls": "dict", "skipped": "list",
-                               "warning": "text_or_none"}},
+    # --- statistics
+    **{fn: {"families": {"values": "numbers"}} for fn in ("bootstrap_ci", "bootstrap_estimates")},
+    **{fn: {"families": {"a": "matrix", "b": "matrix", "mask": "mask"}} for fn in ("rowwise_spearman",
+                                                                                "top_fraction_iou")},
+    "percentile_interval": {"families": {"estimates": "numbers_or_nan"}},  # NaN: a statistic undefined in a resample
+    "summarize": {"families": {"values": "numbers_or_nan"}},  # NaN: an undefined statistic, left out and counted
+    **{fn: {"families": {"labels": "label_vector", "y": "label_vector"}}  # labels without a class count
+       for fn in ("partner_images", "balanced_subset")},
+    **{fn: {"families": {"labels": "labels_n"}} for fn in ("randomization_check", "cascading_randomization")},
+    # --- checks
     "correlation_matrix": {"families": {"stats": "cross_method", "key": ("closed", ("spearman_abs",))}},
-    "road_impute": {"families": {"removed": "removed", "init": "init"}},
     "ig_completeness": {"families": {"methods": ("closed_seq", kh.IG_METHODS)}},
-    "balanced_subset": {"families": {"y": "label_vector"}},
-    "curve_auc": {"families": {"curves": "curves"}},
-    "perturbation_curves": {"families": {"scores": "scores"}},
-    "removal_order": {"families": {"scores": "score_rows"}},
-    "removal_curves": {"families": {"orders": "orders"}},
-    "verdict_statements": {"families": {"rows_per_seed": "seed_rows"}},
-    "run_validation": {"families": {"cross_method": "cross_method"}},
-    "timed_checks": {"families": {"checks": "checks"}},
-    **dict.fromkeys(["unit_ablation_sums", "unit_contribution_sums"], {"families": {
-        "values": "codes_values", "indices": "codes_indices"}}),
-    "describe_unit": {"valid": lambda e: {"unit": 0}},
-    "UnitStats": {"families": {name: "unit_array" for name in (
-        "freq_train", "freq_test", "n_fire", "hist", "hist_max", "top_images", "top_values", "band_images",
-        "class_counts", "majority", "purity", "recall", "contribution", "ablation", "ablation_accuracy", "cofiring",
-        "cofiring_jaccard", "dead", "descriptions")},
-        "valid": lambda e: {f: getattr(e["stats"], f) for f in e["stats"].__dataclass_fields__}},
-    "compare_stability": {"families": {"min_cosine": "cosines", "group": "unit_flags", "rest": "unit_flags"}},
-    "match_atoms": {"families": {"atoms_a": "atoms", "atoms_b": "atoms"}},
-    "seed_stability": {"families": {"atoms": "atoms_map", "control": "atoms_control"}},
-    "stability_by_group": {"families": {"stability": "stability"}},
-    "LinearCode": {"families": {"components": "components", "mean": "mean_image"}},
-    "LinearCodePipeline": {"families": {"code": "linear_code"}, "valid": lambda e: {
-        "clf": kh.SparseCodeClassifier(d_hidden=784, hidden=(8,), n_classes=C)}},
-    "train_representation": {"families": {"name": ("closed", kh.REPRESENTATIONS[1:])}},
-    "common_images": {"families": {"models": "models"}},
+    "road_impute": {"families": {"init": "init"}},
+    "removal_order": {"families": {"scores": "score_rows"}},  # any number of pixels
     "gini_index": {"families": {"maps": "map_rows"}},
     "object_share": {"families": {"maps": "map_rows", "x": "map_rows"}},
-    "randomization_check": {"families": {"labels": "labels_n"}},
-    "cascading_randomization": {"families": {"labels": "labels_n"}, "valid": lambda e: {"maps_fn": lambda m: {"simple": kh.simple_gradients(m, e["x"],
-                                                                                                           e["y"])}}},
+    "cascading_randomization": {"families": {"labels": "labels_n"}, "valid": lambda e: {
+        "maps_fn": lambda m: {"simple": kh.simple_gradients(m, e["x"], e["y"])}}},
+    # --- units, stability, controls
+    "Selection": {"families": {"y": "labels_n", "indices": "index_tensor", "confidence": "fraction_tensor",
+                               "n_candidates": "dict", "fallback": "flags_tensor", "shortfalls": "dict",
+                               "skipped": "list", "warning": "text_or_none"}},
+    "UnitStats": {"families": dict.fromkeys([
+        "freq_train", "freq_test", "n_fire", "hist", "hist_max", "top_images", "top_values", "band_images",
+        "class_counts", "majority", "purity", "recall", "contribution", "ablation", "ablation_accuracy", "cofiring",
+        "cofiring_jaccard", "dead", "descriptions"], "unit_array"),
+        "valid": lambda e: {f: getattr(e["stats"], f) for f in e["stats"].__dataclass_fields__}},
+    **{fn: {"families": {"data": "dataset_or_none"}, "valid": lambda e: {"seeds": [0]}}  # data: read only to train
+       for fn in ("run_seed_stability", "seed_dictionaries")},
+    "train_representation": {"families": {"name": ("closed", kh.REPRESENTATIONS[1:])}},
     "unit_claims": {"families": {"raw": "dict", "trained": ("closed", ("sae",))},
                     "valid": lambda e: {"raw": {"sae": {}, "pixels": {}}}},
-    "palette_png": {"families": {"rgb": "rgb"}},
-    "render_figures": {"families": {"calls": "calls"}},
-    "plot_attribution_comparison": {"families": {"label": "text", "stats": "image_stats", "maps": "image_maps",
-                                                 "methods": "plot_methods"},
-                                    "valid": lambda e: {"maps": {m: v[0] for m, v in e["maps"].items()}}},
-    "image_attribution_stats": {"families": {"maps": "image_maps", "methods": "plot_methods"}, "valid": lambda e: {"maps": {m: v[0] for m, v in e["maps"].items()}}},
+    # --- figures
     "plot_faithfulness": {"families": {"result": "faithfulness"}},
-    "plot_training_history": {"families": {"history": "history_plot"}},
-    **{fn: {"families": {"methods": "plot_methods"}} for fn in (
-        "plot_class_average_maps", "plot_comparison_grid", "render_comparison_grid", "plot_correlation_summary")},
     "plot_unit_deletion": {"families": {"result": "unit_deletion"}},
+    "plot_training_history": {"families": {"history": "history_plot"}},  # None and {}: "no history" notes
     "plot_k_sweep": {"families": {"rows": "k_sweep_rows"}},
-    "plot_contribution_vs_ablation": {"families": {"agreement": "agreement"}},
+    **{fn: {"families": {"methods": "plot_methods"}} for fn in (  # one name alone is accepted here
+        "plot_class_average_maps", "plot_comparison_grid", "render_comparison_grid", "plot_correlation_summary")},
+    **{fn: {"families": {"maps": "image_maps", "methods": "plot_methods", "stats": "image_stats"},
+            "valid": lambda e: {"maps": {m: v[0] for m, v in e["maps"].items()}}}
+       for fn in ("plot_attribution_comparison", "image_attribution_stats")},
     "plot_unit_dashboard": {"valid": lambda e: {"units": [0]}},
-    "plot_feature_atlas": {"valid": lambda e: {"n_units": 2}},
-    "build_summary": {"families": {"metrics": "metrics", "timings": "timings"},
-                      "skip": {"extra": "any further summary entries"}},
-    "figure_timings": {"families": {"seconds": "figure_seconds"}},
+    # --- reports and pages
+    "build_summary": {"skip": {"extra": "any further summary entries"}},
     "headline_table": {"families": {"summary": "summary"}},
+    "figure_timings": {"families": {"seconds": "figure_seconds"}},
     "unit_table_summary": {"families": {"units": "units_summary"}},
     "verdict_markdown": {"families": {"rows": "verdict_rows", "seeds": "seeds"}},
     "write_summary": {"families": {"summary": "dict"}, "valid": lambda e: {"summary": {"a": 1}}},
-    **dict.fromkeys(["read_summary", "read_unit_browser_data", "read_explorer_data", "compact_notebook",
-                     "stability_for_config", "seeds_for_config"], {"families": {"path": "in_path"}}),
-    "read_summary": {"families": {"path": "in_path"}, "valid": lambda e: {"path": e["summary_path"]}},
-    "read_unit_browser_data": {"families": {"path": "in_path"}, "valid": lambda e: {"path": e["unit_page"]}},
-    "read_explorer_data": {"families": {"path": "in_path"}, "valid": lambda e: {"path": e["explorer_page"]}},
-    "compact_notebook": {"families": {"path": "in_path"}, "valid": lambda e: {"path": e["notebook"]}},
-    **dict.fromkeys(["stability_for_config", "seeds_for_config"], {"families": {"path": "in_path"},
-                                                                   "valid": lambda e: {"path": e["summary_path"]}}),
-    **dict.fromkeys(["unit_browser_data", "write_unit_browser"], {"families": {
-        "top_contributions": "top_contributions", "explorer": "page_name", "stability": "stability"}}),
-    **dict.fromkeys(["explorer_data", "write_explorer"], {"families": {
-        "top_contributions": "top_contributions", "unit_browser": "page_name"}}),
+    **{fn: {"families": {"path": "in_path"}, "valid": lambda e, key=key: {"path": e[key]}} for fn, key in (
+        ("load_checkpoint", "checkpoint"), ("read_summary", "summary_path"), ("read_unit_browser_data", "unit_page"),
+        ("read_explorer_data", "explorer_page"), ("compact_notebook", "notebook"),
+        ("stability_for_config", "summary_path"), ("seeds_for_config", "summary_path"))},
+    **{fn: {"skip": {"run_params": "the notebook's run parameters: any of RUN_DEFAULTS' names"}}
+       for fn in ("output_paths", "run_name")},
     "atomic_write_bytes": {"families": {"data": "bytes"}},
-    "output_paths": {"skip": {"run_params": "the notebook's run parameters, any names (run_name's)"}},
-    "run_name": {"skip": {"run_params": "the notebook's run parameters, any names"}},
-    **dict.fromkeys(["run_seed_stability", "seed_dictionaries"], {"families": {"data": "dataset_or_none"}, "valid":
-                                                                  lambda e: {"purity_threshold": 0.9, "seeds": [0]}}),
-    "stability_by_group": {"families": {"stability": "stability"}, "valid": lambda e: {"purity_threshold": 0.9}},
-    "unit_groups": {"valid": lambda e: {"purity_threshold": 0.9}},
-    "run_k_sweep": {"valid": lambda e: {"ks": [2]}},
-    "fit_pca": {"valid": lambda e: {"n_components": 2}},
-    "figure_workers": {"valid": lambda e: {"n_jobs": 2}},
 }
+
 
 NOT_COVERED: dict[str, str] = {  # public callables without generated cases, and why
     "TrainingContext": "a NamedTuple record the training loop builds for the kind; checked where it is used "
@@ -602,6 +574,18 @@ def _valid_kwargs(env: dict, fn: str, sig: inspect.Signature) -> dict:
             raise LookupError(f"{fn}: no valid value for required parameter {p.name!r} (add SPECIAL[{fn!r}]['valid'])")
         kwargs[p.name] = FAMILIES[family].valid(env, ctx)
     return kwargs
+
+
+def families(fn: str) -> dict[str, str | None]:
+    """``{parameter: family}`` of public callable ``fn``."""
+    sig = _signature(getattr(kh, fn))
+    return {p.name: family_of(fn, p)[0] for p in sig.parameters.values()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def valid_kwargs(env: dict, fn: str) -> dict:
+    """A valid call's keyword arguments for public callable ``fn`` (its required parameters)."""
+    return _valid_kwargs(env, fn, _signature(getattr(kh, fn)))
 
 
 def plan() -> tuple[list[Case], dict[str, list[str]]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from api_cases import NOT_COVERED, SPECIAL, make_env, not_covered, plan
+from api_cases import NOT_COVERED, SPECIAL, families, make_env, not_covered, plan, public_callables, valid_kwargs
 
 import ksae
 import ksae.checkpoints
@@ -296,6 +297,43 @@ def test_every_public_callable_has_cases():
     assert set(SPECIAL) <= set(kh.__all__), "SPECIAL names a name that is not public"
 
 
+MODEL_FAMILIES = {"model", "pipeline", "autoencoder", "encoder"}
+CAST = [fn for fn, obj in public_callables().items() if fn not in not_covered()  # images that enter a model
+        and (fams := families(fn)) and "images" in fams.values() and MODEL_FAMILIES & set(fams.values())]
+
+
+def _same(a, b) -> bool:
+    """Equal results, bit for bit (tensors, arrays, numbers, and containers of them), wall times aside."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b, equal_nan=True)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a if k != "seconds")
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return a == b if not hasattr(a, "__dict__") else _same(vars(a), vars(b))
+
+
+@pytest.mark.parametrize("fn", CAST)
+def test_float64_images_are_cast_to_the_models_dtype(env, monkeypatch, fn):
+    """Float images can be used, so they are: every function that runs a model casts its images to the model's dtype
+    at the door (one rule everywhere, _check_images), and float64 images give the float32 images' results exactly."""
+    monkeypatch.chdir(env["tmp"])
+    obj, images = getattr(kh, fn), [p for p, f in families(fn).items() if f == "images"]
+    kwargs = valid_kwargs(env, fn)
+    if "seed" in inspect.signature(obj).parameters:
+        kwargs.setdefault("seed", 0)  # SmoothGrad's noise
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(0)
+        fresh = copy.deepcopy(kwargs)  # training changes the models: each call gets its own copy
+        results.append(obj(**{**fresh, **{p: env["x"].to(dtype) for p in images if p in kwargs}}))
+    assert _same(*results), fn
+
+
 def test_names_without_cases_are_listed_with_a_reason():
     for name, why in not_covered().items():
         print(f"not covered: {name}: {why}")
@@ -501,3 +539,60 @@ def test_a_figure_worker_killed_by_a_signal_raises_within_seconds():
     with pytest.raises(RuntimeError, match=r"died while drawing figure \d .*exit code -9"):
         kh.render_figures(calls, workers=2)
     assert time.perf_counter() - t0 < 30
+
+
+# --- no silent numbers: a statistic that cannot be computed is an error or NaN, never a plausible 0 or 1 ---
+
+def test_a_correlation_of_a_method_the_statistics_do_not_hold_is_an_error_naming_the_closest(env):
+    stats = kh.cross_method_statistics(env["maps"], x=env["x"], labels=env["y"])
+    matrix = kh.correlation_matrix(stats, ["integrated", "simple"])
+    assert matrix.shape == (2, 2) and matrix[0, 0] == 1 and -1 <= matrix[0, 1] <= 1
+    with pytest.raises(ValueError, match=r"methods must be .*got unknown \['integrted'\] \(did you mean 'integrated'"):
+        kh.correlation_matrix(stats, ["integrated", "integrted"])  # was: a correlation of 0.0
+    with pytest.raises(ValueError, match=r"key must be one of .*got 'spearman_ab' \(did you mean 'spearman_abs'"):
+        kh.correlation_matrix(stats, ["integrated", "simple"], key="spearman_ab")  # was: KeyError
+    plain = kh.cross_method_statistics(env["maps"])  # no null measured: a null statistic is an error, not 0
+    with pytest.raises(ValueError, match="statistic must be None for statistics without the different-image null"):
+        kh.correlation_matrix(plain, ["integrated", "simple"], "spearman_signed_all", "excess")
+
+
+def test_shares_and_accuracies_of_nothing_are_undefined(env):
+    zero = torch.zeros(2, 784)
+    assert np.isnan(kh.object_share(zero, env["x"][:2])).all()  # was 0.0
+    assert math.isnan(kh.image_attribution_stats(env["x"][0], {"simple": zero[0]})["simple"]["object_share"])
+    data = kh.FashionMNIST(env["x"], env["y"], env["x"][:4], env["y"][:4], classes=("a", "b", "c"))  # no test "c"
+    per_class = kh.evaluate_classifier(env["sae"], env["clf"], data, CPU)["per_class_accuracy"]
+    assert math.isnan(per_class["c"]) and not math.isnan(per_class["a"])  # was 0.0
+    assert json.loads(json.dumps(ksae._util._jsonable(per_class)))["c"] is None  # null in the summary
+
+
+# --- what travels together is checked together ---
+
+def test_the_unit_browser_refuses_statistics_of_another_image_set_or_model(env):
+    stats, sae, data, path = env["stats"], env["sae"], env["data"], env["tmp"] / "units2.html"
+    fewer = kh.FashionMNIST(env["x"], env["y"], env["x"][:4], env["y"][:4], classes=("a", "b", "c"))
+    with pytest.raises(ValueError, match=r"stats must come from data's 4 test images, got statistics of 6 images"):
+        kh.write_unit_browser(stats, sae, fewer, path)
+    renamed = kh.FashionMNIST(env["x"], env["y"], env["x"], env["y"], classes=("x", "y", "z"))
+    with pytest.raises(ValueError, match=r"stats must describe the classes of data"):
+        kh.write_unit_browser(stats, sae, renamed, path)
+    with pytest.raises(ValueError, match=r"stats describe 32 units but the autoencoder has 64"):
+        kh.write_unit_browser(stats, kh.KSparseAutoencoder(k=4, d_hidden=64), data, path)
+    with pytest.raises(ValueError, match=r"top_contributions must name test images of this dataset \(6\)"):
+        kh.write_unit_browser(stats, sae, data, path, top_contributions=(np.full((H, 2), 9), np.zeros((H, 2))))
+    assert not path.exists()
+
+
+def test_usage_fractions_are_fractions(env):
+    good = np.full(H, 0.25)
+    kh.plot_feature_atlas(env["sae"], good, n_units=2)
+    for usage, message in ((np.full(H, math.nan), "usage contains NaN"),
+                           (np.full(H, 3.0), r"fractions in \[0, 1\], got values from 3 to 3 \(counts\? divide"),
+                           (good[:-1], "usage must hold one value per unit")):
+        with pytest.raises(ValueError, match=message):
+            kh.plot_feature_atlas(env["sae"], usage, n_units=2)
+        with pytest.raises(ValueError, match=message.replace("usage", "usage_train")):
+            kh.unit_statistics(env["pipe"], env["data"], CPU, usage_train=usage)
+    bad = copy.copy(env["stats"])
+    with pytest.raises(ValueError, match="freq_test contains NaN"):
+        kh.UnitStats(**{**vars(bad), "freq_test": np.full(H, math.nan)})

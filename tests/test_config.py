@@ -58,3 +58,59 @@ def test_edge_configs_accepted(kwargs):
     cfg = kh.Config(**kwargs)
     for key, value in kwargs.items():
         assert getattr(cfg, key) == value
+
+
+# --- Config.from_dict: unknown keys refused, older versions' keys upgraded ----------------------------------------
+
+def test_from_dict_refuses_unknown_keys_naming_the_closest_field():
+    with pytest.raises(ValueError, match=r"got unknown 'ig_mehtod' \(did you mean 'ig_method'\?\)"):
+        kh.Config.from_dict({"k": 20, "ig_mehtod": "riemann_left"})  # was: the default ig_method, silently
+    with pytest.raises(ValueError, match=r"unknown 'train_subst' \(did you mean 'train_subset'\?\), 'zzz'$"):
+        kh.Config.from_dict({"train_subst": 3000, "zzz": 1})
+    with pytest.raises(ValueError, match=r"d must be a dict of Config fields, got None"):
+        kh.Config.from_dict(None)
+    assert kh.Config.from_dict({"k": 20}) == kh.Config(k=20)  # a partial dict: the rest at their defaults
+
+
+# The first release's Config (fields it had; later ones came with the revisions named in config.py's _ADDED_FIELDS).
+FIRST_RELEASE = {"k": 50, "d_input": 784, "d_hidden": 1024, "aux_k": 256, "aux_coef": 1 / 32, "dead_after": 20000,
+                 "clf_hidden": [512, 256], "n_classes": 10, "dropout": 0.3, "batch_size": 256, "lr": 1e-3,
+                 "ae_epochs": 30, "clf_epochs": 50, "train_subset": 0, "seed": 0, "ig_steps": 50,
+                 "ig_method": "gausslegendre", "smoothgrad_samples": 25, "smoothgrad_noise": 0.1,
+                 "confidence_threshold": 0.8}
+
+
+def test_older_records_are_upgraded_to_what_they_were_trained_with():
+    first = kh.Config.from_dict(FIRST_RELEASE, saved=True)
+    assert (first.ae_lr_schedule, first.clf_lr_schedule) == ("constant", "constant")  # no schedule yet
+    assert (first.clf_hflip, first.ae_hflip, first.clf_shift, first.n_val) == (False, False, 0, 0)
+    assert first.sae_kind == "topk" and first.checkpoint_name() != kh.Config().checkpoint_name()
+    # the revision with one learning-rate schedule for both models (renamed to two fields since)
+    cosine = kh.Config.from_dict({**FIRST_RELEASE, "lr_schedule": "cosine", "clf_hflip": True}, saved=True)
+    assert (cosine.ae_lr_schedule, cosine.clf_lr_schedule, cosine.clf_hflip) == ("cosine", "cosine", True)
+    # without saved=True missing fields take today's defaults (a dict a user writes by hand)
+    assert kh.Config.from_dict(FIRST_RELEASE).ae_lr_schedule == kh.Config().ae_lr_schedule
+    # today's record reads back as itself either way
+    today = kh.Config(k=20, seed=3)
+    assert kh.Config.from_dict(today.to_dict(), saved=True) == today
+
+
+def test_an_old_checkpoint_is_read_as_it_was_trained(tmp_path):
+    import io
+
+    import torch
+
+    cfg = kh.Config.from_dict({**FIRST_RELEASE, "k": 4, "d_hidden": 16, "clf_hidden": [8, 4], "lr_schedule": "cosine"},
+                              saved=True)
+    sae, clf = kh.KSparseAutoencoder.from_config(cfg), kh.SparseCodeClassifier.from_config(cfg)
+    stored = {**FIRST_RELEASE, "k": 4, "d_hidden": 16, "clf_hidden": [8, 4], "lr_schedule": "cosine"}
+    payload = {"format": kh.CHECKPOINT_FORMAT, "config": stored, "sae": sae.state_dict(), "clf": clf.state_dict(),
+               "history": {}, "metrics": {}}  # what that revision's save_checkpoint wrote
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    (tmp_path / "old.pt").write_bytes(buffer.getvalue())
+    loaded = kh.load_checkpoint(tmp_path / "old.pt")[0]
+    assert loaded == cfg and loaded.ae_lr_schedule == "cosine" and loaded.clf_shift == 0
+    # so it is never mistaken for today's recipe at the same sizes (load_or_train compares training keys)
+    today = kh.Config(k=4, d_hidden=16, clf_hidden=(8, 4))
+    assert loaded.training_key() != today.training_key()

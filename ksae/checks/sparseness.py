@@ -28,7 +28,8 @@ def gini_index(maps, normalise: bool = True) -> np.ndarray:
 
 def object_share(maps, x) -> np.ndarray:
     """Share of each map's total |attribution| on the image's object pixels (x > 0): ``maps, x: [N, 784]`` ->
-    ``[N]`` (what ``object_focus`` summarises; 0 for an all-zero map)."""
+    ``[N]`` (what ``object_focus`` summarises; NaN for an all-zero map, which has no share: undefined, never 0)."""
     a = np.abs(_as_maps(maps, "maps"))
     obj = _as_maps(x, "x", len(a)) > 0
-    return (a * obj).sum(1) / np.maximum(a.sum(1), 1e-12)
+    total = a.sum(1)
+    return np.divide((a * obj).sum(1), total, out=np.full(len(a), np.nan), where=total > 0)

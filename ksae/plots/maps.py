@@ -4,6 +4,7 @@ agreement)."""
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -76,7 +77,7 @@ def image_attribution_stats(image: torch.Tensor, maps: dict, methods=None) -> di
     """Per-method statistics of one image's maps: ``image: [784]``, ``maps``: method -> ``[784]``.
 
     Returns ``{method: {"mean_abs", "max_abs", "std", "object_share"}}``; ``object_share`` is the share
-    of sum |attr| on object pixels (``image > 0``), as in ``object_focus``.
+    of sum |attr| on object pixels (``image > 0``), as in ``object_focus`` (NaN for an all-zero map: undefined).
     """
     methods = _resolve_methods(methods, maps)
     image = _as_image(image, "image")
@@ -87,7 +88,7 @@ def image_attribution_stats(image: torch.Tensor, maps: dict, methods=None) -> di
         a = _as_image(maps[m], f"maps[{m!r}]").ravel()
         total = np.abs(a).sum()
         stats[m] = {"mean_abs": float(np.abs(a).mean()), "max_abs": float(np.abs(a).max()), "std": float(a.std()),
-                    "object_share": float(np.abs(a[obj]).sum() / total) if total > 0 else 0.0}
+                    "object_share": float(np.abs(a[obj]).sum() / total) if total > 0 else math.nan}  # undefined
     return stats
 
 
