@@ -165,17 +165,6 @@ def _stability_lines(c: dict) -> list[str]:
     return ["", *lines]
 
 
-def _stability_finding(c: dict) -> str:
-    st = c.get("stability")
-    if not st:
-        return ""
-    groups = "; ".join(f"{name} units are {_STABILITY_WORDS[g['more_stable']]} the rest"
-                       for name, g in st.get("groups", {}).items() if "undefined" not in g)
-    control = f" (untrained dictionaries: {_pct(st['control']['share_stable'])})" if st.get("control") else ""
-    return (f" Seed stability: {_pct(st['share_stable'])} of the units recur with cosine ≥ {st['threshold']} in "
-            f"seeds {' and '.join(str(s) for s in st['seeds'])}{control}; {groups}.")
-
-
 def _unit_rows(c: dict) -> list[list]:
     return [[c["labels"][r], f"{u['n_live']} / {u['dead']}", f"{u['n_pure']} ({_value_ci(u['pure_share'])})",
              f"{u['purity_quantiles']['0.5']:.2f}", _value_ci(u["lowers_share"]),
@@ -218,35 +207,6 @@ def controls_markdown(controls: dict) -> str:
                       "ablation lowers its class logit", "contribution–ablation Pearson", "unit-deletion gap"],
                      _unit_rows(c)), "", *_claim_lines(c), *_stability_lines(c)]
     return "\n".join(lines) + "\n"
-
-
-def _controls_findings(controls: dict) -> str:
-    """README's one bullet about the controls: accuracies, and which unit claims hold."""
-    m, claims = controls["models"], controls["claims"]
-    accs = ", ".join(f"{controls['labels'][r]} {_pct(v['test_accuracy'])}" for r, v in m.items())
-    held = [c["label"] for c in claims.values() if c["held"]]
-    not_held = [c["label"] for c in claims.values() if not c["held"]]
-    comps = controls.get("comparisons", {})
-    maps = "; ".join(f"against the {controls['labels'][r]}: "
-                     + (", ".join(_findings(comps[r], "integrated")) or "no different")
-                     for r in ("pixels", "dense") if r in comps)
-    return (f"- **Controls** (`results/controls.json`): test accuracy {accs}. The SAE's integrated-gradients maps "
-            f"(95 % CIs of paired differences) {maps}. Unit claims held against the untrained dictionary, the dense "
-            f"autoencoder and shuffled labels: {'; '.join(held) or 'none'}; not held (a control gives the same or "
-            f"more): {'; '.join(not_held) or 'none'}." + _stability_finding(controls))
-
-
-def _claim_note(controls: dict, claim: str) -> str:
-    """What the controls say about ``claim`` (a key of ``controls["claims"]``), to follow a statement of it:
-    held against every control, or which controls give the same or more; empty without the claim."""
-    c = controls.get("claims", {}).get(claim)
-    if not c:
-        return ""
-    if c["held"]:
-        return " Above every control (`results/controls.json`)."
-    same = [controls["labels"][n] for n, v in c["controls"].items() if v["applies"] and not v["beaten"]]
-    return (f" **Not specific to the sparse code:** the {' and the '.join(same)} give the same or more "
-            "(`results/controls.json`).")
 
 
 def _controls_section(data: dict) -> list[str]:
