@@ -117,6 +117,11 @@ def _grouped(groups: dict, kind: str, family: str) -> dict[str, list[str]]:
     return {claim: keys for (f, claim), keys in groups[kind].items() if f == family}
 
 
+def _orderings(groups: dict, kind: str, family: str) -> list[str]:
+    """Every ordering of one kind (holds, fails, flips) and test family, whatever its claim."""
+    return [k for keys in _grouped(groups, kind, family).values() for k in keys]
+
+
 # --- the bullets --------------------------------------------------------------------------------------------
 SUBSTRATE_WORDS = {"zero": "set to 0", "blur": "blurred", "road": "imputed (ROAD)"}  # how a deleted pixel is filled
 
@@ -150,7 +155,7 @@ def deletion_bullet(data: dict) -> str:
     """Which maps pass the deletion test on every substrate and in every seed, which on some, and the largest gap."""
     groups, every, where = _verdicts(data)
     faith = data["summary"]["validation"]["faithfulness"]
-    holds = [k for keys in _grouped(groups, "holds", "faithful_").values() for k in keys]
+    holds = _orderings(groups, "holds", "faithful_")
     flips = "".join(f" For {_orderings_text(keys, every)}: {claim}."
                     for claim, keys in _grouped(groups, "flips", "faithful_").items())
     filled = _either([SUBSTRATE_WORDS.get(name, name) for name in faith["substrates"]])
@@ -171,7 +176,7 @@ def object_bullet(data: dict) -> str:
     """Whether any map beats knowing where the object is (the random order over object pixels), and how much of
     the least object-focused map lies on the object."""
     groups, every, where = _verdicts(data)
-    holds = [k for keys in _grouped(groups, "holds", "object_").values() for k in keys]
+    holds = _orderings(groups, "holds", "object_")
     focus = dict(data["summary"]["validation"]["object_focus"])
     share = focus.pop("object_pixel_share")
     least = min(focus, key=lambda m: focus[m]["mean"])
@@ -185,9 +190,8 @@ def object_bullet(data: dict) -> str:
 def randomization_bullet(data: dict) -> str:
     """The model-randomization sanity check: which maps stay the same once every weight is redrawn."""
     groups, every, where = _verdicts(data)
-    passes, fails, layer = ([k for keys in _grouped(groups, kind, test).values() for k in keys] for kind, test in
-                            (("holds", "randomization_cascading"), ("fails", "randomization_cascading"),
-                             ("fails", "randomization_independent")))
+    passes, fails = (_orderings(groups, kind, "randomization_cascading") for kind in ("holds", "fails"))
+    layer = _orderings(groups, "fails", "randomization_independent")
     rand = data["summary"]["validation"]["randomization"]
     if fails:
         m = fails[0].split("/")[0]
@@ -220,7 +224,7 @@ def completeness_bullet(data: dict) -> str:
 def unit_causality_bullet(data: dict) -> str:
     """Zeroing code units in the order of their contribution against random order."""
     groups, _, where = _verdicts(data)
-    passes = [k for keys in _grouped(groups, "holds", "unit_causality").values() for k in keys]
+    passes = _orderings(groups, "holds", "unit_causality")
     u = data["summary"]["validation"]["unit_deletion"]
     auc = u["auc"]["deletion"]["logit"]
     verdict = (f"lowers its logit faster than random order, {where}" if passes
