@@ -39,6 +39,8 @@ ksae.controls               Controls for the code: pixels, PCA, untrained and de
 ksae.control_study          What sparsity buys: every control scored, explained, its unit claims (``run_controls``);
                             its generated markdown: ksae.controls_report (``controls_markdown``).
 ksae.checks.across_models   Checks comparing models on the same images; ksae.checks.sparseness: Gini, object share.
+ksae.shortcut_study         A planted shortcut (``run_shortcut``): its data ksae.shortcuts, localisation scores
+                            ksae.checks.localisation, text ksae.shortcut_report, figures ksae.plots.shortcut.
 ksae.plots.style            Colours, sizes, fixed layouts and the seaborn style every figure is built in.
 ksae.plots.figure           Finishing figures: palette PNGs, saving, and drawing figures side by side in forked
                             workers.
@@ -134,6 +136,9 @@ from ksae.controls import (
 from ksae.checks.sparseness import gini_index, object_share
 from ksae.checks.across_models import cascading_randomization, faithfulness_gaps, unit_deletion_gaps
 from ksae.control_study import common_images, run_controls, unit_claims, unit_measures
+from ksae.shortcuts import Marker, plant_shortcut, SHORTCUT_VARIANTS, ShortcutData
+from ksae.checks.localisation import chance_level, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
+from ksae.shortcut_study import run_shortcut
 from ksae.plots.style import (
     AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET, COMPARISON_MARGINS,
     COMPARISON_MIN_WIDTH, COMPLETENESS_LAYOUT, COMPLETENESS_SWEEP_LAYOUT, CONFUSION_CMAP, CONFUSION_LAYOUT, CONTEXT,
@@ -165,6 +170,8 @@ from ksae.plots.units import (
 )
 from ksae.plots.controls import plot_controls_models, plot_controls_units
 from ksae.controls_report import controls_markdown
+from ksae.plots.shortcut import plot_shortcut_localisation, plot_shortcut_maps, plot_shortcut_removal
+from ksae.shortcut_report import readme_bullet, shortcut_markdown
 from ksae.report import (
     build_summary, compact_notebook, DEFAULT_FIGURE_DIR, DEFAULT_SUMMARY_PATH, figure_path_fn, figure_timings,
     headline_table, output_paths, protected_folders, randomization_table, read_summary, RUN_DEFAULTS, run_name,
@@ -242,5 +249,7 @@ __all__ = [
     "UNIT_BROWSER_TEMPLATE", "write_unit_browser", "EXPLORER_PAGE", "UNIT_BROWSER_PAGE", "UNIT_TOP_CONTRIBUTIONS",
     "unit_top_contributions", "EXPLORER_DTYPES", "EXPLORER_GZIP_LEVEL", "EXPLORER_MAX_BYTES", "EXPLORER_MAX_SCALE",
     "EXPLORER_TEMPLATE", "explorer_data", "explorer_reference", "read_explorer_data", "write_explorer",
-    "atomic_write_bytes", "IMAGE_SIDE",
+    "atomic_write_bytes", "IMAGE_SIDE", "Marker", "plant_shortcut", "SHORTCUT_VARIANTS", "ShortcutData", "chance_level",
+    "pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "run_shortcut", "plot_shortcut_localisation",
+    "plot_shortcut_maps", "plot_shortcut_removal", "readme_bullet", "shortcut_markdown",
 ]

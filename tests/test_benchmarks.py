@@ -287,3 +287,46 @@ def test_controls_tiny_run_writes_every_representation_and_refuses_mismatches(tm
     torch.save(payload, path)
     with pytest.raises(ValueError, match=r"lr: expected 0\.005, got 0\.5"):
         controls.main(args)
+
+
+def test_shortcut_tiny_run_scores_what_its_gates_certify_and_reruns_from_the_cache(shortcut_tiny):
+    """CI's tiny planted-shortcut run: a scored variant has every method of METHOD_LABELS scored for the sparse-code
+    pipeline and all but decoder-weighted for the pixel classifier, a failed gate scores nothing; a rerun with
+    --cached-only trains nothing and gives the same numbers; the pages are written, the screenshot (with a browser)
+    shows the marker unit removed."""
+    result, folder = shortcut_tiny["result"], shortcut_tiny["folder"]
+    saved = json.loads((folder / "shortcut.json").read_text())
+    assert saved["per_seed"] == json.loads(json.dumps(result["per_seed"]))
+    assert saved["markers"]["M"]["above_threshold_share"] == pytest.approx(0.0125)
+    for v in kh.SHORTCUT_VARIANTS:
+        run = saved["per_seed"][v]["0"]
+        gate = run["gate"]
+        assert gate["passed"] == (gate["value"] >= gate["threshold"]) and run["scored"] == gate["passed"]
+        assert saved["summary"][v]["gates"] == {"0": gate["passed"]}
+        if not gate["passed"]:
+            assert "localisation" not in run and "units" not in run
+            continue
+        loc = run["localisation"]
+        assert list(loc["models"]["shortcut"]) == list(kh.METHOD_LABELS)
+        assert list(loc["models"]["pixel"]) == [m for m in kh.METHOD_LABELS if m != "decoder"]
+        assert loc["n_images"] == 12 and loc["chance"]["M"] == pytest.approx(16 / 784)
+        removal = run["units"]["removal"]
+        assert set(removal["scorers"]) == {"contribution", "contribution_vs_clean", "activation"}
+        assert all(removal["random"][n]["ratio"]["n"] <= 8 for n in ("1", "2", "5", "10"))
+        assert ("shift" in run["units"]) == (v == "biased")
+    files = sorted(p.name for p in (folder / "ckpt").iterdir())
+    again = shortcut_tiny["module"].main(shortcut_tiny["args"][:-4] + ["--cached-only", "--out",
+                                                                        str(folder / "again.json")])
+    assert sorted(p.name for p in (folder / "ckpt").iterdir()) == files  # nothing trained
+    def timeless(d):  # the same numbers but the run's own timings
+        return {k: timeless(v) for k, v in d.items() if k != "seconds"} if isinstance(d, dict) else d
+
+    assert timeless(json.loads(json.dumps(again["per_seed"]))) == timeless(saved["per_seed"])
+    pages = folder / "pages"
+    assert (pages / kh.EXPLORER_PAGE).stat().st_size > 0 and (pages / kh.UNIT_BROWSER_PAGE).stat().st_size > 0
+    shot = saved["pages"].get("screenshot")
+    if "--screenshot" in shortcut_tiny["args"] and isinstance(shot, dict):
+        assert shot["button"] == "undo" and shot["unit"] == saved["per_seed"]["certified"]["0"]["units"][
+            "recovery"]["M"]["closest_unit"]
+        assert shot["after"]["shirt_probability"] < shot["before"]["probability"]  # removing M's unit lowers Shirt
+        assert (folder / "shortcut_explorer.png").stat().st_size > 0
