@@ -27,13 +27,46 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ksae_helpers as kh  # noqa: E402
-from ksae.shortcut_models import _shortcut_models  # noqa: E402
+from ksae.controls import _accuracy  # noqa: E402
+from ksae.shortcut_models import _default_models, _shortcut_models  # noqa: E402
 from ksae.shortcuts import plant_shortcut  # noqa: E402
 
 TINY = dict(k=8, d_hidden=64, clf_hidden=(32, 16), train_subset=3000, ae_epochs=2, clf_epochs=3, n_val=1000,
             batch_size=64, lr=5e-3, ig_steps=4, smoothgrad_samples=2)  # CI's configuration: every stage in seconds
 TINY_SIZES = dict(n_images=12, n_random=8, seeds=(0,))
 SCREENSHOT_SIZE = (1500, 1100)  # browser window for the docs' screenshot, pixels
+CLF_EPOCH_CANDIDATES = (20, 30)  # fewer classifier epochs than the default, tried in this order for the budget
+
+
+def choose_clf_epochs(cfg, data, device, ckpt_dir, train: bool, candidates=CLF_EPOCH_CANDIDATES,
+                      seeds=(0, 1, 2)) -> dict:
+    """The classifier epochs of the study, chosen on the validation split for the compute budget: the fewest of
+    ``candidates`` whose heads, the default autoencoder's (seed ``seeds[0]``) and the raw-pixel classifier's, trained
+    on the unmarked training split with the true labels, reach a validation accuracy within the spread of the default
+    recipe's across ``seeds`` (max - min of the default heads' validation accuracy) of their default-recipe twins;
+    else the default. Those heads are the biased variant's clean twins of the run (cached, trained once)."""
+    planted = plant_shortcut(data, "biased")
+    _, _, x_val, y_val = kh.train_val_split(data, cfg)
+    default = cfg.clf_epochs
+    val = {}
+    pairs = [kh.load_or_train(kh.Config(**{**cfg.to_dict(), "seed": s}), data, device, ckpt_dir, verbose=False)[:2]
+             if train else _default_models(kh.Config(**{**cfg.to_dict(), "seed": s}), planted, device, ckpt_dir,
+                                           train, verbose=False)[:2] for s in seeds]  # the default pairs
+    for epochs in (default, *candidates):
+        cfg_e = kh.Config(**{**cfg.to_dict(), "clf_epochs": epochs, "seed": seeds[0]})
+        pair = _default_models(cfg_e, planted, device, ckpt_dir, train, verbose=False)[:2]
+        models = _shortcut_models(planted, None, cfg_e, data, device, pair, ("twin", "pixel_twin"), ckpt_dir, train,
+                                  verbose=False)
+        val[str(epochs)] = {name: _accuracy(models[role][0], x_val, y_val, device)
+                            for name, role in (("sae", "twin"), ("pixels", "pixel_twin"))}
+    spread = [_accuracy(kh.SparseCodePipeline(sae, clf).eval(), x_val, y_val, device) for sae, clf in pairs]
+    tolerance = max(spread) - min(spread)
+    ok = [e for e in candidates if all(abs(val[str(e)][n] - val[str(default)][n]) <= tolerance for n in val[str(e)])]
+    return {"default": default, "candidates": list(candidates), "validation_accuracy": val,
+            "default_seeds_validation_accuracy": dict(zip(map(str, seeds), spread)), "tolerance": tolerance,
+            "chosen": min(ok) if ok else default,
+            "rule": "the fewest candidate epochs whose SAE head (default autoencoder) and raw-pixel head reach a "
+                    "validation accuracy within the default recipe's seed spread of their default-recipe twins"}
 
 
 def shortcut_pipeline(cfg, data, device, ckpt_dir, seed: int, train: bool):
@@ -107,6 +140,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--n-images", type=int, default=100, help="marked test images explained per variant and seed")
     parser.add_argument("--n-random", type=int, default=100, help="random-unit draws per number of units removed")
     parser.add_argument("--cached-only", action="store_true", help="load every model, train none (missing: error)")
+    parser.add_argument("--clf-epochs", default="auto", help="classifier epochs of every model of the study, or "
+                        "'auto': chosen on the validation split for the budget (choose_clf_epochs)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: kh.pick_device())")
     parser.add_argument("--ckpt-dir", default="checkpoints")
     parser.add_argument("--out", default="results/shortcut.json")
@@ -120,8 +155,16 @@ def main(argv=None) -> dict:
         sizes["seeds"] = tuple(args.seeds)
     data = kh.load_fashion_mnist("data", verbose=False)
     t0 = time.perf_counter()
+    recipe = None
+    if args.clf_epochs == "auto" and not args.tiny:
+        recipe = choose_clf_epochs(cfg, data, device, args.ckpt_dir, not args.cached_only)
+        cfg = kh.Config(**{**cfg.to_dict(), "clf_epochs": recipe["chosen"]})
+    elif args.clf_epochs != "auto":
+        cfg = kh.Config(**{**cfg.to_dict(), "clf_epochs": int(args.clf_epochs)})
+    recipe_seconds = time.perf_counter() - t0
     result = kh.run_shortcut(data, cfg, device, args.variants, ckpt_dir=args.ckpt_dir, train=not args.cached_only,
                              **sizes)
+    result["recipe"] = {**(recipe or {"chosen": cfg.clf_epochs, "rule": "given"}), "seconds": recipe_seconds}
     result["wall_seconds"] = time.perf_counter() - t0
     if args.pages and "certified" in result["variants"]:
         seed = result["seeds"][0]

@@ -38,6 +38,17 @@ _FORMAT = "ksae-shortcut-v1"  # what a checkpoint of this study says it is
 _ROLES = ("ae", "head", "twin", "oracle", "pixel", "pixel_twin", "shift")  # what a checkpoint holds
 
 
+_CLASSIFIER_FIELDS = ("clf_hidden", "n_classes", "dropout", "clf_lr_schedule", "clf_epochs", "clf_hflip", "clf_shift")
+# Config fields that only the classifier reads: train_models builds and trains the autoencoder before and apart from
+# the classifier (tests/test_shortcut_study.py checks it), so checkpoints that differ only here share the autoencoder
+
+
+def _ae_config(cfg: Config) -> Config:
+    """``cfg`` with the classifier's fields at their defaults: what an autoencoder's checkpoint is named and checked
+    by (the same autoencoder serves every classifier recipe)."""
+    return Config(**{**cfg.to_dict(), **{f: getattr(Config, f) for f in _CLASSIFIER_FIELDS}})
+
+
 def _split_indices(y_true: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train: [N_train], val: [n_val])`` indices into the training set: the default split of ``train_val_split``
     (stratified by the *true* classes ``y_true: [60000]``, so every variant shares it) and its first
@@ -176,8 +187,9 @@ def _shortcut_models(planted: ShortcutData, broken: ShortcutData, cfg: Config, d
     """The study's models of one variant and seed (``cfg.seed``), each loaded from ``ckpt_dir`` or trained and saved:
     ``{role: (explained model, history)}`` for every role of ``roles`` (``shortcut``, ``twin``, ``oracle``: a
     ``SparseCodePipeline``; ``pixel``, ``pixel_twin``: a ``LinearCodePipeline``). ``planted``: the variant;
-    ``broken``: the same variant with the shortcut cut (the oracle's data); ``default_pair``: ``(sae, clf)`` of
-    ``cfg`` (the clean twin's autoencoder, and the biased variant's whole twin); ``data``: the unmarked dataset."""
+    ``broken``: the same variant with the shortcut cut (the oracle's data); ``default_pair``: ``_default_models``'
+    ``(sae, clf or None)`` (the clean twin's autoencoder; the clf, where it is ``cfg``'s, is the biased variant's
+    twin: true labels on the unmarked images); ``data``: the unmarked dataset."""
     if train:
         _check_writable_folder("ckpt_dir", ckpt_dir)
     default_sae, default_clf = default_pair
@@ -193,11 +205,11 @@ def _shortcut_models(planted: ShortcutData, broken: ShortcutData, cfg: Config, d
 
     needs_sae = {"shortcut", "oracle"} & set(roles)
     if needs_sae:
-        ae_digest = planted.digest(labels=False)
-        sae, ae_history = _cached(_checkpoint_path(ckpt_dir, "ae", ae_digest, cfg), "ae", planted, ae_digest, cfg,
-                                  lambda: KSparseAutoencoder.from_config(cfg),
-                                  lambda: _train_shortcut_autoencoder(cfg, planted.data.x_train, y_true, device), train,
-                                  verbose)
+        ae_digest, ae_cfg = planted.digest(labels=False), _ae_config(cfg)
+        sae, ae_history = _cached(_checkpoint_path(ckpt_dir, "ae", ae_digest, ae_cfg), "ae", planted, ae_digest,
+                                  ae_cfg, lambda: KSparseAutoencoder.from_config(ae_cfg),
+                                  lambda: _train_shortcut_autoencoder(ae_cfg, planted.data.x_train, y_true, device),
+                                  train, verbose)
         sae = sae.to(device)
         out["sae"] = (sae, ae_history)
     if "shortcut" in roles:
@@ -210,7 +222,7 @@ def _shortcut_models(planted: ShortcutData, broken: ShortcutData, cfg: Config, d
         out["oracle"] = (SparseCodePipeline(sae, clf.to(device)).eval(), history)
     clean_digest = "clean" + planted.digest(marks=False)
     if "twin" in roles:
-        if planted.variant == "biased":  # true labels on the unmarked images: the default pair itself
+        if planted.variant == "biased" and default_clf is not None:  # true labels, unmarked images: the default pair
             out["twin"] = (SparseCodePipeline(default_sae, default_clf).eval(), {})
         else:
             clf, history = head("twin", default_sae, planted.clean, clean_digest)
@@ -228,6 +240,31 @@ def _shortcut_models(planted: ShortcutData, broken: ShortcutData, cfg: Config, d
             clf, history = head("pixel_twin", pixels, planted.clean, clean_digest)
             out["pixel_twin"] = (LinearCodePipeline(pixels, clf.to(device)).eval(), history)
     return out
+
+
+def _default_models(cfg: Config, planted: ShortcutData, device: torch.device, ckpt_dir, train: bool,
+                    verbose: bool):
+    """The clean twin's autoencoder for ``cfg`` (unmarked images, the same seed): ``(sae, clf or None, source)``.
+    Taken from ``cfg``'s own default pair (``Config.checkpoint_name``) in ``ckpt_dir``, with its classifier, else
+    from the default pair of ``cfg`` with the classifier fields at their defaults (the same autoencoder), else
+    trained on the unmarked training split and cached (``shortcut_ae_clean_...``), bit for bit what ``train_models``
+    would give."""
+    from .checkpoints import load_checkpoint
+
+    ref = _ae_config(cfg)
+    for candidate in (cfg, ref):  # cfg's own default pair, else the default recipe's of the same autoencoder
+        path = Path(ckpt_dir) / candidate.checkpoint_name()
+        if path.exists():
+            stored, sae, clf, _, _ = load_checkpoint(path, device)
+            if stored.training_key() == candidate.training_key():
+                if verbose:
+                    print(f"Loaded {path} (the clean twin's autoencoder)")
+                return sae, (clf if candidate is cfg else None), path.name
+    sae, _ = _cached(_checkpoint_path(ckpt_dir, "ae", "clean", ref), "ae", planted, "clean", ref,
+                     lambda: KSparseAutoencoder.from_config(ref),
+                     lambda: _train_shortcut_autoencoder(ref, planted.clean.x_train, planted.true_train, device),
+                     train, verbose)
+    return sae.to(device), None, _checkpoint_path(ckpt_dir, "ae", "clean", ref).name
 
 
 def _load_control_or_fail(cfg: Config, data: FashionMNIST, device: torch.device, ckpt_dir):

@@ -183,6 +183,25 @@ def _statements(r: dict, variant: str) -> list[str]:
             f"inference that beat random units in every seed: {', '.join(removals) or 'none'}."]
 
 
+def _recipe_line(r: dict) -> list[str]:
+    """The classifier recipe of the study's models and, when it was chosen for the budget, how."""
+    cfg, rec = r["config"], r.get("recipe") or {}
+    line = (f"**Recipe.** Every model with the default recipe ({cfg['ae_epochs']} autoencoder epochs) and "
+            f"{cfg['clf_epochs']} classifier epochs")
+    if "validation_accuracy" in rec and rec["chosen"] != rec["default"]:
+        va = rec["validation_accuracy"]
+        parts = "; ".join(f"{e} epochs: SAE head {_share_text(v['sae'])}, pixel head {_share_text(v['pixels'])}"
+                          for e, v in va.items())
+        line += (f" instead of the default {rec['default']}, for the compute budget, chosen on the validation split "
+                 f"({rec['rule']}; tolerance {100 * rec['tolerance']:.2f} points, the default heads' validation "
+                 f"accuracy across seeds ranging over it): {parts}.")
+    elif "validation_accuracy" in rec:
+        line += f": no candidate of {rec['candidates']} stayed within the tolerance ({rec['rule']})."
+    else:
+        line += "."
+    return [line, ""]
+
+
 def shortcut_markdown(shortcut: dict) -> str:
     """The planted-shortcut study as markdown (``results/shortcut.json`` or ``run_shortcut``'s result): the markers,
     the gates, the models, which explanation finds the shortcut, which units carry it, what removing them does, and
@@ -192,7 +211,8 @@ def shortcut_markdown(shortcut: dict) -> str:
                          f"{sorted(shortcut) if isinstance(shortcut, dict) else type(shortcut).__name__}")
     r = shortcut
     mk = r["markers"]
-    lines = [f"**Markers.** M: a {mk['M']['size']} × {mk['M']['size']} patch of value {mk['M']['value']} at row "
+    lines = [*_recipe_line(r),
+             f"**Markers.** M: a {mk['M']['size']} × {mk['M']['size']} patch of value {mk['M']['value']} at row "
              f"{mk['M']['row']}, column {mk['M']['col']}; C (control): the same at row {mk['C']['row']}, column "
              f"{mk['C']['col']}. In the unmarked training images M's pixels are background in all but "
              f"{_share_text(mk['M']['above_threshold_share'])} (any pixel > {mk['M']['threshold']}; "

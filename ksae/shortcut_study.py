@@ -16,15 +16,13 @@ from tqdm import tqdm
 
 from ._util import _check_bool, _check_int, _jsonable
 from .attribution import METHOD_LABELS, attribute_all
-from .checkpoints import load_or_train
 from .checks.localisation import _localisation_scores, chance_level
 from .config import Config
-from .controls import _load_sae
 from .data import FashionMNIST
 from .models import SparseCodePipeline
 from .runtime import device_name
 from .shortcut_eval import _GATES, _gate_result, _outcomes, _predict_inputs, _probe, _removal_row, _variant_metrics
-from .shortcut_models import _shift_head, _shortcut_models
+from .shortcut_models import _default_models, _shift_head, _shortcut_models
 from .shortcut_units import _SCORERS, _best_scorer, _finding, _ranked, _recovery, _removal, _unit_scores
 from .shortcut_verdicts import _across_seeds
 from .shortcuts import (
@@ -262,11 +260,9 @@ def run_shortcut(data: FashionMNIST, cfg: Config, device: torch.device, variants
     for s in tqdm(seeds, desc="shortcut: seeds", disable=not verbose):
         cfg_s = Config(**{**cfg.to_dict(), "seed": s})
         t = time.perf_counter()
-        if train:
-            sae, clf, _, _ = load_or_train(cfg_s, data, device, ckpt_dir, verbose=verbose)
-        else:
-            sae, clf, _, _ = _load_sae(cfg_s, ckpt_dir, device)
-        result["seconds"][f"default_pair_seed{s}"] = time.perf_counter() - t
+        sae, clf, source = _default_models(cfg_s, planted[variants[0]], device, ckpt_dir, train, verbose)
+        result["twin_autoencoder"] = {**result.get("twin_autoencoder", {}), str(s): source}
+        result["seconds"][f"twin_autoencoder_seed{s}"] = time.perf_counter() - t
         for v in variants:
             t = time.perf_counter()
             result["per_seed"][v][str(s)] = _variant_seed(planted[v], broken[v], cfg_s, data, device, (sae, clf),

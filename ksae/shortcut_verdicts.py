@@ -46,7 +46,8 @@ def _localisation_claim(loc: dict, variant: str, role: str, method: str, score: 
         checks = {"above_chance": _above(value, loc["chance"][region]), "above_twin": _above(twin, 0.0)}
         if variant != "two_part":
             checks["above_C"] = _above(loc["m_minus_c"].get(role, {}).get(method, {}).get(score), 0.0)
-        parts[region] = {"value": value, "twin_difference": twin, **checks, "holds": all(checks.values())}
+        parts[region] = {"value": value and value["mean"], "twin_difference": twin and twin["mean"], **checks,
+                         "holds": all(checks.values())}
     return {"regions": parts, "holds": all(p["holds"] for p in parts.values())}
 
 

@@ -184,3 +184,22 @@ def test_shared_models_are_cached_once_and_another_variants_checkpoint_is_refuse
     with pytest.raises(ValueError, match="expected the cached ae model of the biased variant"):
         _shortcut_models(planted["biased"], broken["biased"], kh.Config(**{**TINY, "seed": 5}), data, CPU,
                          (sae, clf), ("shortcut",), tmp_path, train=False, verbose=False)
+
+
+def test_the_twin_autoencoder_comes_from_the_default_checkpoint_whatever_the_classifier(data, tmp_path):
+    """The autoencoder does not depend on the classifier's fields: a study run with another classifier recipe
+    takes the twin's autoencoder from the default checkpoint of its seed (and the classifier only where the recipe
+    is the default's); without that checkpoint it trains the same autoencoder, bit for bit, and caches it."""
+    from ksae.shortcut_models import _CLASSIFIER_FIELDS, _default_models
+
+    base = {k: v for k, v in TINY.items() if k not in _CLASSIFIER_FIELDS}
+    ref, other = kh.Config(**base), kh.Config(**{**base, "clf_epochs": 2, "clf_hidden": (16, 8), "dropout": 0.1})
+    planted = kh.plant_shortcut(data, "biased")
+    sae, clf, _, _ = kh.load_or_train(ref, data, CPU, tmp_path / "with", verbose=False)
+    got_sae, got_clf, source = _default_models(other, planted, CPU, tmp_path / "with", True, False)
+    assert source == ref.checkpoint_name() and got_clf is None
+    assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), got_sae.state_dict().values()))
+    assert _default_models(ref, planted, CPU, tmp_path / "with", True, False)[1] is not None  # its own classifier
+    trained, none, source = _default_models(other, planted, CPU, tmp_path / "without", True, False)
+    assert none is None and source.startswith("shortcut_ae_clean_")
+    assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), trained.state_dict().values()))

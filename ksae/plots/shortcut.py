@@ -53,12 +53,15 @@ def _outline(ax, marker: dict, name: str) -> None:
 
 
 @_styled
-def plot_shortcut_maps(shortcut: dict, variant: str = "certified", save: str | None = None) -> Figure:
-    """One marked test image of ``variant`` (the first explained image of the first seed) and every method's map of
+def plot_shortcut_maps(shortcut: dict, variant: str | None = None, save: str | None = None) -> Figure:
+    """One marked test image of ``variant`` (default: the first variant that was scored; its first explained image
+    of the first scored seed) and every method's map of
     the Shirt logit, for the shortcut model (top row) and its clean twin (bottom row) on the same image; M outlined
     solid, C dashed; each column on one colour scale (symmetric, the ``MAP_CLIP_PERCENTILE`` of both maps' |values|),
     each title the map's relevance mass accuracy on M."""
     shortcut = _check_shortcut(shortcut)
+    if variant is None:
+        variant = next((v for v in shortcut["variants"] if _scored_seeds(shortcut, v)), shortcut["variants"][0])
     if variant not in shortcut["variants"]:
         raise ValueError(f"variant must be one of {shortcut['variants']}, got {variant!r}")
     per = _scored_seeds(shortcut, variant)
