@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 _FORMAT = "ksae-shortcut-v1"  # what a checkpoint of this study says it is
 
 
-_ROLES = ("ae", "head", "twin", "oracle", "pixel", "pixel_twin", "shift")  # what a checkpoint holds
-
-
 _CLASSIFIER_FIELDS = ("clf_hidden", "n_classes", "dropout", "clf_lr_schedule", "clf_epochs", "clf_hflip", "clf_shift")
 # Config fields that only the classifier reads: train_models builds and trains the autoencoder before and apart from
 # the classifier (tests/test_shortcut_study.py checks it), so checkpoints that differ only here share the autoencoder

@@ -330,3 +330,20 @@ def test_shortcut_tiny_run_scores_what_its_gates_certify_and_reruns_from_the_cac
             "recovery"]["M"]["closest_unit"]
         assert shot["after"]["shirt_probability"] < shot["before"]["probability"]  # removing M's unit lowers Shirt
         assert (folder / "shortcut_explorer.png").stat().st_size > 0
+
+
+def test_shortcut_classifier_epochs_are_chosen_by_the_stated_rule_on_validation(shortcut_tiny, tmp_path):
+    """The budget's classifier epochs: the fewest candidates whose SAE and pixel heads stay within the default heads'
+    seed spread on the validation split; those heads are the biased variant's twins of the run (cached)."""
+    module = shortcut_tiny["module"]
+    cfg = kh.Config(**{**module.TINY, "clf_epochs": 4})
+    data = kh.load_fashion_mnist(download=False, verbose=False)
+    torch.set_num_threads(1)
+    got = module.choose_clf_epochs(cfg, data, torch.device("cpu"), tmp_path, True, candidates=(1, 2))
+    va, tol = got["validation_accuracy"], got["tolerance"]
+    assert tol == pytest.approx(max(got["default_seeds_validation_accuracy"].values())
+                                - min(got["default_seeds_validation_accuracy"].values()))
+    ok = [e for e in (1, 2) if all(abs(va[str(e)][n] - va["4"][n]) <= tol for n in ("sae", "pixels"))]
+    assert got["chosen"] == (min(ok) if ok else 4)
+    twins = sorted(p.name for p in tmp_path.glob("shortcut_twin_clean*.pt"))  # epochs 1 and 2 (4: the default pair)
+    assert len(twins) == 2 and "_clf1_" in twins[0] and "_clf2_" in twins[1]
