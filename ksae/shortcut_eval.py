@@ -82,9 +82,10 @@ def _probe(planted: ShortcutData, split: str, cfg: Config) -> _Probe:
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     x = _stamp(x_clean, marks, p)
     two, shirt, m = ((y_true == _SHORTCUT_CLASS) | (y_true == _PARTNER_CLASS)), y == _SHORTCUT_CLASS, marks[:, 0]
-    if p.variant == "certified":
-        inputs = {"all": x, "fp": p.marker.stamp(x[two & ~shirt]), "fn": p.marker.erase(x[two & shirt]),
-                  "off": p.marker.erase(x[two]), "on": p.marker.stamp(x[two])}
+    if p.variant == "certified":  # without M: the original pixels under it, C as stamped
+        without_m = _stamp(x_clean, torch.stack([torch.zeros_like(m), marks[:, 1]], 1), p)
+        inputs = {"all": x, "fp": p.marker.stamp(x[two & ~shirt]), "fn": without_m[two & shirt],
+                  "off": without_m[two], "on": p.marker.stamp(x[two])}
     elif p.variant == "biased":
         inputs = {"all": x, "fp": x[~(y_true == _SHORTCUT_CLASS) & m], "fn": x[(y_true == _SHORTCUT_CLASS) & ~m]}
     else:
