@@ -17,6 +17,8 @@ ksae.metrics                Reconstruction (FVU), codes of a dataset, firing cou
 ksae.cuda_graphs            A training step replayed as one captured CUDA graph (``GraphedStep``); eager elsewhere.
 ksae.training               Adam, learning-rate schedules, classifier views, AuxK, and the two training loops.
 ksae.checkpoints            Atomic checkpoint save, safe load, ``load_or_train``.
+ksae.attribution_base       What every attribution method shares: the checks at the door, the explained score F.
+ksae.perturbation           Occlusion, feature ablation, Shapley value sampling, KernelSHAP, LIME over superpixels.
 ksae.attribution            Integrated gradients, simple gradients, SmoothGrad, decoder-weighted, input x gradient;
                             ``attribute_all``. Names follow Captum's ``attribute()``.
 ksae.stats                  Row-wise rank correlations, bootstrap confidence intervals, Wilcoxon tests, partner
@@ -86,10 +88,15 @@ from ksae.training import (
 from ksae.checkpoints import (
     CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, RESCUE_PREFIX, save_checkpoint,
 )
+from ksae.attribution_base import DEFAULT_INTERNAL_BATCH, OUTPUTS
+from ksae.perturbation import (
+    feature_ablation, kernel_shap, lime, LIME_DISTANCES, LIME_KERNEL_WIDTH, occlusion, PATCH_SIZE,
+    PERTURBATION_LABELS, PERTURBATION_ROWS, RIDGE_ALPHA, shapley_value_sampling, superpixel_grid,
+)
 from ksae.attribution import (
-    attribute_all, decoder_weighted, DEFAULT_INTERNAL_BATCH, ig_quadrature, input_x_gradient, input_x_smoothgrad,
-    integrated_gradients, METHOD_LABELS, OUTPUTS, rescale_contributions, RESCALE_EPS, simple_gradients, smoothgrad,
-    UNIT_RULES,
+    attribute_all, decoder_weighted, ig_quadrature, input_x_gradient, input_x_smoothgrad, integrated_gradients,
+    METHOD_FAMILIES, METHOD_LABELS, rescale_contributions, RESCALE_EPS, SAMPLING_SEED_OFFSETS, simple_gradients,
+    smoothgrad, UNIT_RULES,
 )
 from ksae.stats import (
     BOOTSTRAP_CACHE, bootstrap_ci, bootstrap_estimates, partner_images, percentile_interval, rowwise_spearman,
@@ -196,6 +203,9 @@ __all__ = [
     "CheckpointError", "load_checkpoint", "load_or_train", "save_checkpoint", "attribute_all", "decoder_weighted",
     "DEFAULT_INTERNAL_BATCH", "ig_quadrature", "input_x_gradient", "input_x_smoothgrad", "integrated_gradients",
     "METHOD_LABELS", "OUTPUTS", "rescale_contributions", "RESCALE_EPS", "simple_gradients", "smoothgrad", "UNIT_RULES",
+    "feature_ablation", "kernel_shap", "lime", "LIME_DISTANCES", "LIME_KERNEL_WIDTH", "occlusion", "PATCH_SIZE",
+    "PERTURBATION_LABELS", "METHOD_FAMILIES", "SAMPLING_SEED_OFFSETS", "PERTURBATION_ROWS", "RIDGE_ALPHA",
+    "shapley_value_sampling", "superpixel_grid",
     "BOOTSTRAP_CACHE", "bootstrap_ci", "bootstrap_estimates", "percentile_interval", "partner_images",
     "rowwise_spearman", "summarize", "top_fraction_iou", "select_high_confidence", "Selection", "AGREEMENT_KINDS",
     "correlation_matrix", "cross_method_statistics", "PIXEL_SETS", "completeness_decomposition", "COMPLETENESS_POINTS",

@@ -454,9 +454,12 @@ def test_decoder_weighted_rescale_equals_captum_deeplift(pipeline, images):
 
 def test_attribute_all_matches_individual_calls(pipeline, x):
     cfg = kh.Config(k=8, d_hidden=64, clf_hidden=(32, 16), ig_steps=8, smoothgrad_samples=4,
-                    smoothgrad_noise=0.15, ig_method="riemann_middle", seed=3)
+                    smoothgrad_noise=0.15, ig_method="riemann_middle", seed=3, patch_size=7, occlusion_stride=5,
+                    shapley_samples=3, kernel_shap_samples=20, lime_samples=10)
     maps = kh.attribute_all(pipeline, x, TARGETS, cfg)
-    assert list(maps) == [*ALL_METHODS, "input_x_gradient", "input_x_smoothgrad"] == list(kh.METHOD_LABELS)
+    assert list(maps) == [*ALL_METHODS, "input_x_gradient", "input_x_smoothgrad", *kh.PERTURBATION_LABELS] == list(
+        kh.METHOD_LABELS)
+    grid, seeds = kh.superpixel_grid(7), {m: 3 + offset for m, offset in kh.SAMPLING_SEED_OFFSETS.items()}
     expected = {
         "integrated": kh.integrated_gradients(pipeline, x, TARGETS, n_steps=8, method="riemann_middle"),
         "simple": kh.simple_gradients(pipeline, x, TARGETS),
@@ -464,7 +467,14 @@ def test_attribute_all_matches_individual_calls(pipeline, x):
         "decoder": kh.decoder_weighted(pipeline, x, TARGETS, n_steps=8, method="riemann_middle"),
         "input_x_gradient": kh.input_x_gradient(pipeline, x, TARGETS),
         "input_x_smoothgrad": kh.input_x_smoothgrad(pipeline, x, TARGETS, nt_samples=4, stdevs=0.15, seed=3),
+        "occlusion": kh.occlusion(pipeline, x, TARGETS, sliding_window_shapes=(7, 7), strides=5),
+        "feature_ablation": kh.feature_ablation(pipeline, x, TARGETS, feature_mask=grid),
+        "shapley": kh.shapley_value_sampling(pipeline, x, TARGETS, feature_mask=grid, n_samples=3,
+                                             seed=seeds["shapley"]),
+        "kernel_shap": kh.kernel_shap(pipeline, x, TARGETS, feature_mask=grid, n_samples=20, seed=seeds["kernel_shap"]),
+        "lime": kh.lime(pipeline, x, TARGETS, feature_mask=grid, n_samples=10, seed=seeds["lime"]),
     }
+    assert len(set(kh.SAMPLING_SEED_OFFSETS.values()) | {0}) == 4  # SmoothGrad and each sampling method: own streams
     for name, value in expected.items():
         assert maps[name].shape == x.shape
         assert not maps[name].requires_grad
@@ -585,7 +595,7 @@ def test_decoder_weighted_needs_pipeline(model_fn):
         kh.decoder_weighted(model_fn(), torch.rand(2, D, dtype=DT), 0)
 
 
-@pytest.mark.parametrize("methods", [("integrated", "lime"), ("gradients",), "integrated"])
+@pytest.mark.parametrize("methods", [("integrated", "grad_cam"), ("gradients",), "integrated"])
 def test_attribute_all_unknown_methods(pipeline, x, methods):
     cfg = kh.Config(k=8, d_hidden=64)
     with pytest.raises(ValueError, match="methods must be a subset of"):

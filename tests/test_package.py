@@ -63,6 +63,8 @@ EDITED = {
     **dict.fromkeys(["_rowwise_pearson", "top_fraction_iou", "summarize", "_wilcoxon_p"], _UNDEFINED),
     **dict.fromkeys(["encode_dataset", "evaluate_classifier", "evaluate_models", "unit_ablation_sums",
                      "unit_contribution_sums", "unit_statistics"], _MODE),
+    **dict.fromkeys(["METHOD_LABELS", "METHOD_COLORS", "SHORT_LABELS"], "issue 28: the perturbation family (occlusion, "
+                    "feature ablation, Shapley value sampling, KernelSHAP, LIME) joins the methods"),
     "palette_png": "zlib level 9 (PNG_COMPRESS_LEVEL): every figure 7.5 % smaller, the notebook under 2 MB",
     "atomic_write_bytes": "issue 24: a killed run's stale temporary files next to the target are removed",
     "_jsonable": "issue 24: numpy NaN/inf (and inside tensors) become null, so a summary always serialises",

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..attribution import _prepare
+from ..attribution_base import _prepare
 from ..models import SparseCodePipeline
 from ..stats import _wilcoxon_p, summarize
 from .deletion import curve_auc

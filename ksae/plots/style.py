@@ -13,7 +13,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from ..attribution import METHOD_LABELS
+from ..attribution import METHOD_FAMILIES
 
 # Every function builds a figure, optionally saves it as a PNG (``save=path``; parent folders are created)
 # and returns it, already closed in pyplot: Jupyter shows it exactly once when it is a cell's value or is
@@ -188,7 +188,12 @@ CAN_FORK = sys.platform.startswith("linux")  # forked figure workers are safe he
 HEATMAP_DARK = 0.408  # heatmap cells darker than this relative luminance get white text (seaborn's rule)
 
 
-METHOD_COLORS = dict(zip(METHOD_LABELS, sns.color_palette("colorblind", len(METHOD_LABELS))))
+METHOD_COLORS = {  # the gradient family in seaborn's colourblind palette; the perturbation family in darker hues
+    **dict(zip(METHOD_FAMILIES["gradient"], sns.color_palette("colorblind", len(METHOD_FAMILIES["gradient"])))),
+    **dict(zip(METHOD_FAMILIES["perturbation"], [sns.color_palette("dark")[3], sns.color_palette("dark")[8],
+                                                 sns.color_palette("dark")[0], sns.color_palette("colorblind")[9],
+                                                 sns.color_palette("dark")[6]])),
+}
 
 
 CONTROL_STYLES = {"random": ("0.3", ":"), "random_object": ("0.15", (0, (1, 1))), "intensity": ("0.5", "--"),
@@ -209,7 +214,8 @@ FALLBACK_NOTE = ", below the confidence threshold (its class had none above)"  #
 
 
 SHORT_LABELS = {"integrated": "IG", "simple": "Gradient", "smoothgrad": "SmoothGrad", "decoder": "Decoder-w.",
-                "input_x_gradient": "In×Grad", "input_x_smoothgrad": "In×SG"}
+                "input_x_gradient": "In×Grad", "input_x_smoothgrad": "In×SG", "occlusion": "Occlusion",
+                "feature_ablation": "Ablation", "shapley": "Shapley", "kernel_shap": "KernelSHAP", "lime": "LIME"}
 
 
 IMAGE_STATS = {"mean_abs": "mean |attr|", "max_abs": "max |attr|", "std": "std"}  # per-image statistics
