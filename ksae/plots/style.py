@@ -173,6 +173,13 @@ DENSITY_LAYOUT = {"left": 0.55, "right": 0.07, "top": 0.25, "bottom": 0.52}
 AGREEMENT_LAYOUT = {"left": 0.59, "right": 1.75, "top": 0.39, "bottom": 0.52}  # class legend right of the axes
 
 
+FAMILY_LAYOUT = {"left": 2.15, "right": 0.3, "top": 0.75, "bottom": 1.45, "wspace": 2.3, "cell": 0.5,
+                 "points": 6.0}  # the families' agreement: inches, a matrix cell's side, the right panel's width
+
+
+FAMILY_GROUP_COLORS = {"within": "0.55", "across": "#7b3294", "within_second": "#008837"}  # the agreement groups
+
+
 MESSAGE_LAYOUT = {"left": 0.1, "right": 0.1, "top": 0.4, "bottom": 0.1}
 
 
