@@ -98,6 +98,12 @@ def test_verdicts_across_seeds_on_two_tiny_seeds(tmp_path):
         assert entry["stable"] == (entry["passes"]["0"] == entry["passes"]["1"])
     assert len(saved["stability"]) == len(rows0)
     assert set(saved["statements"]) == {"holds", "fails", "flips"}
+    assert {r["ordering"].split("/")[0] for r in rows0} == set(kh.METHOD_LABELS)  # both families, every method
+    run = saved["per_seed"]["0"]
+    assert list(run["attribution_seconds"]) == list(kh.METHOD_LABELS)
+    assert run["agreement"]["families"] == {f: list(m) for f, m in kh.METHOD_FAMILIES.items()}
+    assert run["rankings"]["zero"]["signed"][0] in {r["ordering"] for r in rows0} | set(kh.control_maps(
+        torch.zeros(1, 784)))
     with pytest.raises(SystemExit):
         bench.main(["--seeds", "0"])
 
