@@ -24,7 +24,6 @@ from .attribution_base import (
 from .config import IG_METHODS
 from .models import SparseCodePipeline
 from .perturbation import (
-    PERTURBATION_LABELS,
     feature_ablation,
     kernel_shap,
     lime,
@@ -45,17 +44,21 @@ METHOD_LABELS = {
     "decoder": "Decoder-weighted",
     "input_x_gradient": "Input × gradient",
     "input_x_smoothgrad": "Input × SmoothGrad",
-    **PERTURBATION_LABELS,  # occlusion, feature ablation, Shapley value sampling, KernelSHAP, LIME (ksae.perturbation)
+    "occlusion": "Occlusion",  # the perturbation family (ksae.perturbation)
+    "feature_ablation": "Feature ablation",
+    "shapley": "Shapley sampling",  # Shapley value sampling
+    "kernel_shap": "KernelSHAP",
+    "lime": "LIME",
 }
 
 
 METHOD_FAMILIES = {  # gradient: reads gradients (or DeepLIFT's rescale multipliers); perturbation: changes the input
     "gradient": ("integrated", "simple", "smoothgrad", "decoder", "input_x_gradient", "input_x_smoothgrad"),
-    "perturbation": tuple(PERTURBATION_LABELS),
+    "perturbation": ("occlusion", "feature_ablation", "shapley", "kernel_shap", "lime"),
 }
 
 
-SAMPLING_SEED_OFFSETS = {"shapley": 1, "kernel_shap": 2, "lime": 3}  # attribute_all draws each sampling
+_SAMPLING_SEED_OFFSETS = {"shapley": 1, "kernel_shap": 2, "lime": 3}  # attribute_all draws each sampling
 # perturbation method from seed + its offset: streams independent of each other and of SmoothGrad's (the seed)
 
 
@@ -320,7 +323,8 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
     """Every requested method's ``[B, 784]`` map for ``inputs`` with the config's settings, in the order of
     ``methods``: ``{method: map}``. Each map is computed once (the x-input maps reuse their gradient's). The
     perturbation methods use ``superpixel_grid(cfg.patch_size)`` (occlusion: that window, ``cfg.occlusion_stride``)
-    and their ``cfg.*_samples``; a sampling method draws from ``seed + SAMPLING_SEED_OFFSETS[method]``.
+    and their ``cfg.*_samples``; a sampling method draws from ``seed`` plus its offset (Shapley + 1, KernelSHAP + 2,
+    LIME + 3: streams independent of each other and of SmoothGrad's).
 
     With ``return_contributions``, also decoder-weighted's unit contributions ``c: [B, H]`` (computed with
     its map, or on their own when ``"decoder"`` is not among ``methods``): ``(maps, contributions)``.
@@ -362,7 +366,7 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
                              seed=seeds["lime"]),
     }
     grid = superpixel_grid(cfg.patch_size)
-    seeds = {m: seed + offset for m, offset in SAMPLING_SEED_OFFSETS.items()}
+    seeds = {m: seed + offset for m, offset in _SAMPLING_SEED_OFFSETS.items()}
     out = {m: get(m) for m in methods}
     if not return_contributions:
         return out

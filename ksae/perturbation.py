@@ -4,12 +4,12 @@ superpixels. Names and arguments follow Captum's ``attribute()``.
 Each method explains ``F(x)`` (the target's logit; ``output="probability"``: its softmax probability) by evaluating
 ``F`` on perturbed copies of the image, where some pixels keep their value and the others take the baseline's
 (``baselines``: default a zero image, integrated gradients' baseline and the zero deletion substrate). Features are
-the superpixels of ``feature_mask`` (default ``superpixel_grid(PATCH_SIZE)``: 4 x 4 patches, a 7 x 7 grid of 49
-features); a feature's attribution is given to each of its pixels (Captum's ``return_input_shape=True``), so maps
-are ``[B, 784]`` (or the inputs' shape) like the gradient methods'.
+the superpixels of ``feature_mask`` (default ``superpixel_grid()``: 4 x 4 patches, ``Config.patch_size``, a 7 x 7
+grid of 49 features); a feature's attribution is given to each of its pixels (Captum's ``return_input_shape=True``),
+so maps are ``[B, 784]`` (or the inputs' shape) like the gradient methods'.
 
 Batched: the perturbed copies of many images go through one model call, at most ``perturbations_per_eval`` rows at a
-time (default ``PERTURBATION_ROWS``; Captum's argument counts copies per image, ours rows over all images: the
+time (default ``DEFAULT_INTERNAL_BATCH``; Captum's argument counts copies per image, ours rows over all images: the
 result does not depend on it). Exact shortcut: a model with an affine first layer (``affine_split() -> (A, c,
 head)``, ``F(x) = head(x A^T + c)``: our pipeline) gets the first layer's output of a copy that keeps the pixels
 ``m`` as ``pre(b) + sum_(f kept) P_f`` with ``P_f = ((x - b) on feature f) A^T`` (one sparse product per image, not a
@@ -30,35 +30,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._util import IMAGE_SIDE, _check_float, _check_int
-from .attribution_base import _baseline, _prepare_inputs
+from .attribution_base import DEFAULT_INTERNAL_BATCH, _baseline, _prepare_inputs
 from .attribution_base import _score as _target_score
+from .config import Config
 
-PERTURBATION_LABELS = {  # the perturbation family, in the order attribute_all computes and figures draw it
-    "occlusion": "Occlusion",
-    "feature_ablation": "Feature ablation",
-    "shapley": "Shapley sampling",  # Shapley value sampling
-    "kernel_shap": "KernelSHAP",
-    "lime": "LIME",
-}
-
-
-PATCH_SIZE = 4  # default superpixel side: 4 x 4 patches, a 7 x 7 grid of 49 features; also the occlusion window
-
-
-PERTURBATION_ROWS = 8192  # perturbed copies per model call when perturbations_per_eval is None
-
-
-LIME_DISTANCES = ("cosine", "euclidean")  # LIME's similarity kernel exp(-d^2 / (2 width^2)) of this distance
+_LIME_DISTANCES = ("cosine", "euclidean")  # LIME's similarity kernel exp(-d^2 / (2 width^2)) of this distance
 # between the image and the perturbed copy (Captum's get_exp_kernel_similarity_function(distance_mode, kernel_width))
 
 
-LIME_KERNEL_WIDTH = 1.0  # LIME's kernel width (Captum's default)
-
-
-RIDGE_ALPHA = 1.0  # LIME's ridge penalty (the lime package's Ridge(alpha=1), intercept not penalised)
-
-
-def superpixel_grid(patch_size: int = PATCH_SIZE) -> torch.Tensor:
+def superpixel_grid(patch_size: int = Config.patch_size) -> torch.Tensor:
     """Feature ids ``[28, 28]`` (int64, row-major over patches) of a grid of ``patch_size`` x ``patch_size``
     patches; where 28 is not a multiple of ``patch_size`` the last row and column of patches are narrower (as
     Captum's occlusion cuts its last window). ``patch_size=4``: 49 features."""
@@ -208,7 +188,7 @@ def _setup(model, inputs, target, baselines, output, perturbations_per_eval):
         base = torch.full_like(x, float(baselines))
     else:
         base = _baseline(baselines, x)
-    rows = PERTURBATION_ROWS if perturbations_per_eval is None else perturbations_per_eval
+    rows = DEFAULT_INTERNAL_BATCH if perturbations_per_eval is None else perturbations_per_eval
     _check_int("perturbations_per_eval", rows, low=1)
     with torch.no_grad():
         return x.detach(), shape, _Perturbed(model, output, x.detach(), base.detach(), target, rows)
@@ -240,7 +220,7 @@ def _pair(name: str, value, low: int, high: int | None, high_name: str | None = 
 
 
 @torch.no_grad()
-def occlusion(model: nn.Module, inputs: torch.Tensor, target, sliding_window_shapes=(PATCH_SIZE, PATCH_SIZE),
+def occlusion(model: nn.Module, inputs: torch.Tensor, target, sliding_window_shapes=(Config.patch_size,) * 2,
               strides=None, baselines=None, output: str = "logit",
               perturbations_per_eval: int | None = None) -> torch.Tensor:
     """Occlusion (Zeiler & Fergus 2014; Captum's ``Occlusion``): a window of ``sliding_window_shapes`` (rows,
@@ -410,19 +390,19 @@ def _random_coalitions(n: int, count: int, size_weights: torch.Tensor, gen: torc
 
 @torch.no_grad()
 def lime(model: nn.Module, inputs: torch.Tensor, target, baselines=None, feature_mask=None, n_samples: int = 1200,
-         distance_mode: str = "cosine", kernel_width: float = LIME_KERNEL_WIDTH, alpha: float = RIDGE_ALPHA,
+         distance_mode: str = "cosine", kernel_width: float = 1.0, alpha: float = 1.0,
          output: str = "logit", perturbations_per_eval: int | None = None, seed: int | None = None,
          generator: torch.Generator | None = None) -> torch.Tensor:
     """LIME (Ribeiro et al. 2016; Captum's ``Lime`` with a ridge model): ``n_samples`` random coalitions per image,
     each feature kept with probability 1/2 (Captum's sampling). A copy weighs ``exp(-d^2 / (2 kernel_width^2))``
     with ``d`` its ``distance_mode`` distance to the image in pixel space (``"cosine"``: 1 - cosine similarity,
-    Captum's default similarity; ``"euclidean"``), and a weighted ridge regression of ``F`` on the kept-feature
-    indicators (penalty ``alpha`` >= 0, intercept not penalised: scikit-learn's ``Ridge``, the lime package's
-    model) gives each feature its coefficient, given to each of its pixels. Other arguments as
+    Captum's default similarity, width 1; ``"euclidean"``), and a weighted ridge regression of ``F`` on the
+    kept-feature indicators (penalty ``alpha`` >= 0, default 1, intercept not penalised: scikit-learn's ``Ridge``,
+    the lime package's model) gives each feature its coefficient, given to each of its pixels. Other arguments as
     ``shapley_value_sampling``."""
     _check_int("n_samples", n_samples, low=1)
-    if distance_mode not in LIME_DISTANCES:
-        raise ValueError(f"distance_mode (the distance in LIME's similarity kernel) must be one of {LIME_DISTANCES}, "
+    if distance_mode not in _LIME_DISTANCES:
+        raise ValueError(f"distance_mode (the distance in LIME's similarity kernel) must be one of {_LIME_DISTANCES}, "
                          f"got {distance_mode!r}")
     _check_float("kernel_width", kernel_width, low=0.0, low_open=True)
     _check_float("alpha", alpha, low=0.0)

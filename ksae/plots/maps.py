@@ -388,7 +388,7 @@ def plot_perturbation_maps(selection: Selection, maps: dict, classes, methods=No
     return _finish(fig, save)
 
 
-FAMILY_GROUPS = ("within", "across", "within_second")  # the three agreement groups of ``family_agreement``
+_FAMILY_GROUPS = ("within", "across", "within_second")  # the three agreement groups of ``family_agreement``
 
 
 @_styled
@@ -419,8 +419,8 @@ def plot_family_agreement(cross_stats: dict, family_stats: dict, save: str | Non
     keys = {"within": f"within_{first}", "across": "across", "within_second": f"within_{second}"}
     names = {"within": f"within {first}", "across": f"{first} × {second}", "within_second": f"within {second}"}
     variants = [f"spearman_{k}_{p}" for k in AGREEMENT_KINDS for p in PIXEL_SETS]
-    offsets = np.linspace(-0.25, 0.25, len(FAMILY_GROUPS))
-    for off, group in zip(offsets, FAMILY_GROUPS):
+    offsets = np.linspace(-0.25, 0.25, len(_FAMILY_GROUPS))
+    for off, group in zip(offsets, _FAMILY_GROUPS):
         present = [v for v in variants if keys[group] in stats[v]]
         if not present:
             continue
@@ -437,6 +437,6 @@ def plot_family_agreement(cross_stats: dict, family_stats: dict, save: str | Non
     ax_pts.set_ylim(len(variants) - 0.4, -0.6)
     ax_pts.set(xlim=(-0.3, 1), xlabel="mean Spearman ρ minus the null, per image (95 % CI)",
                title="Agreement within and across the families")
-    ax_pts.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(FAMILY_GROUPS))
+    ax_pts.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(_FAMILY_GROUPS))
     _suptitle(fig, f"Do {second} maps agree with {first} maps? ({family_stats['n_images']} images)")
     return _finish(fig, save)
