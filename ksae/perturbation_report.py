@@ -40,7 +40,7 @@ def _check_data(data) -> dict:
     return data
 
 
-def passing_everywhere(data: dict) -> dict[str, list[str]]:
+def _passing_everywhere(data: dict) -> dict[str, list[str]]:
     """``{test family prefix (and "both"): [orderings passing it on every substrate in every seed]}``."""
     rows = [r for run in data["per_seed"].values() for r in run["rows"]]
     orderings = list(dict.fromkeys(r["ordering"] for r in rows))
@@ -53,7 +53,7 @@ def passing_everywhere(data: dict) -> dict[str, list[str]]:
     return out
 
 
-def first_places(data: dict) -> list[dict]:
+def _first_places(data: dict) -> list[dict]:
     """Per substrate and ranking, the ordering with the largest deletion gap in every seed, among all orderings
     and the controls (``now``) and among the gradient family's and the controls (``gradient_only``): ``None``
     where it differs between seeds."""
@@ -104,7 +104,7 @@ def _ordering_text(key: str | None) -> str:
     return _verdict_label(key) if "/" in key else f"the {key.replace('_', ' ')} control"
 
 
-def agreement_lines(data: dict) -> list[str]:
+def _agreement_lines(data: dict) -> list[str]:
     """A table: per Spearman variant and seed, the mean per-image excess over the different-image null within the
     gradient family, across the families and within the perturbation family (95 % CIs), and the paired difference
     across - within the gradient family with its Wilcoxon p."""
@@ -119,7 +119,7 @@ def agreement_lines(data: dict) -> list[str]:
     return [line.replace("|maps|", "&#124;maps&#124;") for line in lines]
 
 
-def agreement_outcome(data: dict, variant: str = _PRIMARY) -> str:
+def _agreement_outcome(data: dict, variant: str = _PRIMARY) -> str:
     """'less', 'more' (the CI of across - within below / above 0 in every seed) or 'no resolvable difference'."""
     signs = set()
     for run in data["per_seed"].values():
@@ -133,7 +133,7 @@ def perturbation_markdown(data: dict) -> str:
     seeds file's JSON), and the families' agreement, every number read from ``data``."""
     data = _check_data(data)
     cfg, seeds = data.get("config", {}), list(data["per_seed"])
-    everywhere = passing_everywhere(data)
+    everywhere = _passing_everywhere(data)
     by_family = lambda keys, fam: [k for k in keys if _family(k) == fam]
     lines = [f"Occlusion ({cfg.get('patch_size')} × {cfg.get('patch_size')} window, stride "
              f"{cfg.get('occlusion_stride')}), feature ablation, Shapley value sampling ({cfg.get('shapley_samples')} "
@@ -154,17 +154,17 @@ def perturbation_markdown(data: dict) -> str:
     for kind, title in (("holds", "Holds"), ("fails", "Fails everywhere"), ("flips", "Depends on the protocol")):
         found = [f"- {claim}: {_grouped_names(keys)}." for (k, claim), keys in claims.items() if k == kind]
         lines += ["", f"**{title}:**", "", *found] if found else []
-    changed = [p for p in first_places(data) if p["now"] != p["gradient_only"]]
+    changed = [p for p in _first_places(data) if p["now"] != p["gradient_only"]]
     lines += ["", "**Largest deletion gap** (rank 1 among the orderings of a ranking and the controls, in every seed): "
               + ("; ".join(f"{p['substrate']}, {'signed' if p['ranking'] == 'signed' else '|value|'}: "
                            f"{_ordering_text(p['gradient_only'])} with the gradient family alone, now "
                            f"{_ordering_text(p['now'])}" for p in changed) if changed else
                  "the same ordering with the perturbation family as without it, on every substrate and ranking") + "."]
-    outcome = agreement_outcome(data)
+    outcome = _agreement_outcome(data)
     lines += ["", "**Do perturbation maps agree with the gradient maps more than the gradient maps agree with each "
               f"other?** Signed Spearman on all pixels: {_outcome_words(outcome)}. Per image, the excess of Spearman "
               "over the different-image null (the same statistic between maps of two images of the same class), "
-              "averaged over the method pairs within each family and across them:", "", *agreement_lines(data)]
+              "averaged over the method pairs within each family and across them:", "", *_agreement_lines(data)]
     return "\n".join(lines)
 
 
@@ -179,10 +179,10 @@ def readme_bullet(data: dict) -> str:
     """README's one finding about the perturbation family: whether any method passes every substrate in every seed,
     and the families' agreement with its CIs (signed Spearman, all pixels), linking docs/results.md's section."""
     data = _check_data(data)
-    both = passing_everywhere(data)["both"]
+    both = _passing_everywhere(data)["both"]
     diffs = [run["agreement"]["statistics"][_PRIMARY]["across_minus_within_gradient"]
              for run in data["per_seed"].values()]
-    outcome = agreement_outcome(data)
+    outcome = _agreement_outcome(data)
     agree = {"less": "agree with the gradient maps less than those agree with each other",
              "more": "agree with the gradient maps more than those agree with each other"}.get(
         outcome, "agree with the gradient maps neither resolvably more nor less than those agree with each other")
@@ -197,5 +197,11 @@ def readme_bullet(data: dict) -> str:
 
 
 def _perturbation_section(docs_data: dict) -> list[str]:
-    """docs/results.md's section (``ksae.docs`` calls it with its inputs; the seeds file is ``docs_data["seeds"]``)."""
-    return ["## The perturbation family", perturbation_markdown(docs_data["seeds"])]
+    """docs/results.md's section (``ksae.docs`` calls it with its inputs; the seeds file is ``docs_data["seeds"]``);
+    a seeds file measured without the family says so."""
+    seeds = docs_data["seeds"]
+    methods = {r["ordering"].split("/")[0] for run in seeds.get("per_seed", {}).values() for r in run["rows"]}
+    if not methods & set(METHOD_FAMILIES["perturbation"]):
+        return ["## The perturbation family", "Not measured: `results/verdicts_across_seeds.json` holds no "
+                "perturbation method (run `benchmarks/verdicts_across_seeds.py`)."]
+    return ["## The perturbation family", perturbation_markdown(seeds)]

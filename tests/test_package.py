@@ -65,6 +65,9 @@ EDITED = {
                      "unit_contribution_sums", "unit_statistics"], _MODE),
     **dict.fromkeys(["METHOD_LABELS", "METHOD_COLORS", "SHORT_LABELS"], "issue 28: the perturbation family (occlusion, "
                     "feature ablation, Shapley value sampling, KernelSHAP, LIME) joins the methods"),
+    "_agreement_against_null": "issue 28: its per-image part (_value_and_null) serves family_agreement too (the same "
+                               "numbers, checked against the previous code)",
+    "plot_object_focus": "issue 28: eleven methods widen the figure (six: unchanged)",
     "palette_png": "zlib level 9 (PNG_COMPRESS_LEVEL): every figure 7.5 % smaller, the notebook under 2 MB",
     "atomic_write_bytes": "issue 24: a killed run's stale temporary files next to the target are removed",
     "_jsonable": "issue 24: numpy NaN/inf (and inside tensors) become null, so a summary always serialises",

@@ -8,7 +8,7 @@ import copy
 import pytest
 
 import ksae_helpers as kh
-from ksae.perturbation_report import agreement_outcome, first_places, passing_everywhere
+from ksae.perturbation_report import _agreement_outcome, _first_places, _passing_everywhere
 
 SUBSTRATES = ("zero", "blur", "road")
 
@@ -45,9 +45,9 @@ def planted(diff_ci=(-0.3, -0.2)) -> dict:
 
 def test_the_text_says_what_the_seeds_file_holds():
     data = planted()
-    assert passing_everywhere(data) == {"faithful_": ["integrated/signed", "occlusion/signed"],
+    assert _passing_everywhere(data) == {"faithful_": ["integrated/signed", "occlusion/signed"],
                                         "object_": ["occlusion/signed"], "both": ["occlusion/signed"]}
-    assert first_places(data)[0] == {"substrate": "zero", "ranking": "signed", "now": "occlusion/signed",
+    assert _first_places(data)[0] == {"substrate": "zero", "ranking": "signed", "now": "occlusion/signed",
                                      "gradient_only": "integrated/signed"}
     text = kh.perturbation_markdown(data)
     assert "Both, on every substrate and in every seed: Occlusion (signed)." in text
@@ -71,7 +71,7 @@ def test_agreement_is_stated_only_where_every_seed_agrees(cis, outcome):
     for run, ci in zip(data["per_seed"].values(), cis):
         run["agreement"] = copy.deepcopy(run["agreement"])
         run["agreement"]["statistics"]["spearman_signed_all"]["across_minus_within_gradient"]["ci95"] = list(ci)
-    assert agreement_outcome(data) == outcome
+    assert _agreement_outcome(data) == outcome
     words = {"more": "agree with the gradient maps more", "no resolvable difference": "neither resolvably"}[outcome]
     assert words in kh.readme_bullet(data)
 
@@ -81,7 +81,7 @@ def test_nothing_passing_everywhere_is_said_plainly():
     for run in data["per_seed"].values():
         for r in run["rows"]:
             r["passes"] = r["passes"] and not r["ordering"].startswith("occlusion") or r["test"] == "faithful_zero"
-    assert passing_everywhere(data)["both"] == []
+    assert _passing_everywhere(data)["both"] == []
     assert "no method of either family passes both deletion tests" in kh.readme_bullet(data)
 
 
