@@ -6,14 +6,13 @@ contracts are in ``pyproject.toml``, checked by ``lint-imports``).
 
 ksae.config                 ``Config``: every knob of the project, validated, saved inside every checkpoint; and the
                             constants it validates against.
-ksae.parameters             The notebook's parameters (name, kind, range, default, meaning) and
-                            ``check_parameters``, run before anything expensive.
+ksae.parameters             The notebook's parameters (kind, range, default, meaning); ``check_parameters``.
 ksae.runtime                Where code runs and how a notebook shows things: the device (chosen once), seeding,
                             ``show``, and the ``Stopwatch`` a run keeps its timings in.
 ksae.data                   Offline Fashion-MNIST with SHA-256 checks, the validation split, image shapes.
-ksae.models                 The top-k sparse autoencoder, the classifier on its codes, and the end-to-end pipeline.
-ksae.metrics                Reconstruction (FVU), codes of a dataset, firing counts, predictions, the test-set
-                            evaluation.
+ksae.sae                    The autoencoder kinds (one module each over the base that fixes the interface).
+ksae.models                 The classifier on the sparse codes, and the end-to-end pipeline.
+ksae.metrics                Codes of a dataset, reconstruction, firing frequency, predictions, the test evaluation.
 ksae.cuda_graphs            A training step replayed as one captured CUDA graph (``GraphedStep``); eager elsewhere.
 ksae.training               Adam, learning-rate schedules, classifier views, AuxK, and the two training loops.
 ksae.checkpoints            Atomic checkpoint save, safe load, ``load_or_train``.
@@ -23,8 +22,7 @@ ksae.stats                  Row-wise rank correlations, bootstrap confidence int
                             images (nulls).
 ksae.selection              Which test images are explained: confident, correct, balanced per class (``Selection``).
 ksae.checks.agreement       Agreement between methods, as the excess over a same-class different-image null.
-ksae.checks.completeness    Path scans along the straight path: IG completeness and its decomposition into gradient
-                            integral and top-k jumps.
+ksae.checks.completeness    IG completeness along the straight path: gradient integral and the activation's jumps.
 ksae.checks.substrates      What replaces removed pixels: zero, a blurred copy, or ROAD's noisy linear imputation.
 ksae.checks.deletion        Deletion and insertion curves (MoRF, LeRF) under each substrate, the controls, object
                             focus.
@@ -63,7 +61,7 @@ Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` 
 ``C`` the number of classes (10).
 """
 
-from ksae.config import Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES
+from ksae.config import Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES, SAE_KINDS, SAE_KNOBS
 from ksae.parameters import check_parameter, check_parameters, MAX_K, NOTEBOOK_PARAMETERS, Parameter
 from ksae.runtime import (
     device_name, pick_device, print_table, seed_everything, show, show_markdown, Stopwatch, synchronize,
@@ -72,16 +70,20 @@ from ksae.data import (
     as_flat_images, CLASS_NAMES, DatasetNotFoundError, FASHION_MNIST_SHA256, FashionMNIST, load_fashion_mnist,
     SYSTEM_DATA_DIR, train_subset, train_val_split, VAL_SPLIT_SEED, validation_indices,
 )
-from ksae.models import densify, KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline
+from ksae.sae import (
+    autoencoder_from_config, auxk_loss, BatchTopKAutoencoder, densify, firing_counts, fvu, JumpReLUAutoencoder,
+    KSparseAutoencoder, MatryoshkaAutoencoder, PATH_TOPK_STRIDE, ReLUL1Autoencoder, SAE_CLASSES, SparseAutoencoder,
+    TrainingContext, TrainingTerms,
+)
+from ksae.models import SparseCodeClassifier, SparseCodePipeline
 from ksae.metrics import (
-    dataset_fvu, encode_dataset, evaluate_autoencoder, evaluate_classifier, evaluate_models, firing_counts,
-    firing_frequency, fvu, predict,
+    dataset_fvu, encode_dataset, evaluate_autoencoder, evaluate_classifier, evaluate_models, firing_frequency, predict,
 )
 from ksae.cuda_graphs import CudaGraphBackend, graph_backend, GRAPH_WARMUP_STEPS, GraphedStep
 from ksae.training import (
-    autoencoder_losses, autoencoder_step, auxk_loss, classifier_step, classifier_views, CODE_MEMORY_BUDGET,
-    encode_views, hflip, lr_factor, make_adam, make_scheduler, n_classifier_views, set_lr_, SHIFT_DIRECTIONS,
-    shift_images, train_autoencoder, train_autoencoder_on_split, train_classifier, train_models, view_of, ViewCodes,
+    autoencoder_step, classifier_step, classifier_views, CODE_MEMORY_BUDGET, encode_views, hflip, lr_factor, make_adam,
+    make_scheduler, n_classifier_views, set_lr_, SHIFT_DIRECTIONS, shift_images, train_autoencoder,
+    train_autoencoder_on_split, train_classifier, train_models, view_of, ViewCodes,
 )
 from ksae.checkpoints import (
     CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, RESCUE_PREFIX, save_checkpoint,
@@ -102,7 +104,7 @@ from ksae.checks.agreement import (
 )
 from ksae.checks.completeness import (
     completeness_decomposition, COMPLETENESS_POINTS, COMPLETENESS_TOLERANCE, count_path_switches, GAP_FLOOR,
-    ig_completeness, MIN_COMPLETENESS_POINTS, MIN_SUBGRID_STEPS, PATH_TOPK_STRIDE,
+    ig_completeness, MIN_COMPLETENESS_POINTS, MIN_SUBGRID_STEPS,
 )
 from ksae.checks.substrates import (
     blur_images, BLUR_SIGMA, BLUR_TRUNCATE, FAITH_ALPHA, FAITH_ROWS, RANKINGS, ROAD_CHECK_EVERY_CUDA, ROAD_CHUNK,
@@ -185,7 +187,9 @@ from ksae.explorer import (
 from ksae._util import atomic_write_bytes, IMAGE_SIDE, PIXEL_TOLERANCE, remove_stale_temporaries, STALE_TMP_SECONDS
 
 __all__ = [
-    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "check_parameter", "check_parameters", "MAX_K",
+    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "SAE_KINDS", "SAE_KNOBS", "SAE_CLASSES", "FAMILY_LAYOUT",
+    "SparseAutoencoder", "autoencoder_from_config", "BatchTopKAutoencoder", "JumpReLUAutoencoder", "ReLUL1Autoencoder",
+    "MatryoshkaAutoencoder", "TrainingContext", "TrainingTerms", "check_parameter", "check_parameters", "MAX_K", "lime",
     "NOTEBOOK_PARAMETERS", "Parameter", "PIXEL_TOLERANCE", "remove_stale_temporaries", "STALE_TMP_SECONDS", "occlusion",
     "RESCUE_PREFIX", "protected_folders", "device_name", "pick_device", "print_table", "seed_everything", "show",
     "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES", "DatasetNotFoundError", "kernel_shap",
@@ -193,12 +197,12 @@ __all__ = [
     "VAL_SPLIT_SEED", "validation_indices", "densify", "KSparseAutoencoder", "SparseCodeClassifier", "feature_ablation",
     "SparseCodePipeline", "dataset_fvu", "encode_dataset", "evaluate_autoencoder", "evaluate_classifier",
     "evaluate_models", "firing_counts", "firing_frequency", "fvu", "predict", "CudaGraphBackend", "graph_backend",
-    "GRAPH_WARMUP_STEPS", "GraphedStep", "autoencoder_losses", "autoencoder_step", "auxk_loss", "classifier_step",
-    "classifier_views", "CODE_MEMORY_BUDGET", "encode_views", "hflip", "lr_factor", "make_adam", "make_scheduler",
-    "n_classifier_views", "set_lr_", "SHIFT_DIRECTIONS", "shift_images", "train_autoencoder", "shapley_value_sampling",
-    "train_autoencoder_on_split", "train_classifier", "train_models", "view_of", "ViewCodes", "CHECKPOINT_FORMAT",
-    "CheckpointError", "load_checkpoint", "load_or_train", "save_checkpoint", "attribute_all", "decoder_weighted",
-    "DEFAULT_INTERNAL_BATCH", "ig_quadrature", "input_x_gradient", "input_x_smoothgrad", "integrated_gradients", "lime",
+    "GRAPH_WARMUP_STEPS", "GraphedStep", "autoencoder_step", "auxk_loss", "classifier_step", "classifier_views",
+    "CODE_MEMORY_BUDGET", "encode_views", "hflip", "lr_factor", "make_adam", "make_scheduler", "n_classifier_views",
+    "set_lr_", "SHIFT_DIRECTIONS", "shift_images", "train_autoencoder", "train_autoencoder_on_split", "superpixel_grid",
+    "train_classifier", "train_models", "view_of", "ViewCodes", "CHECKPOINT_FORMAT", "CheckpointError", "readme_bullet",
+    "load_checkpoint", "load_or_train", "save_checkpoint", "attribute_all", "decoder_weighted", "plot_family_agreement",
+    "DEFAULT_INTERNAL_BATCH", "ig_quadrature", "input_x_gradient", "input_x_smoothgrad", "integrated_gradients",
     "METHOD_LABELS", "OUTPUTS", "rescale_contributions", "RESCALE_EPS", "simple_gradients", "smoothgrad", "UNIT_RULES",
     "BOOTSTRAP_CACHE", "bootstrap_ci", "bootstrap_estimates", "percentile_interval", "partner_images",
     "rowwise_spearman", "summarize", "top_fraction_iou", "select_high_confidence", "Selection", "AGREEMENT_KINDS",
@@ -207,12 +211,12 @@ __all__ = [
     "MIN_SUBGRID_STEPS", "PATH_TOPK_STRIDE", "blur_images", "BLUR_SIGMA", "BLUR_TRUNCATE", "FAITH_ALPHA", "FAITH_ROWS",
     "RANKINGS", "ROAD_CHECK_EVERY_CUDA", "ROAD_CHUNK", "ROAD_CHUNK_CUDA", "ROAD_COMPACT", "ROAD_DIAGONAL_WEIGHT",
     "ROAD_DIRECT_WEIGHT", "ROAD_GRID", "road_impute", "ROAD_MAX_ITER", "ROAD_NOISE", "ROAD_PIXELS_PER_STEP", "ROAD_TOL",
-    "SUBSTRATES", "balanced_subset", "control_maps", "curve_auc", "edge_map", "faithfulness_orderings", "FAMILY_LAYOUT",
+    "SUBSTRATES", "balanced_subset", "control_maps", "curve_auc", "edge_map", "faithfulness_orderings",
     "faithfulness_suite", "object_focus", "perturbation_curves", "removal_curves", "removal_order", "DECODER_STAGE",
     "randomization_check", "RANDOMIZATION_SEED_OFFSET", "randomization_stages", "RANDOMIZATION_VARIANTS",
     "READS_DECODER", "unit_deletion_curves", "UNIT_ORDERS", "UNIT_SCORES", "Z_95", "VERDICT_FAMILIES", "VERDICT_NAMES",
-    "verdict_statements", "verdict_table", "VERDICT_TESTS", "run_validation", "timed_checks", "plot_perturbation_maps",
-    "contribution_ablation_agreement", "describe_unit", "top_units_of_classes", "UNIT_ABLATION_ROWS", "superpixel_grid",
+    "verdict_statements", "verdict_table", "VERDICT_TESTS", "run_validation", "timed_checks", "shapley_value_sampling",
+    "contribution_ablation_agreement", "describe_unit", "top_units_of_classes", "UNIT_ABLATION_ROWS", "METHOD_FAMILIES",
     "unit_ablation_sums", "UNIT_BAND_SAMPLES", "UNIT_COFIRING", "UNIT_CONTRIBUTION_ROWS", "unit_contribution_sums",
     "UNIT_HIST_BINS", "UNIT_NEGLIGIBLE_LOGIT", "UNIT_QUANTILE_BANDS", "unit_statistics", "unit_table",
     "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats", "compare_stability", "match_atoms", "run_seed_stability",
@@ -225,7 +229,7 @@ __all__ = [
     "COMPARISON_MARGINS", "COMPARISON_MIN_WIDTH", "COMPLETENESS_LAYOUT", "COMPLETENESS_SWEEP_LAYOUT", "CONFUSION_CMAP",
     "CONFUSION_LAYOUT", "CONTEXT", "CONTROL_LABELS", "CONTROL_STYLES", "CORRELATION_LAYOUT", "DENSITY_LAYOUT",
     "DIVERGING_CMAP", "DPI", "ERROR_BINS", "FAITHFULNESS_LAYOUT", "FALLBACK_NOTE", "FIGURE_WORKERS", "FONT_SCALE",
-    "HEATMAP_DARK", "IMAGE_CMAP", "IMAGE_STATS", "K_SWEEP_LAYOUT", "K_SWEEP_PANELS", "LEGEND_HEADROOM", "readme_bullet",
+    "HEATMAP_DARK", "IMAGE_CMAP", "IMAGE_STATS", "K_SWEEP_LAYOUT", "K_SWEEP_PANELS", "LEGEND_HEADROOM",
     "LOG_BAR_MARGIN", "LOG_BIN_MARGIN", "LOG_FLOOR", "LOG_MINOR_SUBS", "MAP_CLIP_PERCENTILE", "MESSAGE_LAYOUT",
     "METHOD_COLORS", "MOSAIC_GAP", "MOSAIC_TITLE_GAP", "NULL_CORRELATIONS", "OBJECT_CONTOUR_COLOR",
     "OBJECT_FOCUS_LAYOUT", "OVERLAY_ALPHA", "PAIR_CORRELATIONS", "PANEL_INCHES", "PNG_COLORS", "PNG_COMPRESS_LEVEL",
@@ -233,7 +237,7 @@ __all__ = [
     "RANDOMIZATION_ROW_INCHES", "RC_FAST", "SHORT_LABELS", "SIDE_COLORBAR_INCHES", "SMALL_PANEL_INCHES", "STYLE",
     "SUPTITLE_PAD", "TRAINING_LAYOUT", "UNIT_DELETION_LAYOUT", "USAGE_BINS", "figure_workers", "palette_png",
     "png_bytes", "render_figures", "plot_class_examples", "plot_class_units", "plot_confusion_matrix",
-    "plot_feature_atlas", "plot_reconstructions", "plot_training_history", "image_attribution_stats", "METHOD_FAMILIES",
+    "plot_feature_atlas", "plot_reconstructions", "plot_training_history", "image_attribution_stats",
     "plot_attribution_comparison", "plot_class_average_maps", "plot_comparison_grid", "plot_correlation_summary",
     "render_comparison_grid", "ABS_HATCH", "FAITH_CURVE_TITLES", "plot_completeness", "plot_faithfulness",
     "plot_k_sweep", "plot_object_focus", "plot_randomization", "plot_unit_deletion", "SUBSTRATE_LABELS",
@@ -246,5 +250,5 @@ __all__ = [
     "UNIT_BROWSER_TEMPLATE", "write_unit_browser", "EXPLORER_PAGE", "UNIT_BROWSER_PAGE", "UNIT_TOP_CONTRIBUTIONS",
     "unit_top_contributions", "EXPLORER_DTYPES", "EXPLORER_GZIP_LEVEL", "EXPLORER_MAX_BYTES", "EXPLORER_MAX_SCALE",
     "EXPLORER_TEMPLATE", "explorer_data", "explorer_reference", "read_explorer_data", "write_explorer",
-    "atomic_write_bytes", "IMAGE_SIDE", "plot_family_agreement", "perturbation_markdown", "FAMILY_GROUP_COLORS",
+    "atomic_write_bytes", "IMAGE_SIDE", "plot_perturbation_maps", "perturbation_markdown", "FAMILY_GROUP_COLORS",
 ]

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ._util import _check_int, _check_no_inference_mode, _check_pixels
 from .data import as_flat_images
-from .models import KSparseAutoencoder
+from .sae import SparseAutoencoder
 
 OUTPUTS = ("logit", "probability")
 
@@ -24,9 +24,9 @@ def _check_classifier(model: nn.Module) -> None:
     ``[B, 784]``, would pass for 784 class scores)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(model, KSparseAutoencoder):
-        raise ValueError("model must map images to class scores, got the autoencoder (KSparseAutoencoder), whose "
-                         "output is a reconstruction; pass SparseCodePipeline(sae, clf)")
+    if isinstance(model, SparseAutoencoder):
+        raise ValueError(f"model must map images to class scores, got the autoencoder ({type(model).__name__}), "
+                         f"whose output is a reconstruction; pass SparseCodePipeline(sae, clf)")
 
 
 def _check_model(model: nn.Module) -> None:
