@@ -92,13 +92,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", type=int, default=100, help="validation images timed per method")
     parser.add_argument("--captum-images", type=int, default=10, help="of them, explained by Captum too")
     parser.add_argument("--convergence-images", type=int, default=12)
+    parser.add_argument("--epochs", type=int, nargs=2, default=None, metavar=("AE", "CLF"), help="(smoke runs)")
+    parser.add_argument("--train-subset", type=int, default=0, help="(smoke runs)")
     parser.add_argument("--ckpt-dir", default="checkpoints")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    cfg = kh.Config(seed=args.seed)
+    epochs = {} if args.epochs is None else {"ae_epochs": args.epochs[0], "clf_epochs": args.epochs[1]}
+    cfg = kh.Config(seed=args.seed, train_subset=args.train_subset, **epochs)
     device = torch.device("cpu")
     data = kh.load_fashion_mnist("data", verbose=False)
-    sae, clf, _, _ = kh.load_or_train(cfg, data, device, args.ckpt_dir)
+    sae, clf, _, _ = kh.load_or_train(cfg, data, device, args.ckpt_dir)  # the default model unless told otherwise
     pipeline = kh.SparseCodePipeline(sae, clf).eval()
     x, y = validation_images(pipeline, data, cfg, args.images)
     kh.attribute_all(pipeline, x[:10], y[:10], cfg)  # warm-up

@@ -293,3 +293,21 @@ def test_controls_tiny_run_writes_every_representation_and_refuses_mismatches(tm
     torch.save(payload, path)
     with pytest.raises(ValueError, match=r"lr: expected 0\.005, got 0\.5"):
         controls.main(args)
+
+
+def test_perturbation_benchmark_on_a_tiny_model(tmp_path):
+    """Every method timed, the perturbation family against Captum (the deterministic ones equal it), the shortcut
+    against the forward, and the sampling error falling with the sample count."""
+    bench = _load("bench_perturbation")
+    out = tmp_path / "p.json"
+    bench.main(["--epochs", "1", "1", "--train-subset", "1000", "--images", "10", "--captum-images", "1",
+                "--convergence-images", "1", "--ckpt-dir", str(tmp_path / "ckpt"), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert list(saved["methods"]) == list(kh.METHOD_LABELS) and all(r["ms_per_image"] > 0
+                                                                   for r in saved["methods"].values())
+    for m in ("occlusion", "feature_ablation"):
+        assert saved["methods"][m]["rel_diff_to_captum"] < 1e-5  # float32, no sampling
+    assert all(saved["methods"][m]["shortcut_max_rel_diff"] < 1e-3  # float32 rounding (LIME's fit amplifies it)
+               for m in kh.METHOD_FAMILIES["perturbation"])
+    lime = [r["rel_error_mean"] for r in saved["sampling_error"] if r["method"] == "LIME"]
+    assert lime[-1] < lime[0] and sum(r["default"] for r in saved["sampling_error"]) == 3
