@@ -24,8 +24,8 @@ def _family(ordering: str) -> str:
 
 
 def _names(orderings: list[str]) -> str:
-    """'Occlusion (signed), LIME (|value|)', or 'none'."""
-    return ", ".join(_verdict_label(o) for o in orderings) or "none"
+    """'Occlusion (signed and |value|), LIME (|value|)', or 'none'."""
+    return _grouped_names(orderings) or "none"
 
 
 def _check_data(data) -> dict:
@@ -54,18 +54,18 @@ def _passing_everywhere(data: dict) -> dict[str, list[str]]:
 
 
 def _first_places(data: dict) -> list[dict]:
-    """Per substrate and ranking, the ordering with the largest deletion gap in every seed, among all orderings
-    and the controls (``now``) and among the gradient family's and the controls (``gradient_only``): ``None``
-    where it differs between seeds."""
+    """Per substrate and ranking, the ordering with the largest deletion gap in each seed (``{seed: key}``), among
+    all orderings and the controls (``now``) and among the gradient family's and the controls
+    (``gradient_only``)."""
     out = []
-    runs = list(data["per_seed"].values())
-    for sub in runs[0]["rankings"]:
-        for ranking in runs[0]["rankings"][sub]:
-            lists = [run["rankings"][sub][ranking] for run in runs]
-            first = lambda keep: {next(k for k in keys if keep(k)) for keys in lists}
-            now, before = first(lambda k: True), first(lambda k: _family(k) != "perturbation")
-            out.append({"substrate": sub, "ranking": ranking, "now": now.pop() if len(now) == 1 else None,
-                        "gradient_only": before.pop() if len(before) == 1 else None})
+    runs = data["per_seed"]
+    first_run = next(iter(runs.values()))
+    for sub in first_run["rankings"]:
+        for ranking in first_run["rankings"][sub]:
+            first = lambda keep: {s: next(k for k in run["rankings"][sub][ranking] if keep(k))  # noqa: B023
+                                  for s, run in runs.items()}
+            out.append({"substrate": sub, "ranking": ranking, "now": first(lambda k: True),
+                        "gradient_only": first(lambda k: _family(k) != "perturbation")})
     return out
 
 
@@ -98,10 +98,12 @@ def _grouped_names(orderings: list[str]) -> str:
                      for m, r in by_method.items())
 
 
-def _ordering_text(key: str | None) -> str:
-    if key is None:
-        return "differs between seeds"
-    return _verdict_label(key) if "/" in key else f"the {key.replace('_', ' ')} control"
+def _ordering_text(per_seed: dict[str, str]) -> str:
+    """One ordering's label (or a control's) when every seed has the same, else the seeds' in turn."""
+    label = lambda key: _verdict_label(key) if "/" in key else f"the {key.replace('_', ' ')} control"
+    if len(set(per_seed.values())) == 1:
+        return f"{label(next(iter(per_seed.values())))} in every seed"
+    return ", ".join(f"{label(k)} in seed {s}" for s, k in per_seed.items())
 
 
 def _agreement_lines(data: dict) -> list[str]:
@@ -155,11 +157,14 @@ def perturbation_markdown(data: dict) -> str:
         found = [f"- {claim}: {_grouped_names(keys)}." for (k, claim), keys in claims.items() if k == kind]
         lines += ["", f"**{title}:**", "", *found] if found else []
     changed = [p for p in _first_places(data) if p["now"] != p["gradient_only"]]
-    lines += ["", "**Largest deletion gap** (rank 1 among the orderings of a ranking and the controls, in every seed): "
-              + ("; ".join(f"{p['substrate']}, {'signed' if p['ranking'] == 'signed' else '|value|'}: "
-                           f"{_ordering_text(p['gradient_only'])} with the gradient family alone, now "
-                           f"{_ordering_text(p['now'])}" for p in changed) if changed else
-                 "the same ordering with the perturbation family as without it, on every substrate and ranking") + "."]
+    ranked = lambda p: f"{p['substrate']} substrate, ranked by " + ("signed value" if p["ranking"] == "signed"
+                                                                      else "|value|")
+    lines += ["", "**Largest deletion gap** (rank 1 among the orderings of a ranking and the controls): "
+              + ("; ".join(f"{ranked(p)}: {_ordering_text(p['gradient_only'])} with the gradient family alone; with "
+                           f"both families {_ordering_text(p['now'])}" for p in changed) + ". Elsewhere the "
+                 "perturbation family takes no first place" if changed else
+                 "the same ordering with the perturbation family as without it, on every substrate and ranking, in "
+                 "every seed") + "."]
     outcome = _agreement_outcome(data)
     lines += ["", "**Do perturbation maps agree with the gradient maps more than the gradient maps agree with each "
               f"other?** Signed Spearman on all pixels: {_outcome_words(outcome)}. Per image, the excess of Spearman "

@@ -47,13 +47,18 @@ def test_the_text_says_what_the_seeds_file_holds():
     data = planted()
     assert _passing_everywhere(data) == {"faithful_": ["integrated/signed", "occlusion/signed"],
                                         "object_": ["occlusion/signed"], "both": ["occlusion/signed"]}
-    assert _first_places(data)[0] == {"substrate": "zero", "ranking": "signed", "now": "occlusion/signed",
-                                     "gradient_only": "integrated/signed"}
+    assert _first_places(data)[0] == {"substrate": "zero", "ranking": "signed",
+                                      "now": {"0": "occlusion/signed", "1": "occlusion/signed"},
+                                      "gradient_only": {"0": "integrated/signed", "1": "integrated/signed"}}
     text = kh.perturbation_markdown(data)
     assert "Both, on every substrate and in every seed: Occlusion (signed)." in text
     assert "object pixels (zero, blur, road): gradient family: none; perturbation family: Occlusion (signed)" in text
-    assert ("zero, signed: Integrated gradients (signed) with the gradient family alone, now Occlusion (signed)"
-            in text)
+    assert ("zero substrate, ranked by signed value: Integrated gradients (signed) in every seed with the gradient "
+            "family alone; with both families Occlusion (signed) in every seed" in text)
+    data["per_seed"]["1"]["rankings"]["blur"]["signed"] = ["integrated/signed", "occlusion/signed", "random"]
+    assert ("blur substrate, ranked by signed value: Integrated gradients (signed) in every seed with the gradient "
+            "family alone; with both families Occlusion (signed) in seed 0, Integrated gradients (signed) in seed 1"
+            in kh.perturbation_markdown(data))
     assert "beats the random order on every substrate, in every seed (2): Occlusion (signed)." in text
     assert "does not beat the random order on any substrate: LIME (signed)." in text
     assert "Signed Spearman on all pixels: less, in every seed" in text
