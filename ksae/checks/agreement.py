@@ -156,7 +156,9 @@ def family_agreement(maps: dict[str, torch.Tensor], x: torch.Tensor, labels, fam
     Wilcoxon p-value. Images alone in their class (no partner) are left out (``n_images`` counts the others; with
     none left, ``statistics`` is empty).
     """
-    if not isinstance(families, dict) or len(families) != 2:
+    if not isinstance(maps, dict):
+        raise ValueError(f"maps must be a dict of method name -> [N, 784] map, got {type(maps).__name__}")
+    if not isinstance(families, dict) or len(families) != 2 or any(isinstance(m, str) for m in families.values()):
         raise ValueError(f"families must map two names to their methods, got {families!r}")
     (first, a), (second, b) = ((f, [m for m in ms if m in maps]) for f, ms in families.items())
     if len(a) < 2 or not b:

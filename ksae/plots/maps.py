@@ -365,6 +365,10 @@ def plot_perturbation_maps(selection: Selection, maps: dict, classes, methods=No
     ``selection``: ``Selection`` (``x: [N, 784]``, ``y: [N]``); ``maps``: method -> ``[N, 784]``; ``classes: [C]``.
     """
     classes = _check_classes(classes)
+    if not hasattr(selection, "x") or not hasattr(selection, "y"):
+        raise ValueError(f"selection must be the Selection of select_high_confidence, got {type(selection).__name__}")
+    if not isinstance(maps, dict):
+        raise ValueError(f"maps must be a dict of method name -> [N, 784] map, got {type(maps).__name__}")
     if isinstance(reference, str):
         reference = [reference]
     if methods is None:
@@ -399,6 +403,8 @@ def plot_family_agreement(cross_stats: dict, family_stats: dict, save: str | Non
     within the first family, across the families and within the second (``family_agreement``), with the paired
     difference across - within written beside it.
     """
+    if not isinstance(cross_stats, dict) or "pairs" not in cross_stats:
+        raise ValueError(f"cross_stats must be the result of cross_method_statistics, got {type(cross_stats).__name__}")
     families = family_stats.get("families") if isinstance(family_stats, dict) else None
     if not families or not family_stats.get("statistics"):
         raise ValueError("family_stats must be the result of family_agreement with its statistics, got "
