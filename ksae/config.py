@@ -86,7 +86,7 @@ class Config:
         for name in ("d_input", "d_hidden", "n_classes", "batch_size", "ae_epochs", "clf_epochs", "ig_steps",
                      "smoothgrad_samples"):
             _check_int(name, getattr(self, name), low=1)
-        _check_int("k", self.k, low=1, high=self.d_hidden, high_name="d_hidden")
+        _check_int("k", self.k, low=1, high=self.d_hidden if "k" in self.reads() else None, high_name="d_hidden")
         _check_int("train_subset", self.train_subset, low=0)
         _check_int("n_val", self.n_val, low=0)
         _check_int("seed", self.seed, low=0)

@@ -160,7 +160,8 @@ def train_autoencoder(sae: SparseAutoencoder, x_train: torch.Tensor, cfg: Config
     since_fired = torch.zeros(sae.d_hidden, dtype=torch.long, device=device)  # images since last active
     sums = torch.zeros(4, device=device)
     step = GraphedStep(autoencoder_step(sae, opt, ctx, since_fired, sums), cfg.batch_size, backend)
-    history = {"loss": [], "fvu": [], "aux_loss": [], "l0": [], "dormant_fraction": [], "val_fvu": [], "val_l0": []}
+    history = {"loss": [], "fvu": [], "aux_loss": [], "l0": [], "dormant_fraction": [], "val_fvu": [], "val_l0": [],
+               "aux_name": sae.aux_name}
     bar = _progress(cfg.ae_epochs * steps, "autoencoder")
     for epoch in range(cfg.ae_epochs):
         sums.zero_()

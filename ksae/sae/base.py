@@ -100,6 +100,7 @@ class SparseAutoencoder(nn.Module):
 
     kind = ""  # the Config.sae_kind this class implements
     k: int | None = None  # units kept per image (top-k) or per image on average in training (batch top-k)
+    aux_name = "auxiliary loss"  # what TrainingTerms.aux is (history["ae"]["aux_loss"]; the training figure)
 
     def __init__(self, d_input: int = 784, d_hidden: int = 1024):
         super().__init__()

@@ -38,6 +38,7 @@ class ReLUL1Autoencoder(SparseAutoencoder):
     """
 
     kind = "relu_l1"
+    aux_name = "L1 penalty"
 
     def __init__(self, d_input: int = 784, d_hidden: int = 1024, l1_coef: float = 5e-3, sparsity_warmup: float = 0.05):
         super().__init__(d_input, d_hidden)
