@@ -69,7 +69,7 @@ EDITED = {
     **dict.fromkeys(["ViewCodes", "_dashboard_row", "_pipeline_slopes", "_scan_path", "count_path_switches",
                      "encode_views", "plot_class_units", "plot_feature_atlas", "plot_reconstructions",
                      "plot_unit_dashboard", "save_checkpoint", "_name_part", "_plot_fvu_aux", "headline_table",
-                     "run_k_sweep"], _VARIANTS),
+                     "run_k_sweep", "unit_deletion_curves"], _VARIANTS),
     "_jsonable": "issue 24: numpy NaN/inf (and inside tensors) become null, so a summary always serialises",
     **dict.fromkeys(["unit_browser_data", "write_unit_browser"], "a unit lists the images where it contributes "
                     "most, linking to the explorer page (issue 23)"),
