@@ -96,7 +96,7 @@ def describe(cfg: kh.Config, sae, epoch_seconds: list[float], history: dict, dat
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kinds", nargs="+", default=list(kh.SAE_KINDS[1:]), choices=kh.SAE_KINDS[1:])
     parser.add_argument("--tune", nargs="+", metavar=("KNOB", "VALUE"), help="sweep one knob of --kinds")
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="retrain (and re-time) cached autoencoders")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="write the result here (e.g. results/benchmarks/...)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device) if args.device else kh.pick_device()
     data = kh.load_fashion_mnist()
     folder = Path(args.ckpt_dir)
@@ -141,15 +141,16 @@ def main() -> None:
               f"{r['time_ratio_vs_topk']:5.2f}x top-k (median epoch {r['median_epoch_ratio_vs_topk']:.2f}x)  "
               f"val FVU {r['val_fvu']:.4f}  val L0 {r['val_mean_l0']:6.1f}  dead {r['val_dead_units']:4d}  "
               f"dense {r['val_dense_units']:4d}", flush=True)
+    out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": kh.device_name(device),
+           "load_average": list(os.getloadavg()), "created": time.strftime("%Y-%m-%d"),
+           "time_bound_vs_topk": TIME_BOUND, "epochs": args.epochs, "train_subset": args.train_subset,
+           "interleaved": True, "all_timed_in_one_run": len(missing) == len(rows), "rows": rows,
+           "all_within_bound": all(r["within_bound"] for r in rows)}
     if args.json:
-        out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": kh.device_name(device),
-               "load_average": list(os.getloadavg()), "created": time.strftime("%Y-%m-%d"),
-               "time_bound_vs_topk": TIME_BOUND, "epochs": args.epochs, "train_subset": args.train_subset,
-               "interleaved": True, "all_timed_in_one_run": len(missing) == len(rows), "rows": rows,
-               "all_within_bound": all(r["within_bound"] for r in rows)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {args.json}")
+    return out
 
 
 if __name__ == "__main__":
