@@ -14,6 +14,7 @@ repository root:
 
     .venv/bin/python benchmarks/variant_training.py --json results/benchmarks/variant_training.json
     .venv/bin/python benchmarks/variant_training.py --kinds relu_l1 --tune l1_coef 0.006 0.01   # a knob sweep
+    .venv/bin/python benchmarks/variant_training.py --also jumprelu:jumprelu_bandwidth=0.01     # and more models
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kinds", nargs="+", default=list(kh.SAE_KINDS[1:]), choices=kh.SAE_KINDS[1:])
     parser.add_argument("--tune", nargs="+", metavar=("KNOB", "VALUE"), help="sweep one knob of --kinds")
+    parser.add_argument("--also", nargs="+", default=[], metavar="KIND:KNOB=VALUE",
+                        help="further models in the same run, e.g. jumprelu:jumprelu_bandwidth=0.01")
     parser.add_argument("--epochs", type=int, default=kh.Config.ae_epochs)
     parser.add_argument("--train-subset", type=int, default=0, help="0: the whole training split (smoke runs: less)")
     parser.add_argument("--ckpt-dir", default="checkpoints")
@@ -117,6 +120,10 @@ def main(argv: list[str] | None = None) -> dict:
         settings = [{knob: type(getattr(kh.Config(), knob))(v)} for v in values]
     configs = [kh.Config(**base)] + [kh.Config(sae_kind=kind, **base, **over) for kind in args.kinds
                                      for over in settings]
+    for extra in args.also:
+        kind, setting = extra.split(":", 1)
+        knob, value = setting.split("=", 1)
+        configs.append(kh.Config(sae_kind=kind, **base, **{knob: type(getattr(kh.Config(), knob))(value)}))
     cached = [None] * len(configs) if args.fresh else [_load(cfg, folder) for cfg in configs]
     missing = [i for i, entry in enumerate(cached) if entry is None]
     if missing:  # trained here, interleaved (a cached top-k keeps the time of the run that trained it)
