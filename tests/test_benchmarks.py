@@ -311,3 +311,26 @@ def test_perturbation_benchmark_on_a_tiny_model(tmp_path):
                for m in kh.METHOD_FAMILIES["perturbation"])
     lime = [r["rel_error_mean"] for r in saved["sampling_error"] if r["method"] == "LIME"]
     assert lime[-1] < lime[0] and sum(r["default"] for r in saved["sampling_error"]) == 3
+
+
+def test_variant_training_times_every_kind_interleaved_with_the_librarys_loop(tmp_path, data):
+    """CI's tiny run: every kind trained one epoch on 600 images, epochs interleaved; each row holds its time and
+    its ratio to top-k; the top-k it trains is train_autoencoder's, bit for bit; a second run reads the cache."""
+    bench = _load("variant_training")
+    args = ["--epochs", "2", "--train-subset", "600", "--device", "cpu", "--ckpt-dir", str(tmp_path)]
+    out = bench.main(args + ["--json", str(tmp_path / "v.json")])
+    rows = out["rows"]
+    assert [r["sae_kind"] for r in rows] == list(kh.SAE_KINDS) and out["all_timed_in_one_run"]
+    assert json.loads((tmp_path / "v.json").read_text())["rows"] == json.loads(json.dumps(rows))
+    for r in rows:
+        assert r["seconds_per_epoch"] == pytest.approx((r["first_epoch_seconds"] + r["last_epoch_seconds"]) / 2)
+        assert r["seconds_per_epoch"] > 0 and 0 < r["val_fvu"] < 2
+        assert r["time_ratio_vs_topk"] == pytest.approx(r["seconds_per_epoch"] / rows[0]["seconds_per_epoch"])
+        assert r["within_bound"] == (r["time_ratio_vs_topk"] <= bench.TIME_BOUND)
+    assert rows[0]["val_mean_l0"] == 50 and rows[0]["time_ratio_vs_topk"] == 1
+    cfg = kh.Config(ae_epochs=2, train_subset=600)
+    reference, _ = kh.train_autoencoder_on_split(cfg, data, torch.device("cpu"))
+    cached = torch.load(tmp_path / f"variant_ae_{cfg.checkpoint_name()}", weights_only=True)["sae"]
+    assert all(torch.equal(cached[k], v) for k, v in reference.state_dict().items())
+    again = bench.main(args)
+    assert not again["all_timed_in_one_run"] and [r["seconds"] for r in again["rows"]] == [r["seconds"] for r in rows]

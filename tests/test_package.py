@@ -19,7 +19,7 @@ PACKAGE = ROOT / "ksae"
 PRE_SPLIT = "07ecf4b"  # the last revision with the whole implementation in ksae_helpers.py
 FINGERPRINTS = Path(__file__).parent / "data" / "pre_split_fingerprints.json"
 MAX_MODULE_LINES = 600
-MAX_FACADE_LINES = 250
+MAX_FACADE_LINES = 320  # grows with the public API (a line per module in the table of contents, the re-exports); logic never
 COMMANDS = {"docs.py"}  # modules run as commands (python -m ksae.docs): not the notebook's API, not re-exported
 
 # Top-level definitions of the pre-split module that were changed on purpose after the move, and why. Every
@@ -73,7 +73,8 @@ EDITED = {
     "atomic_write_bytes": "issue 24: a killed run's stale temporary files next to the target are removed",
     **dict.fromkeys(["ViewCodes", "_dashboard_row", "_pipeline_slopes", "_scan_path", "count_path_switches",
                      "encode_views", "plot_class_units", "plot_feature_atlas", "plot_reconstructions",
-                     "plot_unit_dashboard", "save_checkpoint"], _VARIANTS),
+                     "plot_unit_dashboard", "save_checkpoint", "_name_part", "_plot_fvu_aux", "headline_table",
+                     "run_k_sweep", "unit_deletion_curves"], _VARIANTS),
     "_jsonable": "issue 24: numpy NaN/inf (and inside tensors) become null, so a summary always serialises",
     **dict.fromkeys(["unit_browser_data", "write_unit_browser"], "a unit lists the images where it contributes "
                     "most, linking to the explorer page (issue 23)"),
