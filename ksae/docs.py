@@ -25,6 +25,7 @@ from .checks.agreement import PIXEL_SETS
 from .checks.randomization import RANDOMIZATION_VARIANTS
 from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _verdict_label, verdict_statements
 from .controls_report import _claim_note, _controls_findings, _controls_section
+from .perturbation_report import _perturbation_section
 from .report import headline_table, randomization_table, unit_table_summary, verdict_markdown
 from .shortcut_report import _shortcut_section
 from .stats import _ci_text
@@ -405,8 +406,9 @@ def _units(data: dict) -> list[str]:
             *_table(["key", "sub-keys or type"], [[f"`{k}`", subkeys(v)] for k, v in data["summary"].items()])]
 
 
-RESULT_SECTIONS = (_default_run, _seeds, _verdicts, _faithfulness, _agreement, _completeness, _randomization,
-                   _unit_causality, _recipes, _k_sweep, _training_data, _units, _controls_section, _shortcut_section)
+RESULT_SECTIONS = (_default_run, _seeds, _verdicts, _perturbation_section, _faithfulness, _agreement, _completeness,
+                   _randomization, _unit_causality, _recipes, _k_sweep, _training_data, _units, _controls_section,
+                   _shortcut_section)
 
 
 def results_markdown(data: dict) -> str:

@@ -98,6 +98,12 @@ def test_verdicts_across_seeds_on_two_tiny_seeds(tmp_path):
         assert entry["stable"] == (entry["passes"]["0"] == entry["passes"]["1"])
     assert len(saved["stability"]) == len(rows0)
     assert set(saved["statements"]) == {"holds", "fails", "flips"}
+    assert {r["ordering"].split("/")[0] for r in rows0} == set(kh.METHOD_LABELS)  # both families, every method
+    run = saved["per_seed"]["0"]
+    assert list(run["attribution_seconds"]) == list(kh.METHOD_LABELS)
+    assert run["agreement"]["families"] == {f: list(m) for f, m in kh.METHOD_FAMILIES.items()}
+    assert run["rankings"]["zero"]["signed"][0] in {r["ordering"] for r in rows0} | set(kh.control_maps(
+        torch.zeros(1, 784)))
     with pytest.raises(SystemExit):
         bench.main(["--seeds", "0"])
 
@@ -347,3 +353,44 @@ def test_shortcut_classifier_epochs_are_chosen_by_the_stated_rule_on_validation(
     assert got["chosen"] == (min(ok) if ok else 4)
     twins = sorted(p.name for p in tmp_path.glob("shortcut_twin_clean*.pt"))  # epochs 1 and 2 (4: the default pair)
     assert len(twins) == 2 and "_clf1_" in twins[0] and "_clf2_" in twins[1]
+
+
+def test_perturbation_benchmark_on_a_tiny_model(tmp_path):
+    """Every method timed, the perturbation family against Captum (the deterministic ones equal it), the shortcut
+    against the forward, and the sampling error falling with the sample count."""
+    bench = _load("bench_perturbation")
+    out = tmp_path / "p.json"
+    bench.main(["--epochs", "1", "1", "--train-subset", "1000", "--images", "10", "--captum-images", "1",
+                "--convergence-images", "1", "--ckpt-dir", str(tmp_path / "ckpt"), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert list(saved["methods"]) == list(kh.METHOD_LABELS) and all(r["ms_per_image"] > 0
+                                                                   for r in saved["methods"].values())
+    for m in ("occlusion", "feature_ablation"):
+        assert saved["methods"][m]["rel_diff_to_captum"] < 1e-5  # float32, no sampling
+    assert all(saved["methods"][m]["shortcut_max_rel_diff"] < 1e-3  # float32 rounding (LIME's fit amplifies it)
+               for m in kh.METHOD_FAMILIES["perturbation"])
+    lime = [r["rel_error_mean"] for r in saved["sampling_error"] if r["method"] == "LIME"]
+    assert lime[-1] < lime[0] and sum(r["default"] for r in saved["sampling_error"]) == 3
+
+
+def test_variant_training_times_every_kind_interleaved_with_the_librarys_loop(tmp_path, data):
+    """CI's tiny run: every kind trained one epoch on 600 images, epochs interleaved; each row holds its time and
+    its ratio to top-k; the top-k it trains is train_autoencoder's, bit for bit; a second run reads the cache."""
+    bench = _load("variant_training")
+    args = ["--epochs", "2", "--train-subset", "600", "--device", "cpu", "--ckpt-dir", str(tmp_path)]
+    out = bench.main(args + ["--json", str(tmp_path / "v.json")])
+    rows = out["rows"]
+    assert [r["sae_kind"] for r in rows] == list(kh.SAE_KINDS) and out["all_timed_in_one_run"]
+    assert json.loads((tmp_path / "v.json").read_text())["rows"] == json.loads(json.dumps(rows))
+    for r in rows:
+        assert r["seconds_per_epoch"] == pytest.approx((r["first_epoch_seconds"] + r["last_epoch_seconds"]) / 2)
+        assert r["seconds_per_epoch"] > 0 and 0 < r["val_fvu"] < 2
+        assert r["time_ratio_vs_topk"] == pytest.approx(r["seconds_per_epoch"] / rows[0]["seconds_per_epoch"])
+        assert r["within_bound"] == (r["time_ratio_vs_topk"] <= bench.TIME_BOUND)
+    assert rows[0]["val_mean_l0"] == 50 and rows[0]["time_ratio_vs_topk"] == 1
+    cfg = kh.Config(ae_epochs=2, train_subset=600)
+    reference, _ = kh.train_autoencoder_on_split(cfg, data, torch.device("cpu"))
+    cached = torch.load(tmp_path / f"variant_ae_{cfg.checkpoint_name()}", weights_only=True)["sae"]
+    assert all(torch.equal(cached[k], v) for k, v in reference.state_dict().items())
+    again = bench.main(args)
+    assert not again["all_timed_in_one_run"] and [r["seconds"] for r in again["rows"]] == [r["seconds"] for r in rows]

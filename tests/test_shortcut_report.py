@@ -8,6 +8,7 @@ import copy
 import pytest
 
 import ksae_helpers as kh
+from ksae import shortcut_report
 
 
 def test_markdown_follows_the_result(shortcut_tiny):
@@ -30,11 +31,11 @@ def test_markdown_follows_the_result(shortcut_tiny):
 
 def test_readme_bullet_is_one_line_from_the_result_or_the_docs_inputs(shortcut_tiny):
     result = shortcut_tiny["result"]
-    bullet = kh.readme_bullet(result)
+    bullet = shortcut_report.readme_bullet(result)
     assert bullet.startswith("- **Planted shortcut**") and "\n" not in bullet
-    assert kh.readme_bullet({"shortcut": result}) == bullet
+    assert shortcut_report.readme_bullet({"shortcut": result}) == bullet
     for v in result["variants"]:
         s = result["summary"][v]
         assert ("gate failed" in bullet) or s["all_gated"]
     with pytest.raises(ValueError, match="results/shortcut.json"):
-        kh.readme_bullet({"summary": None, "per_seed": {}})
+        shortcut_report.readme_bullet({"summary": None, "per_seed": {}})

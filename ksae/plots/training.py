@@ -32,7 +32,7 @@ from .style import (
 
 if TYPE_CHECKING:
     from ..data import FashionMNIST
-    from ..models import KSparseAutoencoder
+    from ..sae import SparseAutoencoder
 
 
 # --- data and training ---------------------------------------------------------------------------------
@@ -76,14 +76,15 @@ def _plot_epochs(ax, series: dict, title: str, ylabel: str) -> None:
 
 
 def _plot_fvu_aux(ax, ae: dict) -> None:
-    """Autoencoder FVU per epoch on ``ax`` and the AuxK loss on a twin y-axis."""
+    """Autoencoder FVU per epoch on ``ax`` and the kind's auxiliary term (``aux_name``: AuxK loss for top-k) on a
+    twin y-axis."""
     _plot_epochs(ax, {"train": ae.get("fvu"), "validation": ae.get("val_fvu")}, "Autoencoder reconstruction", "FVU")
-    aux = ae.get("aux_loss") or []
+    aux, name = ae.get("aux_loss") or [], ae.get("aux_name", "AuxK loss")  # the kind's auxiliary term
     if aux:
         twin = ax.twinx()
         color = sns.color_palette()[2]  # not the validation curve's colour
-        twin.plot(np.arange(1, len(aux) + 1), aux, marker="s", ls="--", color=color, label="AuxK loss (right)")
-        twin.set_ylabel("AuxK loss (dashed)", color=color)
+        twin.plot(np.arange(1, len(aux) + 1), aux, marker="s", ls="--", color=color, label=f"{name} (right)")
+        twin.set_ylabel(f"{name} (dashed)", color=color)
         twin.grid(False)
         if ax.get_legend() is not None:  # one legend for both axes, on the twin (drawn above the curves), where
             ax.get_legend().remove()  # the falling FVU and the saturating AuxK loss leave room
@@ -106,7 +107,8 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
         return _finish(_message_figure("Training history", note), save)
     fig, (axes,) = _grid_figure(17, 3.6, TRAINING_LAYOUT, 1, 4)
     _plot_fvu_aux(axes[0], ae)
-    _plot_epochs(axes[1], {"dormant": ae.get("dormant_fraction")}, "Dormant units (AuxK criterion)",
+    criterion = "AuxK criterion" if ae.get("aux_name", "AuxK loss") == "AuxK loss" else "no firing in dead_after images"
+    _plot_epochs(axes[1], {"dormant": ae.get("dormant_fraction")}, f"Dormant units ({criterion})",
                  "fraction of units")
     _plot_epochs(axes[2], {"loss": clf.get("loss")}, "Classifier loss", "cross-entropy (train)")
     _plot_epochs(axes[3], {"train": clf.get("train_acc"), "validation": clf.get("val_acc")},
@@ -119,7 +121,7 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
 
 # --- autoencoder ---------------------------------------------------------------------------------------
 @_styled
-def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: torch.device,
+def plot_reconstructions(sae: SparseAutoencoder, data: FashionMNIST, device: torch.device,
                          n_per_class: int = 2, save: str | None = None) -> Figure:
     """The first ``n_per_class`` test images of every class (one column per class), each above its
     reconstruction, with the per-image MSE (mean over 784 pixels).
@@ -145,7 +147,7 @@ def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: to
         axes[2 * i, 0].set_ylabel("original")
         axes[2 * i + 1, 0].set_ylabel("reconstruction")
     _side_colorbar(fig, im, axes, "pixel intensity\n(reconstructions clipped to [0, 1])", shrink=0.7)
-    fig.suptitle(f"Reconstructions with k = {sae.k} active units (mean MSE of these images {mse.mean():.4f})")
+    fig.suptitle(f"Reconstructions with {sae.activation_label()} (mean MSE of these images {mse.mean():.4f})")
     return _finish(fig, save)
 
 
@@ -160,7 +162,7 @@ def _usage_histogram(ax, usage: np.ndarray) -> None:
 
 
 @_styled
-def plot_feature_atlas(sae: KSparseAutoencoder, usage, n_units: int = 32, save: str | None = None) -> Figure:
+def plot_feature_atlas(sae: SparseAutoencoder, usage, n_units: int = 32, save: str | None = None) -> Figure:
     """Decoder atoms (rows of ``sae.W_dec: [H, 784]``) of the ``n_units`` most used units, shared
     diverging scale, titled with unit id and usage; below them a histogram of every unit's usage.
 
@@ -204,7 +206,7 @@ def _top_units_per_class(contrib: np.ndarray, labels: np.ndarray, n_classes: int
 
 
 @_styled
-def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: KSparseAutoencoder,
+def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: SparseAutoencoder,
                      classes, n_units: int = 5, save: str | None = None) -> Figure:
     """For every class, the atoms of the ``n_units`` units with the largest mean contribution over
     that class's images; one row per class, titled 'unit j, c̄ = +value'.
