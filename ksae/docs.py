@@ -40,13 +40,16 @@ from .findings import (
     seeds_of_this_run,
     verdict_groups,
 )
+from .perturbation_report import _perturbation_section
 from .report import headline_table, randomization_table, unit_table_summary, verdict_markdown
+from .shortcut_report import _shortcut_section
 from .stats import _ci_text
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (default --root)
 RESULTS_DIR = "results"  # inputs, relative to the root
 INPUTS = {"summary": "summary.json", "k_sweep": "k_sweep.json", "recipes": "recipe_checks.json",
-          "seeds": "verdicts_across_seeds.json", "fvu_data": "fvu_55k_vs_60k.json", "controls": "controls.json"}
+          "seeds": "verdicts_across_seeds.json", "fvu_data": "fvu_55k_vs_60k.json", "controls": "controls.json",
+          "shortcut": "shortcut.json"}
 REQUIRED_INPUTS = ("summary", "k_sweep", "recipes", "seeds", "fvu_data", "controls")  # the others may be absent
 RUN_FIELDS = ("created", "device", "torch_version", "timings_s", "seconds", "figures")  # what summary.json's keys
 # say about one run (when, where, how long), not its result: a re-run rewrites them (see ``stale``)
@@ -343,8 +346,9 @@ def _units(data: dict) -> list[str]:
             *_table(["key", "sub-keys or type"], [[f"`{k}`", subkeys(v)] for k, v in data["summary"].items()])]
 
 
-RESULT_SECTIONS = (_default_run, _seeds, _verdicts, _faithfulness, _agreement, _completeness, _randomization,
-                   _unit_causality, _recipes, _k_sweep, _training_data, _units, _controls_section)
+RESULT_SECTIONS = (_default_run, _seeds, _verdicts, _perturbation_section, _faithfulness, _agreement, _completeness,
+                   _randomization, _unit_causality, _recipes, _k_sweep, _training_data, _units, _controls_section,
+                   _shortcut_section)
 
 
 def results_markdown(data: dict) -> str:

@@ -19,7 +19,7 @@ from .._util import (
     _describe,
     _model_dtype,
 )
-from ..attribution import _check_classifier, _check_pipeline, _check_target, _class_count
+from ..attribution_base import _check_classifier, _check_pipeline, _check_target, _class_count
 from ..controls import LinearCodePipeline
 from ..models import SparseCodeClassifier, SparseCodePipeline, densify
 from ..stats import partner_images, rowwise_spearman, summarize

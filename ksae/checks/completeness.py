@@ -21,14 +21,13 @@ from .._util import (
     _check_ints,
     _model_dtype,
 )
-from ..attribution import (
+from ..attribution import ig_quadrature, integrated_gradients
+from ..attribution_base import (
     DEFAULT_INTERNAL_BATCH,
     _check_pipeline,
     _prepare,
     _rows_per_pass,
     _score,
-    ig_quadrature,
-    integrated_gradients,
 )
 from ..config import IG_METHODS
 from ..models import SparseCodePipeline

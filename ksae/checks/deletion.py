@@ -22,7 +22,7 @@ from .._util import (
     _describe,
     _model_dtype,
 )
-from ..attribution import _check_classifier, _check_target, _class_count, _score
+from ..attribution_base import _check_classifier, _check_target, _class_count, _score
 from ..data import as_flat_images
 from ..stats import _wilcoxon_p, summarize
 from .substrates import (
