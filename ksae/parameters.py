@@ -40,7 +40,7 @@ class Parameter:
             _check_bool(name, getattr(self, name))
 
 
-_PARAMETER_KINDS = ("int", "float", "bool", "int_list", "folder", "file")
+_PARAMETER_KINDS = ("int", "float", "bool", "int_list", "choice", "folder", "file")
 
 
 MAX_K = Config.d_hidden  # K (and every k of K_SWEEP) is at most the number of code units

@@ -206,7 +206,7 @@ def _variant_seed(planted, broken, cfg: Config, data: FashionMNIST, device, defa
     return result
 
 
-def _check_ints(name: str, values, low: int, high: int | None = None, empty: bool = False) -> tuple[int, ...]:
+def _check_distinct_ints(name: str, values, low: int, high: int | None = None, empty: bool = False) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or (not values and not empty):
         raise ValueError(f"{name} must be a {'' if empty else 'non-empty '}sequence of integers, got {values!r}")
     for v in values:
@@ -236,8 +236,8 @@ def run_shortcut(data: FashionMNIST, cfg: Config, device: torch.device, variants
     if isinstance(variants, str) or not isinstance(variants, Sequence) or not variants:
         raise ValueError(f"variants must be a non-empty sequence of names from {SHORTCUT_VARIANTS}, got {variants!r}")
     variants = tuple(_check_variant(v) for v in variants)
-    seeds = _check_ints("seeds", seeds, 0)
-    ns, shift_ns = _check_ints("ns", ns, 1, cfg.d_hidden), _check_ints("shift_ns", shift_ns, 1, cfg.d_hidden, True)
+    seeds = _check_distinct_ints("seeds", seeds, 0)
+    ns, shift_ns = _check_distinct_ints("ns", ns, 1, cfg.d_hidden), _check_distinct_ints("shift_ns", shift_ns, 1, cfg.d_hidden, True)
     _check_int("n_images", n_images, low=2)
     _check_int("n_random", n_random, low=1)
     _check_bool("train", train)
