@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from ._util import _check_result
 from .attribution import METHOD_LABELS
 from .shortcut_units import _SCORERS
 from .shortcut_verdicts import _scored_seeds
@@ -206,10 +207,8 @@ def shortcut_markdown(shortcut: dict) -> str:
     """The planted-shortcut study as markdown (``results/shortcut.json`` or ``run_shortcut``'s result): the markers,
     the gates, the models, which explanation finds the shortcut, which units carry it, what removing them does, and
     the verdicts. Every number is read from ``shortcut``."""
-    if not isinstance(shortcut, dict) or "per_seed" not in shortcut or "summary" not in shortcut:
-        raise ValueError("shortcut must be run_shortcut's result (results/shortcut.json), got "
-                         f"{sorted(shortcut) if isinstance(shortcut, dict) else type(shortcut).__name__}")
-    r = shortcut
+    r = _check_result("shortcut", shortcut, ("variants", "per_seed", "summary", "markers", "sizes"),
+                      "run_shortcut's result (results/shortcut.json)")
     mk = r["markers"]
     lines = [*_recipe_line(r),
              f"**Markers.** M: a {mk['M']['size']} × {mk['M']['size']} patch of value {mk['M']['value']} at row "

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ._util import _check_bool, _check_int, _jsonable
+from ._util import _check_bool, _check_choices, _check_device, _check_instance, _check_int, _check_path, _jsonable
 from .attribution import METHOD_LABELS, attribute_all
 from .checks.localisation import _localisation_scores, chance_level
 from .config import Config
@@ -31,7 +31,8 @@ from .shortcuts import (
     _SHORTCUT_CLASS,
     SHORTCUT_VARIANTS,
     Marker,
-    _check_variant,
+    _check_markers,
+    _check_shortcut_data,
     _marker_statistics,
     plant_shortcut,
 )
@@ -229,19 +230,19 @@ def run_shortcut(data: FashionMNIST, cfg: Config, device: torch.device, variants
     validation split, the top ``n`` of each for ``n`` in ``ns`` zeroed at inference against ``n_random`` random
     draws; biased: SHIFT's retrained heads for ``n`` in ``shift_ns``) and the references (oracle, pixel fix, twin).
     JSON-able result (the shape ``results/shortcut.json`` holds); ``summary``: what holds across seeds."""
-    if not isinstance(data, FashionMNIST):
-        raise ValueError(f"data must be the FashionMNIST of load_fashion_mnist, got {type(data).__name__}")
-    if not isinstance(cfg, Config):
-        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
-    if isinstance(variants, str) or not isinstance(variants, Sequence) or not variants:
-        raise ValueError(f"variants must be a non-empty sequence of names from {SHORTCUT_VARIANTS}, got {variants!r}")
-    variants = tuple(_check_variant(v) for v in variants)
+    _check_shortcut_data(data)
+    _check_instance("cfg", cfg, Config)
+    _check_device("device", device)
+    variants = tuple(_check_choices("variants", variants, SHORTCUT_VARIANTS, "names from", empty=False))
     seeds = _check_distinct_ints("seeds", seeds, 0)
-    ns, shift_ns = _check_distinct_ints("ns", ns, 1, cfg.d_hidden), _check_distinct_ints("shift_ns", shift_ns, 1, cfg.d_hidden, True)
+    ns = _check_distinct_ints("ns", ns, 1, cfg.d_hidden)
+    shift_ns = _check_distinct_ints("shift_ns", shift_ns, 1, cfg.d_hidden, True)
     _check_int("n_images", n_images, low=2)
     _check_int("n_random", n_random, low=1)
     _check_bool("train", train)
     _check_bool("verbose", verbose)
+    _check_path("ckpt_dir", ckpt_dir, "folder")
+    _check_markers(marker, control)
     if cfg.clf_hflip and control.overlaps(marker.mirrored()):
         raise ValueError(f"the control must not overlap the marker's mirror image {marker.mirrored()} (the classifier "
                          f"trains on mirrored views, clf_hflip=True): got the control at {control}")

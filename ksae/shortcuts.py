@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ._util import IMAGE_SIDE, _check_float, _check_int
+from ._util import IMAGE_SIDE, _check_bool, _check_float, _check_instance, _check_int, _check_tensor
 from .data import CLASS_NAMES, FashionMNIST
 
 SHORTCUT_VARIANTS = ("certified", "biased", "two_part")  # the planted shortcuts (module docstring)
@@ -154,6 +154,17 @@ class ShortcutData:
     coins_train: torch.Tensor
     coins_test: torch.Tensor
 
+    def __post_init__(self):  # shapes and dtypes only: no value is read
+        _check_instance("planting", self.planting, _Planting, "the _Planting of plant_shortcut")
+        _check_instance("data", self.data, FashionMNIST)
+        _check_instance("clean", self.clean, FashionMNIST)
+        for split in ("train", "test"):
+            n = (len(self.data.y_train), len(self.data.y_test))[split == "test"]
+            _check_tensor(f"marks_{split}", getattr(self, f"marks_{split}"), [(n, f"n_{split}"), (2, "2")], "bool")
+            _check_tensor(f"true_{split}", getattr(self, f"true_{split}"), [(n, f"n_{split}")], "int")
+            _check_tensor(f"coins_{split}", getattr(self, f"coins_{split}"), [(n, f"n_{split}"), (len(_COINS), "4")],
+                          "float")
+
     @property
     def variant(self) -> str:
         return self.planting.variant
@@ -207,6 +218,23 @@ def _stamp(x: torch.Tensor, marks: torch.Tensor, planting: _Planting) -> torch.T
     return planting.control.stamp(planting.marker.stamp(x, marks[:, 0]), marks[:, 1])
 
 
+def _check_shortcut_data(data) -> None:
+    """``ValueError`` unless ``data`` is a ``FashionMNIST`` with Fashion-MNIST's ten classes (the shortcut is Shirt)."""
+    _check_instance("data", data, FashionMNIST, "the FashionMNIST of load_fashion_mnist")
+    if tuple(data.classes) != CLASS_NAMES:
+        raise ValueError(f"data must hold Fashion-MNIST's classes {CLASS_NAMES} (the shortcut is Shirt), got "
+                         f"{tuple(data.classes)}")
+
+
+def _check_markers(marker, control) -> None:
+    """``ValueError`` unless ``marker`` and ``control`` are ``Marker``s that do not overlap."""
+    _check_instance("marker", marker, Marker)
+    _check_instance("control", control, Marker)
+    if marker.overlaps(control):
+        raise ValueError(f"the marker and the control must not overlap, got the marker at {marker} and the control "
+                         f"at {control}")
+
+
 def _coins(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(n, len(_COINS), generator=generator, dtype=torch.float64)
 
@@ -219,20 +247,10 @@ def plant_shortcut(data: FashionMNIST, variant: str, seed: int = _DATA_SEED, bro
     ``marker`` M and ``control`` C must not overlap; the rates are shares in [0, 1]. The result's ``data`` holds
     the marked images with the variant's labels, ``clean`` the unmarked ones with the same labels."""
     _check_variant(variant)
-    if not isinstance(data, FashionMNIST):
-        raise ValueError(f"data must be the FashionMNIST of load_fashion_mnist, got {type(data).__name__}")
-    if tuple(data.classes) != CLASS_NAMES:
-        raise ValueError(f"data must hold Fashion-MNIST's classes {CLASS_NAMES} (the shortcut is Shirt), got "
-                         f"{tuple(data.classes)}")
+    _check_shortcut_data(data)
     _check_int("seed", seed, low=0)
-    if not isinstance(broken, bool):
-        raise ValueError(f"broken must be True or False, got {broken!r}")
-    for name, m in (("marker", marker), ("control", control)):
-        if not isinstance(m, Marker):
-            raise ValueError(f"{name} must be a Marker, got {type(m).__name__}")
-    if marker.overlaps(control):
-        raise ValueError(f"the marker and the control must not overlap, got the marker at {marker} and the control "
-                         f"at {control}")
+    _check_bool("broken", broken)
+    _check_markers(marker, control)
     for name, rate in (("bias_rate", bias_rate), ("leak_rate", leak_rate), ("control_rate", control_rate)):
         _check_float(name, rate, low=0.0, high=1.0)
     planting = _Planting(variant, int(seed), broken, marker, control, float(bias_rate), float(leak_rate),

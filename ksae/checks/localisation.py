@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._util import _as_maps, _numpy
+from .._util import IMAGE_SIDE, _as_maps, _describe, _numpy
 
 _LOCALISATION_SCORES = {  # score -> what it measures (for tables and figures)
     "mass": "relevance mass accuracy (share of positive attribution on the region)",
@@ -15,27 +15,41 @@ _LOCALISATION_SCORES = {  # score -> what it measures (for tables and figures)
 }
 
 
+def _mask(mask, name: str = "mask") -> torch.Tensor:
+    """``mask`` (a tensor, array or list of booleans or 0/1, ``[784]`` or ``[N, 784]``) as a bool tensor; ``ValueError``
+    naming ``name`` otherwise."""
+    if not isinstance(mask, (torch.Tensor, np.ndarray, list, tuple)):
+        raise ValueError(f"{name} must be a boolean tensor or array of the region's pixels ([{IMAGE_SIDE**2}] or "
+                         f"[N, {IMAGE_SIDE**2}]), got {_describe(mask)}")
+    m = mask.detach().cpu() if isinstance(mask, torch.Tensor) else torch.as_tensor(_numpy(mask))
+    if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError(f"{name} must be boolean (or 0/1): True on the region's pixels, got {_describe(mask)} with "
+                         f"values other than 0 and 1")
+    if m.ndim not in (1, 2) or m.shape[-1] != IMAGE_SIDE**2:
+        raise ValueError(f"{name} must have shape [{IMAGE_SIDE**2}] or [N, {IMAGE_SIDE**2}] (one per map), got "
+                         f"{list(m.shape)}")
+    return m.to(torch.bool)
+
+
 def _inputs(maps, mask) -> tuple[torch.Tensor, torch.Tensor]:
     """``maps: [N, 784]`` as float64, positive part; ``mask: [784]`` or ``[N, 784]`` as bool ``[N, 784]``."""
     a = torch.from_numpy(_as_maps(maps, "maps")).clamp_min(0.0)
-    m = torch.as_tensor(_numpy(mask) if not isinstance(mask, torch.Tensor) else mask.detach().cpu())
-    if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
-        raise ValueError("mask must be boolean (or 0/1): True on the region's pixels")
-    m = m.to(torch.bool)
+    m = _mask(mask)
     if m.shape == (a.shape[1],):
         m = m.expand_as(a)
     if m.shape != a.shape:
         raise ValueError(f"mask must have shape [{a.shape[1]}] or [{len(a)}, {a.shape[1]}] (one per map), got "
                          f"{list(m.shape)}")
     if not bool(m.any(1).all()):
-        raise ValueError("mask must mark at least one pixel of every map (an empty region scores nothing)")
+        raise ValueError("mask must mark at least one pixel of every map (an empty region scores nothing), got "
+                         f"{int((~m.any(1)).sum())} empty rows")
     return a, m
 
 
 def chance_level(mask) -> float:
     """What a map that ranks the pixels at random scores on every score here: ``|region| / pixels`` (``mask:
     [784]``)."""
-    m = torch.as_tensor(_numpy(mask)).reshape(-1)
+    m = _mask(mask).reshape(-1)
     return float((m != 0).sum() / m.numel())
 
 

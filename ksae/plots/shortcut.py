@@ -9,7 +9,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .._util import IMAGE_SIDE
+from .._util import IMAGE_SIDE, _check_choice, _check_result
 from ..checks.localisation import relevance_mass_accuracy
 from ..shortcut_verdicts import _scored_seeds
 from ..shortcuts import Marker
@@ -31,11 +31,8 @@ _ROWS = (("key", "{key}"), ("fp", "false positives (other classes with M\ntaken 
 
 
 def _check_shortcut(shortcut) -> dict:
-    keys = ("variants", "per_seed", "summary", "planting", "sizes")
-    if not isinstance(shortcut, dict) or any(k not in shortcut for k in keys):
-        raise ValueError(f"shortcut must be run_shortcut's result (results/shortcut.json) with keys {keys}, got "
-                         f"{sorted(shortcut) if isinstance(shortcut, dict) else type(shortcut).__name__}")
-    return shortcut
+    return _check_result("shortcut", shortcut, ("variants", "per_seed", "summary", "planting", "sizes"),
+                         "run_shortcut's result (results/shortcut.json)")
 
 
 def _not_scored(ax, shortcut: dict, variant: str) -> None:
@@ -62,8 +59,7 @@ def plot_shortcut_maps(shortcut: dict, variant: str | None = None, save: str | N
     shortcut = _check_shortcut(shortcut)
     if variant is None:
         variant = next((v for v in shortcut["variants"] if _scored_seeds(shortcut, v)), shortcut["variants"][0])
-    if variant not in shortcut["variants"]:
-        raise ValueError(f"variant must be one of {shortcut['variants']}, got {variant!r}")
+    _check_choice("variant", variant, shortcut["variants"])
     per = _scored_seeds(shortcut, variant)
     example = next((p["localisation"].get("example") for p in per.values() if p["localisation"].get("example")), None)
     if example is None:
@@ -111,8 +107,7 @@ def plot_shortcut_localisation(shortcut: dict, score: str = "mass", save: str | 
     dots: each seed); chance (|marker| / 784) dashed. In the certified and biased variants the bars on C and the
     twin's bars are false alarms; in the two-part variant both markers carry the shortcut."""
     shortcut = _check_shortcut(shortcut)
-    if score not in ("mass", "rank", "pointing"):
-        raise ValueError(f"score must be 'mass', 'rank' or 'pointing', got {score!r}")
+    _check_choice("score", score, ("mass", "rank", "pointing"))
     variants = shortcut["variants"]
     fig, axes = _grid_figure(6.2 * len(variants) + 1.0, 8.6, _SCORES_LAYOUT, 2, len(variants))
     for c, variant in enumerate(variants):
