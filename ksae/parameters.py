@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._util import _check_bool, _check_choice, _check_float, _check_path, _check_text, _closest_option
+from ._util import _check_bool, _check_choice, _check_float, _check_path, _check_text, _closest_option, _describe
 from .config import SAE_KINDS, Config
 
 
@@ -38,6 +38,11 @@ class Parameter:
                 _check_float(name, getattr(self, name))
         for name in ("low_open", "high_open", "allow_empty"):
             _check_bool(name, getattr(self, name))
+        if not isinstance(self.choices, tuple) or not all(isinstance(c, str) for c in self.choices):
+            raise ValueError(f"choices must be a tuple of names (strings), got {_describe(self.choices)}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"choices must name the values of a 'choice' parameter (and only of one), got "
+                             f"{self.choices!r} for kind {self.kind!r}")
 
 
 _PARAMETER_KINDS = ("int", "float", "bool", "int_list", "choice", "folder", "file")

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import IMAGE_SIDE, _check_float, _check_int
+from ._util import IMAGE_SIDE, _check_choice, _check_float, _check_int
 from .attribution_base import DEFAULT_INTERNAL_BATCH, _baseline, _prepare_inputs
 from .attribution_base import _score as _target_score
 from .config import Config
@@ -401,9 +401,7 @@ def lime(model: nn.Module, inputs: torch.Tensor, target, baselines=None, feature
     the lime package's model) gives each feature its coefficient, given to each of its pixels. Other arguments as
     ``shapley_value_sampling``."""
     _check_int("n_samples", n_samples, low=1)
-    if distance_mode not in _LIME_DISTANCES:
-        raise ValueError(f"distance_mode (the distance in LIME's similarity kernel) must be one of {_LIME_DISTANCES}, "
-                         f"got {distance_mode!r}")
+    _check_choice("distance_mode (the distance in LIME's similarity kernel)", distance_mode, _LIME_DISTANCES)
     _check_float("kernel_width", kernel_width, low=0.0, low_open=True)
     _check_float("alpha", alpha, low=0.0)
     gen = _generator(seed, generator)

@@ -189,13 +189,16 @@ def family_agreement(maps: dict[str, torch.Tensor], x: torch.Tensor, labels, fam
         raise ValueError(f"maps must hold at least two {first} methods and one {second} method, got {list(maps)}")
     arrays = {m: _as_maps(maps[m], f"maps[{m!r}]") for m in a + b}
     n = len(next(iter(arrays.values())))
+    _check_images("x", x)
+    pixels = _as_maps(x, "x", n)
     lab = _check_labels(labels, n)
+    _check_int("seed", seed, low=0)
     _, cls, class_size = np.unique(lab, return_inverse=True, return_counts=True)
     keep = class_size[cls] >= 2
     out = {"families": {first: a, second: b}, "n_images": int(keep.sum()), "statistics": {}}
     if not keep.any():  # no image has a same-class partner: no null, nothing to compare
         return out
-    obj = _as_maps(x, "x", n)[keep] > 0
+    obj = pixels[keep] > 0
     partner = partner_images(lab[keep], same_class=True, seed=seed)
     ranks = {(m, kind): {"all": _row_ranks(f(v[keep])), **_agreement_ranks(f(v[keep]), obj, partner)}
              for m, v in arrays.items() for kind, f in AGREEMENT_KINDS.items()}

@@ -17,6 +17,7 @@ from .._util import (
     IMAGE_SIDE,
     _as_image,
     _as_maps,
+    _check_choices,
     _check_classes,
     _check_float,
     _check_instance,
@@ -26,9 +27,10 @@ from .._util import (
     _check_pixels,
     _check_result,
     _check_text,
+    _describe,
     _numpy,
 )
-from ..attribution import METHOD_FAMILIES
+from ..attribution import METHOD_FAMILIES, METHOD_LABELS
 from ..checks.agreement import AGREEMENT_KINDS, PIXEL_SETS, correlation_matrix
 from ..selection import Selection
 from ..stats import rowwise_spearman
@@ -393,8 +395,12 @@ def plot_perturbation_maps(selection: Selection, maps: dict, classes, methods=No
         raise ValueError(f"maps must be a dict of method name -> [N, 784] map, got {type(maps).__name__}")
     if isinstance(reference, str):
         reference = [reference]
+    reference = _check_choices("reference", reference, METHOD_LABELS)  # known names; those missing from maps skipped
     if methods is None:
         methods = [m for m in METHOD_FAMILIES["perturbation"] if m in maps]
+        if not methods:
+            raise ValueError(f"maps must hold a perturbation method's maps ({list(METHOD_FAMILIES['perturbation'])}) "
+                             f"when methods is None, got {_describe(maps)}")
     columns = [m for m in reference if m in maps] + _resolve_methods(methods, maps)
     _resolve_methods(columns, maps)  # known, present, no duplicates
     labels = _check_labels(selection.y, len(selection.x), len(classes))
