@@ -83,7 +83,28 @@ def make_env(tmp: Path) -> dict:
     env["explorer_page"] = kh.write_explorer(pipe, data, tmp / "explorer.html", cfg, stats)
     env["notebook"] = tmp / "nb.ipynb"
     env["notebook"].write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    # the perturbation family: one perturbation method's maps beside the gradient maps, their statistics
+    env["pmaps"] = {**maps, "occlusion": kh.occlusion(pipe, x, y, sliding_window_shapes=7, strides=7)}
+    env["families"] = {"gradient": ["integrated", "simple"], "perturbation": ["occlusion"]}
+    env["pcross"] = kh.cross_method_statistics(env["pmaps"], x=x, labels=y)
+    env["family"] = kh.family_agreement(env["pmaps"], x, y, env["families"])
+    # the planted shortcut: the N images as a Fashion-MNIST of its ten classes (Shirts, T-shirts, others), planted
+    env["fmnist"] = kh.FashionMNIST(x, torch.tensor([6, 0, 6, 0, 1, 2]), x, torch.tensor([6, 0, 6, 0, 1, 2]))
+    env["planted"] = kh.plant_shortcut(env["fmnist"], "certified")
+    env["shortcut"] = _shortcut_result()
     return env
+
+
+def _shortcut_result() -> dict:
+    """The committed planted-shortcut result (``results/shortcut.json``) once it exists; until then ``run_shortcut``'s
+    top-level keys with nothing scored: enough for the door, which refuses every bad-input case before any of it is
+    read (a real result comes from training dozens of models: ``tests/conftest.py``'s ``shortcut_tiny``)."""
+    path = ROOT / "results" / "shortcut.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"schema_version": 1, "variants": list(kh.SHORTCUT_VARIANTS), "seeds": [0],
+            "per_seed": {v: {} for v in kh.SHORTCUT_VARIANTS}, "summary": {}, "markers": {}, "sizes": {"ns": []},
+            "planting": {v: {} for v in kh.SHORTCUT_VARIANTS}}
 
 
 # --- families: the wrong values of one kind of parameter ----------------------------------------------------
@@ -341,6 +362,36 @@ FAMILIES: dict[str, Family] = {
     "param_kind": Family(lambda c: [("misspelt", lambda e: "in", "did you mean 'int'"), ("number", lambda e: 5, "")],
                          lambda e, c: "int"),
     "page_name": Family(_const(("number", 5, ""), ("quote", "a'b.html", "")), lambda e, c: "page.html"),
+    # the perturbation family
+    "perturbation_maps": _family([("a-tensor", lambda e: e["pmaps"]["occlusion"], ""),
+                                  ("nan", lambda e: {**e["pmaps"], "occlusion": _with_nan(e["pmaps"]["occlusion"])},
+                                   "NaN"),
+                                  ("shape", lambda e: {m: v[:, :783] for m, v in e["pmaps"].items()}, "")],
+                                 lambda e, c: e["pmaps"]),
+    "method_families": _family([("one-family", lambda e: {"gradient": ["integrated", "simple"]}, ""),
+                                ("a-name", lambda e: {**e["families"], "perturbation": "occlusion"}, ""),
+                                ("list", lambda e: list(e["families"].values()), "")],
+                               lambda e, c: e["families"]),
+    "feature_mask": Family(lambda c: [("float", lambda e: kh.superpixel_grid().float(), ""),
+                                      ("shape", lambda e: torch.zeros(27, 28, dtype=torch.long), ""),
+                                      ("negative", lambda e: torch.full((784,), -1), ""), ("number", lambda e: 5, "")]),
+    "window": Family(_const(("zero", 0, ""), ("too-big", 29, ""), ("three", (4, 4, 4), ""), ("string", "4", ""))),
+    "choices": Family(_const(("string", "topk", ""), ("numbers", (1, 2), ""))),
+    # the planted shortcut
+    "region_mask": _family([("float", lambda e: np.full(784, 0.5), ""),
+                            ("shape", lambda e: torch.ones(783, dtype=torch.bool), "783"),
+                            ("string", lambda e: "abc", "")],
+                           lambda e, c: kh.Marker(0, 0).mask()),
+    "marker": _family([("list", lambda e: [0, 0, 4], ""), ("dict", lambda e: {"row": 0, "col": 0}, "")]),
+    "planting": _family([("dict", lambda e: e["planted"].planting.to_dict(), "")]),
+    "marks": _family([("float", lambda e: torch.zeros(N, 2), ""),
+                      ("shape", lambda e: torch.zeros(N, 3, dtype=torch.bool), "")]),
+    "true_classes": _family([("float", lambda e: torch.zeros(N), ""),
+                             ("length", lambda e: torch.zeros(N - 1, dtype=torch.long), "")]),
+    "coins": _family([("shape", lambda e: torch.rand(N, 3, dtype=torch.float64), ""),
+                      ("int", lambda e: torch.zeros(N, 4, dtype=torch.long), "")]),
+    "shortcut": _result(lambda e: e["shortcut"]),
+    "family_stats": _result(lambda e: e["family"]),
     # results, in memory or read back from results/*.json
     "summary": _result(_summary),
     "validation": _result(lambda e: e["summary"]["validation"]),
@@ -386,6 +437,7 @@ CLOSED = {  # closed sets of names: parameter -> the valid names (the first one 
     "mode": ("deletion", "insertion"), "ranking": ("signed", "abs"), "schedule": kh.LR_SCHEDULES,
     "dtype": kh.EXPLORER_DTYPES, "statistic": (None, "value", "null", "excess"), "ig_method": kh.IG_METHODS,
     "ae_lr_schedule": kh.LR_SCHEDULES, "clf_lr_schedule": kh.LR_SCHEDULES, "sae_kind": kh.SAE_KINDS,
+    "distance_mode": ("cosine", "euclidean"),
 }
 CLOSED_SEQ = {"substrates": kh.SUBSTRATES, "variants": kh.RANDOMIZATION_VARIANTS,
               "representations": kh.REPRESENTATIONS}
@@ -435,7 +487,7 @@ SPECIAL: dict[str, dict] = {  # name -> {"families": {param: family or (family, 
     "check_parameter": {"families": {"name": "param_name"}, "valid": lambda e: {"value": 5},
                         "skip": {"value": "its kind depends on name: the hand-made cases cover every parameter"}},
     "check_parameters": {"families": {"params": "dict"}},
-    "Parameter": {"families": {"kind": "param_kind"}, "valid": lambda e: {"default": 1},
+    "Parameter": {"families": {"kind": "param_kind", "choices": "choices"}, "valid": lambda e: {"default": 1},
                   "skip": {"default": "any value (the parameter's default)"}},
     "print_table": {"families": {"rows": "pairs"}},
     "as_flat_images": {"valid": lambda e: {"name": "x"}},  # its messages name the argument its caller names
@@ -511,6 +563,28 @@ SPECIAL: dict[str, dict] = {  # name -> {"families": {param: family or (family, 
     **{fn: {"skip": {"run_params": "the notebook's run parameters: any of RUN_DEFAULTS' names"}}
        for fn in ("output_paths", "run_name")},
     "atomic_write_bytes": {"families": {"data": "bytes"}},
+    # --- the perturbation family
+    **{fn: {"families": {"feature_mask": "feature_mask"}} for fn in (
+        "feature_ablation", "shapley_value_sampling", "kernel_shap", "lime")},
+    "occlusion": {"families": {"sliding_window_shapes": "window", "strides": "window"}},
+    "family_agreement": {"families": {"maps": "perturbation_maps", "families": "method_families",
+                                      "labels": "labels_n"}},  # labels: any class ids (same-class partners)
+    "plot_perturbation_maps": {"families": {"maps": "perturbation_maps", "reference": "plot_methods"}},
+    "plot_family_agreement": {"families": {"family_stats": "family_stats"},
+                              "valid": lambda e: {"cross_stats": e["pcross"]}},
+    # --- the planted shortcut
+    **{fn: {"families": {"variant": ("closed", kh.SHORTCUT_VARIANTS), "marker": "marker", "control": "marker",
+                         "variants": ("closed_seq", kh.SHORTCUT_VARIANTS)}, "valid": lambda e: {"data": e["fmnist"]}}
+       for fn in ("plant_shortcut", "run_shortcut")},
+    "ShortcutData": {"families": {"planting": "planting", "clean": "dataset", "marks_train": "marks",
+                                  "marks_test": "marks", "true_train": "true_classes", "true_test": "true_classes",
+                                  "coins_train": "coins", "coins_test": "coins"},
+                     "valid": lambda e: {f: getattr(e["planted"], f) for f in e["planted"].__dataclass_fields__}},
+    **{fn: {"families": {"maps": "map_rows", "mask": "region_mask"}} for fn in (
+        "relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game", "chance_level")},
+    **{fn: {"families": {"shortcut": "shortcut", "variant": ("closed", kh.SHORTCUT_VARIANTS),
+                         "score": ("closed", ("mass", "rank", "pointing"))}} for fn in (
+        "shortcut_markdown", "plot_shortcut_maps", "plot_shortcut_localisation", "plot_shortcut_removal")},
 }
 
 
