@@ -26,8 +26,10 @@ from .attribution_base import (
     OUTPUTS,
     _baseline,
     _check_classifier,
+    _check_model,
     _check_pipeline,
     _check_target,
+    _class_count,
     _output_fn,
     _prepare,
     _rows_per_pass,
@@ -350,16 +352,22 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
     LIME + 3: streams independent of each other and of SmoothGrad's).
 
     With ``return_contributions``, also decoder-weighted's unit contributions ``c: [B, H]`` (computed with
-    its map, or on their own when ``"decoder"`` is not among ``methods``): ``(maps, contributions)``.
+    its map, or on their own when ``"decoder"`` is not among ``methods``): ``(maps, contributions)``. Without
+    decoder-weighted (which needs the autoencoder's atoms) any classifier of images in eval mode is explained
+    (e.g. the controls' ``LinearCodePipeline``).
     """
-    _check_pipeline(pipeline)
-    inputs = _check_images("inputs", inputs, dtype=_model_dtype(pipeline))
-    _check_target(target, len(inputs), pipeline.clf.rest[-1].out_features, inputs.device)
-    _check_instance("cfg", cfg, Config)
     methods = _check_choices("methods", methods, METHOD_LABELS)
+    _check_bool("return_contributions", return_contributions)
+    if "decoder" in methods or return_contributions:
+        _check_pipeline(pipeline)
+    else:
+        _check_model(pipeline, "pipeline")
+    inputs = _check_images("inputs", inputs, dtype=_model_dtype(pipeline))
+    _check_target(target, len(inputs), _class_count(pipeline, inputs.reshape(len(inputs), -1), "pipeline"),
+                  inputs.device)
+    _check_instance("cfg", cfg, Config)
     if seed is not None:
         _check_int("seed", seed, low=0)
-    _check_bool("return_contributions", return_contributions)
     seed = cfg.seed if seed is None else seed
     maps: dict[str, torch.Tensor] = {}
     unit_contributions: list[torch.Tensor] = []
