@@ -124,9 +124,11 @@ from ksae.units import (
     UnitStats, EXPLORER_PAGE, UNIT_BROWSER_PAGE, UNIT_TOP_CONTRIBUTIONS, unit_top_contributions,
 )
 from ksae.sweep import run_k_sweep
+from ksae.planted import planted_dictionary, PLANTED_COHERENCES, PlantedDictionary, random_image_atoms, recovery_scores
 from ksae.stability import (
     compare_stability, match_atoms, run_seed_stability, seed_dictionaries, seed_stability, stability_for_config,
-    STABILITY_BOOTSTRAP, STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms,
+    STABILITY_BOOTSTRAP, STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms, recurrence,
+    RECURRENCE_COSINES, SHARED_COSINE,
 )
 from ksae.controls import (
     fit_pca, LinearCode, LinearCodePipeline, REPRESENTATIONS, train_representation, untrained_autoencoder,
@@ -134,6 +136,7 @@ from ksae.controls import (
 from ksae.checks.sparseness import gini_index, object_share
 from ksae.checks.across_models import cascading_randomization, faithfulness_gaps, unit_deletion_gaps
 from ksae.control_study import common_images, run_controls, unit_claims, unit_measures
+from ksae.variant_study import run_variants
 from ksae.plots.style import (
     AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET, COMPARISON_MARGINS,
     COMPARISON_MIN_WIDTH, COMPLETENESS_LAYOUT, COMPLETENESS_SWEEP_LAYOUT, CONFUSION_CMAP, CONFUSION_LAYOUT, CONTEXT,
@@ -242,5 +245,7 @@ __all__ = [
     "UNIT_BROWSER_TEMPLATE", "write_unit_browser", "EXPLORER_PAGE", "UNIT_BROWSER_PAGE", "UNIT_TOP_CONTRIBUTIONS",
     "unit_top_contributions", "EXPLORER_DTYPES", "EXPLORER_GZIP_LEVEL", "EXPLORER_MAX_BYTES", "EXPLORER_MAX_SCALE",
     "EXPLORER_TEMPLATE", "explorer_data", "explorer_reference", "read_explorer_data", "write_explorer",
-    "atomic_write_bytes", "IMAGE_SIDE",
+    "atomic_write_bytes", "IMAGE_SIDE", "planted_dictionary", "PLANTED_COHERENCES", "PlantedDictionary",
+    "random_image_atoms", "recovery_scores", "recurrence", "RECURRENCE_COSINES", "SHARED_COSINE",
+    "run_variants",
 ]
