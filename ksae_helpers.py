@@ -34,10 +34,12 @@ ksae.checks.verdicts        Pass/fail and ranks per ordering and test; what hold
 ksae.checks.suite           ``run_validation``: every check, timed.
 ksae.units                  The unit atlas: statistics of every code unit (``unit_statistics``).
 ksae.sweep                  The sparsity sweep: one model pair per k.
-ksae.stability              Which units recur across training seeds: Hungarian matching of decoder atoms.
+ksae.stability              Which units recur across training seeds: Hungarian matching of decoder atoms, encoder rows.
 ksae.controls               Controls for the code: pixels, PCA, untrained and dense codes, shuffled labels (cached).
 ksae.control_study          What sparsity buys: every control scored, explained, its unit claims (``run_controls``);
                             its generated markdown: ksae.controls_report (``controls_markdown``).
+ksae.variant_study          Which SAE? every kind on one frontier, recurrence, planted atoms (``run_variants``); its
+                            ksae.variant_models, ksae.variants_report, ksae.plots.variants; ksae.planted: known atoms.
 ksae.checks.across_models   Checks comparing models on the same images; ksae.checks.sparseness: Gini, object share.
 ksae.plots.style            Colours, sizes, fixed layouts and the seaborn style every figure is built in.
 ksae.plots.figure           Finishing figures: palette PNGs, saving, and drawing figures side by side in forked
@@ -128,7 +130,6 @@ from ksae.planted import planted_dictionary, PLANTED_COHERENCES, PlantedDictiona
 from ksae.stability import (
     compare_stability, match_atoms, run_seed_stability, seed_dictionaries, seed_stability, stability_for_config,
     STABILITY_BOOTSTRAP, STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms, recurrence,
-    RECURRENCE_COSINES, SHARED_COSINE,
 )
 from ksae.controls import (
     fit_pca, LinearCode, LinearCodePipeline, REPRESENTATIONS, train_representation, untrained_autoencoder,
@@ -168,6 +169,8 @@ from ksae.plots.units import (
 )
 from ksae.plots.controls import plot_controls_models, plot_controls_units
 from ksae.controls_report import controls_markdown
+from ksae.plots.variants import plot_variants_frontier, plot_variants_recovery, plot_variants_stability
+from ksae.variants_report import readme_bullet, variants_markdown
 from ksae.report import (
     build_summary, compact_notebook, DEFAULT_FIGURE_DIR, DEFAULT_SUMMARY_PATH, figure_path_fn, figure_timings,
     headline_table, output_paths, protected_folders, randomization_table, read_summary, RUN_DEFAULTS, run_name,
@@ -246,6 +249,6 @@ __all__ = [
     "unit_top_contributions", "EXPLORER_DTYPES", "EXPLORER_GZIP_LEVEL", "EXPLORER_MAX_BYTES", "EXPLORER_MAX_SCALE",
     "EXPLORER_TEMPLATE", "explorer_data", "explorer_reference", "read_explorer_data", "write_explorer",
     "atomic_write_bytes", "IMAGE_SIDE", "planted_dictionary", "PLANTED_COHERENCES", "PlantedDictionary",
-    "random_image_atoms", "recovery_scores", "recurrence", "RECURRENCE_COSINES", "SHARED_COSINE",
-    "run_variants",
+    "random_image_atoms", "recovery_scores", "recurrence", "run_variants", "plot_variants_frontier", "readme_bullet",
+    "plot_variants_recovery", "plot_variants_stability", "variants_markdown",
 ]

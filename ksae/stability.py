@@ -39,11 +39,11 @@ STABLE_COSINE = 0.9  # a unit is stable when its matched atom has at least this 
 STABILITY_BOOTSTRAP = 2000  # bootstrap resamples of the group comparisons (units resampled within each group)
 
 
-RECURRENCE_COSINES = (0.5, 0.7, 0.9)  # ``recurrence`` counts the units whose matched cosine reaches each of these
+_RECURRENCE_COSINES = (0.5, 0.7, 0.9)  # ``recurrence`` counts the units whose matched cosine reaches each
 
 
-SHARED_COSINE = 0.7  # Paulo & Belrose (2025): a unit is "shared" with another seed when its matched decoder atom
-# and its matched encoder row both reach this cosine and the two matches pick the same unit
+_SHARED_COSINE = 0.7  # Paulo & Belrose (2025): a unit is "shared" with another seed when its matched decoder
+# atom and its matched encoder row both reach this cosine and the two matches pick the same unit
 
 
 def _atoms(name: str, atoms) -> np.ndarray:
@@ -292,8 +292,9 @@ def _recurrence_flags(dec: dict, enc: dict | None, r: int, others: list[int], sh
 
 
 def recurrence(decoders: Mapping[int, object], encoders: Mapping[int, object] | None = None,
-               references: Sequence[int] | None = None, thresholds: Sequence[float] = RECURRENCE_COSINES,
-               shared_cosine: float = SHARED_COSINE, seed: int = 0, n_boot: int = STABILITY_BOOTSTRAP) -> dict:
+               references: Sequence[int] | None = None, thresholds: Sequence[float] = _RECURRENCE_COSINES,
+               shared_cosine: float = _SHARED_COSINE, seed: int = 0,
+               n_boot: int = STABILITY_BOOTSTRAP) -> dict:
     """Which units recur across training seeds, by decoder atoms and encoder rows (Paulo & Belrose 2025).
 
     ``decoders``: ``{seed: [H, D] decoder atoms}`` (tensors, arrays or autoencoders), at least two seeds;

@@ -166,8 +166,10 @@ def _answer(stability: dict, by_seed: dict, raw: dict, reference: str = "topk", 
             if field in raw[name] and field in raw[reference]:
                 d, ci = _paired(raw[name][field], raw[reference][field], seed)
                 metric = "pixel_accuracy" if key == "accuracy_recovered" else "accuracy"
-                ra = [r[metric] for r in seeds_a if metric in r]
-                rb = [r[metric] for r in ref_seeds if metric in r]
+                # a model with a head at one seed only: its seed-0 value stands for its range (top-k's heads, at every
+                # seed, give the spread the difference must clear)
+                ra = [r[metric] for r in seeds_a if metric in r] or [float(raw[name][field].mean())]
+                rb = [r[metric] for r in ref_seeds if metric in r] or [float(raw[reference][field].mean())]
                 row[key] = {"difference": d, "ci95": ci, "range": [min(ra), max(ra)],
                             "reference_range": [min(rb), max(rb)], "verdict": _verdict(ci, ra, rb)}
         out[name] = row

@@ -24,12 +24,12 @@ def _variant_label(name: str, data: dict | None = None) -> str:
     return name
 
 
-def _pct(x, digits: int = 1) -> str:
+def _pc(x, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f} %"
 
 
 def _pct_ci(value, ci, digits: int = 1) -> str:
-    return f"{_pct(value, digits)} [{100 * ci[0]:.{digits}f}, {100 * ci[1]:.{digits}f}]"
+    return f"{_pc(value, digits)} [{100 * ci[0]:.{digits}f}, {100 * ci[1]:.{digits}f}]"
 
 
 def _num_ci(value, ci, fmt: str = ".4f") -> str:
@@ -40,7 +40,7 @@ def _signed_pct(value, ci, digits: int = 1) -> str:
     return f"{100 * value:+.{digits}f} points [{100 * ci[0]:+.{digits}f}, {100 * ci[1]:+.{digits}f}]"
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
+def _md_table(header: list[str], rows: list[list]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *["| " + " | ".join(str(c).replace("|", "&#124;") for c in row) + " |" for row in rows]]
 
@@ -63,7 +63,7 @@ def _calibration_lines(d: dict) -> list[str]:
             rows.append([f"{KIND_LABELS.get(kind, kind)} pilots",
                          "; ".join(f"{p['value']:.3g} → {p['val_l0']:.1f}" for p in cal["pilots"]) + " (" +
                          f"{cal['pilots'][0]['epochs']} epochs each)", *[""] * (len(d["targets"]) - 1)])
-    return _table(["kind", *[f"L0 ≈ {t}" for t in d["targets"]]], rows)
+    return _md_table(["kind", *[f"L0 ≈ {t}" for t in d["targets"]]], rows)
 
 
 def _frontier_rows(d: dict) -> list[list]:
@@ -74,16 +74,16 @@ def _frontier_rows(d: dict) -> list[list]:
             within = "" if abs(r["test_l0"] / int(t) - 1) <= 0.1 else " (outside ±10 %)"
             rows.append([KIND_LABELS.get(kind, kind), t, f"{r['test_l0']:.1f}{within}",
                          _num_ci(r["fvu"], r["fvu_ci95"]), r["dead_units"], r["dense_units"],
-                         f"{_pct(r['pixel_accuracy'], 2)} ({_pct(r['accuracy_recovered'])})", acc])
+                         f"{_pc(r['pixel_accuracy'], 2)} ({_pc(r['accuracy_recovered'])})", acc])
     for t, r in d["anchors"]["pca"].items():
         acc = _pct_ci(r["accuracy"], r["accuracy_ci95"], 2) if "accuracy" in r else "—"
         rows.append(["PCA", t, f"{r['test_l0']:.1f}", _num_ci(r["fvu"], r["fvu_ci95"]), "—", "—",
-                     f"{_pct(r['pixel_accuracy'], 2)} ({_pct(r['accuracy_recovered'])})", acc])
+                     f"{_pc(r['pixel_accuracy'], 2)} ({_pc(r['accuracy_recovered'])})", acc])
     return rows
 
 
 def _stat_text(s: dict, digits: int = 1) -> str:
-    spread = (f"; seeds {_pct(s['range'][0], digits)}–{_pct(s['range'][1], digits)}"
+    spread = (f"; seeds {_pc(s['range'][0], digits)}–{_pc(s['range'][1], digits)}"
               if len(s["per_reference"]) > 1 else "")
     return f"{_pct_ci(s['value'], s['ci95'], digits)}{spread}"
 
@@ -97,8 +97,8 @@ def _recurrence_rows(d: dict) -> list[list]:
             s = rec["statistics"]
             median = s["median_decoder"]
             rows.append([_variant_label(name, d) if label.startswith("trained") else "", label, _stat_text(s["shared"]),
-                         _pct(s["decoder>=0.5"]["value"]), _pct(s["decoder>=0.7"]["value"]),
-                         _stat_text(s["decoder>=0.9"], 2), _pct(s["encoder>=0.9"]["value"], 2),
+                         _pc(s["decoder>=0.5"]["value"]), _pc(s["decoder>=0.7"]["value"]),
+                         _stat_text(s["decoder>=0.9"], 2), _pc(s["encoder>=0.9"]["value"], 2),
                          f"{median['value']:.3f} [{median['ci95'][0]:.3f}, {median['ci95'][1]:.3f}]"])
     return rows
 
@@ -114,9 +114,9 @@ def _answer_lines(d: dict) -> list[str]:
         rec = a["recurrence"]["shared"]
         shared = d["stability"][name]["trained"]["statistics"]["shared"]
         parts = [f"shared units {_pct_ci(shared['value'], shared['ci95'])}, {_VERDICT_WORDS[rec['verdict']]} top-k's "
-                 f"(difference {_signed_pct(rec['difference'], rec['ci95'])}; seeds {_pct(rec['range'][0])}–"
-                 f"{_pct(rec['range'][1])} against {_pct(rec['reference_range'][0])}–"
-                 f"{_pct(rec['reference_range'][1])})"]
+                 f"(difference {_signed_pct(rec['difference'], rec['ci95'])}; seeds {_pc(rec['range'][0])}–"
+                 f"{_pc(rec['range'][1])} against {_pc(rec['reference_range'][0])}–"
+                 f"{_pc(rec['reference_range'][1])})"]
         d9 = a["recurrence"]["decoder>=0.9"]
         parts.append(f"decoder atoms recurring at cosine ≥ 0.9: {_VERDICT_WORDS[d9['verdict']]} top-k "
                      f"({_signed_pct(d9['difference'], d9['ci95'], 2)})")
@@ -128,7 +128,7 @@ def _answer_lines(d: dict) -> list[str]:
         if "accuracy" in a:
             c = a["accuracy"]
             parts.append(f"head accuracy {_signed_pct(c['difference'], c['ci95'], 2)} ({c['verdict']}; top-k's heads "
-                         f"over seeds {_pct(c['reference_range'][0], 2)}–{_pct(c['reference_range'][1], 2)})")
+                         f"over seeds {_pc(c['reference_range'][0], 2)}–{_pc(c['reference_range'][1], 2)})")
         if "accuracy_recovered" in a:
             c = a["accuracy_recovered"]
             parts.append(f"pixel classifier on the reconstructions {_signed_pct(c['difference'], c['ci95'], 2)} "
@@ -168,21 +168,21 @@ def _planted_lines(d: dict) -> list[str]:
         for kind, r in e["kinds"].items():
             rec = r["recovery"]
             rows.append([coherence, KIND_LABELS.get(kind, kind), f"{r['test_l0']:.1f}", f"{r['fvu']:.4f}",
-                         f"{rec['mcc']:.3f}", f"{rec['score']:+.3f}", _pct(rec["recovered_share"]),
-                         f"{rec['f1_mean']:.3f}", rec["dead_units"], _pct(r.get("accuracy"), 2)])
+                         f"{rec['mcc']:.3f}", f"{rec['score']:+.3f}", _pc(rec["recovered_share"]),
+                         f"{rec['f1_mean']:.3f}", rec["dead_units"], _pc(r.get("accuracy"), 2)])
     first = next(iter(planted.values()))["generator"]
     return [f"**A planted dictionary.** Synthetic images from {first['n_atoms']} known atoms ({first['n_train']} "
             f"training and {first['n_test']} test images per coherence; each atom fires independently with a Zipf-law "
             f"rate, mean L0 {first['mean_l0_asked']:g}; labels from {first['label_atoms_per_class']} label atoms per "
             "class: the class whose atoms sum highest). The random-sample baseline is the same matching for a "
             "dictionary of random training images (minus their mean): what matching alone gives.", "",
-            *_table(["coherence", "largest |cosine| between atoms", "median of each atom's largest", "mean L0 (test)",
-                     "firing rates", "MCC of random samples"], gen_rows), "",
+            *_md_table(["coherence", "largest |cosine| between atoms", "median of each atom's largest",
+                        "mean L0 (test)", "firing rates", "MCC of random samples"], gen_rows), "",
             "Each kind trained on each (its knob chosen on the synthetic validation split, L0 near the planted mean): "
             "MCC is the mean |cosine| of the Hungarian match of planted to learned atoms; recovered: matched with "
             "|cosine| ≥ 0.9; F1: each matched unit as a detector of its atom on the test images; dead: fires on no "
             "test image.", "",
-            *_table(["coherence", "kind", "test L0", "test FVU", "MCC", "MCC − random samples", "recovered",
+            *_md_table(["coherence", "kind", "test L0", "test FVU", "MCC", "MCC − random samples", "recovered",
                      "mean F1", "dead", "head accuracy (rule)"], rows), "", *_known_lines(d)]
 
 
@@ -215,7 +215,7 @@ def _known_lines(d: dict) -> list[str]:
             "contributions drawn with their atoms (scale · Σ_j φ_j d_j: where the evidence lies). Cells: mean Pearson "
             "correlation with the answer minus the same against another image of the same class (the null), "
             "[95 % CI], on correctly classified test images:", "",
-            *_table(["coherence", "kind", "images", *_KNOWN_LABELS.values()], rows), "", lead]
+            *_md_table(["coherence", "kind", "images", *_KNOWN_LABELS.values()], rows), "", lead]
 
 
 def variants_markdown(variants: dict) -> str:
@@ -234,10 +234,10 @@ def variants_markdown(variants: dict) -> str:
              "three tries; the closest is kept):", "", *_calibration_lines(d), "",
              f"**The frontier** (test set; FVU with a bootstrap 95 % CI over images; dead: fires on no test image; "
              "dense: on more than 10 % of them; the pixel classifier, "
-             f"{_pct(d['pixel_classifier']['test_accuracy'], 2)} on the original test images, on the "
+             f"{_pc(d['pixel_classifier']['test_accuracy'], 2)} on the original test images, on the "
              "reconstructions, with the share of that accuracy it keeps; the "
              f"classifier head at L0 ≈ {d['stability_target']}, seed {d['seeds'][0]}):", "",
-             *_table(["kind", "target L0", "test L0", "test FVU", "dead", "dense", "pixel classifier (recovered)",
+             *_md_table(["kind", "target L0", "test L0", "test FVU", "dead", "dense", "pixel classifier (recovered)",
                       "head accuracy"], _frontier_rows(d)), "",
              f"**Which units recur** (L0 ≈ {d['stability_target']}, seeds {', '.join(map(str, d['seeds']))}: every "
              "seed's units matched one-to-one in each other seed by decoder atom and, separately, by encoder row; "
@@ -245,7 +245,7 @@ def variants_markdown(variants: dict) -> str:
              "percentages of units, [95 % CI over seed 0's units] and the range over the three seeds as reference; "
              "controls: seed 0's dictionary matched to two untrained dictionaries, and to two dictionaries of random "
              "training images minus their mean):", "",
-             *_table(["model", "matched to", "shared", "decoder ≥ 0.5", "decoder ≥ 0.7", "decoder ≥ 0.9",
+             *_md_table(["model", "matched to", "shared", "decoder ≥ 0.5", "decoder ≥ 0.7", "decoder ≥ 0.9",
                       "encoder ≥ 0.9", "median lowest decoder cosine"], _recurrence_rows(d)), "",
              "**Against top-k** (a difference is named only where its bootstrap CI excludes 0 *and* the seed ranges "
              "do not overlap; else *no resolvable difference*):", "", *_answer_lines(d), "", _verdict_summary(d), "",

@@ -102,3 +102,25 @@ def scenario(monkeypatch):
     data, probs = _scenario()
     monkeypatch.setattr(ksae.selection, "predict", lambda sae, clf, x, device: probs)
     return data
+
+
+@pytest.fixture(scope="session")
+def variants_tiny(tmp_path_factory):
+    """CI's tiny variants study (``benchmarks/variants.py --tiny``), run once: ``(result as JSON holds it, the
+    checkpoint folder, the results file, the benchmark module)``. On one torch thread, as ``trained``."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("variants", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / "variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path_factory.mktemp("variants")
+    ckpt, out = folder / "ckpt", folder / "variants.json"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        module.main(["--tiny", "--device", "cpu", "--ckpt-dir", str(ckpt), "--out", str(out)])
+    finally:
+        torch.set_num_threads(before)
+    return json.loads(out.read_text()), ckpt, out, module

@@ -15,16 +15,16 @@ from .style import _grid_figure, _styled, _suptitle
 _FRONTIER_LAYOUT = {"left": 0.75, "right": 0.15, "top": 0.55, "bottom": 1.1, "wspace": 0.75}  # inches; legend below
 _STABILITY_LAYOUT = {"left": 2.6, "right": 0.2, "top": 0.55, "bottom": 0.65, "wspace": [0.35, 0.9, 0.85]}
 _RECOVERY_LAYOUT = {"left": 0.75, "right": 0.15, "top": 0.55, "bottom": 1.35, "wspace": 0.7, "hspace": 1.25}
-_PALETTE = "colorblind"  # one colour per stability row (the kinds first, in the study's order)
-_CONTROL_COLORS = {"untrained": "0.55", "random_images": "0.8"}
-_CONTROL_LABELS = {"untrained": "untrained dictionaries", "random_images": "random training images"}
+_VARIANT_PALETTE = "colorblind"  # one colour per stability row (the kinds first, in the study's order)
+_CHANCE_COLORS = {"untrained": "0.55", "random_images": "0.8"}
+_CHANCE_LABELS = {"untrained": "untrained dictionaries", "random_images": "random training images"}
 _KNOWN_SHORT = {"code": "code space", "integrated": "IG", "integrated_empty": "IG (empty)", "simple": "gradient",
                 "smoothgrad": "SmoothGrad", "input_x_gradient": "x × grad.", "input_x_smoothgrad": "x × SG",
                 "decoder": "decoder-w."}
-_BAR_GROUP = 0.8  # share of a group's width its bars take
+_GROUP_WIDTH = 0.8  # share of a group's width its bars take
 
 
-def _check_variants(variants) -> dict:
+def _check_variants_result(variants) -> dict:
     keys = ("frontier", "stability", "anchors", "targets", "kinds")
     if not isinstance(variants, dict) or any(k not in variants for k in keys):
         raise ValueError(f"variants must be run_variants' result (results/variants.json) with keys {keys}, got "
@@ -32,7 +32,7 @@ def _check_variants(variants) -> dict:
     return variants
 
 
-def _row_label(name: str) -> str:
+def _variant_row_label(name: str) -> str:
     if name in _KIND_LABELS:
         return _KIND_LABELS[name]
     if name.startswith("topk_L0_"):
@@ -40,9 +40,9 @@ def _row_label(name: str) -> str:
     return f"top-k, {name[5:-8]}× epochs" if name.endswith("x_epochs") else name
 
 
-def _colors(variants: dict) -> dict:
+def _variant_colors(variants: dict) -> dict:
     names = list(dict.fromkeys([*variants["kinds"], *variants["stability"]]))
-    return dict(zip(names, sns.color_palette(_PALETTE, len(names))))
+    return dict(zip(names, sns.color_palette(_VARIANT_PALETTE, len(names))))
 
 
 def _log_l0_axis(ax, targets) -> None:
@@ -56,8 +56,8 @@ def plot_variants_frontier(variants: dict, save: str | None = None) -> Figure:
     """The frontier: test FVU, the pixel classifier's accuracy on the reconstructions, the classifier head's test
     accuracy and the dead and dense units, each against the mean test L0 (log axis), one line per autoencoder kind;
     PCA with L0 components as the anchor (black crosses). Error bars: bootstrap 95 % CIs over test images."""
-    v = _check_variants(variants)
-    colors, targets = _colors(v), v["targets"]
+    v = _check_variants_result(variants)
+    colors, targets = _variant_colors(v), v["targets"]
     fig, (axes,) = _grid_figure(18, 4.6, _FRONTIER_LAYOUT, 1, 4)
     pca = [v["anchors"]["pca"][str(t)] for t in targets]
     for kind in v["kinds"]:
@@ -101,15 +101,17 @@ def plot_variants_frontier(variants: dict, save: str | None = None) -> Figure:
     for ax, (ylabel, title) in zip(axes, titles):
         _log_l0_axis(ax, targets)
         ax.set(xlabel="mean test L0 (log)", ylabel=ylabel, title=title)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small", frameon=False)
+    handles = dict(zip(*axes[0].get_legend_handles_labels()[::-1]))
+    order = [_KIND_LABELS.get(k, k) for k in v["kinds"]] + ["PCA (L0 components)"]  # the kinds first, the anchor last
+    fig.legend([handles[n] for n in order], order, loc="lower center", ncol=len(order), fontsize="small",
+               frameon=False)
     _suptitle(fig, "Which sparse autoencoder? One frontier (knobs chosen on the validation split; 95 % CIs)")
     return _finish(fig, save)
 
 
-def _bars(ax, names: list[str], variants: dict, statistic: str, colors: dict, title: str) -> None:
+def _recurrence_bars(ax, names: list[str], variants: dict, statistic: str, colors: dict, title: str) -> None:
     """Per stability row: the trained share (CI error bar, the seed range as a black bar) and its two controls."""
-    height = _BAR_GROUP / 3
+    height = _GROUP_WIDTH / 3
     for i, name in enumerate(names):
         st = variants["stability"][name]
         s = st["trained"]["statistics"][statistic]
@@ -118,9 +120,9 @@ def _bars(ax, names: list[str], variants: dict, statistic: str, colors: dict, ti
         ax.plot(s["range"], [i - height] * 2, color="0.1", lw=3, solid_capstyle="butt")
         for j, control in enumerate(("untrained", "random_images")):
             c = st["controls"][control]["statistics"][statistic]
-            ax.barh(i + j * height, c["value"], height, color=_CONTROL_COLORS[control],
-                    label=_CONTROL_LABELS[control] if i == 0 else None)
-    ax.set_yticks(range(len(names)), [_row_label(n) for n in names])
+            ax.barh(i + j * height, c["value"], height, color=_CHANCE_COLORS[control],
+                    label=_CHANCE_LABELS[control] if i == 0 else None)
+    ax.set_yticks(range(len(names)), [_variant_row_label(n) for n in names])
     ax.invert_yaxis()
     ax.set(xlabel="share of units", title=title)
     ax.set_xlim(0, None)
@@ -133,11 +135,11 @@ def plot_variants_stability(variants: dict, save: str | None = None) -> Figure:
     the share of "shared" units (decoder and encoder cosine >= 0.7, same partner, in both other seeds), the share
     whose decoder atom recurs at cosine >= 0.9, the distribution of each unit's lowest matched decoder cosine, and
     the trade-off: shared units against test FVU (each point a kind; bars: the range over seeds)."""
-    v = _check_variants(variants)
-    names, colors = list(v["stability"]), _colors(v)
+    v = _check_variants_result(variants)
+    names, colors = list(v["stability"]), _variant_colors(v)
     fig, (axes,) = _grid_figure(19, 0.55 * len(names) + 2.3, _STABILITY_LAYOUT, 1, 4, width_ratios=[1, 1, 1.2, 1.2])
-    _bars(axes[0], names, v, "shared", colors, "Shared (decoder and encoder ≥ 0.7)")
-    _bars(axes[1], names, v, "decoder>=0.9", colors, "Decoder atom recurs at cosine ≥ 0.9")
+    _recurrence_bars(axes[0], names, v, "shared", colors, "Shared (decoder and encoder ≥ 0.7)")
+    _recurrence_bars(axes[1], names, v, "decoder>=0.9", colors, "Decoder atom recurs at cosine ≥ 0.9")
     axes[1].set_yticklabels([])
     axes[0].plot([], [], color="0.1", lw=3, label="range over the 3 seeds")
     axes[0].legend(fontsize="small", loc="lower right")
@@ -146,11 +148,12 @@ def plot_variants_stability(variants: dict, save: str | None = None) -> Figure:
     edges = np.linspace(0, 1, len(first["trained"]["histograms"]["decoder"]) + 1)
     for name in names:
         hist = np.asarray(v["stability"][name]["trained"]["histograms"]["decoder"], dtype=np.float64)
-        ax.step(edges, np.append(hist, hist[-1]) / hist.sum(), where="post", color=colors[name], label=_row_label(name))
+        ax.step(edges, np.append(hist, hist[-1]) / hist.sum(), where="post", color=colors[name],
+                label=_variant_row_label(name))
     for control in ("untrained", "random_images"):
         hist = np.asarray(first["controls"][control]["histograms"]["decoder"], dtype=np.float64)
-        ax.step(edges, np.append(hist, hist[-1]) / hist.sum(), where="post", color=_CONTROL_COLORS[control], ls="--",
-                label=f"{_row_label(names[0])}: {_CONTROL_LABELS[control]}")
+        ax.step(edges, np.append(hist, hist[-1]) / hist.sum(), where="post", color=_CHANCE_COLORS[control], ls="--",
+                label=f"{_variant_row_label(names[0])}: {_CHANCE_LABELS[control]}")
     ax.axvline(0.9, color="0.2", lw=0.8, ls=":")
     ax.set(xlabel="lowest matched decoder cosine in the other seeds", ylabel="share of units (seed 0)",
            title="Each unit's lowest matched cosine")
@@ -164,7 +167,7 @@ def plot_variants_stability(variants: dict, save: str | None = None) -> Figure:
         s = v["stability"][name]["trained"]["statistics"]["shared"]
         ax.errorbar([np.mean(fvu)], [s["mean"]], xerr=[[np.mean(fvu) - min(fvu)], [max(fvu) - np.mean(fvu)]],
                     yerr=[[s["mean"] - s["range"][0]], [s["range"][1] - s["mean"]]], marker="o", color=colors[name],
-                    capsize=3, label=_row_label(name))
+                    capsize=3, label=_variant_row_label(name))
     ax.set(xlabel="test FVU (mean over seeds)", ylabel="shared units (mean over reference seeds)",
            title="What recurrence costs")
     ax.legend(fontsize="x-small")
@@ -173,10 +176,10 @@ def plot_variants_stability(variants: dict, save: str | None = None) -> Figure:
     return _finish(fig, save)
 
 
-def _grouped(ax, groups: list[str], kinds: list[str], get, colors: dict, labels: list[str] | None = None) -> None:
+def _kind_bars(ax, groups: list[str], kinds: list[str], get, colors: dict, labels: list[str] | None = None) -> None:
     """Bars grouped by ``groups`` (x, named ``labels``), one per kind; ``get(group, kind) -> (value, (lo, hi) or
     None) | None``."""
-    width = _BAR_GROUP / max(len(kinds), 1)
+    width = _GROUP_WIDTH / max(len(kinds), 1)
     for j, kind in enumerate(kinds):
         for i, group in enumerate(groups):
             got = get(group, kind)
@@ -184,7 +187,7 @@ def _grouped(ax, groups: list[str], kinds: list[str], get, colors: dict, labels:
                 continue
             value, ci = got
             yerr = None if ci is None else [[value - ci[0]], [ci[1] - value]]
-            ax.bar(i - _BAR_GROUP / 2 + (j + 0.5) * width, value, width, yerr=yerr, capsize=2, color=colors[kind],
+            ax.bar(i - _GROUP_WIDTH / 2 + (j + 0.5) * width, value, width, yerr=yerr, capsize=2, color=colors[kind],
                    label=_KIND_LABELS.get(kind, kind) if i == 0 else None)
     ax.set_xticks(range(len(groups)), labels or groups)
 
@@ -195,23 +198,23 @@ def plot_variants_recovery(variants: dict, save: str | None = None) -> Figure:
     line), share of atoms recovered (|cosine| >= 0.9), mean F1 of matched units as detectors of their atoms, and
     the coherence of the planted atoms; then, per coherence, how well each explanation method matches the rule's
     exact contributions (correlation minus a same-class null; 95 % CIs)."""
-    v = _check_variants(variants)
+    v = _check_variants_result(variants)
     planted = v.get("planted") or {}
     if not planted:
         raise ValueError("variants holds no planted-dictionary results (run_variants with coherences)")
-    coherences, kinds, colors = list(planted), list(v["kinds"]), _colors(v)
+    coherences, kinds, colors = list(planted), list(v["kinds"]), _variant_colors(v)
     n_bottom = max(len(coherences), 4)
     fig, axes = _grid_figure(19, 8.6, _RECOVERY_LAYOUT, 2, n_bottom)
     rec = lambda c, k: planted[c]["kinds"][k]["recovery"] if k in planted[c]["kinds"] else None  # noqa: E731
-    _grouped(axes[0, 0], coherences, kinds, lambda c, k: rec(c, k) and (rec(c, k)["mcc"], None), colors)
+    _kind_bars(axes[0, 0], coherences, kinds, lambda c, k: rec(c, k) and (rec(c, k)["mcc"], None), colors)
     for i, c in enumerate(coherences):
-        axes[0, 0].plot([i - _BAR_GROUP / 2, i + _BAR_GROUP / 2], [planted[c]["baseline_mcc"]] * 2, color="0.1",
+        axes[0, 0].plot([i - _GROUP_WIDTH / 2, i + _GROUP_WIDTH / 2], [planted[c]["baseline_mcc"]] * 2, color="0.1",
                         label="random training images" if i == 0 else None)
     axes[0, 0].set(ylabel="mean matched |cosine| (MCC)", title="Matched cosine", ylim=(0, 1))
     axes[0, 0].legend(fontsize="x-small", loc="lower left")
-    _grouped(axes[0, 1], coherences, kinds, lambda c, k: rec(c, k) and (rec(c, k)["recovered_share"], None), colors)
+    _kind_bars(axes[0, 1], coherences, kinds, lambda c, k: rec(c, k) and (rec(c, k)["recovered_share"], None), colors)
     axes[0, 1].set(ylabel="share of planted atoms", title="Recovered (|cosine| ≥ 0.9)", ylim=(0, 1))
-    _grouped(axes[0, 2], coherences, kinds, lambda c, k: rec(c, k) and (rec(c, k)["f1_mean"], None), colors)
+    _kind_bars(axes[0, 2], coherences, kinds, lambda c, k: rec(c, k) and (rec(c, k)["f1_mean"], None), colors)
     axes[0, 2].set(ylabel="mean F1", title="Matched unit as detector of its atom", ylim=(0, 1))
     gens = [planted[c]["generator"] for c in coherences]
     axes[0, 3].bar(np.arange(len(coherences)) - 0.2, [g["max_abs_cosine"] for g in gens], 0.4, color="0.3",
@@ -229,7 +232,7 @@ def plot_variants_recovery(variants: dict, save: str | None = None) -> Figure:
             s = ex["code"]["excess"] if m == "code" else ex["pixels"].get(m, {}).get("excess")
             return None if s is None or s["mean"] is None else (s["mean"], s["ci95"])
 
-        _grouped(ax, list(_KNOWN_SHORT), kinds, get, colors, list(_KNOWN_SHORT.values()))
+        _kind_bars(ax, list(_KNOWN_SHORT), kinds, get, colors, list(_KNOWN_SHORT.values()))
         ax.axhline(0, color="0.3", lw=0.8)
         ax.tick_params(axis="x", labelrotation=35)
         ax.set(ylabel="correlation minus null", title=f"Explanations against the answer: {c}")
