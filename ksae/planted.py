@@ -285,6 +285,9 @@ def random_image_atoms(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """A dictionary of ``n`` random images of ``x: [M, D]`` (drawn without replacement with ``seed``), each minus
     the mean image of ``x`` (what an autoencoder's atoms add to its pre-encoder bias, initialised there), unit
     norm: ``[n, D]``. The chance level of dictionary comparisons: it matches the data, not any learned structure."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a [images, pixels] floating-point tensor, got "
+                         f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     _check_int("n", n, low=1, high=len(x), high_name="the number of images")
     _check_int("seed", seed, low=0)
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]

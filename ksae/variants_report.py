@@ -256,7 +256,10 @@ def variants_markdown(variants: dict) -> str:
 def readme_bullet(data: dict) -> str:
     """README's one bullet about the variants (``data``: ``results/variants.json``, or ``{"variants": ...}`` as
     ``ksae.docs`` loads it): shared units per variant with CIs, the verdict, the cost, the planted recovery."""
-    d = data.get("variants", data)
+    d = data.get("variants", data) if isinstance(data, dict) else None
+    if not isinstance(d, dict) or "stability" not in d or "answer" not in d:
+        raise ValueError("data must be results/variants.json's content (or {'variants': it}), got "
+                         f"{sorted(d) if isinstance(d, dict) else type(data).__name__}")
     st = d["stability"]
     shared = {n: s["trained"]["statistics"]["shared"] for n, s in st.items()}
     shares = ", ".join(f"{_variant_label(n, d)} {_pct_ci(s['value'], s['ci95'])}" for n, s in shared.items())
@@ -274,3 +277,18 @@ def readme_bullet(data: dict) -> str:
             f"partner; 95 % CI): {shares}. {_verdict_summary(d)}"
             + (f" Against top-k: {'; '.join(costs)}." if costs else "")
             + (f" Planted dictionary, matched cosine minus random samples': {rec}." if rec else ""))
+
+
+def _variants_section(data: dict) -> list[str]:
+    """``docs/results.md``'s section from ``data["variants"]`` (``results/variants.json``)."""
+    d = data["variants"]
+    m, sec = d["models"], d["seconds"]
+    wall = d.get("wall_seconds", sec["total"])
+    return ["## Which sparse autoencoder? Five kinds on one frontier",
+            f"`results/variants.json`, written by `benchmarks/variants.py` ({d['device']}: this run {wall / 60:.1f} "
+            f"min; it used {m['models']} models and trained {m['trained_now']} of them, "
+            f"{m['train_seconds_now'] / 60:.1f} min of training; the checkpoints of all of them record "
+            f"{m['train_seconds_recorded'] / 60:.1f} min). Each kind is trained with the project's recipe (784 → "
+            f"{d['config']['d_hidden']} units, {d['config']['ae_epochs']} epochs, the training split) and measured "
+            "the same way; the figures are `figures/variants_*.png` (the notebook's section \"Which sparse "
+            "autoencoder?\").", "", variants_markdown(d).rstrip("\n")]

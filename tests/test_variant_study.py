@@ -125,8 +125,12 @@ def test_answer_compares_every_variant_with_top_k():
     (dict(targets=[0]), "targets\\[i\\] must be >= 1"),
     (dict(seeds=[1, 2]), "starting with cfg.seed"),
     (dict(coherences=["noisy"]), "coherences must be among"),
+    (dict(data=None), "data must be the FashionMNIST"),
+    (dict(cfg={"k": 50}), "cfg must be a Config"),
 ])
 def test_run_variants_refuses_bad_arguments_before_any_work(kwargs, match, tmp_path):
+    data = kh.FashionMNIST(torch.zeros(20, 784), torch.arange(20) % 10, torch.zeros(10, 784), torch.arange(10))
+    args = {"data": data, "cfg": kh.Config(), **kwargs}
     with pytest.raises(ValueError, match=match):
-        kh.run_variants(None, kh.Config(), CPU, tmp_path, **kwargs)
+        kh.run_variants(device=CPU, ckpt_dir=tmp_path, **args)
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
