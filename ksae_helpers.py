@@ -6,14 +6,13 @@ contracts are in ``pyproject.toml``, checked by ``lint-imports``).
 
 ksae.config                 ``Config``: every knob of the project, validated, saved inside every checkpoint; and the
                             constants it validates against.
-ksae.parameters             The notebook's parameters (name, kind, range, default, meaning) and
-                            ``check_parameters``, run before anything expensive.
+ksae.parameters             The notebook's parameters (kind, range, default, meaning); ``check_parameters``.
 ksae.runtime                Where code runs and how a notebook shows things: the device (chosen once), seeding,
                             ``show``, and the ``Stopwatch`` a run keeps its timings in.
 ksae.data                   Offline Fashion-MNIST with SHA-256 checks, the validation split, image shapes.
-ksae.models                 The top-k sparse autoencoder, the classifier on its codes, and the end-to-end pipeline.
-ksae.metrics                Reconstruction (FVU), codes of a dataset, firing counts, predictions, the test-set
-                            evaluation.
+ksae.sae                    The autoencoder kinds (one module each over the base that fixes the interface).
+ksae.models                 The classifier on the sparse codes, and the end-to-end pipeline.
+ksae.metrics                Codes of a dataset, reconstruction, firing frequency, predictions, the test evaluation.
 ksae.cuda_graphs            A training step replayed as one captured CUDA graph (``GraphedStep``); eager elsewhere.
 ksae.training               Adam, learning-rate schedules, classifier views, AuxK, and the two training loops.
 ksae.checkpoints            Atomic checkpoint save, safe load, ``load_or_train``.
@@ -23,8 +22,7 @@ ksae.stats                  Row-wise rank correlations, bootstrap confidence int
                             images (nulls).
 ksae.selection              Which test images are explained: confident, correct, balanced per class (``Selection``).
 ksae.checks.agreement       Agreement between methods, as the excess over a same-class different-image null.
-ksae.checks.completeness    Path scans along the straight path: IG completeness and its decomposition into gradient
-                            integral and top-k jumps.
+ksae.checks.completeness    IG completeness along the straight path: gradient integral and the activation's jumps.
 ksae.checks.substrates      What replaces removed pixels: zero, a blurred copy, or ROAD's noisy linear imputation.
 ksae.checks.deletion        Deletion and insertion curves (MoRF, LeRF) under each substrate, the controls, object
                             focus.
@@ -65,7 +63,7 @@ Shapes are written as ``x: [batch, 784]``; ``D`` is the input size (784), ``H`` 
 ``C`` the number of classes (10).
 """
 
-from ksae.config import Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES
+from ksae.config import Config, DECAY_SCHEDULES, IG_METHODS, LR_SCHEDULES, SAE_KINDS, SAE_KNOBS
 from ksae.parameters import check_parameter, check_parameters, MAX_K, NOTEBOOK_PARAMETERS, Parameter
 from ksae.runtime import (
     device_name, pick_device, print_table, seed_everything, show, show_markdown, Stopwatch, synchronize,
@@ -74,16 +72,20 @@ from ksae.data import (
     as_flat_images, CLASS_NAMES, DatasetNotFoundError, FASHION_MNIST_SHA256, FashionMNIST, load_fashion_mnist,
     SYSTEM_DATA_DIR, train_subset, train_val_split, VAL_SPLIT_SEED, validation_indices,
 )
-from ksae.models import densify, KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline
+from ksae.sae import (
+    autoencoder_from_config, auxk_loss, BatchTopKAutoencoder, densify, firing_counts, fvu, JumpReLUAutoencoder,
+    KSparseAutoencoder, MatryoshkaAutoencoder, PATH_TOPK_STRIDE, ReLUL1Autoencoder, SAE_CLASSES, SparseAutoencoder,
+    TrainingContext, TrainingTerms,
+)
+from ksae.models import SparseCodeClassifier, SparseCodePipeline
 from ksae.metrics import (
-    dataset_fvu, encode_dataset, evaluate_autoencoder, evaluate_classifier, evaluate_models, firing_counts,
-    firing_frequency, fvu, predict,
+    dataset_fvu, encode_dataset, evaluate_autoencoder, evaluate_classifier, evaluate_models, firing_frequency, predict,
 )
 from ksae.cuda_graphs import CudaGraphBackend, graph_backend, GRAPH_WARMUP_STEPS, GraphedStep
 from ksae.training import (
-    autoencoder_losses, autoencoder_step, auxk_loss, classifier_step, classifier_views, CODE_MEMORY_BUDGET,
-    encode_views, hflip, lr_factor, make_adam, make_scheduler, n_classifier_views, set_lr_, SHIFT_DIRECTIONS,
-    shift_images, train_autoencoder, train_autoencoder_on_split, train_classifier, train_models, view_of, ViewCodes,
+    autoencoder_step, classifier_step, classifier_views, CODE_MEMORY_BUDGET, encode_views, hflip, lr_factor, make_adam,
+    make_scheduler, n_classifier_views, set_lr_, SHIFT_DIRECTIONS, shift_images, train_autoencoder,
+    train_autoencoder_on_split, train_classifier, train_models, view_of, ViewCodes,
 )
 from ksae.checkpoints import (
     CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, RESCUE_PREFIX, save_checkpoint,
@@ -101,7 +103,7 @@ from ksae.selection import select_high_confidence, Selection
 from ksae.checks.agreement import AGREEMENT_KINDS, correlation_matrix, cross_method_statistics, PIXEL_SETS
 from ksae.checks.completeness import (
     completeness_decomposition, COMPLETENESS_POINTS, COMPLETENESS_TOLERANCE, count_path_switches, GAP_FLOOR,
-    ig_completeness, MIN_COMPLETENESS_POINTS, MIN_SUBGRID_STEPS, PATH_TOPK_STRIDE,
+    ig_completeness, MIN_COMPLETENESS_POINTS, MIN_SUBGRID_STEPS,
 )
 from ksae.checks.substrates import (
     blur_images, BLUR_SIGMA, BLUR_TRUNCATE, FAITH_ALPHA, FAITH_ROWS, RANKINGS, ROAD_CHECK_EVERY_CUDA, ROAD_CHUNK,
@@ -187,7 +189,9 @@ from ksae.explorer import (
 from ksae._util import atomic_write_bytes, IMAGE_SIDE, PIXEL_TOLERANCE, remove_stale_temporaries, STALE_TMP_SECONDS
 
 __all__ = [
-    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "check_parameter", "check_parameters", "MAX_K",
+    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "SAE_KINDS", "SAE_KNOBS", "SAE_CLASSES",
+    "SparseAutoencoder", "autoencoder_from_config", "BatchTopKAutoencoder", "JumpReLUAutoencoder", "ReLUL1Autoencoder",
+    "MatryoshkaAutoencoder", "TrainingContext", "TrainingTerms", "check_parameter", "check_parameters", "MAX_K",
     "NOTEBOOK_PARAMETERS", "Parameter", "PIXEL_TOLERANCE", "remove_stale_temporaries", "STALE_TMP_SECONDS",
     "RESCUE_PREFIX", "protected_folders", "device_name", "pick_device", "print_table", "seed_everything", "show",
     "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES", "DatasetNotFoundError",
@@ -195,11 +199,11 @@ __all__ = [
     "VAL_SPLIT_SEED", "validation_indices", "densify", "KSparseAutoencoder", "SparseCodeClassifier",
     "SparseCodePipeline", "dataset_fvu", "encode_dataset", "evaluate_autoencoder", "evaluate_classifier",
     "evaluate_models", "firing_counts", "firing_frequency", "fvu", "predict", "CudaGraphBackend", "graph_backend",
-    "GRAPH_WARMUP_STEPS", "GraphedStep", "autoencoder_losses", "autoencoder_step", "auxk_loss", "classifier_step",
-    "classifier_views", "CODE_MEMORY_BUDGET", "encode_views", "hflip", "lr_factor", "make_adam", "make_scheduler",
-    "n_classifier_views", "set_lr_", "SHIFT_DIRECTIONS", "shift_images", "train_autoencoder",
-    "train_autoencoder_on_split", "train_classifier", "train_models", "view_of", "ViewCodes", "CHECKPOINT_FORMAT",
-    "CheckpointError", "load_checkpoint", "load_or_train", "save_checkpoint", "attribute_all", "decoder_weighted",
+    "GRAPH_WARMUP_STEPS", "GraphedStep", "autoencoder_step", "auxk_loss", "classifier_step", "classifier_views",
+    "CODE_MEMORY_BUDGET", "encode_views", "hflip", "lr_factor", "make_adam", "make_scheduler", "n_classifier_views",
+    "set_lr_", "SHIFT_DIRECTIONS", "shift_images", "train_autoencoder", "train_autoencoder_on_split",
+    "train_classifier", "train_models", "view_of", "ViewCodes", "CHECKPOINT_FORMAT", "CheckpointError",
+    "load_checkpoint", "load_or_train", "save_checkpoint", "attribute_all", "decoder_weighted",
     "DEFAULT_INTERNAL_BATCH", "ig_quadrature", "input_x_gradient", "input_x_smoothgrad", "integrated_gradients",
     "METHOD_LABELS", "OUTPUTS", "rescale_contributions", "RESCALE_EPS", "simple_gradients", "smoothgrad", "UNIT_RULES",
     "BOOTSTRAP_CACHE", "bootstrap_ci", "bootstrap_estimates", "percentile_interval", "partner_images",

@@ -253,3 +253,8 @@ def _jsonable(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def _plain(value):
+    """A parameter value comparable across list/tuple spellings: sequences become lists."""
+    return list(value) if isinstance(value, (list, tuple)) else value

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from ._util import _check_int, _check_no_inference_mode, _check_pixels
 from .config import IG_METHODS
 from .data import as_flat_images
-from .models import KSparseAutoencoder, SparseCodePipeline
+from .models import SparseCodePipeline
+from .sae import SparseAutoencoder
 
 if TYPE_CHECKING:
     from .config import Config
@@ -68,9 +69,9 @@ def _check_classifier(model: nn.Module) -> None:
     ``[B, 784]``, would pass for 784 class scores)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(model, KSparseAutoencoder):
-        raise ValueError("model must map images to class scores, got the autoencoder (KSparseAutoencoder), whose "
-                         "output is a reconstruction; pass SparseCodePipeline(sae, clf)")
+    if isinstance(model, SparseAutoencoder):
+        raise ValueError(f"model must map images to class scores, got the autoencoder ({type(model).__name__}), "
+                         f"whose output is a reconstruction; pass SparseCodePipeline(sae, clf)")
 
 
 def _check_model(model: nn.Module) -> None:

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 
 from ._util import atomic_write_bytes
 from .checkpoints import load_checkpoint
-from .config import Config
+from .config import SAE_KNOBS, Config
 from .data import train_val_split
 from .metrics import fvu
-from .models import KSparseAutoencoder, SparseCodeClassifier, SparseCodePipeline
+from .models import SparseCodeClassifier, SparseCodePipeline
+from .sae import SparseAutoencoder, autoencoder_from_config
 from .training import train_autoencoder, train_classifier
 
 if TYPE_CHECKING:
@@ -135,22 +136,25 @@ def fit_pca(x: torch.Tensor, n_components: int) -> tuple[torch.Tensor, torch.Ten
     return (comps * sign).float(), mean.float()
 
 
-def untrained_autoencoder(cfg: Config, x_train: torch.Tensor | None) -> KSparseAutoencoder:
+def untrained_autoencoder(cfg: Config, x_train: torch.Tensor | None) -> SparseAutoencoder:
     """The autoencoder ``train_models`` starts from for ``cfg.seed``, bit for bit: built right after
     ``torch.manual_seed(cfg.seed)``, pre-encoder bias at the mean of ``x_train: [N, D]`` (the training split;
     ``None`` leaves it at zero, for a caller that wants only the atoms), atoms renormalised, as
     ``train_autoencoder`` does before its first step. Eval mode, on the CPU."""
     torch.manual_seed(cfg.seed)
-    sae = KSparseAutoencoder.from_config(cfg)
+    sae = autoencoder_from_config(cfg)
     if x_train is not None:
-        sae.init_pre_bias_(x_train)
-    sae.unit_norm_decoder_()
+        sae.prepare_training_(x_train)
+    else:
+        sae.unit_norm_decoder_()
     return sae.eval()
 
 
 def _dense_config(cfg: Config) -> Config:
-    """``cfg`` with ``k = d_hidden``: top-k keeps every unit, so the code is a plain ReLU code."""
-    return Config(**{**cfg.to_dict(), "k": cfg.d_hidden})
+    """``cfg`` as a top-k autoencoder with ``k = d_hidden``: top-k keeps every unit, so the code is a plain ReLU
+    code (whatever ``cfg.sae_kind``: the other kinds' knobs back at their defaults)."""
+    others = {name: getattr(Config(), name) for name, kinds in SAE_KNOBS.items() if "topk" not in kinds}
+    return Config(**{**cfg.to_dict(), **others, "sae_kind": "topk", "k": cfg.d_hidden})
 
 
 def _representation_config(cfg: Config, name: str) -> Config:
@@ -169,15 +173,15 @@ def _initial_classifier(cfg: Config, d_code: int) -> SparseCodeClassifier:
     """A classifier on ``d_code`` inputs drawn where ``train_models`` draws the SAE's: seed, then the autoencoder
     (discarded here), then the classifier. For a code of ``d_hidden`` units it is the SAE classifier's start."""
     torch.manual_seed(cfg.seed)
-    KSparseAutoencoder.from_config(cfg)
+    autoencoder_from_config(cfg)
     return SparseCodeClassifier(d_code, cfg.clf_hidden, cfg.n_classes, cfg.dropout)
 
 
 def train_representation(name: str, cfg: Config, data: FashionMNIST, device: torch.device,
-                         sae: KSparseAutoencoder | None = None):
+                         sae: SparseAutoencoder | None = None):
     """Train the models of control ``name`` with ``cfg``'s recipe on the training split (validation split for the
     per-epoch curves; the test set is not read). ``sae``: the trained SAE (``"shuffled"`` reuses it).
-    Returns ``(code, clf, history)``; ``code`` is a ``KSparseAutoencoder`` or a ``LinearCode``."""
+    Returns ``(code, clf, history)``; ``code`` is a ``SparseAutoencoder`` or a ``LinearCode``."""
     if name not in REPRESENTATIONS or name == "sae":
         raise ValueError(f"name must be a control among {REPRESENTATIONS[1:]}, got {name!r}")
     rcfg = _representation_config(cfg, name)
@@ -197,7 +201,7 @@ def train_representation(name: str, cfg: Config, data: FashionMNIST, device: tor
         code, dense, y_train = sae.eval(), False, _shuffled_labels(y_train, rcfg.seed)
     else:  # dense: the autoencoder and its classifier, exactly as train_models builds them
         torch.manual_seed(rcfg.seed)
-        code, dense = KSparseAutoencoder.from_config(rcfg), True
+        code, dense = autoencoder_from_config(rcfg), True
         history["ae"] = train_autoencoder(code, x_train, rcfg, device, x_val if len(x_val) else None)
     history["seconds"]["code"] = time.perf_counter() - t0
     clf = _initial_classifier(rcfg, code.d_hidden)  # dense: SparseCodeClassifier.from_config(rcfg)'s start
@@ -210,7 +214,7 @@ def train_representation(name: str, cfg: Config, data: FashionMNIST, device: tor
 def _explained_model(code, clf: SparseCodeClassifier) -> nn.Module:
     """The pixels -> logits model of a representation: ``SparseCodePipeline`` for an autoencoder's code,
     ``LinearCodePipeline`` for a linear one (eval mode)."""
-    pipe = SparseCodePipeline(code, clf) if isinstance(code, KSparseAutoencoder) else LinearCodePipeline(code, clf)
+    pipe = SparseCodePipeline(code, clf) if isinstance(code, SparseAutoencoder) else LinearCodePipeline(code, clf)
     return pipe.eval()
 
 
@@ -238,10 +242,11 @@ def _save_control(path: str | os.PathLike, name: str, cfg: Config, code, clf: Sp
 def _config_difference(stored: dict, expected: Config) -> str:
     """'field: expected A, got B; ...' over the training fields that differ."""
     want, got = expected.training_key(), Config.from_dict(stored).training_key()
-    return "; ".join(f"{k}: expected {want[k]!r}, got {got.get(k)!r}" for k in want if want[k] != got.get(k))
+    return "; ".join(f"{k}: expected {want.get(k, getattr(expected, k))!r}, got {got.get(k, stored.get(k))!r}"
+                     for k in {**want, **got} if want.get(k) != got.get(k))
 
 
-def _load_control(path: str | os.PathLike, name: str, cfg: Config, sae: KSparseAutoencoder | None = None,
+def _load_control(path: str | os.PathLike, name: str, cfg: Config, sae: SparseAutoencoder | None = None,
                  device: torch.device | str = "cpu"):
     """``(code, clf, history)`` of control ``name`` from ``path``; ``ValueError`` saying what was expected and
     what the file holds when its representation or its training configuration differs."""
@@ -260,7 +265,7 @@ def _load_control(path: str | os.PathLike, name: str, cfg: Config, sae: KSparseA
             raise ValueError("the shuffled-label control needs the trained sae, got None")
         code = sae
     elif name in ("untrained", "dense"):
-        code = KSparseAutoencoder.from_config(rcfg)
+        code = autoencoder_from_config(rcfg)
         code.load_state_dict(payload["code"])
     else:
         state = payload["code"]
@@ -288,7 +293,7 @@ def _load_sae(cfg: Config, ckpt_dir: str | os.PathLike, device: torch.device | s
 
 
 def _load_or_train_control(name: str, cfg: Config, data: FashionMNIST, device: torch.device,
-                          ckpt_dir: str | os.PathLike = "checkpoints", sae: KSparseAutoencoder | None = None,
+                          ckpt_dir: str | os.PathLike = "checkpoints", sae: SparseAutoencoder | None = None,
                           verbose: bool = True):
     """``(code, clf, history)`` of control ``name``: loaded from ``ckpt_dir/_control_checkpoint_name`` when it is
     there (``_load_control``: a mismatched file is a ``ValueError``), else trained and saved."""

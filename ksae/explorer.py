@@ -89,9 +89,10 @@ def _check_arguments(pipeline, data, path, cfg, unit_stats, unit_browser, dtype)
         raise ValueError(f"path must name a file, got the folder {path}")
     if not isinstance(cfg, Config):
         raise ValueError(f"cfg must be a Config (its ig_steps and ig_method), got {type(cfg).__name__}")
-    if cfg.k != pipeline.sae.k or cfg.d_hidden != pipeline.sae.d_hidden:
-        raise ValueError(f"cfg (k={cfg.k}, d_hidden={cfg.d_hidden}) does not describe the pipeline (k="
-                         f"{pipeline.sae.k}, d_hidden={pipeline.sae.d_hidden})")
+    sae = pipeline.sae
+    if (cfg.sae_kind != sae.kind or (sae.k is not None and cfg.k != sae.k)) or cfg.d_hidden != sae.d_hidden:
+        raise ValueError(f"cfg (sae_kind={cfg.sae_kind!r}, k={cfg.k}, d_hidden={cfg.d_hidden}) does not describe the "
+                         f"pipeline (sae_kind={sae.kind!r}, k={sae.k}, d_hidden={sae.d_hidden})")
     if unit_stats is not None and (not isinstance(unit_stats, UnitStats)
                                    or len(unit_stats.descriptions) != pipeline.sae.d_hidden):
         raise ValueError(f"unit_stats must be None or the UnitStats of unit_statistics for this pipeline's "
@@ -119,8 +120,9 @@ def _weights(pipeline: SparseCodePipeline, layers: list[nn.Linear]) -> dict[str,
 def _float16_error(pipeline: SparseCodePipeline, x: torch.Tensor) -> float:
     """Max |logit change| / max |logit| over ``x: [N, 784]`` when every weight is rounded to float16."""
     rounded = copy.deepcopy(pipeline).eval()
-    for param in rounded.parameters():
-        param.copy_(param.half().float())
+    for tensor in [*rounded.parameters(), *rounded.buffers()]:  # buffers: e.g. BatchTopK's threshold
+        if tensor.is_floating_point():
+            tensor.copy_(tensor.half().to(tensor.dtype))
     x = x.to(next(pipeline.parameters()).device)
     reference, changed = pipeline(x), rounded(x)
     return float((changed - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
@@ -130,8 +132,10 @@ def explorer_data(pipeline: SparseCodePipeline, data: FashionMNIST, cfg: Config,
                   top_contributions: tuple[np.ndarray, np.ndarray] | None = None, unit_browser: str = UNIT_BROWSER_PAGE,
                   dtype: str = "float32") -> tuple[dict, bytes]:
     """The page's data: a JSON-able manifest (shapes, offsets, quadrature, classes, colours, per-unit images and
-    descriptions) and the binary it describes (weights in ``dtype``, then the test images as uint8 and their
-    labels), uncompressed. ``top_contributions``: ``unit_top_contributions``'s ``(ids, values)`` if computed."""
+    descriptions, and ``activation``: the autoencoder's ``activation_spec``, its kind and rule, from which the page
+    computes that kind's own activation) and the binary it describes (weights in ``dtype``, a threshold kind's
+    ``cutoffs: [H]`` with them, then the test images as uint8 and their labels), uncompressed.
+    ``top_contributions``: ``unit_top_contributions``'s ``(ids, values)`` if computed."""
     layers = _check_arguments(pipeline, data, "explorer.html", cfg, unit_stats, unit_browser, dtype)
     pipeline = pipeline.eval()
     device = next(pipeline.parameters()).device
@@ -146,6 +150,10 @@ def explorer_data(pipeline: SparseCodePipeline, data: FashionMNIST, cfg: Config,
         raise ValueError(f"top_contributions must be unit_top_contributions's (ids, values), both [H = "
                          f"{pipeline.sae.d_hidden}, n], got shapes {np.shape(ids)} and {np.shape(values)}")
     weights = _weights(pipeline, layers)
+    spec = dict(pipeline.sae.activation_spec())
+    if spec["rule"] == "threshold":  # the cutoffs go into the binary with the weights
+        weights["cutoffs"] = np.ascontiguousarray(_numpy(spec.pop("cutoffs")), dtype=np.float32)
+    spec["text"] = f"Autoencoder: {pipeline.sae.kind}, its code from {pipeline.sae.activation_label()}."
     store = np.float16 if dtype == "float16" else np.float32
     chunks, arrays, offset = [], {}, 0
     for name, array in weights.items():
@@ -161,6 +169,7 @@ def explorer_data(pipeline: SparseCodePipeline, data: FashionMNIST, cfg: Config,
     cmap = plt.get_cmap(DIVERGING_CMAP)
     manifest = {
         "classes": list(data.classes), "side": IMAGE_SIDE, "d_hidden": pipeline.sae.d_hidden, "k": pipeline.sae.k,
+        "activation": spec,
         "hidden": [int(layer.in_features) for layer in layers], "n_classes": layers[-1].out_features,
         "n_images": len(images), "dtype": dtype, "arrays": arrays,
         "float16_error": _float16_error(pipeline, data.x_test) if dtype == "float16" else None,

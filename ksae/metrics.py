@@ -1,4 +1,5 @@
-"""Reconstruction (FVU), codes of a dataset, firing counts, predictions, the test-set evaluation."""
+"""Codes of a dataset, reconstruction (FVU: ``fvu`` and ``firing_counts`` live in ``ksae.sae.base``), firing
+frequency, predictions, the test-set evaluation."""
 
 from __future__ import annotations
 
@@ -9,24 +10,18 @@ import torch
 from ._util import _check_pixels, _keeps_mode
 from .data import train_val_split
 from .models import SparseCodePipeline
+from .sae.base import _cat_codes, firing_counts, fvu
 
 if TYPE_CHECKING:
     from .config import Config
     from .data import FashionMNIST
-    from .models import KSparseAutoencoder, SparseCodeClassifier
-
-
-def fvu(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Fraction of variance unexplained, the project's one definition of reconstruction error:
-    ``sum((x_hat - x)^2) / sum((x - mean(x))^2)`` over ``x, x_hat: [N, D]`` (mean over the N images; the
-    denominator floored at 1e-12, so a constant ``x`` gives a finite number). A scalar tensor (it runs inside a
-    training step); ``float()`` it for a report."""
-    return (x_hat - x).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
+    from .models import SparseCodeClassifier
+    from .sae import SparseAutoencoder
 
 
 @_keeps_mode
 @torch.no_grad()
-def dataset_fvu(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device) -> float:
+def dataset_fvu(sae: SparseAutoencoder, x: torch.Tensor, device: torch.device) -> float:
     """Fraction of variance of ``x: [N, D]`` that the reconstruction misses (whole-set FVU; eval mode)."""
     x = x.to(device)
     x_hat = sae.eval().decode_sparse(*encode_dataset(sae, x, device))
@@ -35,17 +30,20 @@ def dataset_fvu(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device) 
 
 @_keeps_mode
 @torch.no_grad()
-def encode_dataset(sae: KSparseAutoencoder, x: torch.Tensor, device: torch.device,
+def encode_dataset(sae: SparseAutoencoder, x: torch.Tensor, device: torch.device,
                    batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparse codes of ``x: [N, D]`` as ``(values: [N, k], indices: [N, k])`` on ``device``."""
+    """Sparse codes of ``x: [N, D]`` as ``(values: [N, w], indices: [N, w])`` on ``device`` (``w = k`` for top-k;
+    kinds with a varying number of active units pad every row to the widest, ``_cat_codes``)."""
     sae.eval()
     parts = [sae.encode_sparse(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    if len({p[0].shape[1] for p in parts}) > 1:
+        return _cat_codes(parts, sae.d_hidden)
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 @_keeps_mode
 @torch.no_grad()
-def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: torch.device) -> dict:
+def evaluate_autoencoder(sae: SparseAutoencoder, data: FashionMNIST, device: torch.device) -> dict:
     """Test MSE per pixel, FVU, mean L0, and dead units (never active on any train or test image)."""
     sae.eval()
     x = data.x_test.to(device)
@@ -69,7 +67,7 @@ def evaluate_autoencoder(sae: KSparseAutoencoder, data: FashionMNIST, device: to
 
 
 @_keeps_mode
-def evaluate_models(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST, cfg: Config,
+def evaluate_models(sae: SparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST, cfg: Config,
                     device: torch.device) -> dict:
     """The one evaluation of the test set (after training), plus the same metrics on the validation split."""
     _, _, x_val, y_val = train_val_split(data, cfg)
@@ -82,13 +80,6 @@ def evaluate_models(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: Fa
     return metrics
 
 
-def firing_counts(values: torch.Tensor, indices: torch.Tensor, d_hidden: int) -> torch.Tensor:
-    """Number ``[H]`` (float) of images on which each unit fires (value > 0); ``values, indices: [N, k]`` sparse
-    codes. Fixed shapes, no boolean indexing: it runs inside a CUDA graph (``autoencoder_step``)."""
-    fired = (values.detach() > 0).reshape(-1).to(torch.float32)
-    return torch.zeros(d_hidden, device=values.device).index_add_(0, indices.reshape(-1), fired)
-
-
 def firing_frequency(values: torch.Tensor, indices: torch.Tensor, d_hidden: int) -> torch.Tensor:
     """Fraction ``[H]`` of images on which each unit fires (value > 0); ``values, indices: [N, k]`` sparse codes."""
     return firing_counts(values, indices, d_hidden) / len(values)
@@ -96,7 +87,7 @@ def firing_frequency(values: torch.Tensor, indices: torch.Tensor, d_hidden: int)
 
 @_keeps_mode
 @torch.no_grad()
-def predict(sae: KSparseAutoencoder, clf: SparseCodeClassifier, x: torch.Tensor, device: torch.device,
+def predict(sae: SparseAutoencoder, clf: SparseCodeClassifier, x: torch.Tensor, device: torch.device,
             batch_size: int = 4096) -> torch.Tensor:
     """Class probabilities ``[N, C]`` for images ``x: [N, 784]`` (eval mode, batched)."""
     _check_pixels("x", x)
@@ -106,7 +97,7 @@ def predict(sae: KSparseAutoencoder, clf: SparseCodeClassifier, x: torch.Tensor,
 
 @_keeps_mode
 @torch.no_grad()
-def evaluate_classifier(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
+def evaluate_classifier(sae: SparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
                         device: torch.device) -> dict:
     """Test accuracy, per-class accuracy (by class name) and the confusion matrix (rows = true class)."""
     pred = predict(sae, clf, data.x_test, device).argmax(1).cpu()

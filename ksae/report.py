@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from ._util import _check_int, _check_path, _check_writable_folder, _jsonable, atomic_write_bytes
+from ._util import _check_int, _check_path, _check_writable_folder, _jsonable, _plain, atomic_write_bytes
 from .attribution import METHOD_LABELS
 from .checks.agreement import PIXEL_SETS
 from .checks.randomization import RANDOMIZATION_VARIANTS
@@ -157,8 +157,10 @@ def seeds_for_config(path: str | os.PathLike, cfg: Config) -> dict | None:
         return None
     result = json.loads(path.read_text())
     ignored = {"seed", *(set(cfg.NON_TRAINING_FIELDS) - set(cfg.ATTRIBUTION_FIELDS))}
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in ignored}
-    theirs = {k: v for k, v in result.get("config", {}).items() if k not in ignored}
+    mine = {k: v for k, v in cfg.key_dict().items() if k not in ignored}
+    default = Config().to_dict()  # a field that does not apply to cfg's kind matches where absent or at its default
+    theirs = {k: v for k, v in result.get("config", {}).items() if k not in ignored
+              and not (k in cfg.not_applicable() and _plain(v) == _plain(default[k]))}
     return result if json.dumps(mine, sort_keys=True) == json.dumps(theirs, sort_keys=True) else None
 
 
@@ -226,7 +228,10 @@ RUN_NAME_MAX = 80  # longer run names are cut and given a hash of the full name
 
 
 def _name_part(name: str, value) -> str:
-    """'k20', 'train_subset3000', 'n_subset50' for one non-default setting."""
+    """'k20', 'train_subset3000', 'n_subset50' for one non-default setting; the autoencoder kind by its name alone
+    ('jumprelu')."""
+    if name == "sae_kind":
+        return str(value)
     if isinstance(value, (list, tuple)):
         value = "-".join(map(str, value))
     elif isinstance(value, float):
@@ -234,14 +239,10 @@ def _name_part(name: str, value) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}{value}")
 
 
-def _plain(value):
-    """A parameter value comparable across list/tuple spellings: sequences become lists."""
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
 def run_name(cfg: Config, **run_params) -> str:
-    """``"default"`` for ``Config()`` with ``RUN_DEFAULTS``, else the settings that differ, e.g. ``"k20"``
-    or ``"k1_ae_epochs3_train_subset3000_samples_per_class3"`` (Config fields first, in field order).
+    """``"default"`` for ``Config()`` with ``RUN_DEFAULTS``, else the settings that differ, e.g. ``"k20"``,
+    ``"jumprelu_target_l020"`` or ``"k1_ae_epochs3_train_subset3000_samples_per_class3"`` (Config fields first, in
+    field order: the autoencoder kind first).
 
     ``run_params``: notebook parameters named in ``RUN_DEFAULTS`` (others raise ``ValueError``).
     """
@@ -253,7 +254,7 @@ def run_name(cfg: Config, **run_params) -> str:
     for n, v in run_params.items():  # the notebook's N_SUBSET etc., by their argument names
         _check_int(n, v, low=int(NOTEBOOK_PARAMETERS[n.upper()].low))
     default = Config().to_dict()
-    settings = {**{n: v for n, v in cfg.to_dict().items() if v != default[n]},
+    settings = {**{n: v for n, v in cfg.to_dict().items() if _plain(v) != _plain(default[n])},
                 **{n: run_params[n] for n in RUN_DEFAULTS  # in RUN_DEFAULTS' order: the name ignores argument order
                    if n in run_params and _plain(run_params[n]) != _plain(RUN_DEFAULTS[n])}}
     if not settings:

@@ -13,7 +13,8 @@ from .metrics import predict
 
 if TYPE_CHECKING:
     from .data import FashionMNIST
-    from .models import KSparseAutoencoder, SparseCodeClassifier
+    from .models import SparseCodeClassifier
+    from .sae import SparseAutoencoder
 
 
 @dataclass
@@ -67,7 +68,7 @@ def _shortfall_warning(shortfalls: dict, skipped: list, n_per_class: int, thresh
 
 
 @_keeps_mode
-def select_high_confidence(sae: KSparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
+def select_high_confidence(sae: SparseAutoencoder, clf: SparseCodeClassifier, data: FashionMNIST,
                            device: torch.device, n_per_class: int, threshold: float = 0.8,
                            seed: int = 0, min_per_class: int = 1) -> Selection:
     """``n_per_class`` random (seeded) test images per class that are classified correctly with

@@ -26,7 +26,7 @@ from ._util import _check_float, _check_int, _numpy
 from .checkpoints import CheckpointError, load_checkpoint, load_or_train
 from .config import Config
 from .controls import untrained_autoencoder
-from .models import KSparseAutoencoder
+from .sae import SparseAutoencoder
 from .stats import bootstrap_estimates, percentile_interval
 from .units import UnitStats
 
@@ -47,8 +47,8 @@ _SHARED_COSINE = 0.7  # Paulo & Belrose (2025): a unit is "shared" with another 
 
 
 def _atoms(name: str, atoms) -> np.ndarray:
-    """``atoms: [H, D]`` (tensor or array, or a ``KSparseAutoencoder``) -> float64 unit-norm rows."""
-    if isinstance(atoms, KSparseAutoencoder):
+    """``atoms: [H, D]`` (tensor or array, or a ``SparseAutoencoder``) -> float64 unit-norm rows."""
+    if isinstance(atoms, SparseAutoencoder):
         atoms = atoms.W_dec
     if not isinstance(atoms, (torch.Tensor, np.ndarray)):
         raise ValueError(f"{name} must be a [units, pixels] tensor or array of decoder atoms (or an autoencoder), "

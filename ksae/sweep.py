@@ -11,7 +11,7 @@ import torch
 from .attribution import decoder_weighted, integrated_gradients
 from .checkpoints import load_or_train
 from .checks.deletion import control_maps, curve_auc, perturbation_curves
-from .config import Config
+from .config import SAE_KNOBS, Config
 from .models import SparseCodePipeline
 from .runtime import device_name
 from .selection import select_high_confidence
@@ -27,6 +27,11 @@ def run_k_sweep(data: FashionMNIST, cfg: Config, device: torch.device, ks: Seque
     overrides its epochs) and measure FVU, dead units, mean L0, test accuracy, training seconds, and the
     zero-substrate deletion AUC of integrated gradients, decoder-weighted and a random order on ``n_per_class``
     confident correct test images per class (fewer where a class has fewer: ``select_high_confidence``)."""
+    if not isinstance(cfg, Config):
+        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
+    if "k" not in cfg.reads():
+        raise ValueError(f"run_k_sweep varies k, which sae_kind {cfg.sae_kind!r} does not read (k is read by "
+                         f"{', '.join(SAE_KNOBS['k'])}); expected a configuration of one of those kinds")
     if not ks:
         raise ValueError("ks must name at least one k")
     if epochs is not None and (len(epochs) != 2 or any(isinstance(e, bool) or e < 1 for e in epochs)):

@@ -1,4 +1,5 @@
-"""Adam, learning-rate schedules, classifier views, AuxK, and the two training loops."""
+"""Adam, learning-rate schedules, classifier views, and the two training loops (the autoencoder's, one for
+every kind: the kind supplies its loss terms)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from ._util import IMAGE_SIDE
 from .config import DECAY_SCHEDULES
 from .cuda_graphs import GraphedStep, graph_backend
 from .data import train_val_split
-from .metrics import dataset_fvu, encode_dataset, firing_counts, fvu
-from .models import KSparseAutoencoder, SparseCodeClassifier, densify
+from .metrics import dataset_fvu, encode_dataset
+from .models import SparseCodeClassifier, densify
 from .runtime import synchronize
+from .sae import SparseAutoencoder, TrainingContext, autoencoder_from_config
+from .sae.base import _pad_codes
 
 if TYPE_CHECKING:
     from .config import Config
@@ -111,115 +114,83 @@ def _progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
 
 
-def auxk_loss(sae: KSparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor, dormant: torch.Tensor,
-              aux_k: int, graph_safe: bool = False) -> torch.Tensor:
-    """AuxK loss (Gao et al. 2024): the top ``aux_k`` *dormant* units must reconstruct the residual.
-
-    ``pre: [B, H]`` encoder pre-activations, ``residual: [B, D]`` = x - x_hat (treated as a target),
-    ``dormant: [H]`` bool: units that fired on none of the last ``Config.dead_after`` training images (a
-    training-time state; a *dead* unit, in the metrics and the unit atlas, fires on no image at all). Gives
-    dormant units a gradient that points them at what the live units miss.
-    ``graph_safe=True`` computes the same loss with fixed shapes and no host sync (for a CUDA graph): it always
-    takes ``aux_k`` units, live ones at weight 0, multiplies the loss by "any unit dormant", and decodes densely
-    (``embedding_bag``'s CUDA backward may sync with the host, which a capture forbids).
-    """
-    if aux_k == 0:
-        return pre.new_zeros(())
-    n_take = min(aux_k, pre.shape[1])
-    if not graph_safe:
-        n_take = min(n_take, int(dormant.sum()))
-        if n_take == 0:
-            return pre.new_zeros(())
-    masked = pre.masked_fill(~dormant, float("-inf"))
-    values, indices = torch.topk(masked, n_take, dim=1, sorted=False)
-    if graph_safe:
-        residual_hat = densify(F.relu(values), indices, sae.d_hidden) @ sae.W_dec
-    else:
-        residual_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=F.relu(values), mode="sum")
-    loss = fvu(residual_hat, residual.detach())
-    return loss * dormant.any() if graph_safe else loss
-
-
-def autoencoder_losses(sae: KSparseAutoencoder, xb: torch.Tensor, dormant: torch.Tensor, cfg: Config,
-                       graph_safe: bool = False) -> tuple[torch.Tensor, ...]:
-    """Forward pass of a training step on ``xb: [B, D]`` with dormant units ``dormant: [H]``: ``(loss, fvu, aux,
-    values, indices)`` with loss = batch FVU + ``aux_coef`` * AuxK and the batch's codes ``values, indices:
-    [B, k]``. ``graph_safe``: fixed-shape AuxK (``auxk_loss``) and a dense decode, so the whole pass can be
-    captured in a CUDA graph (``embedding_bag``'s CUDA backward may sync with the host)."""
-    pre = sae.pre_activations(xb)
-    values, indices = sae.top_k(pre)
-    x_hat = sae.decode(densify(values, indices, sae.d_hidden)) if graph_safe else sae.decode_sparse(values, indices)
-    batch_fvu = fvu(x_hat, xb)
-    aux = auxk_loss(sae, pre, xb - x_hat, dormant, cfg.aux_k, graph_safe=graph_safe)
-    return batch_fvu + cfg.aux_coef * aux, batch_fvu, aux, values, indices
-
-
-def autoencoder_step(sae: KSparseAutoencoder, opt: torch.optim.Optimizer, cfg: Config, since_fired: torch.Tensor,
-                     sums: torch.Tensor, graph_safe: bool = False) -> Callable[[torch.Tensor], None]:
-    """The autoencoder's training step for ``GraphedStep``: ``step(xb: [B, D])`` takes one Adam step on
-    ``autoencoder_losses``, keeps the atoms at unit norm, and updates in place ``since_fired: [H]`` (images
-    since each unit last fired) and ``sums: [3]`` (loss, FVU and AuxK loss, each summed over images)."""
+def autoencoder_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, ctx: TrainingContext,
+                     since_fired: torch.Tensor, sums: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """The autoencoder's training step for ``GraphedStep``, one for every kind: ``step(xb: [B, D])`` asks the kind
+    for the batch's loss terms (``sae.training_terms``: top-k's FVU + AuxK, ...; dormant units: those that fired on
+    none of the last ``dead_after`` images), takes one Adam step between the kind's gradient and weight
+    constraints (``constrain_grads_``, ``after_step_``: unit-norm atoms for most kinds), and updates in place
+    ``since_fired: [H]`` (images since each unit last fired) and ``sums: [4]`` (loss, FVU, the kind's auxiliary
+    term and L0, each summed over images). ``ctx.graph_safe``: the kind's fixed-shape, sync-free pass."""
     def step(xb: torch.Tensor) -> None:
-        loss, batch_fvu, aux, values, indices = autoencoder_losses(sae, xb, since_fired >= cfg.dead_after, cfg,
-                                                                   graph_safe)
+        terms = sae.training_terms(xb, since_fired >= ctx.cfg.dead_after, ctx)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sae.remove_parallel_grad_()
+        terms.loss.backward()
+        sae.constrain_grads_()
         opt.step()
-        sae.unit_norm_decoder_()
-        since_fired.add_(len(xb)).masked_fill_(firing_counts(values, indices, sae.d_hidden) > 0, 0)
-        sums.add_(torch.stack([loss.detach(), batch_fvu.detach(), aux.detach()]) * len(xb))
+        sae.after_step_()
+        since_fired.add_(len(xb)).masked_fill_(terms.fired > 0, 0)
+        sums.add_(torch.stack([terms.loss.detach(), terms.fvu.detach(), terms.aux.detach(),
+                               terms.l0.to(sums)]) * len(xb))
     return step
 
 
-def train_autoencoder(sae: KSparseAutoencoder, x_train: torch.Tensor, cfg: Config,
+def train_autoencoder(sae: SparseAutoencoder, x_train: torch.Tensor, cfg: Config,
                       device: torch.device, x_val: torch.Tensor | None = None,
                       backend: CudaGraphBackend | None = None) -> dict[str, list[float]]:
-    """Train ``sae`` on ``x_train: [N, D]`` with Adam, unit-norm atoms and AuxK. Returns per-epoch history,
-    with the FVU of the validation images ``x_val: [M, D]`` after every epoch if they are given.
+    """Train ``sae`` (any kind) on ``x_train: [N, D]`` with Adam and the kind's loss terms. Returns per-epoch
+    history (``loss``, ``fvu``, ``aux_loss``: the kind's auxiliary term, ``l0``: mean active units per training
+    image, ``dormant_fraction``), with the FVU and mean L0 of the validation images ``x_val: [M, D]`` after every
+    epoch (``val_fvu``, ``val_l0``: the inference activation's) if they are given.
 
-    Loss = batch FVU + ``aux_coef`` * AuxK (``autoencoder_step``). On CUDA with ``cfg.cuda_graphs`` every
-    full batch replays one CUDA graph (``GraphedStep``; ``backend`` overrides ``graph_backend``, for tests).
-    Deterministic on CPU for a fixed ``cfg.seed``.
+    One loop for every kind (``autoencoder_step``; top-k: batch FVU + ``aux_coef`` * AuxK). On CUDA with
+    ``cfg.cuda_graphs`` every full batch replays one CUDA graph (``GraphedStep``; ``backend`` overrides
+    ``graph_backend``, for tests). After each epoch the kind's ``end_epoch_`` runs (relu_l1 resamples dormant
+    units). Deterministic on CPU for a fixed ``cfg.seed``.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     x = x_train.to(device)
     sae.to(device).train()
-    sae.init_pre_bias_(x)
-    sae.unit_norm_decoder_()
+    sae.prepare_training_(x)
     backend = backend or graph_backend(cfg, device)
     opt = make_adam(sae.parameters(), cfg.lr, capturable=backend is not None and x.is_cuda)
     steps = math.ceil(len(x) / cfg.batch_size)
+    ctx = TrainingContext(cfg, torch.zeros((), device=device), cfg.ae_epochs * steps, backend is not None)
     since_fired = torch.zeros(sae.d_hidden, dtype=torch.long, device=device)  # images since last active
-    sums = torch.zeros(3, device=device)
-    step = GraphedStep(autoencoder_step(sae, opt, cfg, since_fired, sums, graph_safe=backend is not None),
-                       cfg.batch_size, backend)
-    history = {"loss": [], "fvu": [], "aux_loss": [], "dormant_fraction": [], "val_fvu": []}
+    sums = torch.zeros(4, device=device)
+    step = GraphedStep(autoencoder_step(sae, opt, ctx, since_fired, sums), cfg.batch_size, backend)
+    history = {"loss": [], "fvu": [], "aux_loss": [], "l0": [], "dormant_fraction": [], "val_fvu": [], "val_l0": []}
     bar = _progress(cfg.ae_epochs * steps, "autoencoder")
     for epoch in range(cfg.ae_epochs):
         sums.zero_()
         for i, idx in enumerate(_batches(len(x), cfg.batch_size, gen, device)):
             set_lr_(opt, cfg.lr * lr_factor(cfg.ae_lr_schedule, epoch * steps + i, cfg.ae_epochs * steps))
+            ctx.step.fill_(epoch * steps + i)
             xb = x[idx]
             if cfg.ae_hflip:
                 flip = torch.rand(len(idx), generator=gen).to(device) < 0.5
                 xb = torch.where(flip[:, None], hflip(xb), xb)
             step(xb)
             bar.update()
+        sae.end_epoch_(x, since_fired, opt, ctx, epoch)
         mean = (sums / len(x)).tolist()
         dormant_fraction = float((since_fired >= cfg.dead_after).float().mean())
-        for key, value in zip(("loss", "fvu", "aux_loss", "dormant_fraction"), mean + [dormant_fraction]):
+        for key, value in zip(("loss", "fvu", "aux_loss", "l0", "dormant_fraction"), mean + [dormant_fraction]):
             history[key].append(value)
         if x_val is not None:
             history["val_fvu"].append(dataset_fvu(sae, x_val, device))
+            history["val_l0"].append(float((encode_dataset(sae, x_val, device)[0] > 0).sum(1).float().mean()))
             sae.train()
-        bar.set_postfix(epoch=epoch + 1, loss=f"{mean[0]:.4f}", fvu=f"{mean[1]:.4f}",
+        bar.set_postfix(epoch=epoch + 1, loss=f"{mean[0]:.4f}", fvu=f"{mean[1]:.4f}", l0=f"{mean[3]:.1f}",
                         dormant=f"{dormant_fraction:.3f}",
                         **({"val_fvu": f"{history['val_fvu'][-1]:.4f}"} if x_val is not None else {}))
     bar.close()
     sae.eval()
     return history
+
+
+_WIDTH_PROBE_IMAGES = 4096  # ViewCodes estimates a varying code width from this many images
 
 
 CODE_MEMORY_BUDGET = 2 * 2**30  # bytes: the classifier's view codes are held up to this size, else encoded per batch
@@ -245,28 +216,38 @@ def view_of(x: torch.Tensor, view: torch.Tensor, cfg: Config) -> torch.Tensor:
     return out
 
 
-def encode_views(sae: KSparseAutoencoder, x: torch.Tensor, cfg: Config,
+def encode_views(sae: SparseAutoencoder, x: torch.Tensor, cfg: Config,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse codes of every ``classifier_views`` view of ``x: [N, D]``: ``(values, indices)``, each
-    ``[V, N, k]`` on ``device``, indices int32 (what ``ViewCodes`` holds when it fits)."""
-    n_views = n_classifier_views(cfg)
-    values = torch.empty(n_views, len(x), sae.k, device=device)
-    indices = torch.empty(n_views, len(x), sae.k, dtype=torch.int32, device=device)
-    for i, view in enumerate(classifier_views(x, cfg)):  # filled in place: the codes are held once
-        values[i], indices[i] = encode_dataset(sae, view, device)
-    assert i == n_views - 1, "classifier_views and n_classifier_views disagree"
+    ``[V, N, w]`` on ``device``, indices int32 (what ``ViewCodes`` holds when it fits); ``w = k`` for top-k, else
+    the widest view's width (the others padded, ``_pad_codes``)."""
+    return _stack_views([encode_dataset(sae, view, device) for view in classifier_views(x, cfg)], sae.d_hidden)
+
+
+def _stack_views(codes: list[tuple[torch.Tensor, torch.Tensor]], d_hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each view's ``(values, indices): [N, w_v]`` -> ``[V, N, w]`` at the widest ``w`` (int32 indices), filled in
+    place: the codes are held once (plus the view being copied)."""
+    width = max(v.shape[1] for v, _ in codes)
+    values = torch.empty(len(codes), len(codes[0][0]), width, device=codes[0][0].device)
+    indices = torch.empty(len(codes), len(codes[0][0]), width, dtype=torch.int32, device=codes[0][0].device)
+    for i in range(len(codes)):
+        values[i], indices[i] = _pad_codes(*codes[i], width, d_hidden)
+        codes[i] = None
     return values, indices
 
 
 class ViewCodes:
-    """Sparse codes of the classifier's views of ``x: [N, D]``: encoded once and held (``[V, N, k]``
+    """Sparse codes of the classifier's views of ``x: [N, D]``: encoded once and held (``[V, N, w]``
     values and int32 indices) when they fit in ``budget`` bytes, else encoded batch by batch (large k:
-    at k = 1024 the held codes would take 4.9 GB)."""
+    at k = 1024 the held codes would take 4.9 GB). ``w`` is k for top-k; for kinds whose number of active units
+    varies, the width of the first ``_WIDTH_PROBE_IMAGES`` images estimates the size, and the views are padded to
+    the widest."""
 
-    def __init__(self, sae: KSparseAutoencoder, x: torch.Tensor, cfg: Config, device: torch.device,
+    def __init__(self, sae: SparseAutoencoder, x: torch.Tensor, cfg: Config, device: torch.device,
                  budget: int | None = None):
         self.n_views = n_classifier_views(cfg)
-        self.nbytes = self.n_views * len(x) * sae.k * 8  # float32 value + int32 index per active unit
+        width = encode_dataset(sae, x[:_WIDTH_PROBE_IMAGES], device)[0].shape[1]  # k for top-k
+        self.nbytes = self.n_views * len(x) * width * 8  # float32 value + int32 index per active unit
         self.held = self.nbytes <= (CODE_MEMORY_BUDGET if budget is None else budget)
         if self.held:
             self.values, self.indices = encode_views(sae, x, cfg, device)
@@ -275,7 +256,7 @@ class ViewCodes:
 
     @torch.no_grad()
     def batch(self, view: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes ``(values: [B, k], indices: [B, k])`` of images ``idx: [B]``, each as view ``view: [B]``."""
+        """Codes ``(values: [B, w], indices: [B, w])`` of images ``idx: [B]``, each as view ``view: [B]``."""
         if self.held:
             return self.values[view, idx], self.indices[view, idx]
         return self.sae.encode_sparse(view_of(self.x[idx], view, self.cfg))
@@ -317,7 +298,7 @@ def classifier_step(clf: SparseCodeClassifier, opt: torch.optim.Optimizer, sums:
     return step
 
 
-def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train: torch.Tensor,
+def train_classifier(clf: SparseCodeClassifier, sae: SparseAutoencoder, x_train: torch.Tensor,
                      y_train: torch.Tensor, cfg: Config, device: torch.device,
                      x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
                      backend: CudaGraphBackend | None = None, dense: bool = False) -> dict[str, list]:
@@ -372,12 +353,12 @@ def train_classifier(clf: SparseCodeClassifier, sae: KSparseAutoencoder, x_train
 
 
 def train_autoencoder_on_split(cfg: Config, data: FashionMNIST,
-                               device: torch.device) -> tuple[KSparseAutoencoder, float]:
+                               device: torch.device) -> tuple[SparseAutoencoder, float]:
     """A fresh autoencoder trained with ``cfg`` on the training split (``train_val_split``), and the seconds it
     took (device synchronised): what the benchmarks compare recipes with."""
     x_train, _, _, _ = train_val_split(data, cfg)
     torch.manual_seed(cfg.seed)
-    sae = KSparseAutoencoder.from_config(cfg)
+    sae = autoencoder_from_config(cfg)
     t0 = time.perf_counter()
     train_autoencoder(sae, x_train, cfg, device)
     synchronize(device)
@@ -388,7 +369,7 @@ def train_models(cfg: Config, data: FashionMNIST, device: torch.device):
     """Train the autoencoder, then the classifier on its codes. Returns ``(sae, clf, history)``."""
     x_train, y_train, x_val, y_val = train_val_split(data, cfg)
     torch.manual_seed(cfg.seed)
-    sae = KSparseAutoencoder.from_config(cfg)
+    sae = autoencoder_from_config(cfg)
     clf = SparseCodeClassifier.from_config(cfg)
     t0 = time.perf_counter()
     ae_history = train_autoencoder(sae, x_train, cfg, device, x_val if len(x_val) else None)

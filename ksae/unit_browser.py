@@ -21,7 +21,7 @@ from .units import EXPLORER_PAGE, UNIT_BAND_SAMPLES, UNIT_QUANTILE_BANDS, UnitSt
 
 if TYPE_CHECKING:
     from .data import FashionMNIST
-    from .models import KSparseAutoencoder
+    from .sae import SparseAutoencoder
 
 
 UNIT_BROWSER_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "unit_browser.html"
@@ -76,7 +76,7 @@ def _check_stability(stability, n_units: int) -> list[tuple[int, list, list]]:
     return [(seed, stability["cosine"][str(seed)], stability["matched"][str(seed)]) for seed in stability["seeds"]]
 
 
-def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST,
+def unit_browser_data(stats: UnitStats, sae: SparseAutoencoder, data: FashionMNIST,
                       top_contributions: tuple[np.ndarray, np.ndarray] | None = None,
                       explorer: str = EXPLORER_PAGE, stability: dict | None = None) -> tuple[dict, str, str]:
     """The browser's data (``unit_table`` rows plus every per-unit detail; image ids index the test set) and
@@ -134,7 +134,7 @@ def unit_browser_data(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMN
     return payload, image_sprite, atom_sprite
 
 
-def write_unit_browser(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST,
+def write_unit_browser(stats: UnitStats, sae: SparseAutoencoder, data: FashionMNIST,
                        path: str | os.PathLike, top_contributions: tuple[np.ndarray, np.ndarray] | None = None,
                        explorer: str = EXPLORER_PAGE, stability: dict | None = None) -> Path:
     """Write the self-contained HTML unit browser (``templates/unit_browser.html`` filled with the data of

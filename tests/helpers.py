@@ -49,6 +49,33 @@ def state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+SMALL_KNOBS = {"topk": dict(k=8), "batchtopk": dict(k=8), "matryoshka": dict(k=8, matryoshka_prefixes=(8, 32)),
+               "jumprelu": dict(target_l0=8.0), "relu_l1": {}}  # each kind's sparsity knobs for d_hidden = 64
+
+
+def kind_config(kind: str, **over) -> kh.Config:
+    """A valid small configuration of autoencoder ``kind``: 64 units, the kind's knobs for ~8 active units."""
+    return kh.Config(**{"sae_kind": kind, "d_hidden": 64, "clf_hidden": (32, 16), **SMALL_KNOBS[kind], **over})
+
+
+def kind_pipeline(kind: str, seed: int = 0, dtype=torch.float32) -> kh.SparseCodePipeline:
+    """A small untrained pipeline of autoencoder ``kind`` (``kind_config``) whose inference state is set as
+    training would leave it: BatchTopK's threshold and JumpReLU's thresholds at values that keep ~8 of 64 units
+    active on object images, so the threshold rules really cut."""
+    torch.manual_seed(seed)
+    cfg = kind_config(kind)
+    sae, clf = kh.autoencoder_from_config(cfg), kh.SparseCodeClassifier.from_config(cfg)
+    pipe = kh.SparseCodePipeline(sae, clf).to(dtype).eval()
+    with torch.no_grad():
+        sae.b_enc.copy_(0.3 * torch.randn(64, generator=torch.Generator().manual_seed(seed)))
+        pre = sae.pre_activations(object_images(64, seed=seed, dtype=dtype))
+        if hasattr(sae, "threshold") and sae.threshold.ndim == 0:  # one threshold for every unit
+            sae.threshold.fill_(float(pre.flatten().quantile(1 - 8 / 64)))
+        elif hasattr(sae, "threshold"):  # one per unit
+            sae.threshold.copy_(pre.quantile(1 - 8 / 64, dim=0).clamp_min(0.01))
+    return pipe
+
+
 def fresh_sae(k: int, data: kh.FashionMNIST, seed: int = 0) -> kh.KSparseAutoencoder:
     torch.manual_seed(seed)
     sae = kh.KSparseAutoencoder(k=k)

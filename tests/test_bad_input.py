@@ -163,7 +163,7 @@ CASES = [
      lambda e: kh.SparseCodePipeline(e["sae"], kh.SparseCodeClassifier(d_hidden=64, hidden=(8,), n_classes=C)), V,
      r"clf must read the autoencoder's 32 code units, got a classifier of 64 inputs"),
     ("pipeline-arguments-swapped", lambda e: kh.SparseCodePipeline(e["clf"], e["sae"]), V,
-     r"needs a KSparseAutoencoder and a SparseCodeClassifier, got SparseCodeClassifier and KSparseAutoencoder"),
+     r"needs a sparse autoencoder .* and a SparseCodeClassifier, got SparseCodeClassifier and KSparseAutoencoder"),
     # --- selection and predictions ---
     ("select-pixels-0-255", lambda e: kh.select_high_confidence(
         e["sae"], e["clf"], kh.FashionMNIST(e["x"], e["y"], e["x"] * 255, e["y"], classes=("a", "b", "c")), CPU, 2),

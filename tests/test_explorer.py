@@ -72,7 +72,9 @@ def test_writer_rejects_bad_arguments(small_pipeline, tmp_path):
         (dict(path=tmp_path), "path must name a file, got the folder"),
         (dict(path=3), "path must be a file path"),
         (dict(cfg={"k": 16}), "cfg must be a Config"),
-        (dict(cfg=kh.Config()), r"cfg \(k=50, d_hidden=1024\) does not describe the pipeline \(k=16, d_hidden=128\)"),
+        (dict(cfg=kh.Config()),
+         r"cfg \(sae_kind='topk', k=50, d_hidden=1024\) does not describe the pipeline \(sae_kind='topk', k=16, "
+         r"d_hidden=128\)"),
         (dict(dtype="float64"), "dtype must be one of"),
         (dict(unit_stats=[]), "unit_stats must be None or the UnitStats"),
         (dict(unit_browser="a\"b.html"), "unit_browser must be the unit browser's relative address"),

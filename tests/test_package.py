@@ -34,6 +34,7 @@ _X_INPUT = "attribute_all returns unit contributions on request; one definition 
 _BAD_INPUT = "issue 24: bad input refused at the entry point (pixel range, NaN, model, paths by location, sizes)"
 _UNDEFINED = "issue 24: degenerate maps give undefined (NaN) statistics, left out and counted, never agreement"
 _MODE = "issue 24: the caller's model is left in the train/eval mode it was found in (_keeps_mode)"
+_VARIANTS = "issue 31: any autoencoder kind (a SparseAutoencoder; its activation, code width, loss terms, path changes)"
 EDITED = {
     "UNIT_BROWSER_TEMPLATE": "the template path is found from ksae/, one folder further down (same file)",
     **dict.fromkeys(["FIGURE_SECONDS", "_figure_depth", "_styled", "_gc_paused", "_finish", "_figure_png",
@@ -65,10 +66,20 @@ EDITED = {
                      "unit_contribution_sums", "unit_statistics"], _MODE),
     "palette_png": "zlib level 9 (PNG_COMPRESS_LEVEL): every figure 7.5 % smaller, the notebook under 2 MB",
     "atomic_write_bytes": "issue 24: a killed run's stale temporary files next to the target are removed",
+    **dict.fromkeys(["ViewCodes", "_dashboard_row", "_pipeline_slopes", "_scan_path", "count_path_switches",
+                     "encode_views", "plot_class_units", "plot_feature_atlas", "plot_reconstructions",
+                     "plot_unit_dashboard", "save_checkpoint"], _VARIANTS),
     "_jsonable": "issue 24: numpy NaN/inf (and inside tensors) become null, so a summary always serialises",
     **dict.fromkeys(["unit_browser_data", "write_unit_browser"], "a unit lists the images where it contributes "
                     "most, linking to the explorer page (issue 23)"),
 }
+
+for _name in ["KSparseAutoencoder", "SparseCodePipeline", "Config", "train_autoencoder_on_split", "train_models",
+              "train_autoencoder", "train_classifier", "autoencoder_step", "autoencoder_losses", "auxk_loss",
+              "load_checkpoint", "load_or_train", "dataset_fvu", "encode_dataset", "evaluate_autoencoder",
+              "evaluate_classifier", "evaluate_models", "predict", "completeness_decomposition",
+              "select_high_confidence", "unit_browser_data", "write_unit_browser"]:  # edited again for the variants
+    EDITED[_name] += "; " + _VARIANTS
 
 
 def _definitions(tree: ast.Module) -> dict[str, ast.AST]:

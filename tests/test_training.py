@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import CPU, TINY, state_dicts_equal
+from helpers import CPU, TINY, kind_config, state_dicts_equal
 
 import ksae.training
 import ksae_helpers as kh
@@ -268,19 +268,25 @@ def _compiles_whole(fn, *args) -> bool:
         return False
 
 
-def test_static_forward_pass_traces_as_one_graph():
+@pytest.mark.parametrize("kind", kh.SAE_KINDS)
+def test_static_forward_pass_traces_as_one_graph(kind):
     """What a CUDA graph cannot hold (a host sync such as ``int(dead.sum())``, a shape that depends on data)
-    also breaks a ``fullgraph`` trace: the static pass must trace whole, the dynamic one must not."""
-    cfg = kh.Config(k=4, d_input=20, d_hidden=64, aux_k=16)
-    sae = kh.KSparseAutoencoder.from_config(cfg)
+    also breaks a ``fullgraph`` trace: every kind's static pass must trace whole; top-k's dynamic one must not
+    (its AuxK reads the number of dormant units)."""
+    cfg = kind_config(kind, d_input=20, aux_k=16) if kind in kh.SAE_KNOBS["aux_k"] else kind_config(kind, d_input=20)
+    sae = kh.autoencoder_from_config(cfg).train()
     xb, dead = torch.rand(8, 20), torch.rand(64) < 0.3
     since_fired = torch.zeros(64, dtype=torch.long)
 
+    def context(graph_safe):
+        return kh.TrainingContext(cfg, torch.tensor(3.0), 100, graph_safe)
+
     def static_pass(xb, dead, since_fired):
-        loss, fvu, aux, values, indices = kh.autoencoder_losses(sae, xb, dead, cfg, graph_safe=True)
-        since_fired.add_(len(xb)).masked_fill_(kh.firing_counts(values, indices, 64) > 0, 0)
-        return loss
+        terms = sae.training_terms(xb, dead, context(True))
+        since_fired.add_(len(xb)).masked_fill_(terms.fired > 0, 0)
+        return terms.loss
 
     assert _compiles_whole(static_pass, xb, dead, since_fired)
-    dynamic_pass = lambda xb, dead: kh.autoencoder_losses(sae, xb, dead, cfg, graph_safe=False)[0]  # noqa: E731
-    assert not _compiles_whole(dynamic_pass, xb, dead)
+    if kind == "topk":
+        dynamic_pass = lambda xb, dead: sae.training_terms(xb, dead, context(False)).loss  # noqa: E731
+        assert not _compiles_whole(dynamic_pass, xb, dead)

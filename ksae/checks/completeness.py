@@ -1,5 +1,5 @@
 """Path scans along the straight path: IG completeness and its decomposition into gradient
-integral and top-k jumps."""
+integral and the jumps of the autoencoder's activation (top-k swaps, threshold crossings)."""
 
 from __future__ import annotations
 
@@ -27,13 +27,11 @@ from ..models import SparseCodePipeline
 from ..stats import summarize
 
 if TYPE_CHECKING:
-    from ..models import KSparseAutoencoder, SparseCodeClassifier
+    from ..models import SparseCodeClassifier
+    from ..sae import SparseAutoencoder
 
 
 COMPLETENESS_POINTS = 1024  # intervals of the dense straight path scanned by completeness_decomposition
-
-
-PATH_TOPK_STRIDE = 4  # path scans find the top-k set every this many points, and between two that differ
 
 
 MIN_COMPLETENESS_POINTS = 1000  # fewer intervals would merge switches the decomposition must see apart
@@ -48,74 +46,30 @@ GAP_FLOOR = 1e-12  # |F(x) - F(0)| is clamped to at least this where it divides
 MIN_SUBGRID_STEPS = 17  # smallest trapezoid rule read off the dense scan (its points are a subset of the scan's)
 
 
-def _topk_changes(values: torch.Tensor, indices: torch.Tensor,
-                  d_hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k set changes between consecutive path points: the ReLU'd top-k ``values`` and their unit
-    ``indices: [B, S, k]`` at each point (any order, as ``_path_top_k`` gives them) -> ``(swaps, jumps): [B, S-1]``.
-
-    ``swaps`` counts the units that enter the top-k set in each interval (as many leave), so several swaps
-    inside one interval all count. A swap exchanges two units where their pre-activations are equal; the code
-    jumps by that common value after ReLU, so F jumps only if it is > 0. ``jumps`` marks intervals with a swap
-    where the k-th largest pre-activation (the value at which units swap) is > 0 at both ends (the smallest
-    ReLU'd value is > 0 exactly then); a swap at or below 0 exchanges two zeros (continuous), and a ReLU
-    zero-crossing changes no top-k set at all.
-    """
-    member = torch.zeros((*indices.shape[:-1], d_hidden), dtype=torch.bool, device=indices.device)
-    member.scatter_(-1, indices, True)
-    swaps = (member[:, 1:] & ~member[:, :-1]).sum(-1)
-    kth_positive = values.min(-1).values > 0  # [B, S]
-    return swaps, (swaps > 0) & kth_positive[:, 1:] & kth_positive[:, :-1]
-
-
-def _path_top_k(sae: KSparseAutoencoder, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sae.top_k`` at every point of straight paths: ``pre: [b, S, H]``, linear in a parameter that increases
-    along S (``pre = c + alpha d``, alphas sorted) -> ``(values, indices): [b, S, k]``.
-
-    Two units' pre-activations are lines in alpha and cross at most once, so a top-k set found at two points is
-    the set at every point between them. ``torch.topk`` runs every ``PATH_TOPK_STRIDE`` points (and at the last)
-    and on the points between two of those whose sets differ; the other points take the set and read its values
-    (the default model's top-k set changes at ~80 of 1024 intervals of a path).
-    """
-    b, n_points, d_hidden = pre.shape
-
-    def top_indices(p: torch.Tensor) -> torch.Tensor:  # [..., H] -> [..., k]
-        return sae.top_k(p.reshape(-1, d_hidden))[1].view(*p.shape[:-1], -1)
-
-    coarse = torch.unique(torch.cat([torch.arange(0, n_points, PATH_TOPK_STRIDE), torch.tensor([n_points - 1])]))
-    ends = top_indices(pre[:, coarse.to(pre.device)]).sort(-1).values  # [b, C, k]
-    same = (ends[:, 1:] == ends[:, :-1]).all(-1)  # [b, C - 1]: the interval's two ends have one set
-    interval = (torch.arange(n_points) // PATH_TOPK_STRIDE).clamp(max=max(len(coarse) - 2, 0)).to(pre.device)
-    indices = ends[:, interval]  # [b, S, k]: each point takes its interval's first set
-    redo = ~same[:, interval] if len(coarse) > 1 else torch.zeros(b, n_points, dtype=torch.bool, device=pre.device)
-    if bool(redo.any()):
-        indices[redo] = top_indices(pre[redo])
-    return F.relu(pre.gather(-1, indices)), indices
-
-
 def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor, output: str,
-               rows: int, k: int | None = None) -> tuple[torch.Tensor, ...]:
+               rows: int, changes: bool = False) -> tuple[torch.Tensor, ...]:
     """F and dF/dalpha at ``alphas: [S]`` on the straight path from the zero image to each ``x: [B, D]``.
 
     For a model with an affine first layer (``affine_split() -> (A, c, head)``) the path is walked in that
     layer's output space, exactly: ``pre(alpha) = c + alpha x A^T`` and ``dF/dalpha = grad_pre F . x A^T``.
-    Returns ``(values, slopes): [B, S]``; with ``k`` (the top-k size; ``model`` is then a
-    ``SparseCodePipeline``) also ``(swaps, jumps): [B, S-1]`` from ``_topk_changes``, between consecutive
-    points in increasing alpha.
+    Returns ``(values, slopes): [B, S]``; with ``changes`` (``model`` is then a ``SparseCodePipeline``) also
+    ``(changes, jumps): [B, S-1]`` from the autoencoder's ``code_changes`` (top-k: swaps into the set; threshold
+    kinds: units crossing a cutoff), between consecutive points in increasing alpha.
     """
     A, c, head = model.affine_split()
     with torch.no_grad():
         direction, c = F.linear(x, A.detach()), c.detach()  # [B, H], [H]
-    alphas, order = alphas.to(x).sort()  # walked in increasing alpha (``_path_top_k``), returned in the given order
+    alphas, order = alphas.to(x).sort()  # walked in increasing alpha (``path_code``), returned in the given order
     per = max(1, rows // len(alphas))
-    values, slopes, changes = [], [], []
+    values, slopes, found = [], [], []
     for i in range(0, len(x), per):
         d, t = direction[i:i + per], target[i:i + per].repeat_interleave(len(alphas))
         pre = (c + alphas[None, :, None] * d[:, None]).reshape(-1, d.shape[1])  # [b * S, H]
         if isinstance(model, SparseCodePipeline):
             score, slope, code, indices = _pipeline_slopes(model, pre.view(len(d), len(alphas), -1), d, t, output)
-            if k is not None:
-                changes.append(_topk_changes(code.view(len(d), len(alphas), -1),
-                                             indices.view(len(d), len(alphas), -1), pre.shape[1]))
+            if changes:
+                found.append(model.sae.code_changes(code.view(len(d), len(alphas), -1),
+                                                    indices.view(len(d), len(alphas), -1)))
         else:
             with torch.enable_grad():
                 pre.requires_grad_(True)
@@ -126,22 +80,23 @@ def _scan_path(model: nn.Module, x: torch.Tensor, target: torch.Tensor, alphas: 
         slopes.append(slope.view(len(d), -1))
     unsort = order.argsort().to(x.device)
     out = (torch.cat(values)[:, unsort], torch.cat(slopes)[:, unsort])
-    return out if k is None else out + tuple(torch.cat(part) for part in zip(*changes))
+    return out + tuple(torch.cat(part) for part in zip(*found)) if changes else out
 
 
 def _pipeline_slopes(pipeline: SparseCodePipeline, pre: torch.Tensor, direction: torch.Tensor, target: torch.Tensor,
                      output: str) -> tuple[torch.Tensor, ...]:
     """``_scan_path``'s points for the pipeline: ``pre: [b, S, H]`` (S increasing alphas per image),
     ``direction: [b, H]``, ``target: [b * S]`` -> F and dF/dalpha ``[b * S]``, the active codes and their units
-    ``[b * S, k]``.
+    ``[b * S, w]``.
 
-    F depends on ``pre`` only through the k active codes ``z_j = ReLU(pre_j)``, so ``dF/dalpha = sum_j dF/dz_j
-    [z_j > 0] direction_j`` over those k units: a ``[b * S, k]`` gradient instead of ``[b * S, H]``; the top-k
-    sets come from ``_path_top_k``. For a logit of a ReLU classifier that slope depends only on the point's
+    F depends on ``pre`` only through the active codes (every kind's active code is ``z_j = pre_j`` where
+    ``z_j > 0``), so ``dF/dalpha = sum_j dF/dz_j [z_j > 0] direction_j`` over those units: a ``[b * S, w]``
+    gradient instead of ``[b * S, H]``; the active sets come from the autoencoder's ``path_code`` (top-k:
+    ``_path_top_k``). For a logit of a ReLU classifier that slope depends only on the point's
     activation pattern (``_activation_pattern``: the active set, which codes are > 0, which hidden units are > 0),
     so the slope is computed only on points whose pattern differs from the previous point's on the same path (a
     fifth of them on the default model; ``_relu_stack_slopes``) and the others take that point's slope."""
-    code, indices = (v.flatten(0, 1) for v in _path_top_k(pipeline.sae, pre.detach()))
+    code, indices = (v.flatten(0, 1) for v in pipeline.sae.path_code(pre.detach()))
     along = direction[torch.arange(len(direction), device=pre.device).repeat_interleave(pre.shape[1])[:, None],
                       indices] * (code > 0)  # [b * S, k]: dz_j / dalpha of each active code
     if output != "logit" or not _is_relu_stack(pipeline.clf):
@@ -221,11 +176,12 @@ def _ig_sums(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rules: Seq
     return sums
 
 
-def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, n_points: int = COMPLETENESS_POINTS) -> torch.Tensor:
-    """Discontinuous top-k swaps on the straight path from the zero image to each ``x: [B, 784]`` -> ``[B]``.
+def count_path_switches(sae: SparseAutoencoder, x: torch.Tensor, n_points: int = COMPLETENESS_POINTS) -> torch.Tensor:
+    """Discontinuous changes of the activation on the straight path from the zero image to each ``x: [B, 784]``
+    -> ``[B]``: top-k swaps, or threshold crossings at a cutoff > 0 (0 for a ReLU code, which has none).
 
-    Scans ``n_points`` intervals of the encoder's pre-activations (``_topk_changes``): ReLU zero-crossings
-    and swaps below 0 are continuous and not counted; several swaps inside one interval all count.
+    Scans ``n_points`` intervals of the encoder's pre-activations (``sae.code_changes``): ReLU zero-crossings
+    and swaps below 0 are continuous and not counted; several changes inside one interval all count.
     """
     x, _ = as_flat_images(x)
     _check_int("n_points", n_points, low=1)
@@ -233,8 +189,8 @@ def count_path_switches(sae: KSparseAutoencoder, x: torch.Tensor, n_points: int 
     with torch.no_grad():
         start, direction = sae.encoder_bias(), F.linear(x, sae.W_enc)
         counts = [(swaps * jumps).sum(1) for swaps, jumps in
-                  (_topk_changes(*_path_top_k(sae, start + alphas[None, :, None] * direction[i:i + 1, None]),
-                                 sae.d_hidden) for i in range(len(x)))]
+                  (sae.code_changes(*sae.path_code(start + alphas[None, :, None] * direction[i:i + 1, None]))
+                   for i in range(len(x)))]
     return torch.cat(counts).cpu()
 
 
@@ -249,8 +205,10 @@ def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, ta
     and ``F(x) - F(0)`` is split into
 
     * ``smooth``: the gradient integral (trapezoid rule on every interval): what IG approximates;
-    * ``jump_sum``: over intervals where the top-k set changes discontinuously (``_topk_changes``), F's
-      change minus the gradient integral of that interval;
+    * ``jump_sum``: over intervals where the active code changes discontinuously (the autoencoder's
+      ``code_changes``: a top-k swap of positive codes, a unit crossing a threshold > 0; a ReLU code has none, so
+      its jump sum is 0 and IG's error is the quadrature's alone), F's change minus the gradient integral of that
+      interval;
     * ``residual = F(x) - F(0) - smooth - jump_sum``: the trapezoid's error on continuous intervals (kinks
       of the ReLU head), reported to show the scan is dense enough.
 
@@ -271,7 +229,7 @@ def completeness_decomposition(pipeline: SparseCodePipeline, x: torch.Tensor, ta
     _check_float("tolerance", tolerance, low=0.0, low_open=True)
     rows = _rows_per_pass(internal_batch_size)
     alphas = torch.linspace(0, 1, n_points + 1, dtype=torch.float64)
-    values, slopes, swaps, jumps = _scan_path(pipeline, x, target, alphas, output, rows, pipeline.sae.k)
+    values, slopes, swaps, jumps = _scan_path(pipeline, x, target, alphas, output, rows, changes=True)
     smooth = (slopes[:, 1:] + slopes[:, :-1]) / (2 * n_points)  # [N, n_points] gradient integral per interval
     jump = torch.where(jumps, values[:, 1:] - values[:, :-1] - smooth, torch.zeros_like(smooth))
     gap = values[:, -1] - values[:, 0]

@@ -32,7 +32,7 @@ from .style import (
 
 if TYPE_CHECKING:
     from ..data import FashionMNIST
-    from ..models import KSparseAutoencoder
+    from ..sae import SparseAutoencoder
 
 
 # --- data and training ---------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
 
 # --- autoencoder ---------------------------------------------------------------------------------------
 @_styled
-def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: torch.device,
+def plot_reconstructions(sae: SparseAutoencoder, data: FashionMNIST, device: torch.device,
                          n_per_class: int = 2, save: str | None = None) -> Figure:
     """The first ``n_per_class`` test images of every class (one column per class), each above its
     reconstruction, with the per-image MSE (mean over 784 pixels).
@@ -145,7 +145,7 @@ def plot_reconstructions(sae: KSparseAutoencoder, data: FashionMNIST, device: to
         axes[2 * i, 0].set_ylabel("original")
         axes[2 * i + 1, 0].set_ylabel("reconstruction")
     _side_colorbar(fig, im, axes, "pixel intensity\n(reconstructions clipped to [0, 1])", shrink=0.7)
-    fig.suptitle(f"Reconstructions with k = {sae.k} active units (mean MSE of these images {mse.mean():.4f})")
+    fig.suptitle(f"Reconstructions with {sae.activation_label()} (mean MSE of these images {mse.mean():.4f})")
     return _finish(fig, save)
 
 
@@ -160,7 +160,7 @@ def _usage_histogram(ax, usage: np.ndarray) -> None:
 
 
 @_styled
-def plot_feature_atlas(sae: KSparseAutoencoder, usage, n_units: int = 32, save: str | None = None) -> Figure:
+def plot_feature_atlas(sae: SparseAutoencoder, usage, n_units: int = 32, save: str | None = None) -> Figure:
     """Decoder atoms (rows of ``sae.W_dec: [H, 784]``) of the ``n_units`` most used units, shared
     diverging scale, titled with unit id and usage; below them a histogram of every unit's usage.
 
@@ -204,7 +204,7 @@ def _top_units_per_class(contrib: np.ndarray, labels: np.ndarray, n_classes: int
 
 
 @_styled
-def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: KSparseAutoencoder,
+def plot_class_units(contributions: torch.Tensor, labels: torch.Tensor, sae: SparseAutoencoder,
                      classes, n_units: int = 5, save: str | None = None) -> Figure:
     """For every class, the atoms of the ``n_units`` units with the largest mean contribution over
     that class's images; one row per class, titled 'unit j, c̄ = +value'.

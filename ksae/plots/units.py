@@ -27,7 +27,7 @@ from .style import AGREEMENT_LAYOUT, DENSITY_LAYOUT, IMAGE_CMAP, LOG_BIN_MARGIN,
 
 if TYPE_CHECKING:
     from ..data import FashionMNIST
-    from ..models import KSparseAutoencoder
+    from ..sae import SparseAutoencoder
     from ..units import UnitStats
 
 
@@ -113,7 +113,7 @@ def _dashboard_bars(ax_cls, ax_eff, stats: UnitStats, unit: int, legend: bool) -
         ax_eff.legend(fontsize="x-small", loc="lower right")
 
 
-def _dashboard_row(fig, cells, stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST, unit: int,
+def _dashboard_row(fig, cells, stats: UnitStats, sae: SparseAutoencoder, data: FashionMNIST, unit: int,
                    legend: bool):
     """One unit's dashboard in ``cells`` (a row of 7 gridspec cells); returns the encoder row's image artist."""
     atoms = [_numpy(sae.W_dec[unit]), _numpy(sae.W_enc[unit])]
@@ -138,7 +138,7 @@ def _dashboard_row(fig, cells, stats: UnitStats, sae: KSparseAutoencoder, data: 
 
 
 @_styled
-def plot_unit_dashboard(stats: UnitStats, sae: KSparseAutoencoder, data: FashionMNIST, units: Sequence[int],
+def plot_unit_dashboard(stats: UnitStats, sae: SparseAutoencoder, data: FashionMNIST, units: Sequence[int],
                         save: str | None = None) -> Figure:
     """A dashboard row per unit of ``units``: decoder atom and encoder row (diverging, centred at 0), its 16
     top-activating test images, 4 random test images from each activation quantile band (top band first),
