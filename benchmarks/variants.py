@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ksae_helpers as kh  # noqa: E402
 
-TINY = dict(k=4, d_hidden=32, clf_hidden=(16, 8), train_subset=600, ae_epochs=2, clf_epochs=2, n_val=500,
+TINY = dict(k=4, d_hidden=64, clf_hidden=(16, 8), train_subset=600, ae_epochs=2, clf_epochs=2, n_val=500,
             batch_size=64, lr=5e-3, ig_steps=4, smoothgrad_samples=2, confidence_threshold=0.1)  # CI: every stage
 # runs in seconds; the models learn little
 TINY_TARGETS = (2, 4, 8)

@@ -21,10 +21,11 @@ import torch
 
 from ._util import atomic_write_bytes
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config
+from .config import SAE_KINDS, SAE_KNOBS, Config
 from .data import train_val_split
 from .metrics import evaluate_models, fvu
-from .models import KSparseAutoencoder, SparseCodeClassifier
+from .models import SparseCodeClassifier
+from .sae import SparseAutoencoder, autoencoder_from_config
 from .stats import bootstrap_estimates, percentile_interval
 from .training import train_autoencoder, train_classifier
 
@@ -32,10 +33,12 @@ if TYPE_CHECKING:
     from .data import FashionMNIST
 
 
-_KINDS = ("topk",)  # the autoencoder kinds the study trains
-_KNOBS = {"topk": ("k", "count")}  # kind -> (its sparsity knob in Config, how it moves L0): "count" sets how many
-# units a row keeps in training (L0 rises with it, about one for one), "target" is a target L0 the loss pulls
-# toward (the same), "penalty" a sparsity penalty (L0 falls as it rises, by a law found by pilot runs)
+_KINDS = SAE_KINDS  # the autoencoder kinds the study trains
+_KNOBS = {"topk": ("k", "count"), "batchtopk": ("k", "count"), "matryoshka": ("k", "count"),
+          "jumprelu": ("target_l0", "target"), "relu_l1": ("l1_coef", "penalty")}  # kind -> (its sparsity knob in
+# Config, how it moves L0): "count" sets how many units a row keeps in training (L0 rises with it, about one for one;
+# BatchTopK's and Matryoshka's thresholded inference L0 differs), "target" is a target L0 the loss pulls toward
+# (the same), "penalty" a sparsity penalty (L0 falls as it rises, by a law found by pilot runs)
 
 
 _KIND_LABELS = {"topk": "top-k", "batchtopk": "BatchTopK", "jumprelu": "JumpReLU", "relu_l1": "ReLU + L1",
@@ -57,7 +60,11 @@ _MAX_PILOTS = 7  # pilot runs at most per kind while bracketing the targets
 _PILOT_FACTOR = 4.0  # a pilot's penalty is the previous one's times or divided by this until the targets are bracketed
 
 
-_PILOT_START = 1e-3  # the first pilot's penalty
+_MAX_STEP = {"count": 2.0, "target": 2.0, "penalty": 8.0}  # a knob moves by at most this factor per try (a kind
+# whose L0 hardly follows its knob would otherwise send the search far off)
+
+
+_PILOT_START = Config.l1_coef  # the first pilot's penalty: the kind's default
 
 
 _DENSE_SHARE = 0.1  # a unit is dense when it fires on more than this share of the test images
@@ -72,18 +79,30 @@ _AE_FORMAT = "ksae-ae-v1"  # what an autoencoder-only checkpoint says it is
 _MEASURE_BOOT = 2000  # bootstrap resamples of the measurements' CIs
 
 
-def _new_autoencoder(cfg: Config) -> KSparseAutoencoder:
+def _new_autoencoder(cfg: Config) -> SparseAutoencoder:
     """The untrained autoencoder of ``cfg`` (its kind's class), drawn from the current random state."""
-    return KSparseAutoencoder.from_config(cfg)
+    return autoencoder_from_config(cfg)
+
+
+_DEFAULTS = Config()  # the knobs a kind does not read go back to these
 
 
 def _kind_config(base: Config, kind: str, value, **over) -> Config:
-    """``base`` with the autoencoder ``kind`` at knob ``value`` (and ``over``'s fields)."""
+    """``base``'s recipe with the autoencoder ``kind`` at sparsity knob ``value`` (and ``over``'s fields): the
+    knobs ``kind`` does not read at their defaults (``Config`` refuses them otherwise); Matryoshka's prefixes, when
+    the default sizes do not fit a smaller dictionary, scaled to it."""
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
     knob, how = _KNOBS[kind]
-    value = int(round(value)) if how == "count" else float(value)
-    return Config(**{**base.to_dict(), knob: value, **over})
+    fields = {**base.to_dict(), "sae_kind": kind}
+    for name, readers in SAE_KNOBS.items():
+        if kind not in readers:
+            fields[name] = getattr(_DEFAULTS, name)
+    if kind == "matryoshka" and max(_DEFAULTS.matryoshka_prefixes) >= base.d_hidden:
+        scaled = sorted({max(1, p * base.d_hidden // _DEFAULTS.d_hidden) for p in _DEFAULTS.matryoshka_prefixes})
+        fields["matryoshka_prefixes"] = [p for p in scaled if p < base.d_hidden] or [1]
+    fields[knob] = int(round(value)) if how == "count" else float(value)
+    return Config(**{**fields, **over})
 
 
 def _knob_value(cfg: Config):
@@ -92,7 +111,7 @@ def _knob_value(cfg: Config):
 
 
 def _kind(cfg: Config) -> str:
-    return getattr(cfg, "sae_kind", "topk")
+    return cfg.sae_kind
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------
@@ -148,7 +167,8 @@ def _autoencoder(cfg: Config, data: FashionMNIST, device: torch.device, ckpt_dir
     if pair.exists():
         stored, sae, _, history, _ = load_checkpoint(pair, device)
         _same_training(stored, cfg, pair)
-        _note(ledger, pair, {"seconds": {"ae": history.get("seconds", {}).get("ae", 0.0)}}, False)
+        history = {"ae": history.get("ae", {}), "seconds": {"ae": history.get("seconds", {}).get("ae", 0.0)}}
+        _note(ledger, pair, history, False)  # the autoencoder's part of the pair: as if read from its own file
         return sae, history, False
     path = _ae_path(ckpt_dir, cfg, tag)
     if path.exists():
@@ -279,15 +299,17 @@ def _measure(code, data: FashionMNIST, cfg: Config, device: torch.device, model=
 # --- the knob ------------------------------------------------------------------------------------------------
 def _next_value(kind: str, tries: list[dict], target: float, slope: float, d_hidden: int):
     """The next knob value after ``tries`` (``{"value", "val_l0"}``): a secant step in log L0 against log knob
-    through the last two tries, or from the last try with ``slope`` (d log L0 / d log knob); None when it would
-    repeat a tried value."""
+    through the last two tries, or from the last try with ``slope`` (d log L0 / d log knob), by at most
+    ``_MAX_STEP``; None when it would repeat a tried value."""
     how = _KNOBS[kind][1]
     last = tries[-1]
     if len(tries) >= 2 and tries[-2]["val_l0"] > 0 and last["val_l0"] > 0 and tries[-2]["value"] != last["value"]:
         s = (math.log(last["val_l0"]) - math.log(tries[-2]["val_l0"])) / (
             math.log(last["value"]) - math.log(tries[-2]["value"]))
         slope = s if s * slope > 0 else slope  # a secant of the wrong sign is noise: keep the prior law
-    value = math.exp(math.log(last["value"]) + (math.log(target) - math.log(max(last["val_l0"], 1e-3))) / slope)
+    step = (math.log(target) - math.log(max(last["val_l0"], 1e-3))) / slope
+    limit = math.log(_MAX_STEP[how])
+    value = math.exp(math.log(last["value"]) + min(max(step, -limit), limit))
     if how == "count":
         value = min(max(int(round(value)), 1), d_hidden)
         if value == last["value"]:
@@ -366,8 +388,8 @@ def _calibrate(base: Config, kind: str, targets, data: FashionMNIST, device: tor
     for target in sorted(targets):
         if how == "penalty":  # the pilots' law, aimed at the target divided by how far full runs sat from it
             value, slope = _penalty_law(pilots, target / shift)
-        else:
-            value, slope = target / ratio, 1.0
+        else:  # the ratio the previous target ended with, within the step limit
+            value, slope = target / min(max(ratio, 1 / _MAX_STEP[how]), _MAX_STEP[how]), 1.0
         tries = []
         while value is not None and len(tries) < _MAX_TRIES:
             cfg = _kind_config(base, kind, value)

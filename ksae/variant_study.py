@@ -290,7 +290,7 @@ def _controls(scfg: Config, seeds: Sequence[int], decoders: dict, encoders: dict
         for s in others:
             torch.manual_seed(int(s))
             init = _new_autoencoder(Config(**{**scfg.to_dict(), "seed": int(s)}))
-            init.unit_norm_decoder_()  # as training's first step
+            init.prepare_training_(x_train)  # what training's first step starts from
             untrained[s] = (init.W_dec.detach().clone(), init.W_enc.detach().clone())
     images = {s: random_image_atoms(x_train, scfg.d_hidden, int(s)) for s in others}
     return {"untrained": recurrence({ref: decoders[ref], **{s: d for s, (d, _) in untrained.items()}},

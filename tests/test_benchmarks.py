@@ -301,7 +301,7 @@ def test_variants_tiny_run_measures_every_part_and_a_rerun_only_loads(variants_t
         for t in targets:
             row = result["frontier"][kind][str(t)]
             assert 0 < row["fvu"] < 1 and row["fvu_ci95"][0] <= row["fvu"] <= row["fvu_ci95"][1]
-            assert 0 <= row["dead_units"] <= 32 and 0 <= row["dense_units"] <= 32
+            assert 0 <= row["dead_units"] <= row["d_code"] and 0 <= row["dense_units"] <= row["d_code"]
     for t in targets:  # top-k's L0 is k (less where ReLU zeroes a kept unit)
         assert 0.99 * t <= result["frontier"]["topk"][str(t)]["test_l0"] <= t
     assert {"topk", "topk_L0_2", "topk_3x_epochs"} <= set(result["stability"])
@@ -310,7 +310,7 @@ def test_variants_tiny_run_measures_every_part_and_a_rerun_only_loads(variants_t
     for st in result["stability"].values():
         stats = st["trained"]["statistics"]
         assert len(stats["shared"]["per_reference"]) == 3 and set(st["controls"]) == {"untrained", "random_images"}
-        assert sum(st["trained"]["histograms"]["decoder"]) == 32
+        assert sum(st["trained"]["histograms"]["decoder"]) == result["config"]["d_hidden"]
         assert st["controls"]["untrained"]["statistics"]["median_decoder"]["value"] < stats["median_decoder"]["value"]
     assert [r["seed"] for r in result["by_seed"]["topk"]] == [0, 1, 2] and "accuracy" in result["by_seed"]["topk"][2]
     assert set(result["answer"]) == {"topk_L0_2", "topk_3x_epochs"} | (set(result["kinds"]) - {"topk"})

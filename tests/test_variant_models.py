@@ -39,9 +39,11 @@ def test_cached_models_are_what_train_models_trains(data, tmp_path):
     assert _states_equal(sae3, sae_ref) and _states_equal(clf3, clf_ref) and "classifier" in metrics
     again = vm._autoencoder(cfg, data, CPU, tmp_path, verbose=False, ledger=ledger)  # read from the pair
     assert not again[2] and _states_equal(again[0], sae_ref)
+    assert again[1] == {"ae": history["ae"], "seconds": history["seconds"]}  # the pair's autoencoder part
     summary = _ledger_summary(ledger)
+    pair_seconds = torch.load(tmp_path / cfg.checkpoint_name(), weights_only=True)["history"]["seconds"]
     assert summary["models"] == 1 and summary["trained_now"] == 1
-    assert summary["train_seconds_now"] == pytest.approx(history["seconds"]["ae"] + again[1]["seconds"]["clf"])
+    assert summary["train_seconds_now"] == pytest.approx(pair_seconds["ae"] + pair_seconds["clf"])
 
 
 def test_a_cached_model_of_another_recipe_is_refused(data, tmp_path):
@@ -154,3 +156,11 @@ def test_measure_of_a_linear_code_counts_its_components(data):
     row, _ = vm._measure(code, data, cfg, CPU)
     assert row["test_l0"] == pytest.approx(6.0, abs=0.01) and row["d_code"] == 6 and "accuracy" not in row
     assert 0 < row["fvu"] < 1 and np.isfinite(row["val_fvu"])
+
+
+def test_a_knob_moves_by_a_bounded_factor_per_try():
+    """A kind whose L0 hardly follows its knob (20 times off) is stepped at most a factor 2 (count, target) or 8
+    (penalty) per try, not sent to the far end of the range."""
+    assert vm._next_value("topk", [{"value": 50, "val_l0": 1000.0}], 50, 1.0, 1024) == 25
+    assert vm._next_value("jumprelu", [{"value": 50.0, "val_l0": 2.0}], 50, 1.0, 1024) == pytest.approx(100.0)
+    assert vm._next_value("relu_l1", [{"value": 1e-2, "val_l0": 1000.0}], 50, -1.0, 1024) == pytest.approx(8e-2)
