@@ -29,10 +29,12 @@ import torch.nn.functional as F
 from ._util import IMAGE_SIDE, _check_float, _check_int, _numpy
 from .data import FashionMNIST
 
-PLANTED_COHERENCES = {"incoherent": (0.0, 0.0), "smooth": (1.0, 0.0), "image-like": (2.0, 5.0)}  # name ->
+PLANTED_COHERENCES = {"incoherent": (0.0, 0.0), "smooth": (0.8, 0.0), "image-like": (2.0, 5.0)}  # name ->
 # (Gaussian blur of white-noise atoms, pixels; width of a Gaussian window at a random centre, pixels, 0 = none):
-# from white noise (largest |cosine| between 1024 atoms ~0.17) to smooth, local, overlapping atoms (~0.93), the
-# kind a Fashion-MNIST dictionary holds (the default SAE's atoms: median of each atom's largest |cosine| 0.31)
+# from white noise (largest |cosine| between 512 atoms ~0.16) through slightly smooth (~0.3) to smooth, local,
+# overlapping atoms (~0.9), the kind a Fashion-MNIST dictionary holds (the default SAE's atoms: largest |cosine|
+# 0.998, median of each atom's largest 0.31). The middle level was set where a top-k SAE's recovery is partial in
+# pilot runs (blur 0.6: ~90 % of the atoms recovered, 0.8: ~65 %, 1.0: none), so the kinds can differ there
 
 
 _ZIPF_EXPONENT = 1.0  # firing rate of the i-th most frequent atom ~ 1 / (i + 1): the default SAE's units span
@@ -52,6 +54,9 @@ _LABEL_RATE_QUANTILE = 0.9  # label atoms are those whose firing rate is nearest
 
 
 _SEED_OFFSETS = {"atoms": 0, "rates": 1, "codes": 2, "rule": 3}  # independent random streams per part
+
+
+_CHUNK = 10_000  # images generated at a time
 
 
 _RECOVERED_COSINE = 0.9  # a planted atom counts as recovered when its matched learned atom has |cosine| >= this
@@ -226,23 +231,29 @@ def planted_dictionary(coherence: str = "image-like", n_atoms: int = 1024, mean_
     rule = torch.zeros(n_classes, n_atoms, dtype=torch.float64)
     rule.scatter_(1, label_atoms, 1.0)
     gen = torch.Generator().manual_seed(seed * 4 + _SEED_OFFSETS["codes"])
-    codes = _draw_codes(n_train + n_test, rates, gen)
-    while True:  # images on which no label atom fires have no label: draw them again
-        empty = torch.nonzero((codes @ rule.T).max(1).values == 0)[:, 0]
-        if len(empty) == 0:
-            break
-        codes[empty] = _draw_codes(len(empty), rates, gen)
-    labels = (codes @ rule.T).argmax(1)
-    pixels = codes @ atoms
-    lo, hi = float(pixels.min()), float(pixels.max())
+    n = n_train + n_test
+    codes = torch.empty(n, n_atoms)
+    pixels = torch.empty(n, IMAGE_SIDE**2)
+    lo, hi = math.inf, -math.inf
+    for start in range(0, n, _CHUNK):  # in chunks: float64 only a chunk at a time
+        chunk = _draw_codes(min(_CHUNK, n - start), rates, gen)
+        while True:  # images on which no label atom fires have no label: draw them again
+            empty = torch.nonzero((chunk @ rule.T).max(1).values == 0)[:, 0]
+            if len(empty) == 0:
+                break
+            chunk[empty] = _draw_codes(len(empty), rates, gen)
+        part = chunk @ atoms
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+        codes[start:start + len(chunk)], pixels[start:start + len(chunk)] = chunk, part
+    labels = (codes.double() @ rule.T).argmax(1)
     scale, offset = 1.0 / (hi - lo), -lo / (hi - lo)
-    x = (pixels * scale + offset).clamp(0.0, 1.0).float()  # the clamp only absorbs rounding
+    x = (pixels * scale + offset).clamp(0.0, 1.0)  # the clamp only absorbs rounding
     p_none = float(torch.prod(1 - rates[label_atoms.reshape(-1)]))
     max_cos, median_cos = _coherence_of(atoms)
     data = FashionMNIST(x[:n_train], labels[:n_train], x[n_train:], labels[n_train:],
                         classes=tuple(f"rule {c}" for c in range(n_classes)), source=f"planted:{coherence}:seed{seed}")
-    return PlantedDictionary(data=data, atoms=atoms.float(), codes_train=codes[:n_train].float(),
-                             codes_test=codes[n_train:].float(), firing_rates=rates, rule=rule,
+    return PlantedDictionary(data=data, atoms=atoms.float(), codes_train=codes[:n_train],
+                             codes_test=codes[n_train:], firing_rates=rates, rule=rule,
                              label_atoms=label_atoms, scale=scale, offset=offset, coherence=coherence, seed=seed,
                              mean_l0=float(mean_l0), max_abs_cosine=max_cos, median_max_abs_cosine=median_cos,
                              label_rate_factor=1.0 / (1.0 - p_none))
