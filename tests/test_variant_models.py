@@ -164,3 +164,17 @@ def test_a_knob_moves_by_a_bounded_factor_per_try():
     assert vm._next_value("topk", [{"value": 50, "val_l0": 1000.0}], 50, 1.0, 1024) == 25
     assert vm._next_value("jumprelu", [{"value": 50.0, "val_l0": 2.0}], 50, 1.0, 1024) == pytest.approx(100.0)
     assert vm._next_value("relu_l1", [{"value": 1e-2, "val_l0": 1000.0}], 50, -1.0, 1024) == pytest.approx(8e-2)
+
+
+def test_kind_config_sets_the_kind_its_knob_and_resets_the_others():
+    base = kh.Config(k=4, d_hidden=64, ae_epochs=3)
+    jump = vm._kind_config(base, "jumprelu", 8)
+    assert jump.sae_kind == "jumprelu" and jump.target_l0 == 8.0 and jump.k == kh.Config().k and jump.ae_epochs == 3
+    l1 = vm._kind_config(base, "relu_l1", 0.02)
+    assert l1.l1_coef == 0.02 and l1.aux_k == kh.Config().aux_k
+    mat = vm._kind_config(base, "matryoshka", 5.4)
+    assert mat.k == 5 and max(mat.matryoshka_prefixes) < 64  # the default prefixes scaled to 64 units
+    assert vm._kind_config(kh.Config(), "matryoshka", 50).matryoshka_prefixes == kh.Config().matryoshka_prefixes
+    assert vm._knob_value(jump) == 8.0 and vm._knob_value(mat) == 5
+    with pytest.raises(ValueError, match="kind must be one of"):
+        vm._kind_config(base, "sparse", 4)
