@@ -110,7 +110,7 @@ def exactness(driver, pipeline, cfg, data, ids: list[int]) -> dict:
         out[name] = {q: max(e) for q, e in errors.items()}
         out[name]["images_over_1e-4"] = {q: int(sum(v > 1e-4 for v in e)) for q, e in errors.items()}
         out[name]["topk_sets_differing"] = sum(
-            r["topk"] != torch.nonzero(ref["z"][i] > 0).flatten().tolist() for i, r in enumerate(results))
+            r["active"] != torch.nonzero(ref["z"][i] > 0).flatten().tolist() for i, r in enumerate(results))
     return out
 
 

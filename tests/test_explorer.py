@@ -1,7 +1,9 @@
 """The image explorer: the writer's checks and embedded data, then the page in a real headless Chromium
-(Selenium with the system chromedriver) against the Python functions: logits, top-k set, reconstruction, unit
+(Selenium with the system chromedriver) against the Python functions: logits, active set, reconstruction, unit
 contributions, decoder-weighted, integrated-gradient and gradient maps, steering, k at inference, the links to
-the unit browser. The comparison must fail on a page with the pre-encoder bias or a ReLU dropped.
+the unit browser; and for every other autoencoder kind, a small trained pipeline's page, whose JavaScript computes
+that kind's activation. The comparison must fail on a page with the pre-encoder bias, a ReLU or a threshold
+dropped.
 
 Relative error of a quantity on one image: max |page - Python| / max |Python| over its entries."""
 
@@ -42,11 +44,11 @@ def _rel(page, reference) -> float:
 
 
 def _errors(results: list[dict], reference: dict) -> dict[str, np.ndarray]:
-    """Per quantity, the relative error of each image; ``topk``: 1 where the active set differs."""
+    """Per quantity, the relative error of each image; ``active``: 1 where the active set differs."""
     out = {q: np.array([_rel(r[q], reference[q][i].detach().numpy()) for i, r in enumerate(results)])
            for q in QUANTITIES}
-    out["topk"] = np.array([r["topk"] != torch.nonzero(reference["z"][i] > 0).flatten().tolist()
-                            for i, r in enumerate(results)], dtype=float)
+    out["active"] = np.array([r["active"] != torch.nonzero(reference["z"][i] > 0).flatten().tolist()
+                              for i, r in enumerate(results)], dtype=float)
     return out
 
 
@@ -203,7 +205,7 @@ def test_page_equals_the_python_functions(page, browser):
         unsure = own[q] > TOLERANCE  # Python's float32 value disagrees with the exact one by more than the bound
         assert unsure.sum() <= 2, (q, own[q][unsure])
         assert err32[q][~unsure].max() <= TOLERANCE, (q, err32[q].max())
-    assert err32["topk"].sum() == 0 and err64["topk"].sum() == 0
+    assert err32["active"].sum() == 0 and err64["active"].sum() == 0
 
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
@@ -274,8 +276,8 @@ def test_k_at_inference_is_a_control_on_the_same_model(page, browser):
     results = browser.execute_script("return arguments[0].map((i, n) => window.ksae.run(i, {k: 8, target: "
                                      "arguments[1][n]}))", ids[:5], y.tolist())
     errors = _errors(results, kh.explorer_reference(other, cfg, x, y))
-    assert max(errors[q].max() for q in QUANTITIES) <= TOLERANCE and errors["topk"].sum() == 0
-    assert all(len(r["topk"]) <= 8 for r in results)
+    assert max(errors[q].max() for q in QUANTITIES) <= TOLERANCE and errors["active"].sum() == 0
+    assert all(len(r["active"]) <= 8 for r in results)
     k = browser.find_element("id", "k")
     k.clear()
     k.send_keys("8\n")
@@ -396,3 +398,73 @@ def test_page_controls_show_what_python_computes(page, browser):
     assert data.classes[int(data.y_test[image])] == "Bag"
     assert not browser.execute_script("return window.ksae.state.drawn")
     assert browser.execute_script("return window.__errors") == []
+
+
+# --- every autoencoder kind: the page computes that kind's own activation -----------------------------------------
+
+KIND_IMAGES = 12  # test images compared per kind
+THRESHOLD_MUTATION = ("if (pre[j] > c) {", "if (pre[j] > c - 0.5) {")  # a page that lets units below the cutoff in
+
+
+@pytest.fixture(scope="module")
+def kind_pages(data, tmp_path_factory):
+    """Per kind other than top-k, a small trained pipeline (128 units, ~16 active) and its page, built when first
+    asked for."""
+    pages = {}
+
+    def build(kind: str):
+        if kind not in pages:
+            knobs = {"target_l0": 16.0} if kind == "jumprelu" else {"l1_coef": 0.02} if kind == "relu_l1" else \
+                {"k": 16, "matryoshka_prefixes": (16, 64)} if kind == "matryoshka" else {"k": 16}
+            cfg = kh.Config(sae_kind=kind, d_hidden=128, clf_hidden=(64, 32), train_subset=2000, ae_epochs=3,
+                            clf_epochs=5, ig_steps=16, **knobs)
+            sae, clf, _ = kh.train_models(cfg, data, torch.device("cpu"))
+            pipeline = kh.SparseCodePipeline(sae, clf).eval()
+            path = kh.write_explorer(pipeline, data, tmp_path_factory.mktemp(kind) / kh.EXPLORER_PAGE, cfg)
+            ids = np.linspace(0, len(data.x_test) - 1, KIND_IMAGES).round().astype(int).tolist()
+            pages[kind] = (path, pipeline, data, cfg, None, ids)
+        return pages[kind]
+    return build
+
+
+def _kind_errors(driver, page) -> tuple[dict, list[dict]]:
+    """The page against the Python functions in float64 (the same float32 weights, evaluated exactly) on the
+    test images ``ids`` and a drawing."""
+    _, pipeline, data, cfg, _, ids = page
+    drawn = _drawn_image()
+    x = torch.cat([data.x_test[ids], torch.from_numpy(np.clip(drawn, 0, 1)).float()[None]])
+    targets = torch.cat([data.y_test[ids], torch.tensor([3])])
+    results = _page_results(driver, ids, targets.tolist(), drawn)
+    reference = kh.explorer_reference(copy.deepcopy(pipeline).double(), cfg, x.double(), targets)
+    return _errors(results, reference), results
+
+
+@pytest.mark.parametrize("kind", [kind for kind in kh.SAE_KINDS if kind != "topk"])
+def test_every_kind_page_computes_its_own_activation(kind, kind_pages, browser):
+    """The page of a BatchTopK, JumpReLU, ReLU + L1 or Matryoshka pipeline equals the Python functions (its
+    activation: the units above the trained thresholds, their number varying per image); it has no k control,
+    says so, and refuses a k; a page that lets units below their threshold in fails the same comparison."""
+    page = kind_pages(kind)
+    path, pipeline, _, _, _, _ = page
+    manifest, _ = kh.read_explorer_data(path)
+    assert manifest["activation"]["kind"] == kind and manifest["activation"]["rule"] == "threshold"
+    _open(browser, path)
+    errors, results = _kind_errors(browser, page)
+    for q in QUANTITIES:
+        assert errors[q].max() <= TOLERANCE, (kind, q, errors[q].max())
+    assert errors["active"].sum() == 0
+    counts = [len(r["active"]) for r in results]
+    assert len(set(counts)) > 1 and max(counts) > 0  # the number of active units varies per image
+    assert not browser.find_element("id", "k-control").is_displayed()
+    assert "No k to change" in browser.find_element("id", "k-note").text
+    assert kind in browser.find_element("id", "activation-note").text
+    error = browser.execute_script("try { window.ksae.run(0, {k: 5}); return null } catch (e) { return e.message }")
+    assert error.startswith(f"a {kind} autoencoder has no k at inference")
+    original, broken = THRESHOLD_MUTATION
+    text = path.read_text()
+    assert text.count(original) == 1
+    mutated = path.with_name("mutated.html")
+    mutated.write_text(text.replace(original, broken))
+    _open(browser, mutated)
+    errors, _ = _kind_errors(browser, page)
+    assert max(errors[q].max() for q in QUANTITIES) > 100 * TOLERANCE
