@@ -45,7 +45,8 @@ _KIND_LABELS = {"topk": "top-k", "batchtopk": "BatchTopK", "jumprelu": "JumpReLU
                 "matryoshka": "Matryoshka"}  # the autoencoder kinds' names in text and figures
 
 
-_L0_TOLERANCE = 0.05  # a knob is accepted when the validation L0 is within this relative distance of the target
+_L0_TOLERANCE = 0.07  # a knob is accepted when the validation L0 is within this relative distance of the target:
+# the bar is 10 % on the test set, and validation and test L0 differ by well under 1 % (same distribution)
 
 
 _MAX_TRIES = 3  # full-length models trained per (kind, target) at most while searching its knob

@@ -52,7 +52,7 @@ def _knob_text(entry: dict) -> str:
     text = f"{entry['knob']} = {fmt(entry['value'])} (val. L0 {entry['val_l0']:.1f})"
     if len(tries) > 1:
         text += "; tried " + ", ".join(f"{fmt(t['value'])} → {t['val_l0']:.1f}" for t in tries)
-    return text + ("" if entry.get("within_tolerance", True) else " **outside ±5 %**")
+    return text + ("" if entry.get("within_tolerance", True) else " **outside the tolerance**")
 
 
 def _calibration_lines(d: dict) -> list[str]:
@@ -230,7 +230,7 @@ def variants_markdown(variants: dict) -> str:
     lines = ["**How each knob was chosen** (on the validation split; the test set is scored once per model). "
              "A count knob (k) starts at the target; a target-L0 knob at the target; a penalty (the L1 weight) at "
              "the log-log interpolation of short pilot runs. Each try is a full-length model; a try whose validation "
-             "L0 is more than 5 % from the target is followed by a secant step in log L0 against log knob (at most "
+             "L0 is more than 7 % from the target is followed by a secant step in log L0 against log knob (at most "
              "three tries; the closest is kept):", "", *_calibration_lines(d), "",
              f"**The frontier** (test set; FVU with a bootstrap 95 % CI over images; dead: fires on no test image; "
              "dense: on more than 10 % of them; the pixel classifier, "
