@@ -210,8 +210,9 @@ def plot_variants_recovery(variants: dict, save: str | None = None) -> Figure:
     for i, c in enumerate(coherences):
         axes[0, 0].plot([i - _GROUP_WIDTH / 2, i + _GROUP_WIDTH / 2], [planted[c]["baseline_mcc"]] * 2, color="0.1",
                         label="random training images" if i == 0 else None)
-    axes[0, 0].set(ylabel="mean matched |cosine| (MCC)", title="Matched cosine", ylim=(0, 1))
-    axes[0, 0].legend(fontsize="x-small", loc="lower left")
+    axes[0, 0].set(ylabel="mean matched |cosine| (MCC)", title="Matched cosine", ylim=(0, 1.12))
+    baseline = [h for h, label in zip(*axes[0, 0].get_legend_handles_labels()) if label == "random training images"]
+    axes[0, 0].legend(baseline, ["random training images (the baseline)"], fontsize="x-small", loc="upper right")
     _kind_bars(axes[0, 1], coherences, kinds, lambda c, k: rec(c, k) and (rec(c, k)["recovered_share"], None), colors)
     axes[0, 1].set(ylabel="share of planted atoms", title="Recovered (|cosine| ≥ 0.9)", ylim=(0, 1))
     _kind_bars(axes[0, 2], coherences, kinds, lambda c, k: rec(c, k) and (rec(c, k)["f1_mean"], None), colors)
