@@ -17,7 +17,7 @@ ksae.cuda_graphs            A training step replayed as one captured CUDA graph 
 ksae.training               Adam, learning-rate schedules, classifier views, AuxK, and the two training loops.
 ksae.checkpoints            Atomic checkpoint save, safe load, ``load_or_train``.
 ksae.attribution            Integrated gradients, simple gradients, SmoothGrad, decoder-weighted, input x gradient;
-                            ``attribute_all``. Names follow Captum's ``attribute()``.
+                            ``attribute_all`` (both families: ksae.perturbation; shared door: ksae.attribution_base).
 ksae.stats                  Row-wise rank correlations, bootstrap confidence intervals, Wilcoxon tests, partner
                             images (nulls).
 ksae.selection              Which test images are explained: confident, correct, balanced per class (``Selection``).
@@ -39,6 +39,8 @@ ksae.control_study          What sparsity buys: every control scored, explained,
 ksae.variant_study          Which SAE? every kind on one frontier, recurrence, planted atoms (``run_variants``); its
                             ksae.variant_models, ksae.variants_report, ksae.plots.variants; ksae.planted: known atoms.
 ksae.checks.across_models   Checks comparing models on the same images; ksae.checks.sparseness: Gini, object share.
+ksae.shortcut_study         A planted shortcut (``run_shortcut``): its data ksae.shortcuts, localisation scores
+                            ksae.checks.localisation, text ksae.shortcut_report, figures ksae.plots.shortcut.
 ksae.plots.style            Colours, sizes, fixed layouts and the seaborn style every figure is built in.
 ksae.plots.figure           Finishing figures: palette PNGs, saving, and drawing figures side by side in forked
                             workers.
@@ -50,7 +52,7 @@ ksae.plots.checks           Figures of the faithfulness checks, randomization, u
 ksae.plots.units            Figures of the unit atlas: firing density, dashboards, contribution against ablation.
 ksae.plots.controls         Figures of the controls: models and their explanations; unit claims against controls.
 ksae.report                 ``results/summary.json``, tables and generated markdown, run names and output folders,
-                            notebook compaction.
+                            notebook compaction; ksae.perturbation_report: the perturbation family's generated text.
 ksae.unit_browser           The self-contained HTML unit browser (template in ``templates/unit_browser.html``).
 ksae.explorer               The image explorer: the trained model live in one self-contained page (its template
                             ``templates/explorer.html``), a sibling of the unit browser, linked both ways.
@@ -90,17 +92,20 @@ from ksae.training import (
 from ksae.checkpoints import (
     CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_or_train, RESCUE_PREFIX, save_checkpoint,
 )
+from ksae.attribution_base import DEFAULT_INTERNAL_BATCH, OUTPUTS
+from ksae.perturbation import feature_ablation, kernel_shap, lime, occlusion, shapley_value_sampling, superpixel_grid
 from ksae.attribution import (
-    attribute_all, decoder_weighted, DEFAULT_INTERNAL_BATCH, ig_quadrature, input_x_gradient, input_x_smoothgrad,
-    integrated_gradients, METHOD_LABELS, OUTPUTS, rescale_contributions, RESCALE_EPS, simple_gradients, smoothgrad,
-    UNIT_RULES,
+    attribute_all, decoder_weighted, ig_quadrature, input_x_gradient, input_x_smoothgrad, integrated_gradients,
+    METHOD_FAMILIES, METHOD_LABELS, rescale_contributions, RESCALE_EPS, simple_gradients, smoothgrad, UNIT_RULES,
 )
 from ksae.stats import (
     BOOTSTRAP_CACHE, bootstrap_ci, bootstrap_estimates, partner_images, percentile_interval, rowwise_spearman,
     summarize, top_fraction_iou,
 )
 from ksae.selection import select_high_confidence, Selection
-from ksae.checks.agreement import AGREEMENT_KINDS, correlation_matrix, cross_method_statistics, PIXEL_SETS
+from ksae.checks.agreement import (
+    AGREEMENT_KINDS, correlation_matrix, cross_method_statistics, family_agreement, PIXEL_SETS,
+)
 from ksae.checks.completeness import (
     completeness_decomposition, COMPLETENESS_POINTS, COMPLETENESS_TOLERANCE, count_path_switches, GAP_FLOOR,
     ig_completeness, MIN_COMPLETENESS_POINTS, MIN_SUBGRID_STEPS,
@@ -139,6 +144,9 @@ from ksae.controls import (
 from ksae.checks.sparseness import gini_index, object_share
 from ksae.checks.across_models import cascading_randomization, faithfulness_gaps, unit_deletion_gaps
 from ksae.control_study import common_images, run_controls, unit_claims, unit_measures
+from ksae.shortcuts import Marker, plant_shortcut, SHORTCUT_VARIANTS, ShortcutData
+from ksae.checks.localisation import chance_level, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
+from ksae.shortcut_study import run_shortcut
 from ksae.variant_study import run_variants
 from ksae.plots.style import (
     AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET, COMPARISON_MARGINS,
@@ -150,7 +158,7 @@ from ksae.plots.style import (
     OBJECT_CONTOUR_COLOR, OBJECT_FOCUS_LAYOUT, OVERLAY_ALPHA, PAIR_CORRELATIONS, PANEL_INCHES, PNG_COLORS,
     PNG_COMPRESS_LEVEL, PNG_EXACT_COLORS, PNG_QUANTIZER, PNG_TOLERANCE, QUADRATURE_LABELS, RANDOMIZATION_LAYOUT,
     RANDOMIZATION_ROW_INCHES, RC_FAST, SHORT_LABELS, SIDE_COLORBAR_INCHES, SMALL_PANEL_INCHES, STYLE, SUPTITLE_PAD,
-    TRAINING_LAYOUT, UNIT_DELETION_LAYOUT, USAGE_BINS,
+    TRAINING_LAYOUT, UNIT_DELETION_LAYOUT, USAGE_BINS, FAMILY_GROUP_COLORS, FAMILY_LAYOUT,
 )
 from ksae.plots.figure import figure_workers, palette_png, png_bytes, render_figures
 from ksae.plots.training import (
@@ -159,7 +167,7 @@ from ksae.plots.training import (
 )
 from ksae.plots.maps import (
     image_attribution_stats, plot_attribution_comparison, plot_class_average_maps, plot_comparison_grid,
-    plot_correlation_summary, render_comparison_grid,
+    plot_correlation_summary, plot_family_agreement, plot_perturbation_maps, render_comparison_grid,
 )
 from ksae.plots.checks import (
     ABS_HATCH, FAITH_CURVE_TITLES, plot_completeness, plot_faithfulness, plot_k_sweep, plot_object_focus,
@@ -171,8 +179,11 @@ from ksae.plots.units import (
 )
 from ksae.plots.controls import plot_controls_models, plot_controls_units
 from ksae.controls_report import controls_markdown
+from ksae.perturbation_report import perturbation_markdown
+from ksae.plots.shortcut import plot_shortcut_localisation, plot_shortcut_maps, plot_shortcut_removal
+from ksae.shortcut_report import shortcut_markdown
 from ksae.plots.variants import plot_variants_frontier, plot_variants_recovery, plot_variants_stability
-from ksae.variants_report import readme_bullet, variants_markdown
+from ksae.variants_report import variants_markdown
 from ksae.report import (
     build_summary, compact_notebook, DEFAULT_FIGURE_DIR, DEFAULT_SUMMARY_PATH, figure_path_fn, figure_timings,
     headline_table, output_paths, protected_folders, randomization_table, read_summary, RUN_DEFAULTS, run_name,
@@ -189,21 +200,21 @@ from ksae.explorer import (
 from ksae._util import atomic_write_bytes, IMAGE_SIDE, PIXEL_TOLERANCE, remove_stale_temporaries, STALE_TMP_SECONDS
 
 __all__ = [
-    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "SAE_KINDS", "SAE_KNOBS", "SAE_CLASSES",
+    "Config", "DECAY_SCHEDULES", "IG_METHODS", "LR_SCHEDULES", "SAE_KINDS", "SAE_KNOBS", "SAE_CLASSES", "FAMILY_LAYOUT",
     "SparseAutoencoder", "autoencoder_from_config", "BatchTopKAutoencoder", "JumpReLUAutoencoder", "ReLUL1Autoencoder",
-    "MatryoshkaAutoencoder", "TrainingContext", "TrainingTerms", "check_parameter", "check_parameters", "MAX_K",
-    "NOTEBOOK_PARAMETERS", "Parameter", "PIXEL_TOLERANCE", "remove_stale_temporaries", "STALE_TMP_SECONDS",
+    "MatryoshkaAutoencoder", "TrainingContext", "TrainingTerms", "check_parameter", "check_parameters", "MAX_K", "lime",
+    "NOTEBOOK_PARAMETERS", "Parameter", "PIXEL_TOLERANCE", "remove_stale_temporaries", "STALE_TMP_SECONDS", "occlusion",
     "RESCUE_PREFIX", "protected_folders", "device_name", "pick_device", "print_table", "seed_everything", "show",
-    "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES", "DatasetNotFoundError",
+    "show_markdown", "Stopwatch", "synchronize", "as_flat_images", "CLASS_NAMES", "DatasetNotFoundError", "kernel_shap",
     "FASHION_MNIST_SHA256", "FashionMNIST", "load_fashion_mnist", "SYSTEM_DATA_DIR", "train_subset", "train_val_split",
-    "VAL_SPLIT_SEED", "validation_indices", "densify", "KSparseAutoencoder", "SparseCodeClassifier",
+    "VAL_SPLIT_SEED", "validation_indices", "densify", "KSparseAutoencoder", "SparseCodeClassifier", "feature_ablation",
     "SparseCodePipeline", "dataset_fvu", "encode_dataset", "evaluate_autoencoder", "evaluate_classifier",
     "evaluate_models", "firing_counts", "firing_frequency", "fvu", "predict", "CudaGraphBackend", "graph_backend",
     "GRAPH_WARMUP_STEPS", "GraphedStep", "autoencoder_step", "auxk_loss", "classifier_step", "classifier_views",
     "CODE_MEMORY_BUDGET", "encode_views", "hflip", "lr_factor", "make_adam", "make_scheduler", "n_classifier_views",
-    "set_lr_", "SHIFT_DIRECTIONS", "shift_images", "train_autoencoder", "train_autoencoder_on_split",
+    "set_lr_", "SHIFT_DIRECTIONS", "shift_images", "train_autoencoder", "train_autoencoder_on_split", "superpixel_grid",
     "train_classifier", "train_models", "view_of", "ViewCodes", "CHECKPOINT_FORMAT", "CheckpointError",
-    "load_checkpoint", "load_or_train", "save_checkpoint", "attribute_all", "decoder_weighted",
+    "load_checkpoint", "load_or_train", "save_checkpoint", "attribute_all", "decoder_weighted", "plot_family_agreement",
     "DEFAULT_INTERNAL_BATCH", "ig_quadrature", "input_x_gradient", "input_x_smoothgrad", "integrated_gradients",
     "METHOD_LABELS", "OUTPUTS", "rescale_contributions", "RESCALE_EPS", "simple_gradients", "smoothgrad", "UNIT_RULES",
     "BOOTSTRAP_CACHE", "bootstrap_ci", "bootstrap_estimates", "percentile_interval", "partner_images",
@@ -217,13 +228,13 @@ __all__ = [
     "faithfulness_suite", "object_focus", "perturbation_curves", "removal_curves", "removal_order", "DECODER_STAGE",
     "randomization_check", "RANDOMIZATION_SEED_OFFSET", "randomization_stages", "RANDOMIZATION_VARIANTS",
     "READS_DECODER", "unit_deletion_curves", "UNIT_ORDERS", "UNIT_SCORES", "Z_95", "VERDICT_FAMILIES", "VERDICT_NAMES",
-    "verdict_statements", "verdict_table", "VERDICT_TESTS", "run_validation", "timed_checks",
-    "contribution_ablation_agreement", "describe_unit", "top_units_of_classes", "UNIT_ABLATION_ROWS",
+    "verdict_statements", "verdict_table", "VERDICT_TESTS", "run_validation", "timed_checks", "shapley_value_sampling",
+    "contribution_ablation_agreement", "describe_unit", "top_units_of_classes", "UNIT_ABLATION_ROWS", "METHOD_FAMILIES",
     "unit_ablation_sums", "UNIT_BAND_SAMPLES", "UNIT_COFIRING", "UNIT_CONTRIBUTION_ROWS", "unit_contribution_sums",
     "UNIT_HIST_BINS", "UNIT_NEGLIGIBLE_LOGIT", "UNIT_QUANTILE_BANDS", "unit_statistics", "unit_table",
     "UNIT_TABLE_DIGITS", "UNIT_TOP_IMAGES", "UnitStats", "compare_stability", "match_atoms", "run_seed_stability",
     "seed_dictionaries", "seed_stability", "stability_for_config", "STABILITY_BOOTSTRAP", "STABLE_COSINE",
-    "stability_by_group", "unit_groups", "untrained_atoms", "run_k_sweep", "fit_pca", "LinearCode",
+    "stability_by_group", "unit_groups", "untrained_atoms", "run_k_sweep", "fit_pca", "LinearCode", "family_agreement",
     "LinearCodePipeline", "REPRESENTATIONS", "train_representation", "untrained_autoencoder", "gini_index",
     "object_share", "cascading_randomization", "faithfulness_gaps", "unit_deletion_gaps", "common_images",
     "run_controls", "unit_claims", "unit_measures", "plot_controls_models", "plot_controls_units", "controls_markdown",
@@ -252,7 +263,11 @@ __all__ = [
     "UNIT_BROWSER_TEMPLATE", "write_unit_browser", "EXPLORER_PAGE", "UNIT_BROWSER_PAGE", "UNIT_TOP_CONTRIBUTIONS",
     "unit_top_contributions", "EXPLORER_DTYPES", "EXPLORER_GZIP_LEVEL", "EXPLORER_MAX_BYTES", "EXPLORER_MAX_SCALE",
     "EXPLORER_TEMPLATE", "explorer_data", "explorer_reference", "read_explorer_data", "write_explorer",
+    "atomic_write_bytes", "IMAGE_SIDE", "plot_perturbation_maps", "perturbation_markdown", "FAMILY_GROUP_COLORS",
+    "Marker", "plant_shortcut", "SHORTCUT_VARIANTS", "ShortcutData", "chance_level", "pointing_game",
+    "relevance_mass_accuracy", "relevance_rank_accuracy", "run_shortcut", "plot_shortcut_localisation",
+    "plot_shortcut_maps", "plot_shortcut_removal", "shortcut_markdown",
     "atomic_write_bytes", "IMAGE_SIDE", "planted_dictionary", "PLANTED_COHERENCES", "PlantedDictionary",
-    "random_image_atoms", "recovery_scores", "recurrence", "run_variants", "plot_variants_frontier", "readme_bullet",
+    "random_image_atoms", "recovery_scores", "recurrence", "run_variants", "plot_variants_frontier",
     "plot_variants_recovery", "plot_variants_stability", "variants_markdown",
 ]

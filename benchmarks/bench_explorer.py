@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ksae_helpers as kh  # noqa: E402
 
 TARGETS = {"page_mib": 20.0, "ready_ms": 3000.0, "update_ms": 30.0, "ig_ms": 300.0}  # the issue's bounds
-QUANTITIES = ("logits", "recon", "contributions", "decoderMap", "ig", "gradient")
+QUANTITIES = ("logits", "recon", "contributions", "decoderMap", "ig", "gradient", "occlusion")
 SCREENSHOT_SIZE = (1500, 1050)  # browser window for the README screenshot, pixels
 SCREENSHOT_CONFIDENCE = (0.5, 0.8)  # the screenshot shows the first test image predicted with a probability in
 # this range (so steering a unit visibly moves it), with its largest contributor turned down
@@ -73,7 +73,7 @@ def _open(driver, page: Path, hash_: str = "") -> float:
 
 TIMING_SCRIPT = """
 const [ids, repeats] = arguments, k = window.ksae, e = k.engine;
-const out = {update: [], ig: [], gradient: [], ui: [], ui_rebuild: []};
+const out = {update: [], ig: [], gradient: [], occlusion: [], ui: [], ui_rebuild: []};
 for (let rep = 0; rep < repeats; rep++) for (const id of ids) {
   const x = e.testImage(id);
   let t = performance.now();
@@ -81,6 +81,7 @@ for (let rep = 0; rep < repeats; rep++) for (const id of ids) {
   out.update.push(performance.now() - t);
   t = performance.now(); e.integratedGradients(x, r.target, k.meta.k); out.ig.push(performance.now() - t);
   t = performance.now(); e.pixelGradient(x, r.target, k.meta.k); out.gradient.push(performance.now() - t);
+  t = performance.now(); e.occlusion(x, r.target, k.meta.k); out.occlusion.push(performance.now() - t);
 }
 k.showImage(ids[0]);
 const unit = k.state.last.code.idx[0];
@@ -174,6 +175,7 @@ def main() -> None:
         "targets": {name: {"measured": value, "target": TARGETS[name], "met": value <= TARGETS[name]}
                     for name, value in measured.items()},
         "medians_ms": {"gradient": statistics.median(times["gradient"]),
+                       "occlusion": statistics.median(times["occlusion"]),
                        "slider_move_with_redraw": statistics.median(times["ui"]),
                        "update_with_table_rebuilt": statistics.median(times["ui_rebuild"])},
         "max_relative_error": exact,

@@ -60,7 +60,8 @@ def notebook_inputs(checkpoint: Path, samples_per_class: int = SAMPLES_PER_CLASS
     data = kh.load_fashion_mnist("data", verbose=False)
     pipeline = kh.SparseCodePipeline(sae, clf).eval()
     sel = kh.select_high_confidence(sae, clf, data, device, samples_per_class, cfg.confidence_threshold, cfg.seed)
-    maps = kh.attribute_all(pipeline, sel.x, sel.y, cfg, methods=[m for m in kh.METHOD_LABELS if m != "decoder"])
+    gradient = [m for m in kh.METHOD_FAMILIES["gradient"] if m != "decoder"]  # the notebook's six, decoder below
+    maps = kh.attribute_all(pipeline, sel.x, sel.y, cfg, methods=gradient)
     maps["decoder"], contributions = kh.decoder_weighted(pipeline, sel.x, sel.y, return_contributions=True)
     stats = kh.cross_method_statistics(maps, seed=cfg.seed, x=sel.x, labels=sel.y)
     return {"cfg": cfg, "sae": sae, "clf": clf, "history": history, "metrics": metrics, "data": data,

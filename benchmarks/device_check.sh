@@ -17,6 +17,8 @@
 #   sweep    benchmarks/k_sweep.py: k = 5 ... 200 at default epochs
 #   controls benchmarks/controls.py: every control model trained on the GPU, seeds +1 and +2 for the stability
 #            study too (--train-sae, into the scratch phase's checkpoint folder)
+#   shortcut benchmarks/shortcut.py: the planted-shortcut study, every model trained on the GPU (into the scratch
+#            phase's checkpoint folder: the default pairs of seeds 1 and 2 too), scored; no pages
 #   profile  the cached run once more under cProfile (-X importtime too): $OUT/profile.txt, $OUT/importtime.txt
 #   variants benchmarks/variants.py: every autoencoder kind's frontier, recurrence and planted dictionary, trained
 #            on the GPU into the scratch phase's checkpoint folder (not in the default list: PHASES=variants; a
@@ -59,7 +61,7 @@ mkdir -p "$OUT" data/FashionMNIST/raw
 cp .devdata/*-ubyte.gz data/FashionMNIST/raw/
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 
-PHASES=${PHASES:-startup graphs scratch cached budget sweep controls}
+PHASES=${PHASES:-startup graphs scratch cached budget sweep controls shortcut}
 phase() {  # phase NAME LIMIT_SECONDS COMMAND...: timed, if PHASES names it
   [[ " $PHASES " == *" $1 "* ]] || return 1
   timed "$@"
@@ -111,6 +113,8 @@ phase budget 100 $PY benchmarks/fvu_vs_budget.py --epochs 30 60 75 120 --device 
 phase sweep 100 $PY benchmarks/k_sweep.py --device cuda --out "$OUT/k_sweep.json"
 phase controls 300 $PY benchmarks/controls.py --device cuda --train-sae --ckpt-dir "$DEVICE_CHECK_CHECKPOINTS" \
   --out "$OUT/controls.json"
+phase shortcut 600 $PY benchmarks/shortcut.py --device cuda --ckpt-dir "$DEVICE_CHECK_CHECKPOINTS" \
+  --out "$OUT/shortcut.json"
 if phase profile 150 $PY -X importtime -m cProfile -o "$OUT/profile.out" .devdata/fashion_mnist_interpretability.py; then
   $PY -c "import pstats, sys; pstats.Stats(sys.argv[1], stream=open(sys.argv[2], 'w')).sort_stats('cumulative').print_stats(120)" \
     "$OUT/profile.out" "$OUT/profile.txt"

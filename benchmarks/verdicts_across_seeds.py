@@ -1,13 +1,14 @@
 """Which verdicts about the attribution methods survive a change of training seed?
 
 For every seed: train (or load from ``checkpoints/``) the default models with that seed, select confident
-correct test images (the same rule as the notebook), compute every attribution method, run the whole
-validation suite (``ksae_helpers.run_validation``) and read its verdicts (``verdict_table``). Writes
-``results/verdicts_across_seeds.json``: per seed the value, pass/fail and rank of every method x test, and per
-method x test whether pass/fail and rank are the same in every seed, plus ``verdict_statements`` (what holds
-everywhere, what fails everywhere, where it flips). The notebook's verdict table, README's findings and
-docs/results.md read this file.
-Run from the repository root (on 2 CPU cores: ~5 minutes per seed to train, ~1.5 minutes to validate):
+correct test images (the same rule as the notebook), compute every attribution method (both families, each
+timed), run the whole validation suite (``ksae_helpers.run_validation``) and read its verdicts (``verdict_table``).
+Writes ``results/verdicts_across_seeds.json``: per seed the value, pass/fail and rank of every method x test, the
+orderings by deletion gap per substrate (``rankings``) and the families' agreement (``agreement``,
+``family_agreement``), and per method x test whether pass/fail and rank are the same in every seed, plus
+``verdict_statements`` (what holds everywhere, what fails everywhere, where it flips). The notebook's verdict
+table, README's findings, docs/results.md and its perturbation section (``ksae.perturbation_report``) read this file.
+Run from the repository root (on 2 CPU cores: ~5 minutes per seed to train, ~5 minutes to validate):
 
     .venv/bin/python benchmarks/verdicts_across_seeds.py                  # seeds 0 1 2, default recipe
     .venv/bin/python benchmarks/verdicts_across_seeds.py --seeds 0 1 --train-subset 600 --epochs 1 1 --n-per-class 2
@@ -35,13 +36,21 @@ def verdicts_for_seed(cfg: kh.Config, data: kh.FashionMNIST, device: torch.devic
     sel = kh.select_high_confidence(sae, clf, data, device, args.n_per_class, cfg.confidence_threshold, cfg.seed)
     x, y = sel.x.to(device), sel.y.to(device)
     t0 = time.perf_counter()
-    maps = kh.attribute_all(pipeline, x, y, cfg)
+    maps, attribution_seconds = {}, {}
+    for method in kh.METHOD_LABELS:  # one at a time, timed (each map is the one attribute_all computes with all)
+        t = time.perf_counter()
+        maps.update(kh.attribute_all(pipeline, x, y, cfg, [method]))
+        attribution_seconds[method] = time.perf_counter() - t
     _, contributions = kh.decoder_weighted(pipeline, x, y, return_contributions=True)
     validation = kh.run_validation(pipeline, sel, cfg, maps, contributions, n_subset=args.n_subset,
                                    n_completeness=args.n_completeness, n_randomization=args.n_randomization,
                                    seed=cfg.seed)
+    faith = validation["faithfulness"]["substrates"]
     return {"test_accuracy": metrics["classifier"]["test_accuracy"], "fvu": metrics["autoencoder"]["fvu"],
-            "n_images": len(y), "seconds": time.perf_counter() - t0, "rows": kh.verdict_table(validation)}
+            "n_images": len(y), "seconds": time.perf_counter() - t0, "attribution_seconds": attribution_seconds,
+            "check_seconds": validation["seconds"], "rows": kh.verdict_table(validation),
+            "rankings": {sub: faith[sub]["ranking"] for sub in faith},  # orderings and controls by gap, largest first
+            "agreement": validation.get("family_agreement")}
 
 
 def stability(per_seed: dict) -> list[dict]:

@@ -1,32 +1,40 @@
 """Integrated gradients, simple gradients, SmoothGrad, decoder-weighted, input x gradient;
-``attribute_all``. Names follow Captum's ``attribute()``."""
+``attribute_all`` (with the perturbation family of ``ksae.perturbation``). Names follow Captum's ``attribute()``."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import _check_int, _check_no_inference_mode, _check_pixels
+from ._util import _check_int
+from .attribution_base import (
+    DEFAULT_INTERNAL_BATCH,
+    _baseline,
+    _output_fn,
+    _prepare,
+    _rows_per_pass,
+    _score,
+)
 from .config import IG_METHODS
-from .data import as_flat_images
 from .models import SparseCodePipeline
-from .sae import SparseAutoencoder
+from .perturbation import (
+    feature_ablation,
+    kernel_shap,
+    lime,
+    occlusion,
+    shapley_value_sampling,
+    superpixel_grid,
+)
 
 if TYPE_CHECKING:
     from .config import Config
     from .models import SparseCodeClassifier
-
-
-OUTPUTS = ("logit", "probability")
-
-
-DEFAULT_INTERNAL_BATCH = 4096  # rows per forward/backward pass when internal_batch_size is None
 
 
 METHOD_LABELS = {
@@ -36,7 +44,22 @@ METHOD_LABELS = {
     "decoder": "Decoder-weighted",
     "input_x_gradient": "Input × gradient",
     "input_x_smoothgrad": "Input × SmoothGrad",
+    "occlusion": "Occlusion",  # the perturbation family (ksae.perturbation)
+    "feature_ablation": "Feature ablation",
+    "shapley": "Shapley sampling",  # Shapley value sampling
+    "kernel_shap": "KernelSHAP",
+    "lime": "LIME",
 }
+
+
+METHOD_FAMILIES = {  # gradient: reads gradients (or DeepLIFT's rescale multipliers); perturbation: changes the input
+    "gradient": ("integrated", "simple", "smoothgrad", "decoder", "input_x_gradient", "input_x_smoothgrad"),
+    "perturbation": ("occlusion", "feature_ablation", "shapley", "kernel_shap", "lime"),
+}
+
+
+_SAMPLING_SEED_OFFSETS = {"shapley": 1, "kernel_shap": 2, "lime": 3}  # attribute_all draws each sampling
+# perturbation method from seed + its offset: streams independent of each other and of SmoothGrad's (the seed)
 
 
 def ig_quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,89 +85,6 @@ def ig_quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[torch.Te
         return torch.linspace(0, 1, n, dtype=torch.float64), weights
     start = {"riemann_left": 0.0, "riemann_right": 1.0 / n, "riemann_middle": 0.5 / n}[method]
     return start + torch.arange(n, dtype=torch.float64) / n, weights
-
-
-def _check_classifier(model: nn.Module) -> None:
-    """``ValueError`` unless ``model`` is a module and not the autoencoder (whose output, a reconstruction
-    ``[B, 784]``, would pass for 784 class scores)."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(model, SparseAutoencoder):
-        raise ValueError(f"model must map images to class scores, got the autoencoder ({type(model).__name__}), "
-                         f"whose output is a reconstruction; pass SparseCodePipeline(sae, clf)")
-
-
-def _check_model(model: nn.Module) -> None:
-    _check_classifier(model)
-    if any(m.training for m in model.modules()):
-        raise ValueError("model (or one of its submodules) is in training mode (dropout active, so attributions "
-                         "would be random); call model.eval() first")
-
-
-def _check_target(target, batch: int, n_classes: int, device: torch.device) -> torch.Tensor:
-    """``target`` (int or ``[B]`` integer tensor) -> ``[B]`` int64 tensor on ``device``."""
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        target = torch.full((batch,), int(target), dtype=torch.long)
-    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.dtype == torch.bool:
-        raise ValueError(f"target must be an int or an integer tensor of shape [{batch}], got {target!r}")
-    if target.shape != (batch,):
-        raise ValueError(f"target must have shape [{batch}] (one class per image), got {list(target.shape)}")
-    if target.numel() and (target.min() < 0 or target.max() >= n_classes):
-        raise ValueError(f"target classes must be in [0, {n_classes - 1}], got values "
-                         f"from {int(target.min())} to {int(target.max())}")
-    return target.to(device=device, dtype=torch.long)
-
-
-def _output_fn(model: nn.Module, output: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``fn(x: [N, D], target: [N]) -> [N]``: the target class's logit or probability."""
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-
-    return lambda x, target: _score(model(x), target, output)
-
-
-def _score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
-    """``logits: [N, C]`` -> ``[N]``: the target's logit, or its softmax probability."""
-    scores = logits.softmax(dim=1) if output == "probability" else logits
-    return scores.gather(1, target[:, None])[:, 0]
-
-
-def _prepare(model, inputs, target, output):
-    """Shared validation: returns ``(x: [B, D], shape, target: [B], fn)``."""
-    _check_no_inference_mode("attribution")
-    _check_model(model)
-    x, shape = as_flat_images(inputs)
-    _check_pixels("inputs", x)
-    x = x.clone() if x.is_inference() else x  # made under inference_mode: autograd cannot save it
-    param = next(model.parameters(), None)
-    if param is not None and param.is_floating_point() and param.dtype != x.dtype:
-        raise ValueError(f"inputs have dtype {x.dtype} but the model's parameters are {param.dtype}; "
-                         f"convert one of them (e.g. inputs.to({param.dtype}))")
-    n_classes = _class_count(model, x)
-    return x, shape, _check_target(target, len(x), n_classes, x.device), _output_fn(model, output)
-
-
-def _class_count(model: nn.Module, x: torch.Tensor) -> int:
-    """``C`` for a model that maps images ``x: [B, 784]`` to class scores ``[B, C]`` (C >= 2), tried on one image;
-    ``ValueError`` for a model that fails on them or returns anything else."""
-    try:
-        with torch.no_grad():
-            out = model(x[:1])
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise ValueError(f"model must map images [B, {x.shape[1]}] to class scores [B, C]; it failed on one image: "
-                         f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2:
-        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model must map images [B, {x.shape[1]}] to class scores [B, C] with C >= 2, got output "
-                         f"{got} for one image")
-    return out.shape[1]
-
-
-def _rows_per_pass(internal_batch_size: int | None) -> int:
-    if internal_batch_size is None:
-        return DEFAULT_INTERNAL_BATCH
-    _check_int("internal_batch_size", internal_batch_size, low=1)
-    return internal_batch_size
 
 
 def _grad(fn, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -215,16 +155,6 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target, baselin
     with torch.no_grad():
         delta = attr.sum(1) - (fn(x, target) - fn(base, target))
     return attr.reshape(shape), delta
-
-
-def _baseline(baselines: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A baseline of one image or one per image, flattened and broadcast to ``x: [B, D]``."""
-    if isinstance(baselines, torch.Tensor) and baselines.numel() == x.shape[1]:
-        baselines = baselines.reshape(1, -1)
-    b, _ = as_flat_images(baselines, name="baselines")
-    if len(b) not in (1, len(x)):
-        raise ValueError(f"baselines must hold 1 or {len(x)} images, got {len(b)}")
-    return b.to(x).expand_as(x)
 
 
 def simple_gradients(model: nn.Module, inputs: torch.Tensor, target, abs: bool = False,  # noqa: A002
@@ -391,7 +321,10 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
                   methods: Sequence[str] = tuple(METHOD_LABELS), seed: int | None = None,
                   return_contributions: bool = False):
     """Every requested method's ``[B, 784]`` map for ``inputs`` with the config's settings, in the order of
-    ``methods``: ``{method: map}``. Each map is computed once (the x-input maps reuse their gradient's).
+    ``methods``: ``{method: map}``. Each map is computed once (the x-input maps reuse their gradient's). The
+    perturbation methods use ``superpixel_grid(cfg.patch_size)`` (occlusion: that window, ``cfg.occlusion_stride``)
+    and their ``cfg.*_samples``; a sampling method draws from ``seed`` plus its offset (Shapley + 1, KernelSHAP + 2,
+    LIME + 3: streams independent of each other and of SmoothGrad's).
 
     With ``return_contributions``, also decoder-weighted's unit contributions ``c: [B, H]`` (computed with
     its map, or on their own when ``"decoder"`` is not among ``methods``): ``(maps, contributions)``.
@@ -422,7 +355,18 @@ def attribute_all(pipeline: SparseCodePipeline, inputs: torch.Tensor, target, cf
         "decoder": decoder,
         "input_x_gradient": lambda: _times_input(inputs, get("simple")),  # = input_x_gradient(...)
         "input_x_smoothgrad": lambda: _times_input(inputs, get("smoothgrad")),  # = input_x_smoothgrad(..., seed)
+        "occlusion": lambda: occlusion(pipeline, inputs, target, sliding_window_shapes=(cfg.patch_size,) * 2,
+                                       strides=cfg.occlusion_stride),
+        "feature_ablation": lambda: feature_ablation(pipeline, inputs, target, feature_mask=grid),
+        "shapley": lambda: shapley_value_sampling(pipeline, inputs, target, feature_mask=grid,
+                                                  n_samples=cfg.shapley_samples, seed=seeds["shapley"]),
+        "kernel_shap": lambda: kernel_shap(pipeline, inputs, target, feature_mask=grid,
+                                           n_samples=cfg.kernel_shap_samples, seed=seeds["kernel_shap"]),
+        "lime": lambda: lime(pipeline, inputs, target, feature_mask=grid, n_samples=cfg.lime_samples,
+                             seed=seeds["lime"]),
     }
+    grid = superpixel_grid(cfg.patch_size)
+    seeds = {m: seed + offset for m, offset in _SAMPLING_SEED_OFFSETS.items()}
     out = {m: get(m) for m in methods}
     if not return_contributions:
         return out

@@ -37,8 +37,9 @@ class Config:
     jumprelu_l0_coef: float = 1.0  # jumprelu: lambda, the weight of that target-L0 loss (dictionary_learning's 1)
     jumprelu_bandwidth: float = 0.001  # jumprelu: width of the straight-through rectangle kernel, as a share of the
     # training images' RMS norm sqrt(E||x - b_pre||^2) (the published 0.001 is for inputs scaled to E||x||^2 = 1)
-    l1_coef: float = 5e-3  # relu_l1: lambda of the penalty lambda * sum_j f_j ||d_j|| (decoder norms, unconstrained
+    l1_coef: float = 5.5e-3  # relu_l1: lambda of the penalty lambda * sum_j f_j ||d_j|| (decoder norms, unconstrained
     # decoder; Anthropic's April 2024 recipe) added to the FVU; chosen on the validation split for L0 ~ 50
+    # (benchmarks/variant_training.py: validation L0 45.1 at 0.006, 26.2 at 0.01, 16.3 at 0.016; log-log interpolated)
     sparsity_warmup: float = 0.05  # jumprelu, relu_l1: share of the training steps over which the sparsity term's
     # weight rises linearly from 0 to its full value
     # --- classifier on the codes ---
@@ -67,13 +68,20 @@ class Config:
     smoothgrad_samples: int = 25  # SmoothGrad noisy copies per image
     smoothgrad_noise: float = 0.1  # SmoothGrad noise std (pixels are in [0, 1])
     confidence_threshold: float = 0.8  # explain only correct predictions above this softmax confidence
+    patch_size: int = 4  # perturbation methods: side of the square superpixels (4: a 7 x 7 grid, 49 features) and
+    # of the occlusion window
+    occlusion_stride: int = 1  # occlusion: the window moves this many pixels (1 to patch_size; Captum's default 1)
+    shapley_samples: int = 25  # Shapley value sampling: random feature orders per image (Captum's default)
+    kernel_shap_samples: int = 1200  # KernelSHAP: coalitions (model evaluations) per image, at least features + 1
+    lime_samples: int = 1200  # LIME: random coalitions (model evaluations) per image
     # --- execution ---
     cuda_graphs: bool = True  # on CUDA, replay each training step as one captured CUDA graph (same maths, no
     # per-kernel launch cost; ``GraphedStep``); ignored on other devices
 
     # The fields above "attribution" change the trained weights: a checkpoint is reused only if all of them
     # match (``training_key``). The attribution and execution fields do not:
-    ATTRIBUTION_FIELDS = ("ig_steps", "ig_method", "smoothgrad_samples", "smoothgrad_noise", "confidence_threshold")
+    ATTRIBUTION_FIELDS = ("ig_steps", "ig_method", "smoothgrad_samples", "smoothgrad_noise", "confidence_threshold",
+                          "patch_size", "occlusion_stride", "shapley_samples", "kernel_shap_samples", "lime_samples")
     NON_TRAINING_FIELDS = ATTRIBUTION_FIELDS + ("cuda_graphs",)
 
     def __post_init__(self):
@@ -84,9 +92,13 @@ class Config:
             _check_int("clf_hidden width", width, low=1)
         self.clf_hidden = tuple(int(w) for w in self.clf_hidden)
         for name in ("d_input", "d_hidden", "n_classes", "batch_size", "ae_epochs", "clf_epochs", "ig_steps",
-                     "smoothgrad_samples"):
+                     "smoothgrad_samples", "shapley_samples", "lime_samples"):
             _check_int(name, getattr(self, name), low=1)
-        _check_int("k", self.k, low=1, high=self.d_hidden, high_name="d_hidden")
+        _check_int("patch_size", self.patch_size, low=1, high=IMAGE_SIDE, high_name="the image side")
+        _check_int("occlusion_stride", self.occlusion_stride, low=1, high=self.patch_size, high_name="patch_size")
+        features = (-(-IMAGE_SIDE // self.patch_size)) ** 2  # superpixels of the patch grid
+        _check_int("kernel_shap_samples", self.kernel_shap_samples, low=features + 1)
+        _check_int("k", self.k, low=1, high=self.d_hidden if "k" in self.reads() else None, high_name="d_hidden")
         _check_int("train_subset", self.train_subset, low=0)
         _check_int("n_val", self.n_val, low=0)
         _check_int("seed", self.seed, low=0)
@@ -174,8 +186,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
+        """The Config a ``to_dict`` (a checkpoint's, a result's) describes. Unknown fields are ignored, and so are
+        the knobs of kinds other than its ``sae_kind`` (they are back at today's defaults): a stored knob that no
+        longer equals its default, because the default changed since, describes nothing the model depends on."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kind = d.get("sae_kind", "topk")
+        return cls(**{k: v for k, v in d.items() if k in known and (k not in SAE_KNOBS or kind in SAE_KNOBS[k])})
 
     def training_key(self) -> dict:
         """The fields that determine the trained weights."""

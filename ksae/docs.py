@@ -25,13 +25,16 @@ from .checks.agreement import PIXEL_SETS
 from .checks.randomization import RANDOMIZATION_VARIANTS
 from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _verdict_label, verdict_statements
 from .controls_report import _claim_note, _controls_findings, _controls_section
+from .perturbation_report import _perturbation_section
 from .report import headline_table, randomization_table, unit_table_summary, verdict_markdown
+from .shortcut_report import _shortcut_section
 from .stats import _ci_text
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (default --root)
 RESULTS_DIR = "results"  # inputs, relative to the root
 INPUTS = {"summary": "summary.json", "k_sweep": "k_sweep.json", "recipes": "recipe_checks.json",
-          "seeds": "verdicts_across_seeds.json", "fvu_data": "fvu_55k_vs_60k.json", "controls": "controls.json"}
+          "seeds": "verdicts_across_seeds.json", "fvu_data": "fvu_55k_vs_60k.json", "controls": "controls.json",
+          "shortcut": "shortcut.json"}
 DEVICE_RUNS = "device_runs"  # every file in results/device_runs/ goes to docs/performance.md
 BENCHMARK_RUNS = "benchmarks"  # so does every benchmark's --json output in results/benchmarks/
 RESULTS_DOC, PERFORMANCE_DOC, README = "docs/results.md", "docs/performance.md", "README.md"
@@ -403,8 +406,9 @@ def _units(data: dict) -> list[str]:
             *_table(["key", "sub-keys or type"], [[f"`{k}`", subkeys(v)] for k, v in data["summary"].items()])]
 
 
-RESULT_SECTIONS = (_default_run, _seeds, _verdicts, _faithfulness, _agreement, _completeness, _randomization,
-                   _unit_causality, _recipes, _k_sweep, _training_data, _units, _controls_section)
+RESULT_SECTIONS = (_default_run, _seeds, _verdicts, _perturbation_section, _faithfulness, _agreement, _completeness,
+                   _randomization, _unit_causality, _recipes, _k_sweep, _training_data, _units, _controls_section,
+                   _shortcut_section)
 
 
 def results_markdown(data: dict) -> str:

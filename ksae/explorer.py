@@ -22,6 +22,7 @@ from .attribution import RESCALE_EPS, decoder_weighted, ig_quadrature, integrate
 from .config import Config
 from .data import FashionMNIST
 from .models import SparseCodePipeline
+from .perturbation import occlusion
 from .plots.style import DIVERGING_CMAP, MAP_CLIP_PERCENTILE
 from .units import UNIT_BROWSER_PAGE, UnitStats, unit_top_contributions
 
@@ -88,7 +89,8 @@ def _check_arguments(pipeline, data, path, cfg, unit_stats, unit_browser, dtype)
     if Path(path).is_dir():
         raise ValueError(f"path must name a file, got the folder {path}")
     if not isinstance(cfg, Config):
-        raise ValueError(f"cfg must be a Config (its ig_steps and ig_method), got {type(cfg).__name__}")
+        raise ValueError(f"cfg must be a Config (its ig_steps, ig_method, patch_size and occlusion_stride), got "
+                         f"{type(cfg).__name__}")
     sae = pipeline.sae
     if (cfg.sae_kind != sae.kind or (sae.k is not None and cfg.k != sae.k)) or cfg.d_hidden != sae.d_hidden:
         raise ValueError(f"cfg (sae_kind={cfg.sae_kind!r}, k={cfg.k}, d_hidden={cfg.d_hidden}) does not describe the "
@@ -175,6 +177,7 @@ def explorer_data(pipeline: SparseCodePipeline, data: FashionMNIST, cfg: Config,
         "float16_error": _float16_error(pipeline, data.x_test) if dtype == "float16" else None,
         "ig": {"steps": cfg.ig_steps, "method": cfg.ig_method, "alphas": alphas.tolist(),
                "weights": ig_weights.tolist()},
+        "occlusion": {"window": [cfg.patch_size] * 2, "stride": [cfg.occlusion_stride] * 2},  # zero baseline
         "rescale_eps": RESCALE_EPS, "max_scale": EXPLORER_MAX_SCALE, "clip_percentile": MAP_CLIP_PERCENTILE,
         "cmap": np.round(255 * cmap(np.linspace(0, 1, 256))[:, :3]).astype(int).tolist(),
         "positive_color": "#" + "".join(f"{round(255 * c):02x}" for c in cmap(0.85)[:3]),
@@ -196,7 +199,8 @@ def write_explorer(pipeline: SparseCodePipeline, data: FashionMNIST, path: str |
     test images inlined, gzip + base64: no server, no network) and return its path.
 
     ``pipeline``: the trained model; ``data``: its test images go into the page; ``cfg``: the run's Config (its
-    ``ig_steps`` and ``ig_method`` give the page's integrated gradients); ``unit_stats``: ``unit_statistics``'s
+    ``ig_steps`` and ``ig_method`` give the page's integrated gradients, ``patch_size`` and ``occlusion_stride`` its
+    occlusion); ``unit_stats``: ``unit_statistics``'s
     result, for each unit's one-line description (optional); ``top_contributions``: ``unit_top_contributions``'s
     result if already computed (else computed here); ``unit_browser``: the unit browser's address relative to
     the page (a unit opens its atlas entry ``<unit_browser>#unit-<j>``); ``dtype``: ``"float32"`` (exact) or
@@ -234,11 +238,13 @@ def explorer_reference(pipeline: SparseCodePipeline, cfg: Config, x: torch.Tenso
                        target: torch.Tensor) -> dict[str, torch.Tensor]:
     """What the page computes, by the package's own functions, for ``x: [B, 784]`` and ``target: [B]`` class ids
     (in the pipeline's dtype): ``logits [B, C]``, ``recon [B, 784]``, ``z [B, H]``, ``contributions [B, H]`` and
-    ``decoderMap [B, 784]`` (``decoder_weighted``), ``ig [B, 784]`` (``cfg``'s steps and quadrature) and
-    ``gradient [B, 784]``: the reference the browser test and the benchmark compare the page with."""
+    ``decoderMap [B, 784]`` (``decoder_weighted``), ``ig [B, 784]`` (``cfg``'s steps and quadrature),
+    ``gradient [B, 784]`` and ``occlusion [B, 784]`` (``cfg``'s patch and stride, a zero baseline): the reference the
+    browser test and the benchmark compare the page with."""
     with torch.no_grad():
         logits, z, recon = pipeline(x), pipeline.sae.encode(x), pipeline.sae(x)
     dec, contributions = decoder_weighted(pipeline, x, target, return_contributions=True)
     return {"logits": logits, "recon": recon, "contributions": contributions, "decoderMap": dec, "z": z,
             "ig": integrated_gradients(pipeline, x, target, n_steps=cfg.ig_steps, method=cfg.ig_method),
-            "gradient": simple_gradients(pipeline, x, target)}
+            "gradient": simple_gradients(pipeline, x, target),
+            "occlusion": occlusion(pipeline, x, target, (cfg.patch_size,) * 2, cfg.occlusion_stride)}

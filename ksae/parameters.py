@@ -10,14 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._util import _check_path
-from .config import Config
+from .config import SAE_KINDS, Config
 
 
 @dataclass(frozen=True)
 class Parameter:
     """One notebook parameter: ``kind`` is ``"int"``, ``"float"``, ``"bool"``, ``"int_list"`` (a non-empty list
-    of distinct integers), ``"folder"`` or ``"file"`` (paths); ``low``/``high`` bound numbers (and each item of an
-    ``int_list``), open at an end where ``low_open``/``high_open``; a path may be ``""`` where ``allow_empty``."""
+    of distinct integers), ``"choice"`` (one of ``choices``), ``"folder"`` or ``"file"`` (paths); ``low``/``high``
+    bound numbers (and each item of an ``int_list``), open at an end where ``low_open``/``high_open``; a path may
+    be ``""`` where ``allow_empty``."""
 
     kind: str
     default: object
@@ -27,13 +28,21 @@ class Parameter:
     low_open: bool = False
     high_open: bool = False
     allow_empty: bool = False
+    choices: tuple = ()
 
 
 MAX_K = Config.d_hidden  # K (and every k of K_SWEEP) is at most the number of code units
 
 
 NOTEBOOK_PARAMETERS = {  # a parameter that is a Config field takes its default from Config (one copy)
-    "K": Parameter("int", Config.k, "active code units per image (top-k)", low=1, high=MAX_K),
+    "SAE_KIND": Parameter("choice", Config.sae_kind, "which sparse autoencoder (its activation and training "
+                          "recipe)", choices=SAE_KINDS),
+    "K": Parameter("int", Config.k, "active code units per image (topk; batchtopk and matryoshka: on average in "
+                   "training)", low=1, high=MAX_K),
+    "TARGET_L0": Parameter("float", Config.target_l0, "jumprelu: the mean number of active units it trains toward",
+                           low=0.0, high=MAX_K, low_open=True),
+    "L1_COEF": Parameter("float", Config.l1_coef, "relu_l1: weight of the L1 penalty (larger: fewer active units)",
+                         low=0.0, low_open=True),
     "AE_EPOCHS": Parameter("int", Config.ae_epochs, "autoencoder epochs", low=1),
     "CLF_EPOCHS": Parameter("int", Config.clf_epochs, "classifier epochs", low=1),
     "BATCH_SIZE": Parameter("int", Config.batch_size, "images per training step", low=1),
@@ -57,6 +66,8 @@ NOTEBOOK_PARAMETERS = {  # a parameter that is a Config field takes its default 
                          high=MAX_K),
     "RUN_CONTROLS": Parameter("bool", False, "train every control here"),
     "RUN_VARIANTS": Parameter("bool", False, "train every sparse-autoencoder variant of the variants study here"),
+    "RUN_SHORTCUT": Parameter("bool", False, "train every model of the planted-shortcut study here (three variants, "
+                              "three seeds)"),
     "CHECKPOINT_DIR": Parameter("folder", "checkpoints", "folder for the trained models' checkpoints"),
     "FIGURE_DIR": Parameter("folder", "figures", "folder for the figures (\"\" saves none)", allow_empty=True),
     "SUMMARY_PATH": Parameter("file", "results/summary.json", "the run's summary JSON file"),
@@ -95,6 +106,11 @@ def check_parameter(name: str, value) -> None:
         real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
         if not real or not math.isfinite(value) or not _in_range(p, value):
             raise ValueError(f"{name} must be a number {_interval(p)} ({p.help}), {got}")
+    elif p.kind == "choice":
+        if value not in p.choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in p.choices], n=1, cutoff=0.0)
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, p.choices))} ({p.help}), {got}"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
     elif p.kind == "int_list":
         if not isinstance(value, (list, tuple)) or not value:
             raise ValueError(f"{name} must be a non-empty list of integers {_interval(p)} ({p.help}), {got}")

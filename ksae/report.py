@@ -123,7 +123,10 @@ def write_summary(summary: dict, path: str | os.PathLike = "results/summary.json
 def headline_table(summary: dict) -> list[tuple[str, str]]:
     """The headline numbers of a summary as (name, value) rows, for the notebook's closing table."""
     ae, clf = summary["autoencoder"], summary["classifier"]
-    rows = [("k (active units)", f"{ae['k']}"), ("Test FVU", f"{ae['fvu']:.4f}"),
+    kind = (summary.get("config") or {}).get("sae_kind", "topk")  # summaries before the variants: top-k
+    first = ("k (active units)", f"{ae['k']}") if kind == "topk" else (  # other kinds: L0 is measured, below
+        "Autoencoder", kind + (f" (k = {ae['k']} per image on average in training)" if ae.get("k") else ""))
+    rows = [first, ("Test FVU", f"{ae['fvu']:.4f}"),
             ("Test MSE / pixel", f"{ae['test_mse_per_pixel']:.5f}"), ("Mean L0", f"{ae['mean_l0']:.1f}"),
             ("Dead units", f"{ae['dead_units']} / {ae['d_hidden']}"),
             ("Test accuracy", f"{100 * clf['test_accuracy']:.2f} %")]

@@ -139,15 +139,23 @@ def train_autoencoder(sae: SparseAutoencoder, x_train: torch.Tensor, cfg: Config
                       device: torch.device, x_val: torch.Tensor | None = None,
                       backend: CudaGraphBackend | None = None) -> dict[str, list[float]]:
     """Train ``sae`` (any kind) on ``x_train: [N, D]`` with Adam and the kind's loss terms. Returns per-epoch
-    history (``loss``, ``fvu``, ``aux_loss``: the kind's auxiliary term, ``l0``: mean active units per training
-    image, ``dormant_fraction``), with the FVU and mean L0 of the validation images ``x_val: [M, D]`` after every
-    epoch (``val_fvu``, ``val_l0``: the inference activation's) if they are given.
+    history (``loss``, ``fvu``, ``aux_loss``: the kind's auxiliary term, named by ``aux_name``, ``l0``: mean
+    active units per training image, ``dormant_fraction``), with the FVU and mean L0 of the validation images
+    ``x_val: [M, D]`` after every epoch (``val_fvu``, ``val_l0``: the inference activation's) if they are given.
 
     One loop for every kind (``autoencoder_step``; top-k: batch FVU + ``aux_coef`` * AuxK). On CUDA with
     ``cfg.cuda_graphs`` every full batch replays one CUDA graph (``GraphedStep``; ``backend`` overrides
     ``graph_backend``, for tests). After each epoch the kind's ``end_epoch_`` runs (relu_l1 resamples dormant
     units). Deterministic on CPU for a fixed ``cfg.seed``.
     """
+    *_, history = _autoencoder_epochs(sae, x_train, cfg, device, x_val, backend)  # every epoch, in order
+    return history
+
+
+def _autoencoder_epochs(sae: SparseAutoencoder, x_train: torch.Tensor, cfg: Config, device: torch.device,
+                        x_val: torch.Tensor | None = None, backend: CudaGraphBackend | None = None):
+    """``train_autoencoder`` one epoch at a time: yields the (growing) history after each epoch; the model is
+    left in eval mode once exhausted. ``benchmarks/variant_training.py`` times kinds' epochs alternately with it."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     x = x_train.to(device)
@@ -160,7 +168,8 @@ def train_autoencoder(sae: SparseAutoencoder, x_train: torch.Tensor, cfg: Config
     since_fired = torch.zeros(sae.d_hidden, dtype=torch.long, device=device)  # images since last active
     sums = torch.zeros(4, device=device)
     step = GraphedStep(autoencoder_step(sae, opt, ctx, since_fired, sums), cfg.batch_size, backend)
-    history = {"loss": [], "fvu": [], "aux_loss": [], "l0": [], "dormant_fraction": [], "val_fvu": [], "val_l0": []}
+    history = {"loss": [], "fvu": [], "aux_loss": [], "l0": [], "dormant_fraction": [], "val_fvu": [], "val_l0": [],
+               "aux_name": sae.aux_name}
     bar = _progress(cfg.ae_epochs * steps, "autoencoder")
     for epoch in range(cfg.ae_epochs):
         sums.zero_()
@@ -185,9 +194,9 @@ def train_autoencoder(sae: SparseAutoencoder, x_train: torch.Tensor, cfg: Config
         bar.set_postfix(epoch=epoch + 1, loss=f"{mean[0]:.4f}", fvu=f"{mean[1]:.4f}", l0=f"{mean[3]:.1f}",
                         dormant=f"{dormant_fraction:.3f}",
                         **({"val_fvu": f"{history['val_fvu'][-1]:.4f}"} if x_val is not None else {}))
+        yield history
     bar.close()
     sae.eval()
-    return history
 
 
 _WIDTH_PROBE_IMAGES = 4096  # ViewCodes estimates a varying code width from this many images

@@ -4,6 +4,7 @@ the hand-built planted-unit model and the hand-made selection scenario. Helpers 
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import CPU, _scenario  # noqa: E402
+from helpers import CHROMEDRIVER, CHROMIUM, CPU, _scenario  # noqa: E402
 from planted_units import _planted_data, _planted_pipeline  # noqa: E402
 
 import ksae.selection  # noqa: E402
@@ -124,3 +125,26 @@ def variants_tiny(tmp_path_factory):
     finally:
         torch.set_num_threads(before)
     return json.loads(out.read_text()), ckpt, out, module
+
+
+@pytest.fixture(scope="session")
+def shortcut_tiny(tmp_path_factory):
+    """CI's tiny planted-shortcut run (``benchmarks/shortcut.py --tiny``: every model trained, one seed), with the
+    certified shortcut model's pages and, where the browser is installed, the explorer screenshot; once per session:
+    ``{"module", "args", "result", "folder"}``."""
+    spec = importlib.util.spec_from_file_location("shortcut_bench", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / "shortcut.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path_factory.mktemp("shortcut")
+    args = ["--tiny", "--device", "cpu", "--ckpt-dir", str(folder / "ckpt"), "--out", str(folder / "shortcut.json"),
+            "--pages", str(folder / "pages")]
+    if CHROMIUM and CHROMEDRIVER:
+        args += ["--screenshot", str(folder / "shortcut_explorer.png")]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = module.main(args)
+    finally:
+        torch.set_num_threads(before)
+    return {"module": module, "args": args, "result": result, "folder": folder}

@@ -139,11 +139,12 @@ N = 200  # images in the batch
 
 # --- a hand-built pipeline whose path from 0 to PIXEL is known by hand (completeness, unit causality) -------
 
-def hand_pipeline(bias, slope, weights, k):
+def hand_pipeline(bias, slope, weights, k, sae=None):
     """Pipeline whose path from 0 to ``PIXEL`` has pre-activations ``bias + alpha * slope`` and whose target
-    logit (class 0) is ``weights . z`` (identity hidden layers; z >= 0 passes every ReLU)."""
+    logit (class 0) is ``weights . z`` (identity hidden layers; z >= 0 passes every ReLU). ``sae``: another
+    autoencoder of ``len(bias)`` units to use instead of top-k at ``k`` (its encoder is overwritten)."""
     h = len(bias)
-    sae = kh.KSparseAutoencoder(k=k, d_hidden=h).double()
+    sae = (kh.KSparseAutoencoder(k=k, d_hidden=h) if sae is None else sae).double()
     clf = kh.SparseCodeClassifier(d_hidden=h, hidden=(h, h), n_classes=2, dropout=0.0).double()
     with torch.no_grad():
         sae.W_enc.zero_()

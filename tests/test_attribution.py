@@ -24,7 +24,7 @@ import torch.nn as nn
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 from captum.attr._core import noise_tunnel as captum_noise_tunnel
 from captum.attr._utils.approximation_methods import approximation_parameters
-from helpers import SIDE, object_images
+from helpers import SIDE, kind_pipeline, object_images
 from helpers import make_pipeline as make_float32_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -454,9 +454,12 @@ def test_decoder_weighted_rescale_equals_captum_deeplift(pipeline, images):
 
 def test_attribute_all_matches_individual_calls(pipeline, x):
     cfg = kh.Config(k=8, d_hidden=64, clf_hidden=(32, 16), ig_steps=8, smoothgrad_samples=4,
-                    smoothgrad_noise=0.15, ig_method="riemann_middle", seed=3)
+                    smoothgrad_noise=0.15, ig_method="riemann_middle", seed=3, patch_size=7, occlusion_stride=5,
+                    shapley_samples=3, kernel_shap_samples=20, lime_samples=10)
     maps = kh.attribute_all(pipeline, x, TARGETS, cfg)
-    assert list(maps) == [*ALL_METHODS, "input_x_gradient", "input_x_smoothgrad"] == list(kh.METHOD_LABELS)
+    assert list(maps) == [*ALL_METHODS, "input_x_gradient", "input_x_smoothgrad", *kh.METHOD_FAMILIES["perturbation"]
+                          ] == list(kh.METHOD_LABELS) == [m for family in kh.METHOD_FAMILIES.values() for m in family]
+    grid, seeds = kh.superpixel_grid(7), {"shapley": 4, "kernel_shap": 5, "lime": 6}  # seed 3 + 1, 2, 3
     expected = {
         "integrated": kh.integrated_gradients(pipeline, x, TARGETS, n_steps=8, method="riemann_middle"),
         "simple": kh.simple_gradients(pipeline, x, TARGETS),
@@ -464,6 +467,12 @@ def test_attribute_all_matches_individual_calls(pipeline, x):
         "decoder": kh.decoder_weighted(pipeline, x, TARGETS, n_steps=8, method="riemann_middle"),
         "input_x_gradient": kh.input_x_gradient(pipeline, x, TARGETS),
         "input_x_smoothgrad": kh.input_x_smoothgrad(pipeline, x, TARGETS, nt_samples=4, stdevs=0.15, seed=3),
+        "occlusion": kh.occlusion(pipeline, x, TARGETS, sliding_window_shapes=(7, 7), strides=5),
+        "feature_ablation": kh.feature_ablation(pipeline, x, TARGETS, feature_mask=grid),
+        "shapley": kh.shapley_value_sampling(pipeline, x, TARGETS, feature_mask=grid, n_samples=3,
+                                             seed=seeds["shapley"]),
+        "kernel_shap": kh.kernel_shap(pipeline, x, TARGETS, feature_mask=grid, n_samples=20, seed=seeds["kernel_shap"]),
+        "lime": kh.lime(pipeline, x, TARGETS, feature_mask=grid, n_samples=10, seed=seeds["lime"]),
     }
     for name, value in expected.items():
         assert maps[name].shape == x.shape
@@ -585,7 +594,7 @@ def test_decoder_weighted_needs_pipeline(model_fn):
         kh.decoder_weighted(model_fn(), torch.rand(2, D, dtype=DT), 0)
 
 
-@pytest.mark.parametrize("methods", [("integrated", "lime"), ("gradients",), "integrated"])
+@pytest.mark.parametrize("methods", [("integrated", "grad_cam"), ("gradients",), "integrated"])
 def test_attribute_all_unknown_methods(pipeline, x, methods):
     cfg = kh.Config(k=8, d_hidden=64)
     with pytest.raises(ValueError, match="methods must be a subset of"):
@@ -675,3 +684,61 @@ def test_x_input_methods_reject_bad_inputs():
         kh.input_x_gradient(pipe, torch.rand(2, 700), 0)
     with pytest.raises(ValueError, match="nt_samples"):
         kh.input_x_smoothgrad(pipe, torch.rand(2, D), 0, nt_samples=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every autoencoder kind: the attribution methods through its own activation equal Captum's
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=kh.SAE_KINDS)
+def kind_pipe(request):
+    """A small float64 pipeline of each kind (``helpers.kind_pipeline``: thresholds set so they really cut)."""
+    return kind_pipeline(request.param, dtype=DT)
+
+
+def test_every_kind_keeps_a_varying_or_fixed_number_of_units(kind_pipe, x):
+    """The threshold kinds' codes really vary per image here (so padding is exercised); top-k's does not."""
+    values, _ = kind_pipe.sae.encode_sparse(object_images(B, dtype=DT))
+    counts = (values > 0).sum(1)
+    assert counts.max() > 0
+    assert (counts.min() < counts.max()) == (kind_pipe.sae.kind != "topk")
+
+
+@pytest.mark.parametrize("method", ("gausslegendre", "riemann_left"))
+def test_every_kind_integrated_gradients_matches_captum(kind_pipe, method):
+    images = object_images(B, dtype=DT)
+    attr = kh.integrated_gradients(kind_pipe, images, TARGETS, n_steps=N_STEPS, method=method)
+    ref = IntegratedGradients(kind_pipe).attribute(images, baselines=torch.zeros_like(images), target=TARGETS,
+                                                   n_steps=N_STEPS, method=method)
+    assert rel(attr, ref) <= 1e-5
+
+
+def test_every_kind_gradients_smoothgrad_and_x_input_match_captum(kind_pipe, monkeypatch):
+    from captum.attr import InputXGradient
+
+    images = object_images(B, dtype=DT)
+    assert rel(kh.simple_gradients(kind_pipe, images, TARGETS), Saliency(kind_pipe).attribute(
+        images, target=TARGETS, abs=False)) <= 1e-12
+    assert rel(kh.input_x_gradient(kind_pipe, images, TARGETS), InputXGradient(kind_pipe).attribute(
+        images, target=TARGETS)) <= 1e-12
+    nt, stdev, seed = 4, 0.1, 5
+    noise = torch.randn((B, nt, D), generator=torch.Generator().manual_seed(seed), dtype=torch.float32).to(DT)
+    monkeypatch.setattr(captum_noise_tunnel, "torch", _TorchWithNormal(lambda mean, std, *a, **k: stdev *
+                                                                        noise.reshape(B * nt, D)))
+    ref = NoiseTunnel(Saliency(kind_pipe)).attribute(images, nt_type="smoothgrad", nt_samples=nt, stdevs=stdev,
+                                                     target=TARGETS, abs=False)
+    ours = kh.smoothgrad(kind_pipe, images, TARGETS, nt_samples=nt, stdevs=stdev, seed=seed)
+    assert rel(ours, ref) <= 1e-10
+
+
+def test_every_kind_decoder_weighted_equals_captum_deeplift_and_is_complete(kind_pipe):
+    from captum.attr import DeepLift
+
+    images = object_images(B, dtype=DT)
+    _, c = kh.decoder_weighted(kind_pipe, images, TARGETS, return_contributions=True)
+    z = kind_pipe.sae.encode(images).detach()
+    assert rel(c, DeepLift(kind_pipe.clf).attribute(z, baselines=torch.zeros_like(z), target=TARGETS)) <= 1e-10
+    diff = head_score(kind_pipe, z, TARGETS) - head_score(kind_pipe, torch.zeros_like(z), TARGETS)
+    assert rel(c.sum(1), diff) <= 1e-10
+    assert ((c != 0) <= (z > 0)).all()  # only active units contribute

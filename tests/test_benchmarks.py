@@ -16,6 +16,7 @@ import torch
 import ksae
 import ksae.config
 import ksae_helpers as kh
+from ksae import variants_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,12 @@ def test_verdicts_across_seeds_on_two_tiny_seeds(tmp_path):
         assert entry["stable"] == (entry["passes"]["0"] == entry["passes"]["1"])
     assert len(saved["stability"]) == len(rows0)
     assert set(saved["statements"]) == {"holds", "fails", "flips"}
+    assert {r["ordering"].split("/")[0] for r in rows0} == set(kh.METHOD_LABELS)  # both families, every method
+    run = saved["per_seed"]["0"]
+    assert list(run["attribution_seconds"]) == list(kh.METHOD_LABELS)
+    assert run["agreement"]["families"] == {f: list(m) for f, m in kh.METHOD_FAMILIES.items()}
+    assert run["rankings"]["zero"]["signed"][0] in {r["ordering"] for r in rows0} | set(kh.control_maps(
+        torch.zeros(1, 784)))
     with pytest.raises(SystemExit):
         bench.main(["--seeds", "0"])
 
@@ -329,5 +336,106 @@ def test_variants_tiny_run_measures_every_part_and_a_rerun_only_loads(variants_t
         assert json.loads(json.dumps(again[key])) == result[key], key
     text = kh.variants_markdown(result)
     assert "**Against top-k**" in text and "A planted dictionary" in text
-    assert kh.readme_bullet(result).startswith("- **Which sparse autoencoder?**")
-    assert kh.readme_bullet({"variants": result}) == kh.readme_bullet(result)
+    assert variants_report.readme_bullet(result).startswith("- **Which sparse autoencoder?**")
+    assert variants_report.readme_bullet({"variants": result}) == variants_report.readme_bullet(result)
+
+
+def test_shortcut_tiny_run_scores_what_its_gates_certify_and_reruns_from_the_cache(shortcut_tiny):
+    """CI's tiny planted-shortcut run: a scored variant has every method of METHOD_LABELS scored for the sparse-code
+    pipeline and all but decoder-weighted for the pixel classifier, a failed gate scores nothing; a rerun with
+    --cached-only trains nothing and gives the same numbers; the pages are written, the screenshot (with a browser)
+    shows the marker unit removed."""
+    result, folder = shortcut_tiny["result"], shortcut_tiny["folder"]
+    saved = json.loads((folder / "shortcut.json").read_text())
+    assert saved["per_seed"] == json.loads(json.dumps(result["per_seed"]))
+    assert saved["markers"]["M"]["above_threshold_share"] == pytest.approx(0.0125)
+    for v in kh.SHORTCUT_VARIANTS:
+        run = saved["per_seed"][v]["0"]
+        gate = run["gate"]
+        assert gate["passed"] == (gate["value"] >= gate["threshold"]) and run["scored"] == gate["passed"]
+        assert saved["summary"][v]["gates"] == {"0": gate["passed"]}
+        if not gate["passed"]:
+            assert "localisation" not in run and "units" not in run
+            continue
+        loc = run["localisation"]
+        assert list(loc["models"]["shortcut"]) == list(kh.METHOD_LABELS)
+        assert list(loc["models"]["pixel"]) == [m for m in kh.METHOD_LABELS if m != "decoder"]
+        assert loc["n_images"] == 12 and loc["chance"]["M"] == pytest.approx(16 / 784)
+        removal = run["units"]["removal"]
+        assert set(removal["scorers"]) == {"contribution", "contribution_vs_clean", "activation"}
+        assert all(removal["random"][n]["ratio"]["n"] <= 8 for n in ("1", "2", "5", "10"))
+        assert ("shift" in run["units"]) == (v == "biased")
+    files = sorted(p.name for p in (folder / "ckpt").iterdir())
+    again = shortcut_tiny["module"].main(shortcut_tiny["args"][:-4] + ["--cached-only", "--out",
+                                                                        str(folder / "again.json")])
+    assert sorted(p.name for p in (folder / "ckpt").iterdir()) == files  # nothing trained
+    def timeless(d):  # the same numbers but the run's own timings
+        return {k: timeless(v) for k, v in d.items() if k != "seconds"} if isinstance(d, dict) else d
+
+    assert timeless(json.loads(json.dumps(again["per_seed"]))) == timeless(saved["per_seed"])
+    pages = folder / "pages"
+    assert (pages / kh.EXPLORER_PAGE).stat().st_size > 0 and (pages / kh.UNIT_BROWSER_PAGE).stat().st_size > 0
+    shot = saved["pages"].get("screenshot")
+    if "--screenshot" in shortcut_tiny["args"] and isinstance(shot, dict):
+        assert shot["button"] == "undo" and shot["unit"] == saved["per_seed"]["certified"]["0"]["units"][
+            "recovery"]["M"]["closest_unit"]
+        assert shot["after"]["shirt_probability"] < shot["before"]["probability"]  # removing M's unit lowers Shirt
+        assert (folder / "shortcut_explorer.png").stat().st_size > 0
+
+
+def test_shortcut_classifier_epochs_are_chosen_by_the_stated_rule_on_validation(shortcut_tiny, tmp_path):
+    """The budget's classifier epochs: the fewest candidates whose SAE and pixel heads stay within the default heads'
+    seed spread on the validation split; those heads are the biased variant's twins of the run (cached)."""
+    module = shortcut_tiny["module"]
+    cfg = kh.Config(**{**module.TINY, "clf_epochs": 4})
+    data = kh.load_fashion_mnist(download=False, verbose=False)
+    torch.set_num_threads(1)
+    got = module.choose_clf_epochs(cfg, data, torch.device("cpu"), tmp_path, True, candidates=(1, 2))
+    va, tol = got["validation_accuracy"], got["tolerance"]
+    assert tol == pytest.approx(max(got["default_seeds_validation_accuracy"].values())
+                                - min(got["default_seeds_validation_accuracy"].values()))
+    ok = [e for e in (1, 2) if all(abs(va[str(e)][n] - va["4"][n]) <= tol for n in ("sae", "pixels"))]
+    assert got["chosen"] == (min(ok) if ok else 4)
+    twins = sorted(p.name for p in tmp_path.glob("shortcut_twin_clean*.pt"))  # epochs 1 and 2 (4: the default pair)
+    assert len(twins) == 2 and "_clf1_" in twins[0] and "_clf2_" in twins[1]
+
+
+def test_perturbation_benchmark_on_a_tiny_model(tmp_path):
+    """Every method timed, the perturbation family against Captum (the deterministic ones equal it), the shortcut
+    against the forward, and the sampling error falling with the sample count."""
+    bench = _load("bench_perturbation")
+    out = tmp_path / "p.json"
+    bench.main(["--epochs", "1", "1", "--train-subset", "1000", "--images", "10", "--captum-images", "1",
+                "--convergence-images", "1", "--ckpt-dir", str(tmp_path / "ckpt"), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert list(saved["methods"]) == list(kh.METHOD_LABELS) and all(r["ms_per_image"] > 0
+                                                                   for r in saved["methods"].values())
+    for m in ("occlusion", "feature_ablation"):
+        assert saved["methods"][m]["rel_diff_to_captum"] < 1e-5  # float32, no sampling
+    assert all(saved["methods"][m]["shortcut_max_rel_diff"] < 1e-3  # float32 rounding (LIME's fit amplifies it)
+               for m in kh.METHOD_FAMILIES["perturbation"])
+    lime = [r["rel_error_mean"] for r in saved["sampling_error"] if r["method"] == "LIME"]
+    assert lime[-1] < lime[0] and sum(r["default"] for r in saved["sampling_error"]) == 3
+
+
+def test_variant_training_times_every_kind_interleaved_with_the_librarys_loop(tmp_path, data):
+    """CI's tiny run: every kind trained one epoch on 600 images, epochs interleaved; each row holds its time and
+    its ratio to top-k; the top-k it trains is train_autoencoder's, bit for bit; a second run reads the cache."""
+    bench = _load("variant_training")
+    args = ["--epochs", "2", "--train-subset", "600", "--device", "cpu", "--ckpt-dir", str(tmp_path)]
+    out = bench.main(args + ["--json", str(tmp_path / "v.json")])
+    rows = out["rows"]
+    assert [r["sae_kind"] for r in rows] == list(kh.SAE_KINDS) and out["all_timed_in_one_run"]
+    assert json.loads((tmp_path / "v.json").read_text())["rows"] == json.loads(json.dumps(rows))
+    for r in rows:
+        assert r["seconds_per_epoch"] == pytest.approx((r["first_epoch_seconds"] + r["last_epoch_seconds"]) / 2)
+        assert r["seconds_per_epoch"] > 0 and 0 < r["val_fvu"] < 2
+        assert r["time_ratio_vs_topk"] == pytest.approx(r["seconds_per_epoch"] / rows[0]["seconds_per_epoch"])
+        assert r["within_bound"] == (r["time_ratio_vs_topk"] <= bench.TIME_BOUND)
+    assert rows[0]["val_mean_l0"] == 50 and rows[0]["time_ratio_vs_topk"] == 1
+    cfg = kh.Config(ae_epochs=2, train_subset=600)
+    reference, _ = kh.train_autoencoder_on_split(cfg, data, torch.device("cpu"))
+    cached = torch.load(tmp_path / f"variant_ae_{cfg.checkpoint_name()}", weights_only=True)["sae"]
+    assert all(torch.equal(cached[k], v) for k, v in reference.state_dict().items())
+    again = bench.main(args)
+    assert not again["all_timed_in_one_run"] and [r["seconds"] for r in again["rows"]] == [r["seconds"] for r in rows]

@@ -1,9 +1,9 @@
 """The image explorer: the writer's checks and embedded data, then the page in a real headless Chromium
 (Selenium with the system chromedriver) against the Python functions: logits, active set, reconstruction, unit
-contributions, decoder-weighted, integrated-gradient and gradient maps, steering, k at inference, the links to
-the unit browser; and for every other autoencoder kind, a small trained pipeline's page, whose JavaScript computes
-that kind's activation. The comparison must fail on a page with the pre-encoder bias, a ReLU or a threshold
-dropped.
+contributions, decoder-weighted, integrated-gradient, gradient and occlusion maps, steering, k at inference, the
+links to the unit browser; and for every other autoencoder kind, a small trained pipeline's page, whose JavaScript
+computes that kind's activation. The comparison must fail on a page with the pre-encoder bias, a ReLU or a
+threshold dropped, or occlusion's encoder columns read wrongly.
 
 Relative error of a quantity on one image: max |page - Python| / max |Python| over its entries."""
 
@@ -21,11 +21,13 @@ from ksae.explorer import _float16_error
 
 TOLERANCE = 1e-4  # the issue's bound on the relative error of every quantity
 N_IMAGES = 50  # test images compared (spread over the test set)
-QUANTITIES = ("logits", "recon", "contributions", "decoderMap", "ig", "gradient")
+QUANTITIES = ("logits", "recon", "contributions", "decoderMap", "ig", "gradient", "occlusion")
 MUTATIONS = {  # what a broken page would do: drop the pre-encoder bias, the code's ReLU, the classifier's ReLUs
     "pre-encoder bias": ("xc[p] = x[p] - M.b_pre[p];  // PRE_BIAS", "xc[p] = x[p];"),
     "code ReLU": ("val[t] = Math.max(0, pre[idx[t]]);  // RELU", "val[t] = pre[idx[t]];"),
     "classifier ReLU": ("const relu = h => h.map(v => Math.max(0, v));  // HIDDEN_RELU", "const relu = h => h;"),
+    "occlusion's encoder columns": ("for (let j = 0, o = q; j < H; j++, o += D)",  # W_enc read as if column-major
+                                    "for (let j = 0, o = q * H; j < H; j++, o += 1)"),
 }
 
 

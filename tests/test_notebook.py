@@ -130,3 +130,38 @@ def test_smoke_run_at_any_k_writes_its_own_run_folder(k, tmp_path):
         assert len(list((run / "figures").glob("*.png"))) >= len(comparisons) + 10
     finally:
         shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["batchtopk", "jumprelu", "relu_l1", "matryoshka"])
+def test_smoke_run_of_every_kind_writes_its_own_run_folder(kind, tmp_path):
+    """``-p SAE_KIND <kind>``: the smoke configuration of every other autoencoder kind runs top to bottom (its
+    classifier, attribution maps, checks, unit atlas and pages), into runs/<kind>_.../, the committed outputs
+    untouched; its summary, figures and explorer page are that kind's."""
+    papermill = pytest.importorskip("papermill")
+    import ksae_helpers as kh
+
+    cfg = kh.Config(sae_kind=kind, ae_epochs=SMOKE["AE_EPOCHS"], clf_epochs=SMOKE["CLF_EPOCHS"],
+                    train_subset=SMOKE["TRAIN_SUBSET"], ig_steps=SMOKE["IG_STEPS"],
+                    smoothgrad_samples=SMOKE["SMOOTHGRAD_SAMPLES"], confidence_threshold=SMOKE["CONFIDENCE_THRESHOLD"])
+    name = kh.run_name(cfg, samples_per_class=SMOKE["SAMPLES_PER_CLASS"], n_completeness=SMOKE["N_COMPLETENESS"],
+                       n_randomization=SMOKE["N_RANDOMIZATION"], n_subset=SMOKE["N_SUBSET"])
+    assert name.startswith(f"{kind}_")
+    run = ROOT / "runs" / name
+    shutil.rmtree(run, ignore_errors=True)
+    before = _committed_outputs()
+    try:
+        out = tmp_path / "out.ipynb"
+        papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={**SMOKE, "SAE_KIND": kind,
+                                   "CHECKPOINT_DIR": str(tmp_path / "ckpt")}, cwd=str(ROOT), progress_bar=False,
+                                   kernel_name="python3")
+        assert _committed_outputs() == before
+        nb = json.loads(out.read_text())
+        assert [o for c in _code_cells(nb) for o in c.get("outputs", []) if o.get("output_type") == "error"] == []
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["config"]["sae_kind"] == kind and summary["autoencoder"]["mean_l0"] > 0
+        assert (tmp_path / "ckpt" / cfg.checkpoint_name()).is_file()
+        assert len(list((run / "figures").glob("*.png"))) >= 20
+        manifest, _ = kh.read_explorer_data(run / "figures" / kh.EXPLORER_PAGE)
+        assert manifest["activation"]["kind"] == kind
+    finally:
+        shutil.rmtree(run, ignore_errors=True)

@@ -153,9 +153,12 @@ def test_jumprelu_sparse_training_pass_has_the_dense_gradients():
     cfg, sae = _tiny("jumprelu", target_l0=5.0, sparsity_warmup=0.0)
     x = torch.rand(16, D, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     with torch.no_grad():
-        sae.bandwidth.fill_(0.3)
+        sae.bandwidth.fill_(0.1)
         pre = sae.pre_activations(x)
-        sae.threshold.copy_(pre.quantile(0.8, dim=0))
+        sae.threshold.copy_(pre.quantile(0.9, dim=0))
+        selected = pre > sae.threshold - 0.05
+    from ksae.sae.base import _DENSE_DECODE_SHARE
+    assert (pre > sae.threshold).any(0).sum() < selected.sum() < _DENSE_DECODE_SHARE * selected.numel()  # sparse
     grads = []
     for graph_safe in (False, True):  # graph_safe decodes densely
         sae.zero_grad()
@@ -288,7 +291,7 @@ def test_kinds_without_k_at_inference_refuse_set_k(kind):
     (dict(sae_kind="jumpReLU"), r"sae_kind must be one of .* got 'jumpReLU' \(did you mean 'jumprelu'\?\)"),
     (dict(sae_kind="batch_topk"), r"did you mean 'batchtopk'\?"),
     (dict(l1_coef=0.1), r"l1_coef is read only by sae_kind relu_l1; sae_kind 'topk' does not read it: expected "
-                        r"the default 0.005, got 0.1"),
+                        r"the default 0.0055, got 0.1"),
     (dict(sae_kind="jumprelu", k=20), r"k is read only by sae_kind topk, batchtopk, matryoshka; sae_kind "
                                       r"'jumprelu' does not read it.*\(its sparsity knob is target_l0\)"),
     (dict(sae_kind="relu_l1", aux_k=0), r"aux_k is read only by"),
@@ -326,3 +329,19 @@ def test_a_checkpoint_of_another_kind_is_refused_by_name(tmp_path):
         kh.load_or_train(topk, None, torch.device("cpu"), tmp_path, verbose=False)
     with pytest.raises(ValueError, match=r"sae must be the topk autoencoder cfg describes, got a jumprelu one"):
         kh.save_checkpoint(tmp_path / "x.pt", topk, sae, clf)
+
+
+def test_stored_configs_survive_a_change_of_another_kinds_default(tmp_path):
+    """A checkpoint records every field; the knobs its kind does not read are ignored when it is read back, so a
+    later change of such a default (e.g. relu_l1's l1_coef) neither breaks nor retrains a top-k checkpoint."""
+    stored = kh.Config().to_dict() | {"l1_coef": 0.001, "matryoshka_prefixes": [3, 2], "target_l0": 7.0}
+    assert kh.Config.from_dict(stored).training_key() == kh.Config().training_key()
+    own = kh.Config(sae_kind="relu_l1", l1_coef=0.02).to_dict()
+    assert kh.Config.from_dict(own).l1_coef == 0.02  # its own knob is kept
+    cfg = kind_config("topk", train_subset=10, ae_epochs=1, clf_epochs=1)
+    sae, clf = kh.autoencoder_from_config(cfg), kh.SparseCodeClassifier.from_config(cfg)
+    path = kh.save_checkpoint(tmp_path / cfg.checkpoint_name(), cfg, sae, clf)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["l1_coef"] = 0.001  # as if written when relu_l1's default was another
+    torch.save(payload, path)
+    assert kh.load_checkpoint(path)[0].training_key() == cfg.training_key()

@@ -6,6 +6,7 @@ import copy
 import pytest
 
 import ksae_helpers as kh
+from ksae import variants_report
 
 
 def test_markdown_holds_every_table_and_numbers_from_the_result(variants_tiny):
@@ -30,7 +31,7 @@ def test_the_answer_names_a_difference_only_where_the_rule_allows(variants_tiny)
     answer["verdict"] = "no resolvable difference"
     none = "No variant makes units recur more often than top-k's beyond the seed spread."
     assert none in kh.variants_markdown(result)
-    bullet = kh.readme_bullet(result)
+    bullet = variants_report.readme_bullet(result)
     assert bullet.count("\n") == 0 and "results/variants.json" in bullet
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .._util import _check_int, _check_labels
-from ..attribution import _check_target
+from ..attribution_base import _check_target
 from ..controls import LinearCodePipeline
 from ..data import as_flat_images
 from ..models import SparseCodeClassifier, SparseCodePipeline, densify

@@ -32,9 +32,9 @@ def _agreement_ranks(v: np.ndarray, obj: np.ndarray, partner: np.ndarray) -> dic
             "both_partner": _row_ranks(v[partner], both)}
 
 
-def _agreement_against_null(ra: dict, rb: dict, obj: np.ndarray, partner: np.ndarray, seed: int) -> dict:
-    """Spearman of methods A and B on all and on object pixels against the different-image null, from
-    ``_agreement_ranks`` of each (``ra``, ``rb``): ``{pixels: {"value", "null", "excess"}}``.
+def _value_and_null(ra: dict, rb: dict, obj: np.ndarray, partner: np.ndarray) -> dict[str, tuple]:
+    """Per image, Spearman of methods A and B on all and on object pixels and its different-image null, from
+    ``_agreement_ranks`` of each (``ra``, ``rb``): ``{pixels: (value: [N], null: [N])}``.
 
     The value on object pixels uses image i's mask ``obj: [N, P]``; the null pairs A on image i with B on its
     same-class partner j and B on i with A on j (``partner: [N]``, averaged), on the pixels object in both.
@@ -49,8 +49,17 @@ def _agreement_against_null(ra: dict, rb: dict, obj: np.ndarray, partner: np.nda
             value = _rowwise_pearson(ra["object"], rb["object"], obj)
             null = (_rowwise_pearson(ra["both"], rb["both_partner"], both)
                     + _rowwise_pearson(ra["both_partner"], rb["both"], both))
-        excess = value - null / 2
-        out[pixels] = {"value": summarize(value, seed), "null": summarize(null / 2, seed),
+        out[pixels] = (value, null / 2)
+    return out
+
+
+def _agreement_against_null(ra: dict, rb: dict, obj: np.ndarray, partner: np.ndarray, seed: int) -> dict:
+    """``_value_and_null`` summarised: ``{pixels: {"value", "null", "excess"}}`` (the excess over the null with a
+    paired Wilcoxon p-value)."""
+    out = {}
+    for pixels, (value, null) in _value_and_null(ra, rb, obj, partner).items():
+        excess = value - null
+        out[pixels] = {"value": summarize(value, seed), "null": summarize(null, seed),
                        "excess": {**summarize(excess, seed), "p_value": _wilcoxon_p(excess)}}
     return out
 
@@ -132,3 +141,59 @@ def correlation_matrix(stats: dict, methods: Sequence[str], key: str = "spearman
             if i != j and pair is not None:
                 m[i, j] = (pair[key] if statistic is None else pair["vs_null"][key][statistic])["mean"]
     return m
+
+
+def family_agreement(maps: dict[str, torch.Tensor], x: torch.Tensor, labels, families: dict[str, Sequence[str]],
+                     seed: int = 0) -> dict:
+    """Do two families of methods agree with each other more than the first family's maps agree among themselves?
+
+    ``families``: two names -> methods (e.g. ``METHOD_FAMILIES``: gradient, perturbation), each of ``maps``
+    (method -> ``[N, 784]``); ``x: [N, 784]``, ``labels: [N]``. Per image and method pair: the excess of Spearman
+    over the different-image null (as ``cross_method_statistics``'s ``vs_null``; signed and of |maps|, all and
+    object pixels). Per image, the mean excess over the pairs within the first family (``within_<first>``), across
+    the families (``across``) and within the second (``within_<second>``, with two or more of its methods);
+    ``across_minus_within_<first>``: the paired per-image difference, summarised (mean, bootstrap 95 % CI) with a
+    Wilcoxon p-value. Images alone in their class (no partner) are left out (``n_images`` counts the others; with
+    none left, ``statistics`` is empty).
+    """
+    if not isinstance(maps, dict):
+        raise ValueError(f"maps must be a dict of method name -> [N, 784] map, got {type(maps).__name__}")
+    if not isinstance(families, dict) or len(families) != 2 or any(isinstance(m, str) for m in families.values()):
+        raise ValueError(f"families must map two names to their methods, got {families!r}")
+    (first, a), (second, b) = ((f, [m for m in ms if m in maps]) for f, ms in families.items())
+    if len(a) < 2 or not b:
+        raise ValueError(f"maps must hold at least two {first} methods and one {second} method, got {list(maps)}")
+    arrays = {m: _as_maps(maps[m], f"maps[{m!r}]") for m in a + b}
+    n = len(next(iter(arrays.values())))
+    lab = _check_labels(labels, n)
+    _, cls, class_size = np.unique(lab, return_inverse=True, return_counts=True)
+    keep = class_size[cls] >= 2
+    out = {"families": {first: a, second: b}, "n_images": int(keep.sum()), "statistics": {}}
+    if not keep.any():  # no image has a same-class partner: no null, nothing to compare
+        return out
+    obj = _as_maps(x, "x", n)[keep] > 0
+    partner = partner_images(lab[keep], same_class=True, seed=seed)
+    ranks = {(m, kind): {"all": _row_ranks(f(v[keep])), **_agreement_ranks(f(v[keep]), obj, partner)}
+             for m, v in arrays.items() for kind, f in AGREEMENT_KINDS.items()}
+    groups = {f"within_{first}": [(p, q) for i, p in enumerate(a) for q in a[i + 1:]],
+              "across": [(p, q) for p in a for q in b],
+              **({f"within_{second}": [(p, q) for i, p in enumerate(b) for q in b[i + 1:]]} if len(b) > 1 else {})}
+    for kind in AGREEMENT_KINDS:
+        excess = {pair: {pixels: value - null for pixels, (value, null) in
+                         _value_and_null(ranks[pair[0], kind], ranks[pair[1], kind], obj, partner).items()}
+                  for pairs in groups.values() for pair in pairs}
+        for pixels in PIXEL_SETS:
+            means = {g: _nanmean_rows([excess[pair][pixels] for pair in pairs]) for g, pairs in groups.items()}
+            diff = means["across"] - means[f"within_{first}"]
+            out["statistics"][f"spearman_{kind}_{pixels}"] = {
+                **{g: summarize(v, seed) for g, v in means.items()},
+                f"across_minus_within_{first}": {**summarize(diff, seed), "p_value": _wilcoxon_p(diff)}}
+    return out
+
+
+def _nanmean_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Per image, the mean of the defined values of ``rows`` (each ``[N]``); NaN where none is defined."""
+    stacked = np.stack(rows)
+    count = (~np.isnan(stacked)).sum(0)
+    total = np.nansum(stacked, 0)
+    return np.divide(total, count, out=np.full(stacked.shape[1], np.nan), where=count > 0)

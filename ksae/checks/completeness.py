@@ -12,16 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._util import _check_float, _check_int
-from ..attribution import (
-    DEFAULT_INTERNAL_BATCH,
-    _check_target,
-    _output_fn,
-    _prepare,
-    _rows_per_pass,
-    _score,
-    ig_quadrature,
-    integrated_gradients,
-)
+from ..attribution import ig_quadrature, integrated_gradients
+from ..attribution_base import DEFAULT_INTERNAL_BATCH, _check_target, _output_fn, _prepare, _rows_per_pass, _score
 from ..data import as_flat_images
 from ..models import SparseCodePipeline
 from ..stats import summarize

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._util import _as_maps, _check_finite, _check_float, _check_int, _check_pixels
-from ..attribution import _check_classifier, _check_target, _class_count, _score
+from ..attribution_base import _check_classifier, _check_target, _class_count, _score
 from ..data import as_flat_images
 from ..stats import _wilcoxon_p, summarize
 from .substrates import (

@@ -8,12 +8,12 @@ from typing import Callable
 import torch
 
 from .._util import _as_maps, _check_finite, _check_int, _check_labels, _check_no_inference_mode, _check_pixels
-from ..attribution import METHOD_LABELS, decoder_weighted
+from ..attribution import METHOD_FAMILIES, METHOD_LABELS, decoder_weighted
 from ..config import Config
 from ..data import as_flat_images
 from ..models import SparseCodePipeline
 from ..selection import Selection
-from .agreement import cross_method_statistics
+from .agreement import cross_method_statistics, family_agreement
 from .completeness import completeness_decomposition
 from .deletion import faithfulness_suite, object_focus
 from .randomization import randomization_check
@@ -32,7 +32,8 @@ def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Conf
     the completeness decomposition and the randomization check use evenly spaced subsets of
     ``n_completeness`` and ``n_randomization`` images of the class-sorted selection, so each class keeps its
     share (equal shares unless some class fell short: ``Selection.shortfalls``). ``seconds`` holds each
-    check's wall time.
+    check's wall time. With maps of both families (``METHOD_FAMILIES``: two or more gradient methods and a
+    perturbation method) ``family_agreement`` runs last: do the families agree across more than within?
     """
     _check_validation_inputs(pipeline, selection, cfg, maps, contributions, n_subset, n_completeness,
                              n_randomization, seed, cross_method)
@@ -51,8 +52,16 @@ def run_validation(pipeline: SparseCodePipeline, selection: Selection, cfg: Conf
         "randomization": lambda: randomization_check(pipeline, x[sub_r], y[sub_r], cfg, tuple(maps), seed),
         "unit_deletion": lambda: unit_deletion_curves(pipeline, x, y, contributions.detach(), seed),
     }
+    if _both_families(maps):
+        checks["family_agreement"] = lambda: family_agreement(maps, x, y, METHOD_FAMILIES, seed)
     results, seconds = timed_checks(checks)
     return {"n_images": len(x), **results, "seconds": seconds}
+
+
+def _both_families(maps: dict) -> bool:
+    """``maps`` hold two or more gradient methods and a perturbation method (``family_agreement`` applies)."""
+    gradient, perturbation = (sum(m in maps for m in METHOD_FAMILIES[f]) for f in ("gradient", "perturbation"))
+    return gradient >= 2 and perturbation >= 1
 
 
 def _check_validation_inputs(pipeline, selection, cfg, maps, contributions, n_subset, n_completeness,

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..attribution import _prepare
+from ..attribution_base import _prepare
 from ..models import SparseCodePipeline
 from ..stats import _wilcoxon_p, summarize
 from .deletion import curve_auc
@@ -40,7 +40,9 @@ def unit_deletion_curves(pipeline: SparseCodePipeline, x: torch.Tensor, target, 
                          seed: int = 0) -> dict:
     """Unit-level causality in code space: do the units with the largest contributions matter most?
 
-    For each image's code (its k top-k units, ``encode_sparse``) the active units are zeroed one per step
+    For each image's code (``encode_sparse``: its k top-k units; for a threshold kind its active units, padded
+    to the batch's widest code with units at z = 0, which go last and change nothing) the active units are zeroed
+    one per step
     (``deletion``, from the full code) or switched on one per step (``insertion``, from the empty code) in
     three orders: ``contribution`` (most positive ``contributions`` first: what decoder-weighted claims),
     ``random`` (seeded) and ``activation`` (largest z first); units with z = 0 go last in every order.

@@ -338,6 +338,9 @@ def plot_unit_deletion(result: dict, save: str | None = None) -> Figure:
     return _finish(fig, save)
 
 
+_OBJECT_FOCUS_WIDE = 8  # plot_object_focus: above this many methods the figure widens (0.75 inch a bar)
+
+
 @_styled
 def plot_object_focus(focus: dict, save: str | None = None) -> Figure:
     """Share of |attribution| on object pixels (x > 0) per method with 95 % CIs, against the share of
@@ -349,12 +352,14 @@ def plot_object_focus(focus: dict, save: str | None = None) -> Figure:
     if not methods:
         raise ValueError("focus holds no method results (only 'object_pixel_share')")
     means, err = _ci_errors([focus[m] for m in methods])
-    fig, ((ax,),) = _grid_figure(7, 4.8, OBJECT_FOCUS_LAYOUT)
+    wide = len(methods) > _OBJECT_FOCUS_WIDE  # more bars than the layout was drawn for: wider, steeper labels
+    layout = {**OBJECT_FOCUS_LAYOUT, "left": 1.3, "bottom": 1.45} if wide else OBJECT_FOCUS_LAYOUT
+    fig, ((ax,),) = _grid_figure(0.75 * len(methods) + 1.5 if wide else 7, 5.4 if wide else 4.8, layout)
     ax.bar(range(len(methods)), means, yerr=err, capsize=4, color=[_color(m) for m in methods])
     base = focus["object_pixel_share"]
     ax.axhline(base["mean"], color="0.3", ls="--", label=f"object pixels: {_ci_text(base, '.2f')}")
     ax.axhspan(*base["ci95"], color="0.3", alpha=CI_ALPHA)
-    ax.set_xticks(range(len(methods)), [_label(m) for m in methods], rotation=20, ha="right")
+    ax.set_xticks(range(len(methods)), [_label(m) for m in methods], rotation=40 if wide else 20, ha="right")
     ax.set(ylim=(0, 1), ylabel="share of |attribution| on object pixels",
            title=f"Attribution on the object ({base.get('n', '?')} images; 95 % CI)")
     ax.legend(loc="lower right", fontsize="small")

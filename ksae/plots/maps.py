@@ -14,7 +14,8 @@ import torch
 from matplotlib.figure import Figure
 
 from .._util import IMAGE_SIDE, _as_image, _as_maps, _check_classes, _check_int, _check_labels, _numpy
-from ..checks.agreement import correlation_matrix
+from ..attribution import METHOD_FAMILIES
+from ..checks.agreement import AGREEMENT_KINDS, PIXEL_SETS, correlation_matrix
 from ..stats import rowwise_spearman
 from .axes import (
     _ci_errors,
@@ -37,6 +38,8 @@ from .style import (
     CORRELATION_LAYOUT,
     DIVERGING_CMAP,
     FALLBACK_NOTE,
+    FAMILY_GROUP_COLORS,
+    FAMILY_LAYOUT,
     HEATMAP_DARK,
     IMAGE_STATS,
     LEGEND_HEADROOM,
@@ -347,4 +350,99 @@ def plot_correlation_summary(cross_stats: dict, methods, save: str | None = None
     _correlation_heatmap(ax_mat, matrix, methods, title, {"cax": _colorbar_axis(ax_mat)})
     n = pairs[0][1]["spearman_abs"].get("n")
     _suptitle(fig, "Agreement between attribution methods" + (f" over {n} images" if n else ""))
+    return _finish(fig, save)
+
+
+# --- the perturbation family -----------------------------------------------------------------------------------
+@_styled
+def plot_perturbation_maps(selection: Selection, maps: dict, classes, methods=None, reference=("integrated",),
+                           save: str | None = None) -> Figure:
+    """The perturbation family's maps beside gradient maps, one selected image per class (rows): the image, each of
+    ``reference`` (gradient methods, default integrated gradients; those missing from ``maps`` are skipped), then
+    each of ``methods`` (default: every perturbation method of ``maps``). The families' maps are in different units,
+    so each map is divided by its own ``MAP_CLIP_PERCENTILE`` of |value| and drawn on one diverging scale [-1, 1].
+
+    ``selection``: ``Selection`` (``x: [N, 784]``, ``y: [N]``); ``maps``: method -> ``[N, 784]``; ``classes: [C]``.
+    """
+    classes = _check_classes(classes)
+    if not hasattr(selection, "x") or not hasattr(selection, "y"):
+        raise ValueError(f"selection must be the Selection of select_high_confidence, got {type(selection).__name__}")
+    if not isinstance(maps, dict):
+        raise ValueError(f"maps must be a dict of method name -> [N, 784] map, got {type(maps).__name__}")
+    if isinstance(reference, str):
+        reference = [reference]
+    if methods is None:
+        methods = [m for m in METHOD_FAMILIES["perturbation"] if m in maps]
+    columns = [m for m in reference if m in maps] + _resolve_methods(methods, maps)
+    _resolve_methods(columns, maps)  # known, present, no duplicates
+    labels = _check_labels(selection.y, len(selection.x), len(classes))
+    arrays = {m: _as_maps(maps[m], f"maps[{m!r}]", len(selection.x)) for m in columns}
+    rows = [(c, int(np.flatnonzero(labels == c)[0])) for c in range(len(classes)) if (labels == c).any()]
+    fig, axes = _fixed_grid(len(rows), len(columns) + 1, (0.08, 0.08), (1.25, 1.45, 0.85, 0.12))
+    for r, (c, i) in enumerate(rows):
+        _show_image(axes[r, 0], _as_image(selection.x[i]))
+        axes[r, 0].set_ylabel(classes[c], rotation=0, ha="right", va="center")
+        for col, m in enumerate(columns, start=1):
+            a = arrays[m][i].reshape(IMAGE_SIDE, IMAGE_SIDE)
+            im = _show_signed(axes[r, col], np.clip(a / _symmetric_limit(a, MAP_CLIP_PERCENTILE), -1, 1), 1.0)
+    for col, name in enumerate(["image", *(SHORT_LABELS.get(m, m) for m in columns)]):
+        axes[0, col].set_title(name, fontsize="small")
+    _side_colorbar(fig, im, axes, "attribution / its own\n99th-percentile |value|")
+    _suptitle(fig, "Gradient and perturbation maps (red: evidence for the class)")
+    return _finish(fig, save)
+
+
+_FAMILY_GROUPS = ("within", "across", "within_second")  # the three agreement groups of ``family_agreement``
+
+
+@_styled
+def plot_family_agreement(cross_stats: dict, family_stats: dict, save: str | None = None) -> Figure:
+    """Do the two families agree across more than within? Left: the matrix of the signed all-pixel Spearman excess
+    over the different-image null between every pair of methods (``cross_method_statistics`` with ``x`` and
+    ``labels``), the families split by lines. Right: per Spearman variant, the mean excess (95 % CI) over the pairs
+    within the first family, across the families and within the second (``family_agreement``), with the paired
+    difference across - within written beside it.
+    """
+    if not isinstance(cross_stats, dict) or "pairs" not in cross_stats:
+        raise ValueError(f"cross_stats must be the result of cross_method_statistics, got {type(cross_stats).__name__}")
+    families = family_stats.get("families") if isinstance(family_stats, dict) else None
+    if not families or not family_stats.get("statistics"):
+        raise ValueError("family_stats must be the result of family_agreement with its statistics, got "
+                         f"{type(family_stats).__name__}")
+    (first, a), (second, b) = families.items()
+    methods = _resolve_methods([*a, *b], cross_stats.get("per_method", {}), "cross-method statistics")
+    n = len(methods)
+    lay, cell = FAMILY_LAYOUT, FAMILY_LAYOUT["cell"]
+    width = lay["left"] + cell * n + lay["wspace"] + lay["points"] + lay["right"]
+    fig, ((ax_mat, ax_pts),) = _grid_figure(width, lay["top"] + cell * n + lay["bottom"], lay, 1, 2,
+                                            width_ratios=[cell * n, lay["points"]])
+    matrix = correlation_matrix(cross_stats, methods, "spearman_signed_all", "excess")
+    _correlation_heatmap(ax_mat, matrix, methods, "Signed Spearman ρ minus the null", {"cax": _colorbar_axis(ax_mat)})
+    for pos in (len(a) - 0.5,):
+        ax_mat.axhline(pos, color="0.1", lw=1.5)
+        ax_mat.axvline(pos, color="0.1", lw=1.5)
+    stats = family_stats["statistics"]
+    keys = {"within": f"within_{first}", "across": "across", "within_second": f"within_{second}"}
+    names = {"within": f"within {first}", "across": f"{first} × {second}", "within_second": f"within {second}"}
+    variants = [f"spearman_{k}_{p}" for k in AGREEMENT_KINDS for p in PIXEL_SETS]
+    offsets = np.linspace(-0.25, 0.25, len(_FAMILY_GROUPS))
+    for off, group in zip(offsets, _FAMILY_GROUPS):
+        present = [v for v in variants if keys[group] in stats[v]]
+        if not present:
+            continue
+        means, err = _ci_errors([stats[v][keys[group]] for v in present])
+        ax_pts.errorbar(means, [variants.index(v) + off for v in present], xerr=err, fmt="o", capsize=3,
+                        color=FAMILY_GROUP_COLORS[group], label=names[group])
+    for y, v in enumerate(variants):
+        d = stats[v][f"across_minus_within_{first}"]
+        ax_pts.annotate(f"across − within: {d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]", (1, y + 0.42),
+                        xycoords=("axes fraction", "data"), xytext=(-4, 0), textcoords="offset points", ha="right",
+                        va="center", fontsize="x-small", color="0.3")
+    ax_pts.axvline(0, color="0.3", lw=0.8)
+    ax_pts.set_yticks(range(len(variants)), [v.replace("spearman_", "").replace("_", ", ") for v in variants])
+    ax_pts.set_ylim(len(variants) - 0.4, -0.6)
+    ax_pts.set(xlim=(-0.3, 1), xlabel="mean Spearman ρ minus the null, per image (95 % CI)",
+               title="Agreement within and across the families")
+    ax_pts.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(_FAMILY_GROUPS))
+    _suptitle(fig, f"Do {second} maps agree with {first} maps? ({family_stats['n_images']} images)")
     return _finish(fig, save)

@@ -13,7 +13,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from ..attribution import METHOD_LABELS
+from ..attribution import METHOD_FAMILIES
 
 # Every function builds a figure, optionally saves it as a PNG (``save=path``; parent folders are created)
 # and returns it, already closed in pyplot: Jupyter shows it exactly once when it is a cell's value or is
@@ -173,6 +173,13 @@ DENSITY_LAYOUT = {"left": 0.55, "right": 0.07, "top": 0.25, "bottom": 0.52}
 AGREEMENT_LAYOUT = {"left": 0.59, "right": 1.75, "top": 0.39, "bottom": 0.52}  # class legend right of the axes
 
 
+FAMILY_LAYOUT = {"left": 2.15, "right": 0.3, "top": 0.75, "bottom": 1.45, "wspace": 2.3, "cell": 0.5,
+                 "points": 6.0}  # the families' agreement: inches, a matrix cell's side, the right panel's width
+
+
+FAMILY_GROUP_COLORS = {"within": "0.55", "across": "#7b3294", "within_second": "#008837"}  # the agreement groups
+
+
 MESSAGE_LAYOUT = {"left": 0.1, "right": 0.1, "top": 0.4, "bottom": 0.1}
 
 
@@ -188,7 +195,12 @@ CAN_FORK = sys.platform.startswith("linux")  # forked figure workers are safe he
 HEATMAP_DARK = 0.408  # heatmap cells darker than this relative luminance get white text (seaborn's rule)
 
 
-METHOD_COLORS = dict(zip(METHOD_LABELS, sns.color_palette("colorblind", len(METHOD_LABELS))))
+METHOD_COLORS = {  # the gradient family in seaborn's colourblind palette; the perturbation family in darker hues
+    **dict(zip(METHOD_FAMILIES["gradient"], sns.color_palette("colorblind", len(METHOD_FAMILIES["gradient"])))),
+    **dict(zip(METHOD_FAMILIES["perturbation"], [sns.color_palette("dark")[3], sns.color_palette("dark")[8],
+                                                 sns.color_palette("dark")[0], sns.color_palette("colorblind")[9],
+                                                 sns.color_palette("dark")[6]])),
+}
 
 
 CONTROL_STYLES = {"random": ("0.3", ":"), "random_object": ("0.15", (0, (1, 1))), "intensity": ("0.5", "--"),
@@ -209,7 +221,8 @@ FALLBACK_NOTE = ", below the confidence threshold (its class had none above)"  #
 
 
 SHORT_LABELS = {"integrated": "IG", "simple": "Gradient", "smoothgrad": "SmoothGrad", "decoder": "Decoder-w.",
-                "input_x_gradient": "In×Grad", "input_x_smoothgrad": "In×SG"}
+                "input_x_gradient": "In×Grad", "input_x_smoothgrad": "In×SG", "occlusion": "Occlusion",
+                "feature_ablation": "Ablation", "shapley": "Shapley", "kernel_shap": "KernelSHAP", "lime": "LIME"}
 
 
 IMAGE_STATS = {"mean_abs": "mean |attr|", "max_abs": "max |attr|", "std": "std"}  # per-image statistics

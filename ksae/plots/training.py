@@ -76,14 +76,15 @@ def _plot_epochs(ax, series: dict, title: str, ylabel: str) -> None:
 
 
 def _plot_fvu_aux(ax, ae: dict) -> None:
-    """Autoencoder FVU per epoch on ``ax`` and the AuxK loss on a twin y-axis."""
+    """Autoencoder FVU per epoch on ``ax`` and the kind's auxiliary term (``aux_name``: AuxK loss for top-k) on a
+    twin y-axis."""
     _plot_epochs(ax, {"train": ae.get("fvu"), "validation": ae.get("val_fvu")}, "Autoencoder reconstruction", "FVU")
-    aux = ae.get("aux_loss") or []
+    aux, name = ae.get("aux_loss") or [], ae.get("aux_name", "AuxK loss")  # the kind's auxiliary term
     if aux:
         twin = ax.twinx()
         color = sns.color_palette()[2]  # not the validation curve's colour
-        twin.plot(np.arange(1, len(aux) + 1), aux, marker="s", ls="--", color=color, label="AuxK loss (right)")
-        twin.set_ylabel("AuxK loss (dashed)", color=color)
+        twin.plot(np.arange(1, len(aux) + 1), aux, marker="s", ls="--", color=color, label=f"{name} (right)")
+        twin.set_ylabel(f"{name} (dashed)", color=color)
         twin.grid(False)
         if ax.get_legend() is not None:  # one legend for both axes, on the twin (drawn above the curves), where
             ax.get_legend().remove()  # the falling FVU and the saturating AuxK loss leave room
@@ -106,7 +107,8 @@ def plot_training_history(history: dict, save: str | None = None) -> Figure:
         return _finish(_message_figure("Training history", note), save)
     fig, (axes,) = _grid_figure(17, 3.6, TRAINING_LAYOUT, 1, 4)
     _plot_fvu_aux(axes[0], ae)
-    _plot_epochs(axes[1], {"dormant": ae.get("dormant_fraction")}, "Dormant units (AuxK criterion)",
+    criterion = "AuxK criterion" if ae.get("aux_name", "AuxK loss") == "AuxK loss" else "no firing in dead_after images"
+    _plot_epochs(axes[1], {"dormant": ae.get("dormant_fraction")}, f"Dormant units ({criterion})",
                  "fraction of units")
     _plot_epochs(axes[2], {"loss": clf.get("loss")}, "Classifier loss", "cross-entropy (train)")
     _plot_epochs(axes[3], {"train": clf.get("train_acc"), "validation": clf.get("val_acc")},

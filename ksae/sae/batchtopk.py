@@ -29,6 +29,7 @@ class BatchTopKAutoencoder(SparseAutoencoder):
     """
 
     kind = "batchtopk"
+    aux_name = "AuxK loss"
 
     def __init__(self, k: int = 50, d_input: int = 784, d_hidden: int = 1024, threshold_rate: float = 0.01):
         super().__init__(d_input, d_hidden)

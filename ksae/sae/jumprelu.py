@@ -73,6 +73,7 @@ class JumpReLUAutoencoder(SparseAutoencoder):
     """
 
     kind = "jumprelu"
+    aux_name = "target-L0 loss"
 
     def __init__(self, d_input: int = 784, d_hidden: int = 1024, target_l0: float = 50.0, l0_coef: float = 1.0,
                  relative_bandwidth: float = 0.001, sparsity_warmup: float = 0.05):

@@ -38,8 +38,10 @@ class ReLUL1Autoencoder(SparseAutoencoder):
     """
 
     kind = "relu_l1"
+    aux_name = "L1 penalty"
 
-    def __init__(self, d_input: int = 784, d_hidden: int = 1024, l1_coef: float = 5e-3, sparsity_warmup: float = 0.05):
+    def __init__(self, d_input: int = 784, d_hidden: int = 1024, l1_coef: float = 5.5e-3,
+                 sparsity_warmup: float = 0.05):
         super().__init__(d_input, d_hidden)
         _check_float("l1_coef", l1_coef, low=0.0, low_open=True)
         _check_float("sparsity_warmup", sparsity_warmup, low=0.0, high=1.0, high_open=True)

@@ -64,6 +64,7 @@ class KSparseAutoencoder(SparseAutoencoder):
     """
 
     kind = "topk"
+    aux_name = "AuxK loss"
 
     def __init__(self, k: int = 50, d_input: int = 784, d_hidden: int = 1024):
         super().__init__(d_input, d_hidden)

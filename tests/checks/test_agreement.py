@@ -99,3 +99,36 @@ def test_agreement_functions_reject_bad_input(small):
         kh.correlation_matrix(small["stats"], list(maps), "spearman_signed_all", "median")
     with pytest.raises(ValueError, match="integer class ids"):
         kh.randomization_check(small["pipe"], x, y, small["cfg"], methods=("simple",), labels=y[:3])
+
+
+def test_family_agreement_on_planted_families():
+    """Gradient-like maps share the image (template + own part); planted second families either share only the
+    class (no agreement beyond the null across the families) or share the image too (as much as within)."""
+    g = torch.Generator().manual_seed(1)
+    n, labels = 400, torch.arange(400) % 4
+    template, own = torch.randn(4, 784, generator=g)[labels], torch.randn(n, 784, generator=g)
+    noise = lambda: torch.randn(n, 784, generator=g)
+    x = torch.rand(n, 784, generator=g) + 0.01
+    gradient = {"a": template + own + noise(), "b": template + own + noise()}
+    blind = {"c": template + noise(), "d": template + noise()}
+    seeing = {"e": template + own + noise(), "f": template + own + noise()}
+    fam = lambda second: {"gradient": ["a", "b"], "perturbation": list(second)}
+    within = gaussian_spearman(2 / 3) - gaussian_spearman(1 / 3)
+    out = kh.family_agreement({**gradient, **blind}, x, labels, fam(blind), seed=0)
+    assert out["n_images"] == n and out["families"] == fam(blind)
+    s = out["statistics"]["spearman_signed_all"]
+    assert s["within_gradient"]["mean"] == pytest.approx(within, abs=0.01)
+    assert s["across"]["mean"] == pytest.approx(0, abs=0.01) and s["within_perturbation"]["mean"] == pytest.approx(
+        0, abs=0.01)
+    diff = s["across_minus_within_gradient"]
+    assert diff["mean"] == pytest.approx(-within, abs=0.01) and diff["ci95"][1] < 0 and diff["p_value"] < 1e-6
+    same = kh.family_agreement({**gradient, **seeing}, x, labels, fam(seeing), seed=0)["statistics"]
+    diff = same["spearman_signed_all"]["across_minus_within_gradient"]
+    assert diff["ci95"][0] < 0 < diff["ci95"][1]  # the planted second family agrees as much as the first
+    assert set(same) == {f"spearman_{k}_{p}" for k in kh.AGREEMENT_KINDS for p in kh.PIXEL_SETS}
+    one = kh.family_agreement({**gradient, "c": blind["c"]}, x, labels, {"gradient": ["a", "b"], "p": ["c"]})
+    assert "within_p" not in one["statistics"]["spearman_abs_all"]  # one method has no pairs of its own
+    alone = kh.family_agreement({**gradient, **blind}, x, torch.arange(n), fam(blind))  # no same-class partner
+    assert alone["n_images"] == 0 and alone["statistics"] == {}
+    with pytest.raises(ValueError, match="at least two gradient methods and one perturbation method"):
+        kh.family_agreement({"a": gradient["a"], "c": blind["c"]}, x, labels, fam(blind))

@@ -1,5 +1,6 @@
-"""ksae.checks.completeness: IG's completeness gap split into the gradient integral and the top-k jumps, on
-hand-built pipelines whose answers are known by hand, and the path scan against the direct computation.
+"""ksae.checks.completeness: IG's completeness gap split into the gradient integral and the jumps of the
+activation (top-k swaps, threshold crossings; none for ReLU), on hand-built pipelines whose answers are known by
+hand, and the path scan against the direct computation.
 """
 
 import numpy as np
@@ -19,6 +20,26 @@ def gl_step_error(cross, slope_before, n=50):
     """Gauss-Legendre's error on int_0^1 of a slope that is ``slope_before`` up to ``cross``, then 0."""
     nodes, weights = kh.ig_quadrature(n)
     return float(slope_before * (weights[nodes < cross].sum() - cross))
+
+
+@pytest.mark.parametrize("kind, threshold, jump", [("jumprelu", 0.4, 0.4), ("batchtopk", 0.4, 0.4),
+                                                   ("relu_l1", 0.0, 0.0)])
+def test_planted_threshold_crossing_is_the_jump(kind, threshold, jump):
+    """One unit whose pre-activation rises as 2 alpha crosses its threshold at alpha = threshold / 2: F (3 z)
+    jumps by 3 * threshold there (JumpReLU, BatchTopK), and ReLU's crossing at 0 is continuous (no jump)."""
+    sae = kh.autoencoder_from_config(kh.Config(sae_kind=kind, d_hidden=2, **(
+        {"k": 1} if kind == "batchtopk" else {"target_l0": 1.0} if kind == "jumprelu" else {})))
+    pipe = hand_pipeline(bias=[0.0, -1.0], slope=[2.0, 0.0], weights=[3.0, 0.0], k=1, sae=sae)
+    with torch.no_grad():
+        if kind != "relu_l1":
+            pipe.sae.threshold.fill_(threshold)
+    comp = kh.completeness_decomposition(pipe, PIXEL, TARGET)
+    got = {name: values[0] for name, values in comp["per_image"].items()}
+    assert got["gap"] == pytest.approx(3.0 * 2.0)
+    assert got["jump_sum"] == pytest.approx(3.0 * jump, abs=1e-2)
+    assert got["switches"] == (1 if jump else 0) and got["continuous_changes"] == (0 if jump else 1)
+    assert abs(got["ig_error"] + got["jump_sum"]) <= 1e-2 * got["gap"]  # IG misses exactly the jump
+    assert kh.count_path_switches(pipe.sae, PIXEL).tolist() == [1 if jump else 0]
 
 
 def test_planted_swap_is_the_jump_and_ig_misses_exactly_it():

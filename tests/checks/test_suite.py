@@ -14,7 +14,8 @@ def test_run_validation_end_to_end_and_its_verdicts_survive_json(small_pipeline)
     maps = kh.attribute_all(pipeline, sel.x, sel.y, cfg)
     val = kh.run_validation(pipeline, sel, cfg, maps, n_subset=20, n_completeness=6, n_randomization=6)
     assert set(val["seconds"]) == {"cross_method", "faithfulness", "object_focus", "completeness", "randomization",
-                                   "unit_deletion", "total"}
+                                   "unit_deletion", "family_agreement", "total"}  # both families: their agreement
+    assert val["family_agreement"]["families"] == {f: list(m) for f, m in kh.METHOD_FAMILIES.items()}
     assert val["faithfulness"]["substrates"]["zero"]["n_images"] == len(sel.y)
     assert val["faithfulness"]["substrates"]["road"]["n_images"] == 20
     assert val["completeness"]["n_steps"] == cfg.ig_steps and val["randomization"]["n_images"] == 6
@@ -27,6 +28,9 @@ def test_run_validation_end_to_end_and_its_verdicts_survive_json(small_pipeline)
     assert again == json.loads(json.dumps(rows))
     # results have the same shape in memory as after JSON, where every key is a string
     assert [key for key in _dict_keys(val) if not isinstance(key, str)] == []
+    gradient = {m: maps[m] for m in kh.METHOD_FAMILIES["gradient"]}  # one family: no family agreement
+    val = kh.run_validation(pipeline, sel, cfg, gradient, n_subset=20, n_completeness=6, n_randomization=6)
+    assert "family_agreement" not in val and "family_agreement" not in val["seconds"]
 
 
 def _dict_keys(obj):

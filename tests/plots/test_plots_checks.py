@@ -52,3 +52,12 @@ def test_figures_reject_results_that_do_not_fit(small):
     broken = {**small["rand"], "stages": small["rand"]["stages"][:-1]}
     with pytest.raises(ValueError, match="stages, expected"):
         kh.plot_randomization(broken)
+
+
+def test_object_focus_widens_for_both_families(small):
+    """Eleven methods (both families): the figure widens and every label stays inside; six keep the old size."""
+    focus = kh.object_focus(small["maps"], small["x"])
+    fig = assert_labels_inside(kh.plot_object_focus(focus))
+    assert len(fig.axes[0].patches) == len(kh.METHOD_LABELS) + 1 and fig.get_figwidth() > 7  # + the CI band
+    gradient = {m: small["maps"][m] for m in kh.METHOD_FAMILIES["gradient"]}
+    assert kh.plot_object_focus(kh.object_focus(gradient, small["x"])).get_figwidth() == 7

@@ -64,3 +64,24 @@ def test_render_comparison_grid_draws_the_same_pngs_in_worker_processes(uneven, 
     assert 1 <= kh.figure_workers(10) <= kh.FIGURE_WORKERS and kh.figure_workers(1) == 1
     with pytest.raises(ValueError, match="workers"):
         kh.render_comparison_grid(sel, maps, ["a", "b", "c"], workers=0)
+
+
+def test_perturbation_figures_show_both_families(small):
+    from test_plots_checks import assert_labels_inside
+
+    x, y, maps = small["x"], small["y"], small["maps"]
+    sel = kh.Selection(torch.arange(len(y)), x, y, torch.full((len(y),), 0.9), {}, 4)
+    fig = assert_labels_inside(kh.plot_perturbation_maps(sel, maps, ["a", "b", "c"]))
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][:-1]  # the last axes: the colour bar
+    assert len(panels) == 3 * (2 + len(kh.METHOD_FAMILIES["perturbation"]))  # a row per class: image, IG, five maps
+    assert [ax.get_title() for ax in panels[:7]] == ["image", "IG", "Occlusion", "Ablation", "Shapley", "KernelSHAP",
+                                                     "LIME"]
+    signed = panels[2].images[0].get_array()
+    assert signed.min() >= -1 and signed.max() <= 1 and np.abs(signed).max() == pytest.approx(1)  # own scale
+    fam = kh.family_agreement(maps, x, y, kh.METHOD_FAMILIES)
+    fig = assert_labels_inside(kh.plot_family_agreement(small["stats"], fam))
+    matrix, points = fig.axes[0], fig.axes[1]  # (the colour bar is an inset of the matrix)
+    assert matrix.images[0].get_array().shape == (len(kh.METHOD_LABELS),) * 2
+    assert len(points.get_yticklabels()) == 4 and "across − within" in points.texts[0].get_text()
+    with pytest.raises(ValueError, match="family_stats must be the result of family_agreement"):
+        kh.plot_family_agreement(small["stats"], {"families": fam["families"], "statistics": {}})
