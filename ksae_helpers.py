@@ -267,7 +267,7 @@ __all__ = [
     "Marker", "plant_shortcut", "SHORTCUT_VARIANTS", "ShortcutData", "chance_level", "pointing_game",
     "relevance_mass_accuracy", "relevance_rank_accuracy", "run_shortcut", "plot_shortcut_localisation",
     "plot_shortcut_maps", "plot_shortcut_removal", "shortcut_markdown",
-    "atomic_write_bytes", "IMAGE_SIDE", "planted_dictionary", "PLANTED_COHERENCES", "PlantedDictionary",
+    "planted_dictionary", "PLANTED_COHERENCES", "PlantedDictionary",
     "random_image_atoms", "recovery_scores", "recurrence", "run_variants", "plot_variants_frontier",
     "plot_variants_recovery", "plot_variants_stability", "variants_markdown",
 ]

@@ -4,6 +4,7 @@ named only where its CI excludes 0 and the seed ranges do not overlap (``no reso
 
 from __future__ import annotations
 
+from ._util import _md_table
 from .variant_models import _KIND_LABELS as KIND_LABELS
 
 _KNOWN_LABELS = {"code": "decoder-weighted, code space (matched units)", "integrated": "integrated gradients",
@@ -38,11 +39,6 @@ def _num_ci(value, ci, fmt: str = ".4f") -> str:
 
 def _signed_pct(value, ci, digits: int = 1) -> str:
     return f"{100 * value:+.{digits}f} points [{100 * ci[0]:+.{digits}f}, {100 * ci[1]:+.{digits}f}]"
-
-
-def _md_table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *["| " + " | ".join(str(c).replace("|", "&#124;") for c in row) + " |" for row in rows]]
 
 
 def _knob_text(entry: dict) -> str:
