@@ -32,10 +32,12 @@ ksae.checks.verdicts        Pass/fail and ranks per ordering and test; what hold
 ksae.checks.suite           ``run_validation``: every check, timed.
 ksae.units                  The unit atlas: statistics of every code unit (``unit_statistics``).
 ksae.sweep                  The sparsity sweep: one model pair per k.
-ksae.stability              Which units recur across training seeds: Hungarian matching of decoder atoms.
+ksae.stability              Which units recur across training seeds: Hungarian matching of decoder atoms, encoder rows.
 ksae.controls               Controls for the code: pixels, PCA, untrained and dense codes, shuffled labels (cached).
 ksae.control_study          What sparsity buys: every control scored, explained, its unit claims (``run_controls``);
                             its generated markdown: ksae.controls_report (``controls_markdown``).
+ksae.variant_study          Which SAE? every kind on one frontier, recurrence, planted atoms (``run_variants``); its
+                            ksae.variant_models, ksae.variants_report, ksae.plots.variants; ksae.planted: known atoms.
 ksae.checks.across_models   Checks comparing models on the same images; ksae.checks.sparseness: Gini, object share.
 ksae.shortcut_study         A planted shortcut (``run_shortcut``): its data ksae.shortcuts, localisation scores
                             ksae.checks.localisation, text ksae.shortcut_report, figures ksae.plots.shortcut.
@@ -131,9 +133,10 @@ from ksae.units import (
     UnitStats, EXPLORER_PAGE, UNIT_BROWSER_PAGE, UNIT_TOP_CONTRIBUTIONS, unit_top_contributions,
 )
 from ksae.sweep import run_k_sweep
+from ksae.planted import planted_dictionary, PLANTED_COHERENCES, PlantedDictionary, random_image_atoms, recovery_scores
 from ksae.stability import (
     compare_stability, match_atoms, run_seed_stability, seed_dictionaries, seed_stability, stability_for_config,
-    STABILITY_BOOTSTRAP, STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms,
+    STABILITY_BOOTSTRAP, STABLE_COSINE, stability_by_group, unit_groups, untrained_atoms, recurrence,
 )
 from ksae.controls import (
     fit_pca, LinearCode, LinearCodePipeline, REPRESENTATIONS, train_representation, untrained_autoencoder,
@@ -144,6 +147,7 @@ from ksae.control_study import common_images, run_controls, unit_claims, unit_me
 from ksae.shortcuts import Marker, plant_shortcut, SHORTCUT_VARIANTS, ShortcutData
 from ksae.checks.localisation import chance_level, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from ksae.shortcut_study import run_shortcut
+from ksae.variant_study import run_variants
 from ksae.plots.style import (
     AGREEMENT_LAYOUT, ATLAS_COLUMNS, ATLAS_HISTOGRAM_INCHES, CAN_FORK, CI_ALPHA, COLORBAR_INSET, COMPARISON_MARGINS,
     COMPARISON_MIN_WIDTH, COMPLETENESS_LAYOUT, COMPLETENESS_SWEEP_LAYOUT, CONFUSION_CMAP, CONFUSION_LAYOUT, CONTEXT,
@@ -178,6 +182,8 @@ from ksae.controls_report import controls_markdown
 from ksae.perturbation_report import perturbation_markdown
 from ksae.plots.shortcut import plot_shortcut_localisation, plot_shortcut_maps, plot_shortcut_removal
 from ksae.shortcut_report import shortcut_markdown
+from ksae.plots.variants import plot_variants_frontier, plot_variants_recovery, plot_variants_stability
+from ksae.variants_report import variants_markdown
 from ksae.report import (
     build_summary, compact_notebook, DEFAULT_FIGURE_DIR, DEFAULT_SUMMARY_PATH, figure_path_fn, figure_timings,
     headline_table, output_paths, protected_folders, randomization_table, read_summary, RUN_DEFAULTS, run_name,
@@ -261,4 +267,7 @@ __all__ = [
     "Marker", "plant_shortcut", "SHORTCUT_VARIANTS", "ShortcutData", "chance_level", "pointing_game",
     "relevance_mass_accuracy", "relevance_rank_accuracy", "run_shortcut", "plot_shortcut_localisation",
     "plot_shortcut_maps", "plot_shortcut_removal", "shortcut_markdown",
+    "planted_dictionary", "PLANTED_COHERENCES", "PlantedDictionary",
+    "random_image_atoms", "recovery_scores", "recurrence", "run_variants", "plot_variants_frontier",
+    "plot_variants_recovery", "plot_variants_stability", "variants_markdown",
 ]

@@ -20,6 +20,9 @@
 #   shortcut benchmarks/shortcut.py: the planted-shortcut study, every model trained on the GPU (into the scratch
 #            phase's checkpoint folder: the default pairs of seeds 1 and 2 too), scored; no pages
 #   profile  the cached run once more under cProfile (-X importtime too): $OUT/profile.txt, $OUT/importtime.txt
+#   variants benchmarks/variants.py: every autoencoder kind's frontier, recurrence and planted dictionary, trained
+#            on the GPU into the scratch phase's checkpoint folder (not in the default list: PHASES=variants; a
+#            phase stopped by its limit resumes from the models it saved when run again)
 # The script prints "cell N: T s" (seconds since the interpreter started) as each notebook cell begins.
 # Bytecode: the lent machines' torch install has no usable compiled bytecode and a read-only folder, so every
 # process compiled torch's sources again (4.7 s of compile() in a first training alone, more in the imports).
@@ -118,5 +121,7 @@ if phase profile 150 $PY -X importtime -m cProfile -o "$OUT/profile.out" .devdat
   grep "^import time:" "$OUT/log.txt" | sort -t'|' -k2 -n | tail -60 >"$OUT/importtime.txt"
   sed -i '/^import time:/d' "$OUT/log.txt"
 fi
+phase variants 540 $PY benchmarks/variants.py --device cuda --ckpt-dir "$DEVICE_CHECK_CHECKPOINTS" \
+  --out "$OUT/variants.json"
 grep -E "^cell [0-9]+:|^startup:|^ *(eager|graphs):|ae_speedup|clf_speedup|difference|^ *[0-9]+ +[0-9]+ +256" "$OUT/log.txt"
 cat "$OUT/phases.txt"

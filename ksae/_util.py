@@ -536,3 +536,9 @@ def _jsonable(obj):
 def _plain(value):
     """A parameter value comparable across list/tuple spellings: sequences become lists."""
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _md_table(header: list[str], rows: list[list]) -> list[str]:
+    """Markdown table lines of the studies' reports; a literal | in a cell is escaped so that it does not split it."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(str(c).replace("|", "&#124;") for c in row) + " |" for row in rows]]

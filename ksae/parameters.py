@@ -82,6 +82,7 @@ NOTEBOOK_PARAMETERS = {  # a parameter that is a Config field takes its default 
     "K_SWEEP": Parameter("int_list", [5, 10, 20, 50, 100, 200], "the k values of the sparsity sweep", low=1,
                          high=MAX_K),
     "RUN_CONTROLS": Parameter("bool", False, "train every control here"),
+    "RUN_VARIANTS": Parameter("bool", False, "train every sparse-autoencoder variant of the variants study here"),
     "RUN_SHORTCUT": Parameter("bool", False, "train every model of the planted-shortcut study here (three variants, "
                               "three seeds)"),
     "CHECKPOINT_DIR": Parameter("folder", "checkpoints", "folder for the trained models' checkpoints"),

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from ._util import _check_result
+from ._util import _check_result, _md_table
 from .attribution import METHOD_LABELS
 from .shortcut_units import _SCORERS
 from .shortcut_verdicts import _scored_seeds
@@ -24,11 +24,6 @@ def _fmt(x, fmt: str = ".3f") -> str:
 
 def _share_text(x) -> str:
     return "—" if x is None else f"{100 * x:.1f} %"
-
-
-def _md_table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *["| " + " | ".join(str(c).replace("|", "&#124;") for c in row) + " |" for row in rows]]
 
 
 def _across(summaries: list[dict | None], fmt: str = ".3f", key: str = "mean") -> str:

@@ -5,7 +5,9 @@ seeds. Here each unit of a reference seed is matched to one unit of every other 
 (Hungarian assignment on cosine similarity, ``scipy.optimize.linear_sum_assignment``: one-to-one, the total
 cosine as large as it can be), and a unit counts as *stable* when its matched cosine reaches
 ``STABLE_COSINE`` in every other seed. The control is the same matching against an untrained dictionary
-(the initialisation of another seed): what a match of unrelated atoms gives.
+(the initialisation of another seed): what a match of unrelated atoms gives. ``recurrence`` does the same for
+every seed as the reference, on decoder atoms and encoder rows, with Paulo & Belrose's "shared" units and several
+cosine thresholds (the variants study).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,13 @@ STABLE_COSINE = 0.9  # a unit is stable when its matched atom has at least this 
 
 
 STABILITY_BOOTSTRAP = 2000  # bootstrap resamples of the group comparisons (units resampled within each group)
+
+
+_RECURRENCE_COSINES = (0.5, 0.7, 0.9)  # ``recurrence`` counts the units whose matched cosine reaches each
+
+
+_SHARED_COSINE = 0.7  # Paulo & Belrose (2025): a unit is "shared" with another seed when its matched decoder
+# atom and its matched encoder row both reach this cosine and the two matches pick the same unit
 
 
 def _atoms(name: str, atoms) -> np.ndarray:
@@ -291,3 +300,95 @@ def stability_for_config(path: str | os.PathLike, cfg: Config) -> dict | None:
     if stored_cfg.training_key() != cfg.training_key() or stability["reference"] != cfg.seed:
         return None
     return stability
+
+
+def _pair_matches(dicts: Mapping[int, np.ndarray], pairs) -> dict:
+    """``{(r, s): (match [H], cosine [H])}`` for the ordered ``pairs``; a reverse pair reuses its partner's
+    assignment (the Hungarian optimum of the transposed cosine matrix is the inverse assignment)."""
+    out = {}
+    for r, s in pairs:
+        if (s, r) in out:
+            match, cosine = out[(s, r)]
+            inverse = np.argsort(match)
+            out[(r, s)] = inverse, cosine[inverse]
+        else:
+            out[(r, s)] = match_atoms(dicts[r], dicts[s])
+    return out
+
+
+def _recurrence_flags(dec: dict, enc: dict | None, r: int, others: list[int], shared_cosine: float) -> dict:
+    """Per unit of reference ``r``: lowest matched decoder (and encoder) cosine over ``others``, and shared flags."""
+    out = {"decoder": np.min([dec[(r, s)][1] for s in others], axis=0)}
+    if enc is not None:
+        out["encoder"] = np.min([enc[(r, s)][1] for s in others], axis=0)
+        out["shared"] = np.all([(dec[(r, s)][1] >= shared_cosine) & (enc[(r, s)][1] >= shared_cosine)
+                                & (dec[(r, s)][0] == enc[(r, s)][0]) for s in others], axis=0)
+    return out
+
+
+def recurrence(decoders: Mapping[int, object], encoders: Mapping[int, object] | None = None,
+               references: Sequence[int] | None = None, thresholds: Sequence[float] = _RECURRENCE_COSINES,
+               shared_cosine: float = _SHARED_COSINE, seed: int = 0,
+               n_boot: int = STABILITY_BOOTSTRAP) -> dict:
+    """Which units recur across training seeds, by decoder atoms and encoder rows (Paulo & Belrose 2025).
+
+    ``decoders``: ``{seed: [H, D] decoder atoms}`` (tensors, arrays or autoencoders), at least two seeds;
+    ``encoders``: the same seeds' ``[H, D]`` encoder rows (``W_enc``), optional. For each reference seed in
+    ``references`` (default: every seed) each of its units is matched one-to-one in every other seed, on decoder
+    atoms and separately on encoder rows (Hungarian assignment on signed cosine, ``match_atoms``); per unit its
+    lowest matched cosine over the other seeds, and *shared*: in every other seed both matched cosines reach
+    ``shared_cosine`` with the same partner. Statistics (``"statistics"``), each per reference seed (its list in
+    ``per_reference``, their mean and ``range``, the seed spread) and for the first reference with a bootstrap 95 %
+    CI over its units (``value``, ``ci95``): the share of units whose lowest decoder (``decoder>=t``) and encoder
+    (``encoder>=t``) cosine reaches each of ``thresholds``, the share shared, and the median lowest cosine. Also
+    the first reference's per-unit values (``units``: lowest decoder and encoder cosine, shared flags)."""
+    if not isinstance(decoders, Mapping) or len(decoders) < 2:
+        raise ValueError(f"decoders must map at least two seeds to decoder atoms, got "
+                         f"{sorted(decoders) if isinstance(decoders, Mapping) else type(decoders).__name__}")
+    if encoders is not None and (not isinstance(encoders, Mapping) or set(encoders) != set(decoders)):
+        raise ValueError(f"encoders must map the same seeds as decoders ({sorted(decoders)}), got "
+                         f"{sorted(encoders) if isinstance(encoders, Mapping) else type(encoders).__name__}")
+    seeds = sorted(decoders)
+    refs = seeds if references is None else list(references)
+    if not refs or any(r not in decoders for r in refs):
+        raise ValueError(f"references must be among the seeds {seeds}, got {references!r}")
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence) or not thresholds:
+        raise ValueError(f"thresholds must be a non-empty sequence of cosines, got {thresholds!r}")
+    for t in (*thresholds, shared_cosine):
+        _check_float("thresholds and shared_cosine", t, low=-1.0, high=1.0)
+    _check_int("n_boot", n_boot, low=1)
+    _check_int("seed", seed, low=0)
+    dec = {s: _atoms(f"decoders[{s}]", decoders[s]) for s in seeds}
+    enc = None if encoders is None else {s: _atoms(f"encoders[{s}]", encoders[s]) for s in seeds}
+    shapes = {a.shape for a in (*dec.values(), *(enc or {}).values())}
+    if len(shapes) != 1:
+        raise ValueError(f"every dictionary must have the same shape [units, pixels], got {sorted(shapes)}")
+    pairs = [(r, s) for r in refs for s in seeds if s != r]
+    dec_m = _pair_matches(dec, pairs)
+    enc_m = None if enc is None else _pair_matches(enc, pairs)
+    flags = {r: _recurrence_flags(dec_m, enc_m, r, [s for s in seeds if s != r], shared_cosine) for r in refs}
+    stats: dict[str, Callable[[dict], np.ndarray]] = {}
+    for part in ("decoder", "encoder") if enc is not None else ("decoder",):
+        for t in thresholds:
+            stats[f"{part}>={t}"] = lambda f, part=part, t=t: (f[part] >= t).astype(np.float64)
+    if enc is not None:
+        stats["shared"] = lambda f: f["shared"].astype(np.float64)
+    medians = [p for p in ("decoder", "encoder") if enc is not None or p == "decoder"]
+    out = {"seeds": seeds, "references": refs, "thresholds": list(thresholds), "shared_cosine": shared_cosine,
+           "n_units": int(next(iter(shapes))[0]), "statistics": {}}
+    first = flags[refs[0]]
+    for name, per_unit in stats.items():
+        values = [float(per_unit(flags[r]).mean()) for r in refs]
+        lo, hi = percentile_interval(bootstrap_estimates(per_unit(first), None, n_boot, seed))
+        out["statistics"][name] = {"per_reference": values, "mean": float(np.mean(values)),
+                                   "range": [min(values), max(values)], "value": values[0], "ci95": [lo, hi]}
+    for part in medians:
+        values = [float(np.median(flags[r][part])) for r in refs]
+        lo, hi = percentile_interval(bootstrap_estimates(first[part], lambda v: np.median(v, axis=1), n_boot, seed))
+        out["statistics"][f"median_{part}"] = {"per_reference": values, "mean": float(np.mean(values)),
+                                               "range": [min(values), max(values)], "value": values[0],
+                                               "ci95": [lo, hi]}
+    out["units"] = {part: np.round(first[part], 4).tolist() for part in medians}
+    if enc is not None:
+        out["units"]["shared"] = first["shared"].tolist()
+    return out

@@ -106,6 +106,28 @@ def scenario(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def variants_tiny(tmp_path_factory):
+    """CI's tiny variants study (``benchmarks/variants.py --tiny``), run once: ``(result as JSON holds it, the
+    checkpoint folder, the results file, the benchmark module)``. On one torch thread, as ``trained``."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("variants", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / "variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path_factory.mktemp("variants")
+    ckpt, out = folder / "ckpt", folder / "variants.json"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        module.main(["--tiny", "--device", "cpu", "--ckpt-dir", str(ckpt), "--out", str(out)])
+    finally:
+        torch.set_num_threads(before)
+    return json.loads(out.read_text()), ckpt, out, module
+
+
+@pytest.fixture(scope="session")
 def shortcut_tiny(tmp_path_factory):
     """CI's tiny planted-shortcut run (``benchmarks/shortcut.py --tiny``: every model trained, one seed), with the
     certified shortcut model's pages and, where the browser is installed, the explorer screenshot; once per session:

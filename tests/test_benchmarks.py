@@ -16,6 +16,7 @@ import torch
 import ksae
 import ksae.config
 import ksae_helpers as kh
+from ksae import variants_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -293,6 +294,50 @@ def test_controls_tiny_run_writes_every_representation_and_refuses_mismatches(tm
     torch.save(payload, path)
     with pytest.raises(ValueError, match=r"lr: expected 0\.005, got 0\.5"):
         controls.main(args)
+
+
+def test_variants_tiny_run_measures_every_part_and_a_rerun_only_loads(variants_tiny):
+    """CI's tiny variants study: every kind at every target on the frontier (top-k's L0 is its k), the recurrence
+    rows and their controls, the planted dictionary per coherence; a rerun trains nothing and gives the same."""
+    result, ckpt, out, module = variants_tiny
+    targets = [int(t) for t in module.TINY_TARGETS]
+    assert result["targets"] == targets and result["stability_target"] == 4
+    for kind in result["kinds"]:
+        assert list(result["frontier"][kind]) == [str(t) for t in targets]
+        assert "accuracy" in result["frontier"][kind]["4"] and "accuracy" not in result["frontier"][kind]["2"]
+        for t in targets:
+            row = result["frontier"][kind][str(t)]
+            assert 0 < row["fvu"] < 1 and row["fvu_ci95"][0] <= row["fvu"] <= row["fvu_ci95"][1]
+            assert 0 <= row["dead_units"] <= row["d_code"] and 0 <= row["dense_units"] <= row["d_code"]
+    for t in targets:  # top-k's L0 is k (less where ReLU zeroes a kept unit)
+        assert 0.99 * t <= result["frontier"]["topk"][str(t)]["test_l0"] <= t
+    assert {"topk", "topk_L0_2", "topk_3x_epochs"} <= set(result["stability"])
+    long = result["stability"]["topk_3x_epochs"]
+    assert long["ae_epochs"] == 3 * module.TINY["ae_epochs"] and long["target"] == 4
+    for st in result["stability"].values():
+        stats = st["trained"]["statistics"]
+        assert len(stats["shared"]["per_reference"]) == 3 and set(st["controls"]) == {"untrained", "random_images"}
+        assert sum(st["trained"]["histograms"]["decoder"]) == result["config"]["d_hidden"]
+        assert st["controls"]["untrained"]["statistics"]["median_decoder"]["value"] < stats["median_decoder"]["value"]
+    assert [r["seed"] for r in result["by_seed"]["topk"]] == [0, 1, 2] and "accuracy" in result["by_seed"]["topk"][2]
+    assert set(result["answer"]) == {"topk_L0_2", "topk_3x_epochs"} | (set(result["kinds"]) - {"topk"})
+    planted = result["planted"]
+    assert list(planted) == list(kh.PLANTED_COHERENCES)
+    worst = [planted[c]["generator"]["max_abs_cosine"] for c in planted]
+    assert worst == sorted(worst)
+    for entry in planted.values():
+        for row in entry["kinds"].values():
+            assert 0 < row["recovery"]["mcc"] <= 1 and row["recovery"]["score"] == pytest.approx(
+                row["recovery"]["mcc"] - entry["baseline_mcc"])
+    assert result["models"]["trained_now"] == result["models"]["models"] > 0
+    again = module.main(["--tiny", "--device", "cpu", "--ckpt-dir", str(ckpt), "--out", str(out.with_name("b.json"))])
+    assert again["models"]["trained_now"] == 0 and again["models"]["models"] == result["models"]["models"]
+    for key in ("frontier", "stability", "answer", "planted", "anchors", "calibration"):
+        assert json.loads(json.dumps(again[key])) == result[key], key
+    text = kh.variants_markdown(result)
+    assert "**Against top-k**" in text and "A planted dictionary" in text
+    assert variants_report.readme_bullet(result).startswith("- **Which sparse autoencoder?**")
+    assert variants_report.readme_bullet({"variants": result}) == variants_report.readme_bullet(result)
 
 
 def test_shortcut_tiny_run_scores_what_its_gates_certify_and_reruns_from_the_cache(shortcut_tiny):

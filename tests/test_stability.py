@@ -165,3 +165,46 @@ def test_seed_dictionaries_read_checkpoints_and_refuse_missing_or_mismatched_one
             kh.seed_dictionaries(cfg, None, torch.device("cpu"), bad, tmp_path)
     with pytest.raises(ValueError, match="reference seed cfg.seed = 0 must be among seeds"):
         kh.run_seed_stability(cfg, None, torch.device("cpu"), None, 0.9, seeds=(1, 2), ckpt_dir=tmp_path)
+
+
+def test_recurrence_recovers_planted_permutations_of_decoders_and_encoders():
+    dec0, enc0 = _unit_rows(48, 784, 10), _unit_rows(48, 784, 11)
+    p1, p2 = np.random.default_rng(1).permutation(48), np.random.default_rng(2).permutation(48)
+    dec = {0: dec0, 1: _noisy(dec0, 0.2, 3)[p1], 2: _noisy(dec0, 0.2, 4)[p2]}
+    enc = {0: enc0, 1: _noisy(enc0, 0.2, 5)[p1], 2: _noisy(enc0, 0.2, 6)[p2]}
+    enc[2][np.argsort(p2)[:12]] = _unit_rows(12, 784, 7)  # units 0..11: the encoder row is new in seed 2
+    out = kh.recurrence(dec, enc, n_boot=200)
+    assert out["seeds"] == [0, 1, 2] and out["references"] == [0, 1, 2] and out["n_units"] == 48
+    st = out["statistics"]
+    assert st["decoder>=0.9"]["per_reference"] == [1.0, 1.0, 1.0] and st["decoder>=0.9"]["ci95"] == [1.0, 1.0]
+    assert st["encoder>=0.9"]["value"] == 0.75 and st["shared"]["value"] == 0.75
+    assert out["units"]["shared"] == [False] * 12 + [True] * 36
+    assert st["shared"]["per_reference"][1] == 0.75  # seed 1's units that are 0..11 in seed 0 are not shared
+    assert st["shared"]["ci95"][0] < 0.75 < st["shared"]["ci95"][1]
+    assert st["median_decoder"]["value"] > 0.9 and st["median_decoder"]["range"][0] > 0.9
+
+
+def test_recurrence_shared_needs_the_same_partner_and_follows_the_threshold():
+    dec0 = _unit_rows(30, 784, 0)
+    perm = np.random.default_rng(3).permutation(30)
+    shift = np.roll(np.arange(30), 1)
+    dec = {0: dec0, 1: dec0[perm]}
+    enc = {0: dec0, 1: dec0[perm][shift]}  # the encoder rows match other partners: nothing is shared
+    out = kh.recurrence(dec, enc, references=[0], n_boot=50)
+    assert out["references"] == [0] and out["statistics"]["decoder>=0.9"]["value"] == 1.0
+    assert out["statistics"]["encoder>=0.9"]["value"] == 1.0 and out["statistics"]["shared"]["value"] == 0.0
+    loose = kh.recurrence({0: dec0, 1: _noisy(dec0, 1.2, 1)}, thresholds=(0.3, 0.99), n_boot=50)
+    st = loose["statistics"]
+    assert "shared" not in st and "encoder>=0.3" not in st
+    assert st["decoder>=0.3"]["value"] > st["decoder>=0.99"]["value"] == 0.0
+
+
+@pytest.mark.parametrize("args, match", [
+    (({0: np.eye(3, 784)},), "at least two seeds"),
+    (({0: np.eye(3, 784), 1: np.eye(3, 784)}, {0: np.eye(3, 784)}), "same seeds"),
+    (({0: np.eye(3, 784), 1: np.eye(4, 784)},), "same shape"),
+    (({0: np.eye(3, 784), 1: np.eye(3, 784)}, None, [5]), "references must be among"),
+])
+def test_recurrence_refuses_bad_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        kh.recurrence(*args)
