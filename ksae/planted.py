@@ -26,7 +26,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._util import IMAGE_SIDE, _check_float, _check_int, _numpy
+from ._util import (
+    IMAGE_SIDE,
+    _as_numbers,
+    _check_choice,
+    _check_finite,
+    _check_float,
+    _check_images,
+    _check_instance,
+    _check_int,
+    _check_tensor,
+    _describe,
+    _numpy,
+)
 from .data import FashionMNIST
 
 PLANTED_COHERENCES = {"incoherent": (0.0, 0.0), "smooth": (0.8, 0.0), "image-like": (2.0, 5.0)}  # name ->
@@ -88,6 +100,34 @@ class PlantedDictionary:
     max_abs_cosine: float
     median_max_abs_cosine: float
     label_rate_factor: float
+
+    def __post_init__(self):
+        """Every field checked at the door, kinds and shapes against ``data`` and ``atoms`` (``ValueError`` naming
+        the field): a hand-made or edited record is refused where it is built, not deep in a study."""
+        _check_instance("data", self.data, FashionMNIST)
+        _check_tensor("atoms", self.atoms, [(None, "atoms"), (IMAGE_SIDE**2, str(IMAGE_SIDE**2))], "float")
+        _check_finite("atoms", self.atoms)
+        n, c = len(self.atoms), len(self.data.classes)
+        _check_tensor("codes_train", self.codes_train, [(len(self.data.x_train), "training images"), (n, "atoms")],
+                      "float")
+        _check_tensor("codes_test", self.codes_test, [(len(self.data.x_test), "test images"), (n, "atoms")], "float")
+        _check_tensor("firing_rates", self.firing_rates, [(n, "atoms")], "float")
+        if not bool(((self.firing_rates >= 0) & (self.firing_rates <= 1)).all()):
+            raise ValueError(f"firing_rates must hold probabilities in [0, 1], got values from "
+                             f"{float(self.firing_rates.min()):g} to {float(self.firing_rates.max()):g}")
+        _check_tensor("rule", self.rule, [(c, "classes"), (n, "atoms")], "float")
+        _check_tensor("label_atoms", self.label_atoms, [(c, "classes"), (None, "m")], "int")
+        if self.label_atoms.numel() and not bool(((self.label_atoms >= 0) & (self.label_atoms < n)).all()):
+            raise ValueError(f"label_atoms must hold atom ids in [0, {n}), got values from "
+                             f"{int(self.label_atoms.min())} to {int(self.label_atoms.max())}")
+        _check_float("scale", self.scale, low=0.0, low_open=True)
+        _check_float("offset", self.offset)
+        _check_choice("coherence", self.coherence, tuple(PLANTED_COHERENCES))
+        _check_int("seed", self.seed, low=0)
+        _check_float("mean_l0", self.mean_l0, low=0.0, low_open=True)
+        _check_float("max_abs_cosine", self.max_abs_cosine, low=0.0)
+        _check_float("median_max_abs_cosine", self.median_max_abs_cosine, low=0.0)
+        _check_float("label_rate_factor", self.label_rate_factor, low=1.0)
 
     def contributions(self, codes: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The exact contribution ``[B, N]`` of every atom to the centred rule score of class ``target: [B]``
@@ -203,6 +243,20 @@ def _draw_codes(n: int, rates: torch.Tensor, gen: torch.Generator) -> torch.Tens
     return active * magnitude
 
 
+def _check_sizes(name=lambda key: key, n_atoms: int = 1024, mean_l0: float = 50.0, n_train: int = 20_000,
+                 n_test: int = 5_000, n_classes: int = 10, zipf_exponent: float = _ZIPF_EXPONENT,
+                 max_rate: float = _MAX_RATE) -> None:
+    """``planted_dictionary``'s sizes checked as it checks them (``name(key)``: how a message names each one, e.g.
+    ``planted['n_atoms']`` where they come in a dict)."""
+    _check_int(name("n_classes"), n_classes, low=2)
+    _check_int(name("n_atoms"), n_atoms, low=_LABEL_ATOMS_PER_CLASS * n_classes)
+    _check_int(name("n_train"), n_train, low=n_classes)
+    _check_int(name("n_test"), n_test, low=1)
+    _check_float(name("zipf_exponent"), zipf_exponent, low=0.0)
+    _check_float(name("max_rate"), max_rate, low=0.0, high=1.0, low_open=True)
+    _check_float(name("mean_l0"), mean_l0, low=0.0, high=n_atoms * max_rate, low_open=True)
+
+
 def planted_dictionary(coherence: str = "image-like", n_atoms: int = 1024, mean_l0: float = 50.0,
                        n_train: int = 20_000, n_test: int = 5_000, n_classes: int = 10, seed: int = 0,
                        zipf_exponent: float = _ZIPF_EXPONENT, max_rate: float = _MAX_RATE) -> PlantedDictionary:
@@ -212,12 +266,9 @@ def planted_dictionary(coherence: str = "image-like", n_atoms: int = 1024, mean_
     ``_LABEL_ATOMS_PER_CLASS * n_classes`` label atoms are those with rates nearest the 90th percentile, assigned to
     the classes at random. ``scale`` and ``offset`` map the smallest and largest pixel of all the images to 0
     and 1. Returns a ``PlantedDictionary`` whose ``data`` the training code takes like Fashion-MNIST."""
-    if coherence not in PLANTED_COHERENCES:
-        raise ValueError(f"coherence must be one of {tuple(PLANTED_COHERENCES)}, got {coherence!r}")
-    _check_int("n_classes", n_classes, low=2)
-    _check_int("n_atoms", n_atoms, low=_LABEL_ATOMS_PER_CLASS * n_classes)
-    _check_int("n_train", n_train, low=n_classes)
-    _check_int("n_test", n_test, low=1)
+    _check_choice("coherence", coherence, tuple(PLANTED_COHERENCES))
+    _check_sizes(n_atoms=n_atoms, mean_l0=mean_l0, n_train=n_train, n_test=n_test, n_classes=n_classes,
+                 zipf_exponent=zipf_exponent, max_rate=max_rate)
     _check_int("seed", seed, low=0)
     rates_sorted = _zipf_rates(n_atoms, mean_l0, zipf_exponent, max_rate)
     rng = np.random.default_rng(seed * 4 + _SEED_OFFSETS["rates"])
@@ -265,25 +316,29 @@ def _unit_norm_rows(name: str, atoms) -> np.ndarray:
     if hasattr(atoms, "W_dec"):
         atoms = atoms.W_dec
     if not isinstance(atoms, (torch.Tensor, np.ndarray)):
-        raise ValueError(f"{name} must be a [units, pixels] tensor or array of atoms, got {type(atoms).__name__}")
+        raise ValueError(f"{name} must be a [units, pixels] tensor or array of atoms, got {_describe(atoms)}")
+    if isinstance(atoms, np.ndarray) and not np.issubdtype(atoms.dtype, np.number):
+        raise ValueError(f"{name} must be a [units, pixels] tensor or array of numbers, got {_describe(atoms)}")
     a = _numpy(atoms)
-    if a.ndim != 2 or min(a.shape) < 1 or not np.isfinite(a).all():
-        raise ValueError(f"{name} must be a finite [units, pixels] array, got shape {list(a.shape)}")
+    if a.ndim != 2 or min(a.shape) < 1:
+        raise ValueError(f"{name} must be a [units, pixels] array, got shape {list(a.shape)}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf values; expected finite atoms")
     norms = np.linalg.norm(a, axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero atoms: their cosine is undefined")
     return a / norms
 
 
-def _match_abs_cosine(atoms, learned) -> tuple[np.ndarray, np.ndarray]:
+def _match_abs_cosine(atoms, learned, name: str = "learned") -> tuple[np.ndarray, np.ndarray]:
     """One-to-one match of each planted atom (rows of ``atoms: [N, D]``) to a distinct learned atom (rows of
-    ``learned: [H, D]``, ``H >= N``) maximising the total |cosine| (Hungarian assignment; an atom and its negative
-    describe the same direction). Returns ``(match: [N], abs_cosine: [N])``."""
+    ``learned: [H, D]``, ``H >= N``; ``name``: what messages call it) maximising the total |cosine| (Hungarian
+    assignment; an atom and its negative describe the same direction). Returns ``(match: [N], abs_cosine: [N])``."""
     from scipy.optimize import linear_sum_assignment
 
-    a, b = _unit_norm_rows("atoms", atoms), _unit_norm_rows("learned", learned)
+    a, b = _unit_norm_rows("atoms", atoms), _unit_norm_rows(name, learned)
     if a.shape[1] != b.shape[1] or len(b) < len(a):
-        raise ValueError(f"learned must have at least as many atoms as atoms and the same pixels, got "
+        raise ValueError(f"{name} must have at least as many atoms as atoms and the same pixels, got "
                          f"{list(b.shape)} for {list(a.shape)}")
     cos = np.abs(a @ b.T)
     rows, cols = linear_sum_assignment(cos, maximize=True)
@@ -293,12 +348,11 @@ def _match_abs_cosine(atoms, learned) -> tuple[np.ndarray, np.ndarray]:
 
 
 def random_image_atoms(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """A dictionary of ``n`` random images of ``x: [M, D]`` (drawn without replacement with ``seed``), each minus
-    the mean image of ``x`` (what an autoencoder's atoms add to its pre-encoder bias, initialised there), unit
-    norm: ``[n, D]``. The chance level of dictionary comparisons: it matches the data, not any learned structure."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
-        raise ValueError(f"x must be a [images, pixels] floating-point tensor, got "
-                         f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    """A dictionary of ``n`` random images of ``x: [M, 784]`` (pixels in [0, 1]; drawn without replacement with
+    ``seed``), each minus the mean image of ``x`` (what an autoencoder's atoms add to its pre-encoder bias,
+    initialised there), unit norm: ``[n, 784]``. The chance level of dictionary comparisons: it matches the data,
+    not any learned structure."""
+    x = _check_images("x", x, flat=True)
     _check_int("n", n, low=1, high=len(x), high_name="the number of images")
     _check_int("seed", seed, low=0)
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
@@ -315,19 +369,21 @@ def recovery_scores(atoms, learned, codes: torch.Tensor | None = None, learned_c
     samples already matches smooth atoms well: the score is what learning adds). With the planted ``codes: [n, N]``
     of some images and the model's ``learned_codes: [n, H]`` of the same images: each matched unit's F1 as a
     detector of its planted atom (fires where the atom is active), and the learned units that fire on none."""
-    match, cosine = _match_abs_cosine(atoms, learned)
     _check_float("threshold", threshold, low=0.0, high=1.0)
+    if (codes is None) != (learned_codes is None):
+        raise ValueError(f"codes and learned_codes must come together (the planted and the learned codes of the same "
+                         f"images), got only {'codes' if learned_codes is None else 'learned_codes'}")
+    if codes is not None:
+        codes, learned_codes = _as_numbers("codes", codes, ndim=2), _as_numbers("learned_codes", learned_codes, ndim=2)
+    match, cosine = _match_abs_cosine(atoms, learned)
     out = {"match": match.tolist(), "abs_cosine": cosine.tolist(), "mcc": float(cosine.mean()),
            "recovered_share": float((cosine >= threshold).mean()), "threshold": threshold}
     if baseline is not None:
-        _, base = _match_abs_cosine(atoms, baseline)
+        _, base = _match_abs_cosine(atoms, baseline, "baseline")
         out.update(baseline_mcc=float(base.mean()), baseline_recovered_share=float((base >= threshold).mean()),
                    score=float(cosine.mean() - base.mean()))
-    if (codes is None) != (learned_codes is None):
-        raise ValueError("codes and learned_codes come together (the planted and the learned codes of the same "
-                         "images), got only one")
     if codes is not None:
-        truth, fired = _numpy(codes) > 0, _numpy(learned_codes) > 0
+        truth, fired = codes > 0, learned_codes > 0
         if truth.shape[0] != fired.shape[0] or truth.shape[1] != len(match) or fired.shape[1] < match.max() + 1:
             raise ValueError(f"codes must be [n, {len(match)}] and learned_codes [n, units] of the same n images, "
                              f"got {list(truth.shape)} and {list(fired.shape)}")

@@ -349,13 +349,14 @@ def recurrence(decoders: Mapping[int, object], encoders: Mapping[int, object] | 
         raise ValueError(f"encoders must map the same seeds as decoders ({sorted(decoders)}), got "
                          f"{sorted(encoders) if isinstance(encoders, Mapping) else type(encoders).__name__}")
     seeds = sorted(decoders)
-    refs = seeds if references is None else list(references)
-    if not refs or any(r not in decoders for r in refs):
+    refs = seeds if references is None else _check_ints("references", references, low=0)
+    if any(r not in decoders for r in refs):
         raise ValueError(f"references must be among the seeds {seeds}, got {references!r}")
     if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence) or not thresholds:
         raise ValueError(f"thresholds must be a non-empty sequence of cosines, got {thresholds!r}")
-    for t in (*thresholds, shared_cosine):
-        _check_float("thresholds and shared_cosine", t, low=-1.0, high=1.0)
+    for t in thresholds:
+        _check_float("thresholds entry", t, low=-1.0, high=1.0)
+    _check_float("shared_cosine", shared_cosine, low=-1.0, high=1.0)
     _check_int("n_boot", n_boot, low=1)
     _check_int("seed", seed, low=0)
     dec = {s: _atoms(f"decoders[{s}]", decoders[s]) for s in seeds}

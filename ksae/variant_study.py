@@ -23,13 +23,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ._util import _check_int, _jsonable
+from ._util import (
+    _check_bool,
+    _check_choices,
+    _check_device,
+    _check_instance,
+    _check_int,
+    _check_ints,
+    _check_path,
+    _jsonable,
+)
 from .attribution import attribute_all, integrated_gradients
 from .config import Config
 from .controls import LinearCode, _control_checkpoint_name, _explained_model, _load_or_train_control, fit_pca
 from .data import FashionMNIST, train_val_split
 from .models import SparseCodePipeline
-from .planted import PLANTED_COHERENCES, planted_dictionary, random_image_atoms, recovery_scores
+from .planted import PLANTED_COHERENCES, _check_sizes, planted_dictionary, random_image_atoms, recovery_scores
 from .runtime import device_name
 from .stability import recurrence
 from .stats import _rowwise_pearson, bootstrap_estimates, partner_images, percentile_interval, summarize
@@ -56,6 +65,10 @@ _EPOCH_FACTOR = 3  # the long-training top-k row of the recurrence study trains 
 _PLANTED = dict(n_atoms=512, mean_l0=50.0, n_train=60_000, n_test=5_000)  # the synthetic data sets: 512 atoms for
 # the 1024-unit autoencoders (fewer atoms than pixels: a linear encoder can invert them where they are incoherent);
 # with 1024 atoms and 16 000 images a top-k SAE memorised the images (validation FVU 0.54 against 0.36 in training)
+
+
+_PLANTED_SIZES = ("n_atoms", "mean_l0", "n_train", "n_test", "n_classes", "zipf_exponent", "max_rate")  # the keys
+# of planted: planted_dictionary's sizes (its coherence and seed come from the study)
 
 
 _PLANTED_RECIPE = dict(n_val=2000, clf_hflip=False, clf_shift=0, train_subset=0)  # on the synthetic data: every
@@ -343,27 +356,32 @@ def run_variants(data: FashionMNIST, cfg: Config, device: torch.device, ckpt_dir
       default 512 atoms, mean L0 50, 60 000 + 5 000 images) and its explanations against the known answer.
 
     Returns the JSON-able result that ``results/variants.json`` holds."""
-    if not isinstance(data, FashionMNIST):
-        raise ValueError(f"data must be the FashionMNIST data set (load_fashion_mnist, or a PlantedDictionary's "
-                         f"data), got {type(data).__name__}")
-    if not isinstance(cfg, Config):
-        raise ValueError(f"cfg must be a Config, got {type(cfg).__name__}")
-    kinds = tuple(_KINDS if kinds is None else kinds)
-    targets = tuple(_TARGETS if targets is None else targets)
-    unknown = [k for k in kinds if k not in _KINDS]
-    if unknown or not kinds:
-        raise ValueError(f"kinds must name autoencoder kinds among {_KINDS}, got {list(kinds)}")
-    if len(set(targets)) != len(targets) or not targets:
+    _check_instance("data", data, FashionMNIST, "the FashionMNIST data set (load_fashion_mnist, or a "
+                    "PlantedDictionary's data)")
+    _check_instance("cfg", cfg, Config)
+    _check_device("device", device)
+    _check_path("ckpt_dir", ckpt_dir, "folder")
+    kinds = tuple(_KINDS if kinds is None else _check_choices("kinds", kinds, _KINDS, "autoencoder kinds among",
+                                                              empty=False))
+    targets = _TARGETS if targets is None else targets
+    if isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence) or len(set(targets)) != len(targets) \
+            or not targets:
         raise ValueError(f"targets must be distinct mean L0 values, got {targets!r}")
+    targets = tuple(targets)
     for t in targets:
         _check_int("targets[i]", t, low=1, high=cfg.d_hidden, high_name="d_hidden")
+    _check_ints("seeds", seeds, low=0)
     if len(seeds) < 2 or seeds[0] != cfg.seed or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be at least two distinct training seeds starting with cfg.seed = {cfg.seed}, "
                          f"got {list(seeds)}")
-    bad = [c for c in coherences if c not in PLANTED_COHERENCES]
-    if bad:
-        raise ValueError(f"coherences must be among {tuple(PLANTED_COHERENCES)}, got {bad}")
+    if planted is not None:
+        _check_instance("planted", planted, dict, "a dict of planted_dictionary's sizes")
+        _check_choices("planted", list(planted), _PLANTED_SIZES, "a dict with keys among")
     sizes = {**_PLANTED, **(planted or {})}
+    _check_sizes(lambda key: f"planted[{key!r}]", **sizes)
+    _check_choices("coherences", coherences, tuple(PLANTED_COHERENCES), "among")
+    _check_int("n_per_class", n_per_class, low=1)
+    _check_bool("verbose", verbose)
     t0, seconds, ledger = time.perf_counter(), {}, []
     pixel_model = _explained_model(*_control_model("pixels", cfg, data, device, ckpt_dir, verbose, ledger))
     seconds["pixel_classifier"] = time.perf_counter() - t0

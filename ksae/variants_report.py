@@ -4,7 +4,7 @@ named only where its CI excludes 0 and the seed ranges do not overlap (``no reso
 
 from __future__ import annotations
 
-from ._util import _md_table
+from ._util import _check_result, _md_table
 from .variant_models import _KIND_LABELS as KIND_LABELS
 
 _KNOWN_LABELS = {"code": "decoder-weighted, code space (matched units)", "integrated": "integrated gradients",
@@ -218,11 +218,8 @@ def variants_markdown(variants: dict) -> str:
     """The variants study as markdown (``results/variants.json`` or ``run_variants``' result): how each knob was
     chosen, the frontier, which units recur against the controls, every variant against top-k, the planted
     dictionary and the explanations against its known answer. Every number is read from ``variants``."""
-    keys = ("calibration", "frontier", "anchors", "stability", "targets")
-    if not isinstance(variants, dict) or any(k not in variants for k in keys):
-        raise ValueError(f"variants must be run_variants' result (results/variants.json) with keys {keys}, got "
-                         f"{sorted(variants) if isinstance(variants, dict) else type(variants).__name__}")
-    d = variants
+    d = _check_result("variants", variants, ("calibration", "frontier", "anchors", "stability", "targets"),
+                      "run_variants' result (results/variants.json)")
     lines = ["**How each knob was chosen** (on the validation split; the test set is scored once per model). "
              "A count knob (k) starts at the target; a target-L0 knob at the target; a penalty (the L1 weight) at "
              "the log-log interpolation of short pilot runs. Each try is a full-length model; a try whose validation "

@@ -120,7 +120,7 @@ def test_answer_compares_every_variant_with_top_k():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(kinds=["sparse"]), "kinds must name"),
+    (dict(kinds=["sparse"]), "kinds must be autoencoder kinds among"),
     (dict(targets=[20, 20]), "targets must be distinct"),
     (dict(targets=[0]), "targets\\[i\\] must be >= 1"),
     (dict(seeds=[1, 2]), "starting with cfg.seed"),

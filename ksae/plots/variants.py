@@ -8,6 +8,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from .._util import _check_result
 from ..variant_models import _KIND_LABELS
 from .figure import _finish
 from .style import _grid_figure, _styled, _suptitle
@@ -25,11 +26,8 @@ _GROUP_WIDTH = 0.8  # share of a group's width its bars take
 
 
 def _check_variants_result(variants) -> dict:
-    keys = ("frontier", "stability", "anchors", "targets", "kinds")
-    if not isinstance(variants, dict) or any(k not in variants for k in keys):
-        raise ValueError(f"variants must be run_variants' result (results/variants.json) with keys {keys}, got "
-                         f"{sorted(variants) if isinstance(variants, dict) else type(variants).__name__}")
-    return variants
+    return _check_result("variants", variants, ("frontier", "stability", "anchors", "targets", "kinds"),
+                         "run_variants' result (results/variants.json)")
 
 
 def _variant_row_label(name: str) -> str:
