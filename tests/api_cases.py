@@ -92,6 +92,11 @@ def make_env(tmp: Path) -> dict:
     env["fmnist"] = kh.FashionMNIST(x, torch.tensor([6, 0, 6, 0, 1, 2]), x, torch.tensor([6, 0, 6, 0, 1, 2]))
     env["planted"] = kh.plant_shortcut(env["fmnist"], "certified")
     env["shortcut"] = _shortcut_result()
+    # the variants study: a planted dictionary of 32 atoms (60 + 20 images, ten classes), the learned codes of its
+    # test images, the study's result
+    env["pd"] = kh.planted_dictionary("incoherent", n_atoms=32, mean_l0=4.0, n_train=60, n_test=20)
+    env["pd_learned_codes"] = sae.encode(env["pd"].data.x_test).detach()
+    env["variants"] = _variants_result()
     return env
 
 
@@ -105,6 +110,18 @@ def _shortcut_result() -> dict:
     return {"schema_version": 1, "variants": list(kh.SHORTCUT_VARIANTS), "seeds": [0],
             "per_seed": {v: {} for v in kh.SHORTCUT_VARIANTS}, "summary": {}, "markers": {}, "sizes": {"ns": []},
             "planting": {v: {} for v in kh.SHORTCUT_VARIANTS}}
+
+
+def _variants_result() -> dict:
+    """The committed variants result (``results/variants.json``) once it exists; until then ``run_variants``' top-level
+    keys with nothing measured: enough for the door, which refuses every bad-input case before any of it is read (a
+    real result comes from training dozens of models: ``tests/conftest.py``'s ``variants_tiny``)."""
+    path = ROOT / "results" / "variants.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"schema_version": 1, "kinds": list(kh.SAE_KINDS), "targets": [], "stability_target": 0, "seeds": [0],
+            "calibration": {}, "frontier": {}, "by_seed": {}, "anchors": {"pca": {}}, "stability": {}, "answer": {},
+            "planted": {}}
 
 
 # --- families: the wrong values of one kind of parameter ----------------------------------------------------
@@ -392,6 +409,33 @@ FAMILIES: dict[str, Family] = {
                       ("int", lambda e: torch.zeros(N, 4, dtype=torch.long), "")]),
     "shortcut": _result(lambda e: e["shortcut"]),
     "family_stats": _result(lambda e: e["family"]),
+    # the variants study
+    "planted_atoms": _family([("1-D", lambda e: e["pd"].atoms[0], ""), ("string", lambda e: "atoms", ""),
+                              ("nan", lambda e: _with_nan(e["pd"].atoms), "NaN")], lambda e, c: e["pd"].atoms),
+    "learned_atoms": _family([("fewer", lambda e: e["sae"].W_dec.detach()[:4], ""), ("string", lambda e: "atoms", ""),
+                              ("nan", lambda e: _with_nan(e["sae"].W_dec.detach()), "NaN")],
+                             lambda e, c: e["sae"].W_dec.detach()),
+    "code_rows": _family([("rows", lambda e: e["pd"].codes_test[:-1], ""), ("1-D", lambda e: e["pd"].codes_test[0], ""),
+                          ("string", lambda e: "codes", "")]),
+    "planted_codes": Family(lambda c: [*_none(c), ("columns", lambda e, p=c.param: getattr(e["pd"], p)[:, :-1], ""),
+                                       ("rows", lambda e, p=c.param: getattr(e["pd"], p)[:-1], ""),
+                                       ("int", lambda e, p=c.param: getattr(e["pd"], p).long(), "")]),
+    "firing_rates": _family([("length", lambda e: e["pd"].firing_rates[:-1], ""),
+                             ("above-1", lambda e: torch.full((32,), 1.5, dtype=torch.float64), ""),
+                             ("array", lambda e: e["pd"].firing_rates.numpy(), "")]),
+    "rule": _family([("shape", lambda e: e["pd"].rule[:-1], ""), ("int", lambda e: e["pd"].rule.long(), "")]),
+    "label_atoms": _family([("float", lambda e: e["pd"].label_atoms.float(), ""),
+                            ("out-of-range", lambda e: torch.full_like(e["pd"].label_atoms, 32), "")]),
+    "atoms_maps": _family([("list", lambda e: [e["sae"].W_dec.detach()], ""), ("one-seed", lambda e: {0: e["sae"]}, ""),
+                           ("nan", lambda e: {0: e["sae"].W_dec.detach(), 1: _with_nan(e["sae"].W_dec.detach())},
+                            "NaN")], lambda e, c: {0: e["sae"].W_dec.detach(), 1: e["sae"].W_dec.detach().flip(0)}),
+    "cosine_list": Family(_const(("string", "0.5", ""), ("above-1", [1.5], ""), ("nan", [math.nan], ""),
+                                 ("empty", [], "")), lambda e, c: [0.5]),
+    "planted_sizes": Family(_const(("number", 5, ""), ("list", [], ""),
+                                   ("misspelt", {"n_atom": 32}, "did you mean 'n_atoms'"),
+                                   ("negative", {"n_train": -1}, "n_train"),
+                                   ("nan", {"mean_l0": math.nan}, "mean_l0"))),
+    "variants_result": _result(lambda e: e["variants"]),
     # results, in memory or read back from results/*.json
     "summary": _result(_summary),
     "validation": _result(lambda e: e["summary"]["validation"]),
@@ -585,6 +629,24 @@ SPECIAL: dict[str, dict] = {  # name -> {"families": {param: family or (family, 
     **{fn: {"families": {"shortcut": "shortcut", "variant": ("closed", kh.SHORTCUT_VARIANTS),
                          "score": ("closed", ("mass", "rank", "pointing"))}} for fn in (
         "shortcut_markdown", "plot_shortcut_maps", "plot_shortcut_localisation", "plot_shortcut_removal")},
+    # --- the variants study
+    "planted_dictionary": {"families": {"coherence": ("closed", tuple(kh.PLANTED_COHERENCES))},
+                           "valid": lambda e: dict(n_atoms=32, mean_l0=4.0, n_train=60, n_test=20)},
+    "PlantedDictionary": {"families": {"atoms": "planted_atoms", "codes_train": "planted_codes",
+                                       "codes_test": "planted_codes", "firing_rates": "firing_rates", "rule": "rule",
+                                       "label_atoms": "label_atoms",
+                                       "coherence": ("closed", tuple(kh.PLANTED_COHERENCES))},
+                          "valid": lambda e: {f: getattr(e["pd"], f) for f in e["pd"].__dataclass_fields__}},
+    "recovery_scores": {"families": {"atoms": "planted_atoms", "learned": "learned_atoms", "baseline": "learned_atoms",
+                                     "codes": "code_rows", "learned_codes": "code_rows"},
+                        "valid": lambda e: {"codes": e["pd"].codes_test, "learned_codes": e["pd_learned_codes"]}},
+    "recurrence": {"families": {"decoders": "atoms_maps", "encoders": "atoms_maps", "thresholds": "cosine_list"},
+                   "valid": lambda e: {"n_boot": 10}},
+    "run_variants": {"families": {"kinds": ("closed_seq", kh.SAE_KINDS), "planted": "planted_sizes",
+                                  "coherences": ("closed_seq", tuple(kh.PLANTED_COHERENCES))},
+                     "valid": lambda e: {"targets": [2, 4, 8]}},  # mean L0 targets within the tiny d_hidden
+    **{fn: {"families": {"variants": "variants_result"}} for fn in (
+        "variants_markdown", "plot_variants_frontier", "plot_variants_stability", "plot_variants_recovery")},
 }
 
 
