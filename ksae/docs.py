@@ -28,6 +28,7 @@ from .attribution import METHOD_LABELS
 from .checks.agreement import PIXEL_SETS
 from .checks.randomization import RANDOMIZATION_VARIANTS
 from .checks.verdicts import VERDICT_NAMES, VERDICT_TESTS, _verdict_label, verdict_statements
+from .config import Config
 from .controls_report import _controls_section
 from .findings import (
     _family,
@@ -408,8 +409,9 @@ def _summaries(data: dict) -> list[str]:
             **{f"{RESULTS_DIR}/{DEVICE_RUNS}/{n}": c for n, c in data["device_runs"].items()
                if isinstance(c, dict) and "timings_s" in c}}
     each = lambda fn: [fn(s) for s in runs.values()]
-    differs = lambda s: ", ".join(f"{k}={s['config'].get(k, '(absent)')}" for k in default["config"]
-                                  if s["config"].get(k) != default["config"][k]) or "the default"
+    # a record written before a field existed ran with the value in effect then (Config.from_dict(saved=True))
+    full = lambda s: {k: json.dumps(v) for k, v in Config.from_dict(s["config"], saved=True).to_dict().items()}
+    differs = lambda s: ", ".join(f"{k}={v}" for k, v in full(s).items() if v != full(default)[k]) or "the default"
     rows = [["device", *each(lambda s: s["device"])], ["torch", *each(lambda s: s["torch_version"])],
             ["written", *each(lambda s: s["created"])], ["configuration", *each(differs)],
             *([p, *each(lambda s: _sec(s["timings_s"].get(p)))]  # noqa: B023 (called at once)

@@ -15,6 +15,7 @@ import importlib
 
 from .attribution import METHOD_LABELS
 from .checks.verdicts import _verdict_label, verdict_statements
+from .config import Config
 from .control_study import _CLAIM_PURITY
 from .controls_report import _findings
 from .stats import _ci_text
@@ -70,10 +71,12 @@ def _anchor(heading: str) -> str:
 # --- verdicts, in the project's own words ------------------------------------------------------------------
 def seeds_of_this_run(data: dict) -> dict[str, list[dict]] | None:
     """``{seed: verdict rows}`` of the seeds file when it was measured with the default run's configuration (every
-    field both record, but the seed); None when it describes another configuration."""
+    field both record, but the seed and the knobs of other autoencoder kinds); None when it describes another
+    configuration."""
     seeds, summary = data["seeds"], data["summary"]
     mine, theirs = summary["config"], seeds.get("config", {})
-    if all(mine[f] == theirs[f] for f in set(mine) & set(theirs) - {"seed"}):
+    other_kinds = set(Config.from_dict(mine, saved=True).not_applicable())  # knobs its kind never reads
+    if all(mine[f] == theirs[f] for f in set(mine) & set(theirs) - {"seed"} - other_kinds):
         return {s: run["rows"] for s, run in seeds["per_seed"].items()}
     return None
 

@@ -252,21 +252,34 @@ def readme_bullet(data: dict) -> str:
     for v in r["variants"]:
         s = r["summary"][v]
         if not s["all_gated"]:
-            parts.append(f"{_VARIANT_LABELS[v]}: gate failed in some seed, no verdict")
+            parts.append(f"{_VARIANT_LABELS[v]}: its gate failed in some seed, so nothing is claimed")  # "gate failed"
             continue
-        finds = [METHOD_LABELS.get(m, m) for m, c in s["localisation"]["shortcut"].items() if c["finds"]]
-        units = [n for n, c in s["units"]["finding"].items() if c["finds"]]
-        cures = [f"{n} top {k}" for n, by in s["units"]["removal"].items() for k, c in by.items()
+        methods = s["localisation"]["shortcut"]
+        finds = [m for m, c in methods.items() if c["finds"]]
+        scorers = s["units"]["finding"]
+        units = [n for n, c in scorers.items() if c["finds"]]
+        cures = [(int(k), n) for n, by in s["units"]["removal"].items() for k, c in by.items()
                  if c["beats_random_every_seed"]]
-        parts.append(f"{_VARIANT_LABELS[v]}: found by {', '.join(finds) or 'no method'}; marker unit ranked first by "
-                     f"{', '.join(units) or 'no scorer'}; removal beating random units: {', '.join(cures) or 'none'}")
+        found = (f"{len(finds)} of {len(methods)} methods find it" if len(finds) < len(methods)
+                 else f"all {len(methods)} methods find it")
+        unit = (f"{len(units)} of {len(scorers)} unit scorers rank the marker's unit first" if units
+                else "no unit scorer ranks the marker's unit first")
+        cure = (f"zeroing the top {min(cures)[0]} unit{'s' * (min(cures)[0] > 1)} by {min(cures)[1]} beats as many "
+                "random units" if cures else "no unit removal beats random units")
+        parts.append(f"{_VARIANT_LABELS[v]}: {found}, {unit}, {cure}")
     lead = ""
     per = _scored_seeds(r, "certified") if "certified" in r["variants"] else {}
     if per:
         diff = _across([p["localisation"]["twin_difference"]["integrated"]["mass"]["M"] for p in per.values()])
-        lead = f" Certified, integrated gradients: mass on M minus the clean twin's {diff} (seeds' CI envelope)."
-    return (f"- **Planted shortcut** (`results/shortcut.json`, seeds {', '.join(map(str, r['seeds']))}; "
-            f"[docs/results.md](docs/results.md#planted-shortcut)): " + "; ".join(parts) + "." + lead)
+        lead = (f" (certified, integrated gradients: relevance on the marker minus the clean twin's on the same images "
+                f"{diff})")
+    side = r["markers"]["M"]["size"]
+    return (f"- **A planted shortcut: which explanation finds a known answer.** A {side} × {side} marker the model "
+            "provably uses "
+            f"(every claim held against the clean twin and random units in each of seeds "
+            f"{', '.join(map(str, r['seeds']))}): " + "; ".join(parts) + lead +
+            " — [localisation figure](figures/shortcut_localisation.png), "
+            "[tables](docs/results.md#planted-shortcut).")
 
 
 def _shortcut_section(data: dict) -> list[str]:

@@ -243,3 +243,14 @@ def test_readme_without_markers_is_an_error(repo):
     with pytest.raises(ValueError, match="markers"):
         docs.render(repo)
     assert docs.main(["--root", str(repo), "--check"]) == 2
+
+
+def test_a_seeds_file_differing_only_in_another_kinds_knob_is_this_run_s():
+    """The seeds file matches the default run when they differ only in a knob the default kind never reads (relu_l1's
+    l1_coef); a field the kind reads (k) makes it another configuration."""
+    data = docs.load_inputs(ROOT / "results")
+    data["seeds"] = json.loads(json.dumps(data["seeds"]))
+    data["seeds"]["config"]["l1_coef"] = 0.123
+    assert findings.seeds_of_this_run(data) is not None
+    data["seeds"]["config"]["k"] = data["summary"]["config"]["k"] + 1
+    assert findings.seeds_of_this_run(data) is None

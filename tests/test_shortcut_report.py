@@ -32,10 +32,17 @@ def test_markdown_follows_the_result(shortcut_tiny):
 def test_readme_bullet_is_one_line_from_the_result_or_the_docs_inputs(shortcut_tiny):
     result = shortcut_tiny["result"]
     bullet = shortcut_report.readme_bullet(result)
-    assert bullet.startswith("- **Planted shortcut**") and "\n" not in bullet
+    assert bullet.startswith("- **A planted shortcut") and "\n" not in bullet
+    assert "](figures/shortcut_localisation.png)" in bullet and "](docs/results.md#planted-shortcut)" in bullet
     assert shortcut_report.readme_bullet({"shortcut": result}) == bullet
     for v in result["variants"]:
         s = result["summary"][v]
-        assert ("gate failed" in bullet) or s["all_gated"]
+        label = shortcut_report._VARIANT_LABELS[v]
+        if s["all_gated"]:
+            methods = s["localisation"]["shortcut"]
+            n, found = len(methods), sum(c["finds"] for c in methods.values())
+            assert f"{label}: " + (f"all {n} methods find it" if found == n else f"{found} of {n} methods") in bullet
+        else:
+            assert f"{label}: its gate failed" in bullet
     with pytest.raises(ValueError, match="results/shortcut.json"):
         shortcut_report.readme_bullet({"summary": None, "per_seed": {}})
