@@ -108,7 +108,7 @@ def test_family_agreement_on_planted_families():
     n, labels = 400, torch.arange(400) % 4
     template, own = torch.randn(4, 784, generator=g)[labels], torch.randn(n, 784, generator=g)
     noise = lambda: torch.randn(n, 784, generator=g)
-    x = torch.rand(n, 784, generator=g) + 0.01
+    x = 0.01 + 0.99 * torch.rand(n, 784, generator=g)  # every pixel object (> 0), in [0, 1]
     gradient = {"a": template + own + noise(), "b": template + own + noise()}
     blind = {"c": template + noise(), "d": template + noise()}
     seeing = {"e": template + own + noise(), "f": template + own + noise()}

@@ -53,7 +53,7 @@ def test_hand_maps_and_chance():
         assert fn(flat, MASK)[0] == pytest.approx(kh.chance_level(MASK)) == pytest.approx(16 / 784)
     with pytest.raises(ValueError, match="at least one pixel"):
         kh.relevance_mass_accuracy(on, np.zeros(784, dtype=bool))
-    with pytest.raises(ValueError, match=r"mask must have shape \[784\] or \[1, 784\]"):
+    with pytest.raises(ValueError, match=r"mask must have shape \[784\] or \[(1|N), 784\]"):
         kh.pointing_game(on, np.ones(10, dtype=bool))
     with pytest.raises(ValueError, match="NaN or inf"):
         kh.relevance_mass_accuracy(np.full((1, 784), np.nan), MASK)
@@ -111,12 +111,27 @@ def test_a_model_reading_only_the_marker_gets_mass_one_and_one_ignoring_it_no_tw
     planting = _Planting("certified")
     reads = {"shortcut": _reader(m, 0), "twin": _reader(center, 1), "pixel": _pixel(m), "pixel_twin": _pixel(center)}
     loc = _localisation(reads, x, has, planting, cfg, seed=0, keep_example=True)
+    # occlusion's sliding window smears the answer over the window's reach (a window half on M drops the logit too):
+    # most of its mass, not all, is on M; every other method (superpixels of the grid M is aligned with) is exact
+    smeared = {"occlusion"}
+    fitted = {"lime"}  # a ridge fit on random coalitions: a little weight off M (KernelSHAP holds both ends exactly)
     for role in ("shortcut", "pixel"):
         for method, scores in loc["models"][role].items():  # every method, the gradient ones included
-            assert scores["mass"]["M"]["mean"] == pytest.approx(1.0, abs=1e-9), (role, method)
-            assert scores["rank"]["M"]["mean"] == pytest.approx(1.0, abs=1e-9), (role, method)
-    for method, by in loc["twin_difference"].items():
-        assert by["mass"]["M"]["mean"] == pytest.approx(1.0, abs=1e-9), method  # the twin puts nothing on M
+            if method in smeared:
+                assert 0.5 < scores["mass"]["M"]["mean"] < 1, (role, method)
+                continue
+            if method in fitted:
+                assert scores["mass"]["M"]["mean"] > 0.99 and scores["rank"]["M"]["mean"] > 0.99, (role, method)
+                continue
+            assert scores["mass"]["M"]["mean"] == pytest.approx(1.0, abs=1e-6), (role, method)  # KernelSHAP, LIME:
+            assert scores["rank"]["M"]["mean"] == pytest.approx(1.0, abs=1e-6), (role, method)  # a solve's rounding
+    for method, by in loc["twin_difference"].items():  # the twin puts (next to) nothing on M
+        if method in fitted:
+            assert by["mass"]["M"]["mean"] > 0.99, method
+            continue
+        assert by["mass"]["M"]["mean"] == pytest.approx(loc["models"]["shortcut"][method]["mass"]["M"]["mean"],
+                                                        abs=1e-6), method
+        assert method in smeared or by["mass"]["M"]["mean"] == pytest.approx(1.0, abs=1e-6), method
     assert _localisation_claim(loc, "certified", "shortcut", "integrated")["holds"]
     assert set(loc["example"]["shortcut"]) == set(kh.METHOD_LABELS)
     assert set(loc["models"]["pixel"]) == set(kh.METHOD_LABELS) - {"decoder"}  # the pixel model has no atoms
@@ -124,5 +139,6 @@ def test_a_model_reading_only_the_marker_gets_mass_one_and_one_ignoring_it_no_tw
                "pixel_twin": _pixel(center)}
     loc = _localisation(ignores, x, has, planting, cfg, seed=0, keep_example=False)
     for method, by in loc["twin_difference"].items():
-        assert abs(by["mass"]["M"]["mean"]) < 1e-9 and abs(by["mass"]["C"]["mean"]) < 1e-9, method
+        tol = 1e-2 if method in fitted else 1e-6  # a solve's rounding; LIME's ridge fit on random coalitions
+        assert abs(by["mass"]["M"]["mean"]) < tol and abs(by["mass"]["C"]["mean"]) < tol, method
     assert not _localisation_claim(loc, "certified", "shortcut", "integrated")["holds"]  # no verdict from salience
