@@ -77,7 +77,12 @@ def compute_inputs(checkpoint: Path) -> dict:
     units = kh.unit_statistics(pipeline, inputs["data"], torch.device("cpu"),
                                usage_train=metrics["autoencoder"]["unit_usage_train"], seed=cfg.seed)
     k_sweep = ROOT / "results" / "k_sweep.json"
+    perturbation = kh.attribute_all(pipeline, sel.x, sel.y, cfg, methods=kh.METHOD_FAMILIES["perturbation"])
+    both = {**inputs["maps"], **perturbation}
+    both_stats = kh.cross_method_statistics(both, seed=cfg.seed, x=sel.x, labels=sel.y)  # the notebook's section 7b
+    family = kh.family_agreement(both, sel.x, sel.y, kh.METHOD_FAMILIES, cfg.seed)
     return {"history": inputs["history"], "metrics": metrics, "selection": sel, "maps": inputs["maps"],
+            "both": both, "both_stats": both_stats, "family": family,
             "contributions": inputs["contributions"], "stats": inputs["stats"], "validation": validation,
             "units": units, "agreement": kh.contribution_ablation_agreement(units, seed=cfg.seed),
             "k_sweep": kh.read_summary(k_sweep)["rows"] if k_sweep.is_file() else []}
@@ -137,6 +142,24 @@ def figure_calls(kh_mod, inputs: dict, sae, data, folder: Path) -> dict:
         "unit_agreement": lambda: kh_mod.plot_contribution_vs_ablation(units, inputs["agreement"],
                                                                        save=p("unit_agreement")),
     }
+    if "both" in inputs and hasattr(kh_mod, "plot_perturbation_maps"):  # the perturbation family (section 7)
+        calls["perturbation_maps"] = lambda: kh_mod.plot_perturbation_maps(sel, inputs["both"], data.classes,
+                                                                           save=p("perturbation_maps"))
+        calls["family_agreement"] = lambda: kh_mod.plot_family_agreement(inputs["both_stats"], inputs["family"],
+                                                                         save=p("family_agreement"))
+    shortcut_json = ROOT / "results" / "shortcut.json"  # sections 11 and 12 draw the committed files, as here
+    if shortcut_json.is_file() and hasattr(kh_mod, "plot_shortcut_maps"):
+        shortcut = kh.read_summary(shortcut_json)
+        calls["shortcut_maps"] = lambda: kh_mod.plot_shortcut_maps(shortcut, save=p("shortcut_maps"))
+        calls["shortcut_localisation"] = lambda: kh_mod.plot_shortcut_localisation(shortcut,
+                                                                                   save=p("shortcut_localisation"))
+        calls["shortcut_removal"] = lambda: kh_mod.plot_shortcut_removal(shortcut, save=p("shortcut_removal"))
+    variants_json = ROOT / "results" / "variants.json"
+    if variants_json.is_file() and hasattr(kh_mod, "plot_variants_frontier"):
+        variants = kh.read_summary(variants_json)
+        calls["variants_frontier"] = lambda: kh_mod.plot_variants_frontier(variants, save=p("variants_frontier"))
+        calls["variants_stability"] = lambda: kh_mod.plot_variants_stability(variants, save=p("variants_stability"))
+        calls["variants_recovery"] = lambda: kh_mod.plot_variants_recovery(variants, save=p("variants_recovery"))
     controls_json = ROOT / "results" / "controls.json"  # section 10 draws the committed file, as here
     if controls_json.is_file():
         controls = kh.read_summary(controls_json)
