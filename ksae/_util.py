@@ -468,6 +468,26 @@ def _numpy(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def _unit_norm_atoms(name: str, atoms) -> np.ndarray:
+    """``atoms: [n, D]`` (a tensor or array of numbers, or an autoencoder: its decoder atoms ``W_dec``) as float64
+    unit-norm rows, for cosines between dictionaries; ``ValueError`` naming ``name`` otherwise."""
+    if hasattr(atoms, "W_dec"):
+        atoms = atoms.W_dec
+    if not isinstance(atoms, (torch.Tensor, np.ndarray)) or (isinstance(atoms, np.ndarray)
+                                                              and not np.issubdtype(atoms.dtype, np.number)):
+        raise ValueError(f"{name} must be a [units, pixels] tensor or array of atoms (or an autoencoder), got "
+                         f"{_describe(atoms)}")
+    a = _numpy(atoms)
+    if a.ndim != 2 or min(a.shape) < 1:
+        raise ValueError(f"{name} must have shape [units, pixels], got {list(a.shape)}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf values; expected finite atoms")
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero atoms: their cosine is undefined")
+    return a / norms
+
+
 def _as_image(values, name: str = "image") -> np.ndarray:
     """``values: [784]`` (any shape holding 784 numbers) -> ``[28, 28]`` float64 array."""
     if not isinstance(values, (torch.Tensor, np.ndarray, list, tuple)):

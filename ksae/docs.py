@@ -411,7 +411,8 @@ def _summaries(data: dict) -> list[str]:
     each = lambda fn: [fn(s) for s in runs.values()]
     # a record written before a field existed ran with the value in effect then (Config.from_dict(saved=True))
     full = lambda s: {k: json.dumps(v) for k, v in Config.from_dict(s["config"], saved=True).to_dict().items()}
-    differs = lambda s: ", ".join(f"{k}={v}" for k, v in full(s).items() if v != full(default)[k]) or "the default"
+    base = full(default)
+    differs = lambda s: ", ".join(f"{k}={v}" for k, v in full(s).items() if v != base[k]) or "the default"
     rows = [["device", *each(lambda s: s["device"])], ["torch", *each(lambda s: s["torch_version"])],
             ["written", *each(lambda s: s["created"])], ["configuration", *each(differs)],
             *([p, *each(lambda s: _sec(s["timings_s"].get(p)))]  # noqa: B023 (called at once)

@@ -36,8 +36,7 @@ from ._util import (
     _check_instance,
     _check_int,
     _check_tensor,
-    _describe,
-    _numpy,
+    _unit_norm_atoms,
 )
 from .data import FashionMNIST
 
@@ -311,32 +310,13 @@ def planted_dictionary(coherence: str = "image-like", n_atoms: int = 1024, mean_
 
 
 # --- how well a learned dictionary recovers the planted one ------------------------------------------------
-def _unit_norm_rows(name: str, atoms) -> np.ndarray:
-    """``atoms: [n, D]`` (tensor, array, or a module with ``W_dec``) -> float64 unit-norm rows."""
-    if hasattr(atoms, "W_dec"):
-        atoms = atoms.W_dec
-    if not isinstance(atoms, (torch.Tensor, np.ndarray)):
-        raise ValueError(f"{name} must be a [units, pixels] tensor or array of atoms, got {_describe(atoms)}")
-    if isinstance(atoms, np.ndarray) and not np.issubdtype(atoms.dtype, np.number):
-        raise ValueError(f"{name} must be a [units, pixels] tensor or array of numbers, got {_describe(atoms)}")
-    a = _numpy(atoms)
-    if a.ndim != 2 or min(a.shape) < 1:
-        raise ValueError(f"{name} must be a [units, pixels] array, got shape {list(a.shape)}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or inf values; expected finite atoms")
-    norms = np.linalg.norm(a, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero atoms: their cosine is undefined")
-    return a / norms
-
-
 def _match_abs_cosine(atoms, learned, name: str = "learned") -> tuple[np.ndarray, np.ndarray]:
     """One-to-one match of each planted atom (rows of ``atoms: [N, D]``) to a distinct learned atom (rows of
     ``learned: [H, D]``, ``H >= N``; ``name``: what messages call it) maximising the total |cosine| (Hungarian
     assignment; an atom and its negative describe the same direction). Returns ``(match: [N], abs_cosine: [N])``."""
     from scipy.optimize import linear_sum_assignment
 
-    a, b = _unit_norm_rows("atoms", atoms), _unit_norm_rows(name, learned)
+    a, b = _unit_norm_atoms("atoms", atoms), _unit_norm_atoms(name, learned)
     if a.shape[1] != b.shape[1] or len(b) < len(a):
         raise ValueError(f"{name} must have at least as many atoms as atoms and the same pixels, got "
                          f"{list(b.shape)} for {list(a.shape)}")

@@ -31,13 +31,12 @@ from ._util import (
     _check_ints,
     _check_path,
     _check_result,
-    _numpy,
+    _unit_norm_atoms,
 )
 from .checkpoints import CheckpointError, load_checkpoint, load_or_train
 from .config import Config
 from .controls import untrained_autoencoder
 from .data import FashionMNIST
-from .sae import SparseAutoencoder
 from .stats import bootstrap_estimates, percentile_interval
 from .units import UnitStats, _check_stats
 
@@ -54,24 +53,6 @@ _SHARED_COSINE = 0.7  # Paulo & Belrose (2025): a unit is "shared" with another 
 # atom and its matched encoder row both reach this cosine and the two matches pick the same unit
 
 
-def _atoms(name: str, atoms) -> np.ndarray:
-    """``atoms: [H, D]`` (tensor or array, or a ``SparseAutoencoder``) -> float64 unit-norm rows."""
-    if isinstance(atoms, SparseAutoencoder):
-        atoms = atoms.W_dec
-    if not isinstance(atoms, (torch.Tensor, np.ndarray)):
-        raise ValueError(f"{name} must be a [units, pixels] tensor or array of decoder atoms (or an autoencoder), "
-                         f"got {type(atoms).__name__}")
-    a = np.asarray(_numpy(atoms), dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(f"{name} must have shape [units, pixels], got {list(a.shape)}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or inf values; expected finite numbers")
-    norms = np.linalg.norm(a, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero atoms: their cosine is undefined")
-    return a / norms
-
-
 def match_atoms(atoms_a, atoms_b) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one match of dictionary ``atoms_a: [H, D]`` to ``atoms_b: [H, D]`` (rows are atoms; tensors,
     arrays or autoencoders) maximising the total cosine similarity (Hungarian assignment).
@@ -80,7 +61,7 @@ def match_atoms(atoms_a, atoms_b) -> tuple[np.ndarray, np.ndarray]:
     with cosine ``cosine[i]`` (signed: an atom and its negative are different parts)."""
     from scipy.optimize import linear_sum_assignment
 
-    a, b = _atoms("atoms_a", atoms_a), _atoms("atoms_b", atoms_b)
+    a, b = _unit_norm_atoms("atoms_a", atoms_a), _unit_norm_atoms("atoms_b", atoms_b)
     if a.shape != b.shape:
         raise ValueError(f"atoms_a and atoms_b must have the same shape [units, pixels], got {list(a.shape)} "
                          f"and {list(b.shape)}")
@@ -359,8 +340,8 @@ def recurrence(decoders: Mapping[int, object], encoders: Mapping[int, object] | 
     _check_float("shared_cosine", shared_cosine, low=-1.0, high=1.0)
     _check_int("n_boot", n_boot, low=1)
     _check_int("seed", seed, low=0)
-    dec = {s: _atoms(f"decoders[{s}]", decoders[s]) for s in seeds}
-    enc = None if encoders is None else {s: _atoms(f"encoders[{s}]", encoders[s]) for s in seeds}
+    dec = {s: _unit_norm_atoms(f"decoders[{s}]", decoders[s]) for s in seeds}
+    enc = None if encoders is None else {s: _unit_norm_atoms(f"encoders[{s}]", encoders[s]) for s in seeds}
     shapes = {a.shape for a in (*dec.values(), *(enc or {}).values())}
     if len(shapes) != 1:
         raise ValueError(f"every dictionary must have the same shape [units, pixels], got {sorted(shapes)}")
