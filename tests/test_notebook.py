@@ -99,19 +99,31 @@ def _committed_outputs() -> dict:
     return {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
 
 
+def _smoke_config(**fields):
+    """The notebook's smoke configuration as a ``Config``, with ``fields`` changed."""
+    import ksae_helpers as kh
+
+    return kh.Config(ae_epochs=SMOKE["AE_EPOCHS"], clf_epochs=SMOKE["CLF_EPOCHS"], train_subset=SMOKE["TRAIN_SUBSET"],
+                     ig_steps=SMOKE["IG_STEPS"], smoothgrad_samples=SMOKE["SMOOTHGRAD_SAMPLES"],
+                     confidence_threshold=SMOKE["CONFIDENCE_THRESHOLD"], **fields)
+
+
+def _smoke_run_name(cfg) -> str:
+    """The runs/ folder the smoke configuration ``cfg`` writes into (the notebook's ``kh.run_name``)."""
+    import ksae_helpers as kh
+
+    return kh.run_name(cfg, samples_per_class=SMOKE["SAMPLES_PER_CLASS"], n_completeness=SMOKE["N_COMPLETENESS"],
+                       n_randomization=SMOKE["N_RANDOMIZATION"], n_subset=SMOKE["N_SUBSET"])
+
+
 @pytest.mark.parametrize("k", [1, 2, 1024])
 def test_smoke_run_at_any_k_writes_its_own_run_folder(k, tmp_path):
     """The smoke configuration at k = 1, 2 and 1024 (= d_hidden) runs top to bottom without overriding
     FIGURE_DIR / SUMMARY_PATH: its outputs go to runs/<name>/ and the committed ones stay byte-identical."""
     papermill = pytest.importorskip("papermill")
-    import ksae_helpers as kh
 
-    cfg = kh.Config(k=k, ae_epochs=SMOKE["AE_EPOCHS"], clf_epochs=SMOKE["CLF_EPOCHS"],
-                    train_subset=SMOKE["TRAIN_SUBSET"], ig_steps=SMOKE["IG_STEPS"],
-                    smoothgrad_samples=SMOKE["SMOOTHGRAD_SAMPLES"], confidence_threshold=SMOKE["CONFIDENCE_THRESHOLD"])
-    run = ROOT / "runs" / kh.run_name(cfg, samples_per_class=SMOKE["SAMPLES_PER_CLASS"],
-                                      n_completeness=SMOKE["N_COMPLETENESS"], n_randomization=SMOKE["N_RANDOMIZATION"],
-                                      n_subset=SMOKE["N_SUBSET"])
+    cfg = _smoke_config(k=k)
+    run = ROOT / "runs" / _smoke_run_name(cfg)
     shutil.rmtree(run, ignore_errors=True)
     before = _committed_outputs()
     try:
@@ -140,11 +152,8 @@ def test_smoke_run_of_every_kind_writes_its_own_run_folder(kind, tmp_path):
     papermill = pytest.importorskip("papermill")
     import ksae_helpers as kh
 
-    cfg = kh.Config(sae_kind=kind, ae_epochs=SMOKE["AE_EPOCHS"], clf_epochs=SMOKE["CLF_EPOCHS"],
-                    train_subset=SMOKE["TRAIN_SUBSET"], ig_steps=SMOKE["IG_STEPS"],
-                    smoothgrad_samples=SMOKE["SMOOTHGRAD_SAMPLES"], confidence_threshold=SMOKE["CONFIDENCE_THRESHOLD"])
-    name = kh.run_name(cfg, samples_per_class=SMOKE["SAMPLES_PER_CLASS"], n_completeness=SMOKE["N_COMPLETENESS"],
-                       n_randomization=SMOKE["N_RANDOMIZATION"], n_subset=SMOKE["N_SUBSET"])
+    cfg = _smoke_config(sae_kind=kind)
+    name = _smoke_run_name(cfg)
     assert name.startswith(f"{kind}_")
     run = ROOT / "runs" / name
     shutil.rmtree(run, ignore_errors=True)
