@@ -45,12 +45,13 @@ from .perturbation_report import _perturbation_section
 from .report import headline_table, randomization_table, unit_table_summary, verdict_markdown
 from .shortcut_report import _shortcut_section
 from .stats import _ci_text
+from .variants_report import _variants_section
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (default --root)
 RESULTS_DIR = "results"  # inputs, relative to the root
 INPUTS = {"summary": "summary.json", "k_sweep": "k_sweep.json", "recipes": "recipe_checks.json",
           "seeds": "verdicts_across_seeds.json", "fvu_data": "fvu_55k_vs_60k.json", "controls": "controls.json",
-          "shortcut": "shortcut.json"}
+          "shortcut": "shortcut.json", "variants": "variants.json"}
 REQUIRED_INPUTS = ("summary", "k_sweep", "recipes", "seeds", "fvu_data", "controls")  # the others may be absent
 RUN_FIELDS = ("created", "device", "torch_version", "timings_s", "seconds", "figures")  # what summary.json's keys
 # say about one run (when, where, how long), not its result: a re-run rewrites them (see ``stale``)
@@ -349,7 +350,7 @@ def _units(data: dict) -> list[str]:
 
 RESULT_SECTIONS = (_default_run, _seeds, _verdicts, _perturbation_section, _faithfulness, _agreement, _completeness,
                    _randomization, _unit_causality, _recipes, _k_sweep, _training_data, _units, _controls_section,
-                   _shortcut_section)
+                   _shortcut_section, lambda data: _variants_section(data) if data.get("variants") is not None else [])
 
 
 def results_markdown(data: dict) -> str:
